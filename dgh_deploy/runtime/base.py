@@ -1,0 +1,49 @@
+"""The runner interface: NCHW float32 model input in, float32 outputs out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Runner(ABC):
+    """Runs one model on one runtime.
+
+    ``infer`` takes a batch in the model's input space (N x 3 x H x W float32, as the float
+    PyTorch model sees it) and returns the outputs as float32 arrays, dequantized where the
+    runtime's I/O is integer, so that every runner can be compared with every other.
+    """
+
+    name: str = "runner"
+
+    @abstractmethod
+    def infer(self, x: np.ndarray) -> list[np.ndarray]: ...
+
+    def infer_all(self, x: np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
+        chunks = [self.infer(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+
+
+def flatten_outputs(out: object) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in flatten_outputs(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in flatten_outputs(o)]
+    return []
+
+
+class TorchRunner(Runner):
+    name = "pytorch-float32"
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module.eval()
+
+    @torch.no_grad()
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        out = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        return [t.float().numpy() for t in flatten_outputs(out)]

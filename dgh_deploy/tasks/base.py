@@ -1,0 +1,37 @@
+"""The task-adapter interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+
+from dgh_deploy.loading import LoadedModel
+from dgh_deploy.runtime.base import Runner
+
+
+class TaskAdapter(ABC):
+    name: str
+    metric: str  # the headline metric, higher is better (e.g. "top1", "mAP50-95")
+
+    @abstractmethod
+    def stretch_outputs(self, output: Any) -> list[torch.Tensor]:
+        """The raw tensors whose per-image range DGH's distribution-stretching loss widens.
+
+        ``output`` is what the model's forward returns while generating (train-free, eval
+        mode). Raise :class:`~dgh_deploy.errors.DGHError` if no output layer is found.
+        """
+
+    def prepare_for_generation(self, model: LoadedModel) -> torch.nn.Module:
+        """The module DGH differentiates through (detectors may return raw head outputs)."""
+        return model.module
+
+    @abstractmethod
+    def evaluate(self, runner: Runner, model: LoadedModel, val_data: str, limit: int | None = None) -> dict[str, float]:
+        """The task metric of ``runner`` on real labelled data (``metric`` among the keys)."""
+
+    @abstractmethod
+    def agreement(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float]:
+        """Data-free check: how closely a quantized model's outputs follow the float model's."""

@@ -1,0 +1,82 @@
+"""Classification: logits are stretched; top-1 on an ImageFolder is the metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dgh_deploy.errors import DGHError
+from dgh_deploy.loading import LoadedModel
+from dgh_deploy.runtime.base import Runner, flatten_outputs
+from dgh_deploy.tasks.base import TaskAdapter
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def list_image_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    """An ImageFolder: one sub-folder per class, sorted names give the class indices."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DGHError(f"validation folder '{root}' not found", "pass --val-data DIR with one sub-folder per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    files: list[Path] = []
+    labels: list[int] = []
+    for idx, name in enumerate(classes):
+        for f in sorted((root / name).iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(f)
+                labels.append(idx)
+    if not files:
+        raise DGHError(f"no images under '{root}'", "use an ImageFolder: DIR/<class>/<image>.jpg")
+    return files, np.asarray(labels, dtype=np.int64), classes
+
+
+def evenly_spaced(n: int, limit: int | None) -> np.ndarray:
+    """Indices of ``limit`` items spread over all ``n`` (every class represented)."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.linspace(0, n - 1, limit).round().astype(np.int64)
+
+
+class ClassifyTask(TaskAdapter):
+    name = "classify"
+    metric = "top1"
+
+    def stretch_outputs(self, output: Any) -> list[torch.Tensor]:
+        tensors = [t for t in flatten_outputs(output) if t.is_floating_point() and t.ndim >= 2]
+        if not tensors:
+            raise DGHError(
+                "the classification adapter found no output layer (the model returns no N x C tensor)",
+                "make forward() return the logits",
+            )
+        return tensors[:1]
+
+    def evaluate(self, runner: Runner, model: LoadedModel, val_data: str, limit: int | None = None) -> dict[str, float]:
+        files, labels, classes = list_image_folder(val_data)
+        idx = evenly_spaced(len(files), limit)
+        correct = 0
+        batch = 256
+        for i in range(0, len(idx), batch):
+            sel = idx[i : i + batch]
+            x = np.stack([model.preprocessing.load(str(files[j]), model.imgsz) for j in sel])
+            logits = runner.infer(x)[0]
+            correct += int((logits.argmax(1) == labels[sel]).sum())
+        return {self.metric: 100.0 * correct / len(idx), "images": float(len(idx))}
+
+    def agreement(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float]:
+        ref, cand = reference[0], candidate[0]
+        err = cand - ref
+        return {
+            "top1_agreement": 100.0 * float((ref.argmax(1) == cand.argmax(1)).mean()),
+            "output_sqnr_db": _sqnr(ref, err),
+            "images": float(len(ref)),
+        }
+
+
+def _sqnr(ref: np.ndarray, err: np.ndarray) -> float:
+    noise = float((err.astype(np.float64) ** 2).mean())
+    signal = float((ref.astype(np.float64) ** 2).mean())
+    return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)

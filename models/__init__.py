@@ -1,0 +1,74 @@
+"""Built-in architectures that load real checkpoints, and the project's own demo weights.
+
+Each entry states the task, input size and preprocessing of the architecture, so that
+``--model NAME --weights FILE`` is all a user types. Adding an architecture means adding an
+``Architecture`` to ``ARCHITECTURES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from dgh_deploy.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+DEMO_WEIGHTS = Path(__file__).resolve().parent / "demo" / "cifar10_resnet20_demo.pt"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    factory: Callable[[], nn.Module]
+    task: str
+    imgsz: tuple[int, int]
+    preprocessing: Preprocessing
+    description: str
+    default_weights: Path | None = None
+    class_names: tuple[str, ...] | None = None
+    # Rewrites applied to a copy of the model before export: same math, converter-friendly ops.
+    export_form: Callable[[nn.Module], nn.Module] | None = None
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _cifar(depth: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from dgh_deploy.models.cifar_resnet import CifarResNet
+
+        return CifarResNet(depth)
+
+    return build
+
+
+def _cifar_export_form(model: nn.Module) -> nn.Module:
+    from dgh_deploy.models.cifar_resnet import export_form
+
+    return export_form(model)
+
+
+_CIFAR_PRE = Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture(
+            "cifar_resnet20", _cifar(20), "classify", (32, 32), _CIFAR_PRE,
+            "CIFAR-10 ResNet-20 (He et al. 2016, option-A shortcuts); --weights resnet20-*.th",
+            class_names=CIFAR10_CLASSES, export_form=_cifar_export_form,
+        ),
+        Architecture(
+            "cifar_resnet56", _cifar(56), "classify", (32, 32), _CIFAR_PRE,
+            "CIFAR-10 ResNet-56; --weights resnet56-*.th",
+            class_names=CIFAR10_CLASSES, export_form=_cifar_export_form,
+        ),
+        Architecture(
+            "demo", _cifar(20), "classify", (32, 32), _CIFAR_PRE,
+            "the bundled demo: ResNet-20 trained by models/train_demo.py on CIFAR-10 (87.7% top-1 "
+            "on the JPEG test set); the default when --model is absent",
+            default_weights=DEMO_WEIGHTS, class_names=CIFAR10_CLASSES, export_form=_cifar_export_form,
+        ),
+    )
+}
