@@ -77,7 +77,7 @@ def load_model(
     elif ":" in spec and spec.split(":", 1)[0].endswith(".py"):
         loaded = _load_factory(spec, weights)
     elif spec.endswith((".pt", ".yaml", ".yml")):
-        from dgh_deploy.tasks.detect_models import load_ultralytics
+        from dgh_deploy.models.yolo import load_ultralytics
 
         loaded = load_ultralytics(spec, weights)
     elif spec.startswith("torchvision:") or _is_torchvision_name(spec):
@@ -95,6 +95,12 @@ def load_model(
         )
     if imgsz is not None:
         loaded.imgsz = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)  # type: ignore[assignment]
+    stride = int(loaded.extra.get("stride", 1))
+    if any(side % stride for side in loaded.imgsz):
+        raise DGHError(
+            f"image size {loaded.imgsz[0]}x{loaded.imgsz[1]} is not a multiple of the model's stride {stride}",
+            f"use an --imgsz divisible by {stride}, e.g. {max(stride, round(loaded.imgsz[0] / stride) * stride)}",
+        )
     check_finite(loaded.module, loaded.weights or spec)
     check_accepts_images(loaded)
     return loaded
@@ -117,7 +123,7 @@ def check_accepts_images(model: LoadedModel) -> None:
     try:
         with torch.no_grad():
             model.module(model.dummy_input())
-    except Exception as exc:  # noqa: BLE001 - any failure here means the input is wrong
+    except Exception as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise DGHError(
             f"model '{model.name}' does not take a 1x3x{h}x{w} image ({reason})",
@@ -133,7 +139,7 @@ def read_checkpoint(path: str) -> Any:
         raise DGHError(f"weights path '{path}' is not a file", "pass the checkpoint file, not a folder")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+    except Exception as exc:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise DGHError(
             f"cannot read weights file '{path}' ({reason})",
@@ -220,7 +226,7 @@ def _load_factory(spec: str, weights: str | None) -> LoadedModel:
     mod = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(mod)
-    except Exception as exc:  # noqa: BLE001 - user code
+    except Exception as exc:
         raise DGHError(f"importing '{file}' failed ({type(exc).__name__}: {exc})", "fix the model file") from exc
     factory = getattr(mod, func, None)
     if not callable(factory):

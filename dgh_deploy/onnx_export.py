@@ -47,7 +47,7 @@ def export_onnx(
                 net, (dummy,), buf, opset_version=opset, input_names=[INPUT_NAME], output_names=out_names,
                 dynamic_axes=axes, do_constant_folding=True, dynamo=False,
             )
-    except Exception as exc:  # noqa: BLE001 - the exporter raises many types
+    except Exception as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise DGHError(
             f"ONNX export of '{model.name}' failed: {reason}",

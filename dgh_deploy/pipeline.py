@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from dgh_deploy.artifacts import staging_dir, write_json
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError, QualityGateFailed

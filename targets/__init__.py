@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from dgh_deploy.errors import DGHError
 from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetOptions
+
+from dgh_deploy.errors import DGHError
 
 __all__ = ["BuildResult", "QuantConstraints", "Target", "TargetOptions", "all_targets", "get_target"]
 
@@ -32,5 +33,6 @@ def all_targets() -> dict[str, type[Target]]:
 def get_target(name: str) -> Target:
     targets = all_targets()
     if name not in targets:
-        raise DGHError(f"unknown target '{name}'", f"use one of: {', '.join(targets)} ('dgh-deploy targets' lists them)")
+        known = ", ".join(targets) or "none installed"
+        raise DGHError(f"unknown target '{name}'", f"use one of: {known} ('dgh-deploy targets' lists them)")
     return targets[name]()

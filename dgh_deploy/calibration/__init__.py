@@ -6,7 +6,7 @@ normalisation), N x 3 x H x W float32, plus how they were made. Each target impl
 dataset in NHWC for TFLite, batches and per-tensor ranges for TensorRT, ...).
 """
 
-from dgh_deploy.calibration.calibrator import Calibrator
 from dgh_deploy.calibration.calibration_set import CalibrationSet
+from dgh_deploy.calibration.calibrator import Calibrator
 
 __all__ = ["CalibrationSet", "Calibrator"]

@@ -76,7 +76,7 @@ class CalibrationSet:
             with np.load(p, allow_pickle=False) as z:
                 images = z["images"]
                 meta = json.loads(str(z["metadata"])) if "metadata" in z else {}
-        except Exception as exc:  # noqa: BLE001 - numpy raises many types for a bad file
+        except Exception as exc:
             raise DGHError(
                 f"cannot read calibration file '{path}' ({type(exc).__name__})",
                 "pass an .npz written by 'dgh-deploy generate'",

@@ -22,7 +22,7 @@ class Calibrator(ABC):
         self.calib = calib
         self.batch_size = batch_size
 
-    def batches(self):  # noqa: ANN201 - an iterator of numpy arrays
+    def batches(self):
         return self.calib.batches(self.batch_size, self.layout)
 
     @abstractmethod

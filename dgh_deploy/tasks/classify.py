@@ -55,7 +55,7 @@ class ClassifyTask(TaskAdapter):
         return tensors[:1]
 
     def evaluate(self, runner: Runner, model: LoadedModel, val_data: str, limit: int | None = None) -> dict[str, float]:
-        files, labels, classes = list_image_folder(val_data)
+        files, labels, _ = list_image_folder(val_data)
         idx = evenly_spaced(len(files), limit)
         correct = 0
         batch = 256

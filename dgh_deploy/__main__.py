@@ -1,0 +1,5 @@
+import sys
+
+from dgh_deploy.cli import main
+
+sys.exit(main())

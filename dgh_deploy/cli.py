@@ -1,0 +1,208 @@
+"""``dgh-deploy``: the command line.
+
+    dgh-deploy [--target T] [--model M] ...   the whole job (same as ``dgh-deploy deploy``)
+    dgh-deploy generate --model M --out F.npz  only the calibration set
+    dgh-deploy targets                         targets and their quantization constraints
+    dgh-deploy models                          built-in architectures
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from dgh_deploy.errors import DGHError
+
+SUBCOMMANDS = ("deploy", "generate", "targets", "models")
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+
+
+def _common_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="built-in name, torchvision:NAME, Ultralytics .pt/.yaml, or file.py:factory "
+                                   "(default: the bundled demo CIFAR-10 ResNet-20)")
+    g.add_argument("--weights", help="checkpoint file for --model")
+    g.add_argument("--task", choices=("classify", "detect"), help="check the model is of this task")
+    g.add_argument("--imgsz", type=int, help="input size (default: the model's own)")
+    g = p.add_argument_group("calibration data")
+    g.add_argument("--calib", default="dgh", help="dgh | bns | noise | real:PATH | FILE.npz (default dgh)")
+    g.add_argument("--n-images", type=int, help="calibration images (default: 256 classify; detect 64 CPU, 128 GPU)")
+    g.add_argument("--iters", type=int, help="DGH iterations (default 500; detect on CPU 200)")
+    g.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to generate (default cpu)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--resume", action="store_true", help="continue an interrupted generation from its checkpoint")
+    _verbosity(p)
+
+
+def _verbosity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logs and tracebacks")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    prog = "dgh-deploy" if command == "deploy" else f"dgh-deploy {command}"
+    if command == "generate":
+        p = argparse.ArgumentParser(prog=prog, description="Generate a calibration set (DGH or a baseline).")
+        _common_model_args(p)
+        p.add_argument("--out", required=True, help="output .npz: array 'images' (N x 3 x H x W float32, model "
+                                                    "input space) and JSON 'metadata'")
+        return p
+    if command in ("targets", "models"):
+        p = argparse.ArgumentParser(prog=prog, description=f"List the {command}.")
+        _verbosity(p)
+        return p
+    p = argparse.ArgumentParser(
+        prog=prog, description="Generate calibration data, quantize for a hardware target, verify, report.",
+        epilog="Other commands: 'dgh-deploy generate', 'dgh-deploy targets', 'dgh-deploy models'.",
+    )
+    p.add_argument("--target", default="tflite-int8", help="hardware target (default tflite-int8; see 'targets')")
+    _common_model_args(p)
+    g = p.add_argument_group("verification and output")
+    g.add_argument("--val-data", help="real labelled data: an ImageFolder (classify) or a data YAML (detect)")
+    g.add_argument("--val-limit", type=int, help="evaluate on this many validation images (spread evenly)")
+    g.add_argument("--holdout", type=int, help="images held out of calibration for the data-free check "
+                                               "(default n/8, at least 8)")
+    g.add_argument("--out", help="output folder (default out/<model>-<target>)")
+    g.add_argument("--max-drop", type=float, help="fail (exit 3) if the metric drops more than this many points")
+    g = p.add_argument_group("quantization options (each target takes what applies)")
+    g.add_argument("--per-tensor", action="store_true", help="per-tensor weights instead of per-channel")
+    g.add_argument("--io-dtype", default="int8", choices=("int8", "uint8"), help="integer model I/O (tflite)")
+    g.add_argument("--allow-float-ops", action="store_true", help="accept float ops left in the integer model")
+    g.add_argument("--bits", default="W8A8", help="weight and activation bits, e.g. W8A8, W4A8, W8A4 (sim)")
+    g.add_argument("--act-range", default="", help="activation range method: minmax | mse | percentile | entropy")
+    g.add_argument("--percentile", type=float, default=99.99)
+    g.add_argument("--act-symmetric", action="store_true", help="symmetric activations (sim)")
+    g.add_argument("--pot", action="store_true", help="power-of-two scales (sim; as Sony IMX500 requires)")
+    g.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 8)),
+                   help="runtime threads for verification")
+    return p
+
+
+def _parse_bits(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"[wW](\d+)[aA](\d+)", text.strip())
+    if not m:
+        raise DGHError(f"--bits '{text}' is not of the form W<bits>A<bits>", "use e.g. --bits W8A8 or --bits W4A8")
+    w, a = int(m.group(1)), int(m.group(2))
+    if not (2 <= w <= 16 and 2 <= a <= 16):
+        raise DGHError(f"--bits {text}: widths must be between 2 and 16", "use e.g. --bits W8A8")
+    return w, a
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    from dgh_deploy.api import deploy
+    from dgh_deploy.targets import TargetOptions
+
+    w_bits, a_bits = _parse_bits(args.bits)
+    options = TargetOptions(
+        per_tensor=args.per_tensor, io_dtype=args.io_dtype, allow_float_ops=args.allow_float_ops,
+        weight_bits=w_bits, act_bits=a_bits, act_symmetric=args.act_symmetric, power_of_two=args.pot,
+        act_range=args.act_range, percentile=args.percentile, threads=args.threads, device=args.device,
+    )
+    out = args.out or os.path.join("out", f"{_slug(args.model or 'demo')}-{args.target}")
+    report = deploy(
+        target=args.target, model=args.model, weights=args.weights, task=args.task, imgsz=args.imgsz,
+        calib=args.calib, n_images=args.n_images, iters=args.iters, holdout=args.holdout,
+        val_data=args.val_data, val_limit=args.val_limit, out=out, device=args.device, seed=args.seed,
+        resume=args.resume, max_drop=args.max_drop, options=options,
+    )
+    print(summarise(report, out))
+    return 0
+
+
+def summarise(report: dict[str, Any], out: str) -> str:
+    m = report["metrics"]
+    lines = [f"wrote {os.path.join(out, report['artifacts']['model']['path'])} and {os.path.join(out, 'report.json')}"]
+    metric = m["metric"]
+    if "float" in m:
+        lines.append(f"{metric}: float {m['float'][metric]:.2f}, quantized {m['quantized'][metric]:.2f} "
+                     f"(drop {m['drop']:.2f}) on {int(m['float'].get('images', 0))} real images")
+    if "data_free" in m:
+        df = ", ".join(f"{k} {v:.2f}" for k, v in m["data_free"].items() if k != "images")
+        lines.append(f"data-free check on {int(m['data_free']['images'])} held-out calibration images: {df}")
+    return "\n".join(lines)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(text.split(":")[0]).removesuffix(".py")) or "model"
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from dgh_deploy.api import generate
+
+    if not args.out.endswith(".npz"):
+        raise DGHError(f"--out '{args.out}' must end in .npz", "name the output file like calib.npz")
+    calib = generate(
+        model=args.model, weights=args.weights, n_images=args.n_images, iters=args.iters, imgsz=args.imgsz,
+        task=args.task, calib=args.calib, device=args.device, seed=args.seed, out=args.out, resume=args.resume,
+        progress=not args.quiet,
+    )
+    n, _, h, w = calib.images.shape
+    print(f"wrote {args.out}: {n} images {h}x{w} ({calib.source})")
+    return 0
+
+
+def run_targets(args: argparse.Namespace) -> int:
+    from dgh_deploy.targets import all_targets
+
+    for name, cls in all_targets().items():
+        target = cls()
+        missing = target.missing_requirements()
+        state = f"  [needs: {', '.join(missing)}]" if missing else ""
+        print(f"{name:15s} {cls.summary}{state}")
+        print(f"{'':15s} constraints: {target.constraints.describe()}")
+        print(f"{'':15s} verified on: {cls.runtime}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from dgh_deploy.models import ARCHITECTURES
+
+    for name, arch in ARCHITECTURES.items():
+        print(f"{name:16s} {arch.task:9s} {arch.imgsz[0]}x{arch.imgsz[1]}  {arch.description}")
+    print("also: torchvision:NAME --weights FILE, an Ultralytics .pt or .yaml, path/to/file.py:factory")
+    return 0
+
+
+COMMANDS = {"deploy": run_deploy, "generate": run_generate, "targets": run_targets, "models": run_models}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "deploy"
+    args = build_parser(command).parse_args(argv)
+    _setup_logging(args)
+    try:
+        return COMMANDS[command](args)
+    except DGHError as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"dgh-deploy: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("dgh-deploy: interrupted; progress was checkpointed: rerun the same command with --resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.verbose:
+            traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"dgh-deploy: internal error: {type(exc).__name__}: {first} (rerun with --verbose for the traceback; "
+              "please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
