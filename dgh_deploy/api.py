@@ -25,10 +25,11 @@ def generate(
     progress: bool = True,
 ) -> CalibrationSet:
     """Generate a calibration set (``dgh-deploy generate``); saved to ``out`` when given."""
-    from dgh_deploy.generation import default_budget, make_calibration_set
     from dgh_deploy.loading import load_model
 
     loaded = load_model(model, weights, task, imgsz)
+    from dgh_deploy.generation import default_budget, make_calibration_set
+
     budget = default_budget(loaded, device)
     checkpoint = Path(f"{out}.ckpt") if out is not None else None
     calib_set = make_calibration_set(

@@ -44,8 +44,6 @@ class DeployConfig:
 
 def deploy(config: DeployConfig) -> dict[str, Any]:
     """Run the job and return the report (also written to ``OUT/report.json``)."""
-    from dgh_deploy.generation import default_budget, make_calibration_set
-
     times: dict[str, float] = {}
     target = get_target(config.target)
     target.options = config.options
@@ -60,6 +58,8 @@ def deploy(config: DeployConfig) -> dict[str, Any]:
     model = load_model(config.model, config.weights, config.task, config.imgsz)
     task = get_task(model.task)
     times["load"] = time.perf_counter() - t0
+
+    from dgh_deploy.generation import default_budget, make_calibration_set
 
     budget = default_budget(model, config.device)
     n_images = config.n_images or budget.n_images

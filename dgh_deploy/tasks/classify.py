@@ -54,17 +54,26 @@ class ClassifyTask(TaskAdapter):
             )
         return tensors[:1]
 
+    def __init__(self) -> None:
+        self._loaded: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
     def evaluate(self, runner: Runner, model: LoadedModel, val_data: str, limit: int | None = None) -> dict[str, float]:
-        files, labels, _ = list_image_folder(val_data)
-        idx = evenly_spaced(len(files), limit)
+        x, labels = self._load(model, val_data, limit)
         correct = 0
-        batch = 256
-        for i in range(0, len(idx), batch):
-            sel = idx[i : i + batch]
-            x = np.stack([model.preprocessing.load(str(files[j]), model.imgsz) for j in sel])
-            logits = runner.infer(x)[0]
-            correct += int((logits.argmax(1) == labels[sel]).sum())
-        return {self.metric: 100.0 * correct / len(idx), "images": float(len(idx))}
+        for i in range(0, len(labels), 256):
+            logits = runner.infer(x[i : i + 256])[0]
+            correct += int((logits.argmax(1) == labels[i : i + 256]).sum())
+        return {self.metric: 100.0 * correct / len(labels), "images": float(len(labels))}
+
+    def _load(self, model: LoadedModel, val_data: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Decode once per (data, size, preprocessing): float and quantized runs share the array."""
+        key = (str(val_data), limit, model.imgsz, model.preprocessing)
+        if key not in self._loaded:
+            files, labels, _ = list_image_folder(val_data)
+            idx = evenly_spaced(len(files), limit)
+            x = np.stack([model.preprocessing.load(str(files[j]), model.imgsz) for j in idx])
+            self._loaded = {key: (x, labels[idx])}  # keep one set: validation sets can be large
+        return self._loaded[key]
 
     def agreement(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float]:
         ref, cand = reference[0], candidate[0]

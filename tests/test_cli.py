@@ -1,0 +1,88 @@
+"""The CLI contract: bad input gets one line, exit code 2, no traceback, nothing half-written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dgh_deploy.cli import main
+from dgh_deploy.models import DEMO_WEIGHTS
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(err: str, *needles: str) -> None:
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("dgh-deploy:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_subprocess_exit_code_and_no_traceback(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dgh_deploy", "--target", "no-such-target", "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "unknown target 'no-such-target'", "use one of")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--model", "nonesuch"], ["unknown model 'nonesuch'"]),
+        (["--model", "cifar_resnet20", "--weights", "missing.th"], ["weights file 'missing.th' not found"]),
+        (["--model", "cifar_resnet56", "--weights", str(DEMO_WEIGHTS)], ["do not fit architecture"]),
+        (["--bits", "8bit"], ["--bits '8bit'", "W8A8"]),
+        (["--task", "detect"], ["is a classify model"]),
+    ],
+)
+def test_deploy_bad_input(args: list[str], needles: list[str], tmp_path: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code, _, err = run([*args, "--target", "sim", "--out", str(out)], capsys)
+    assert code == 2
+    assert_one_line_error(err, *needles)
+    assert not out.exists()
+
+
+def test_corrupt_and_nan_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corrupt = tmp_path / "corrupt.th"
+    corrupt.write_bytes(b"\x00garbage")
+    code, _, err = run(["generate", "--model", "cifar_resnet20", "--weights", str(corrupt),
+                        "--out", str(tmp_path / "x.npz")], capsys)
+    assert code == 2
+    assert_one_line_error(err, "cannot read weights file")
+
+    state = torch.load(DEMO_WEIGHTS, weights_only=True)["state_dict"]
+    state["linear.bias"][3] = float("inf")
+    nan = tmp_path / "inf.pt"
+    torch.save(state, nan)
+    code, _, err = run(["generate", "--model", "cifar_resnet20", "--weights", str(nan),
+                        "--out", str(tmp_path / "x.npz")], capsys)
+    assert code == 2
+    assert_one_line_error(err, "NaN or Inf", "linear.bias")
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_generate_needs_npz(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["generate", "--out", str(tmp_path / "x.txt")], capsys)
+    assert code == 2
+    assert_one_line_error(err, "must end in .npz")
+
+
+def test_models_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["models"], capsys)
+    assert code == 0
+    assert "cifar_resnet20" in out and "demo" in out
