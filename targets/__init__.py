@@ -11,9 +11,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetOptions
-
 from dgh_deploy.errors import DGHError
+from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetOptions
 
 __all__ = ["BuildResult", "QuantConstraints", "Target", "TargetOptions", "all_targets", "get_target"]
 

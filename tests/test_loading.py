@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from dgh_deploy.models import DEMO_WEIGHTS
 
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loading import count_bn_layers, load_model, require_batchnorm
+from dgh_deploy.models import DEMO_WEIGHTS
 
 USER_MODELS = '''
 import torch
