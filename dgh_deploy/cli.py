@@ -71,6 +71,10 @@ def build_parser(command: str) -> argparse.ArgumentParser:
                                                "(default n/8, at least 8)")
     g.add_argument("--out", help="output folder (default out/<model>-<target>)")
     g.add_argument("--max-drop", type=float, help="fail (exit 3) if the metric drops more than this many points")
+    g.add_argument("--junit", help="also write the verdict as JUnit XML to this file (for CI)")
+    g.add_argument("--no-cache", action="store_true", help="generate again even if a cached set matches")
+    g.add_argument("--cache-dir", help="where generated sets are cached (default ~/.cache/dgh-deploy)")
+    g.add_argument("--no-human-report", action="store_true", help="skip report.md and its pictures")
     g = p.add_argument_group("quantization options (each target takes what applies)")
     g.add_argument("--per-tensor", action="store_true", help="per-tensor weights instead of per-channel")
     g.add_argument("--io-dtype", default="int8", choices=("int8", "uint8"), help="integer model I/O (tflite)")
@@ -116,7 +120,8 @@ def run_deploy(args: argparse.Namespace) -> int:
         target=args.target, model=args.model, weights=args.weights, task=args.task, imgsz=args.imgsz,
         calib=args.calib, n_images=args.n_images, iters=args.iters, holdout=args.holdout,
         val_data=args.val_data, val_limit=args.val_limit, out=out, device=args.device, seed=args.seed,
-        resume=args.resume, max_drop=args.max_drop, options=options,
+        resume=args.resume, max_drop=args.max_drop, junit=args.junit, use_cache=not args.no_cache,
+        cache_dir=args.cache_dir, human_report=not args.no_human_report, options=options,
     )
     print(summarise(report, out))
     return 0

@@ -11,14 +11,15 @@ from typing import Any
 
 from dgh_deploy.artifacts import staging_dir, write_json
 from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.calibration.cache import cached
 from dgh_deploy.errors import DGHError, QualityGateFailed
 from dgh_deploy.loading import LoadedModel, load_model
+from dgh_deploy.reporting import REPORT_SCHEMA_VERSION, write_human_report, write_junit
 from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.targets import TargetOptions, get_target
 from dgh_deploy.tasks import get_task
 
 log = logging.getLogger("dgh_deploy")
-REPORT_SCHEMA_VERSION = "1.0"
 
 
 @dataclass
@@ -39,12 +40,33 @@ class DeployConfig:
     seed: int = 0
     resume: bool = False
     max_drop: float | None = None
+    junit: str | None = None  # write a JUnit XML verdict here
+    use_cache: bool = True
+    cache_dir: str | None = None
+    human_report: bool = True  # report.md with pictures beside report.json
     options: TargetOptions = field(default_factory=TargetOptions)
 
 
 def deploy(config: DeployConfig) -> dict[str, Any]:
-    """Run the job and return the report (also written to ``OUT/report.json``)."""
+    """Run the job and return the report (also written to ``OUT/report.json``).
+
+    Raises :class:`DGHError` for bad input and :class:`QualityGateFailed` (after writing every
+    artifact) when ``max_drop`` is exceeded; with ``junit`` set, either outcome is also written
+    as a JUnit verdict.
+    """
+    try:
+        report = _deploy(config)
+    except DGHError as err:
+        if config.junit and not isinstance(err, QualityGateFailed):
+            write_junit(config.junit, None, config.max_drop, error=str(err))
+        raise
+    return report
+
+
+def _deploy(config: DeployConfig) -> dict[str, Any]:
     times: dict[str, float] = {}
+    if config.max_drop is not None and not config.val_data:
+        raise DGHError("--max-drop needs real labelled data to measure a drop", "pass --val-data")
     target = get_target(config.target)
     target.options = config.options
     missing = target.missing_requirements()
@@ -67,14 +89,24 @@ def deploy(config: DeployConfig) -> dict[str, Any]:
     holdout = config.holdout if config.holdout is not None else max(8, n_images // 8)
 
     t0 = time.perf_counter()
+    hit = False
     if config.calib.endswith(".npz"):
         full = CalibrationSet.load(config.calib)
     else:
-        full = make_calibration_set(
-            model, config.calib, n_images=n_images + holdout, iters=iters, seed=config.seed,
-            device=config.device, resume=config.resume,
-            checkpoint=Path(config.out) / ".generation.ckpt" if config.resume or config.calib == "dgh" else None,
-        )
+        checkpoint = Path(config.out).with_name(Path(config.out).name + ".generation.ckpt")
+
+        def make() -> CalibrationSet:
+            return make_calibration_set(
+                model, config.calib, n_images=n_images + holdout, iters=iters, seed=config.seed,
+                device=config.device, resume=config.resume, checkpoint=checkpoint,
+            )
+
+        if config.use_cache:
+            full, hit = cached(model, config.calib, n_images + holdout, iters, config.seed, config.device, make,
+                               Path(config.cache_dir) if config.cache_dir else None)
+        else:
+            full = make()
+        checkpoint.unlink(missing_ok=True)
     full.check_fits(model.imgsz)
     calib, held = full.split(holdout)
     times["generation"] = time.perf_counter() - t0
@@ -94,15 +126,24 @@ def deploy(config: DeployConfig) -> dict[str, Any]:
             "target": {"name": target.name, "runtime": target.runtime,
                        "constraints": target.constraints.as_dict(), **result.info},
             "calibration": {"source": calib.source, "images": len(calib), "held_out": len(held) if held else 0,
-                            "settings": calib.settings, "stats": calib.stats},
+                            "cached": hit, "settings": calib.settings, "stats": calib.stats},
             "artifacts": {role: {"path": p.name, "bytes": p.stat().st_size} for role, p in result.artifacts.items()},
             "metrics": verification,
             "times_s": {k: round(v, 3) for k, v in times.items()},
             "environment": environment(),
             "config": _config_dict(config),
         }
+        verdict = gate_verdict(report, config.max_drop)
+        if verdict is not None:
+            report["gate"] = {"max_drop": config.max_drop, "passed": verdict[0], "verdict": verdict[1]}
         write_json(stage / "report.json", report)
-    gate(report, config.max_drop)
+        if config.human_report:
+            real = task.sample_inputs(model, config.val_data, 256) if config.val_data else None
+            write_human_report(stage, report, model, calib, real)
+    if config.junit:
+        write_junit(config.junit, report, config.max_drop)
+    if verdict is not None and not verdict[0]:
+        raise QualityGateFailed(verdict[1], "calibrate with more or better images, or relax --max-drop")
     return report
 
 
@@ -124,19 +165,19 @@ def verify(model: LoadedModel, task: Any, runner: Any, held: CalibrationSet | No
     return out
 
 
-def gate(report: dict[str, Any], max_drop: float | None) -> None:
+def gate_verdict(report: dict[str, Any], max_drop: float | None) -> tuple[bool, str] | None:
+    """(passed, one-line verdict) for ``--max-drop``, or None when no gate was asked for."""
     if max_drop is None:
-        return
+        return None
     m = report["metrics"]
     if "drop" not in m:
         raise DGHError("--max-drop needs real labelled data to measure a drop", "pass --val-data")
+    metric = m["metric"]
+    detail = (f"{metric} {m['float'][metric]:.2f} float -> {m['quantized'][metric]:.2f} quantized, "
+              f"drop {m['drop']:.2f} points")
     if m["drop"] > max_drop:
-        raise QualityGateFailed(
-            f"FAIL: {m['metric']} dropped {m['drop']:.2f} points "
-            f"({m['float'][m['metric']]:.2f} float -> {m['quantized'][m['metric']]:.2f} quantized), "
-            f"more than --max-drop {max_drop}",
-            "calibrate with more or better images, or relax the threshold",
-        )
+        return False, f"FAIL: {detail}, more than --max-drop {max_drop}"
+    return True, f"PASS: {detail}, within --max-drop {max_drop}"
 
 
 def environment() -> dict[str, Any]:

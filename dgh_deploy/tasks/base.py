@@ -32,6 +32,10 @@ class TaskAdapter(ABC):
     def evaluate(self, runner: Runner, model: LoadedModel, val_data: str, limit: int | None = None) -> dict[str, float]:
         """The task metric of ``runner`` on real labelled data (``metric`` among the keys)."""
 
+    def sample_inputs(self, model: LoadedModel, val_data: str, n: int) -> np.ndarray | None:
+        """Up to ``n`` real inputs (model input space) for range comparisons; None if not supported."""
+        return None
+
     @abstractmethod
     def agreement(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float]:
         """Data-free check: how closely a quantized model's outputs follow the float model's."""

@@ -1,0 +1,180 @@
+"""report.md beside report.json: the numbers as a table, and pictures of what was generated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dgh_deploy.artifacts import atomic_path
+from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.loading import LoadedModel
+
+
+def write_human_report(out_dir: Path, report: dict[str, Any], model: LoadedModel, calib: CalibrationSet,
+                       real_inputs: np.ndarray | None = None) -> Path:
+    """Write report.md and its PNGs into ``out_dir``; returns the Markdown path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    pictures = {"calibration_grid.png": _image_grid(out_dir / "calibration_grid.png", model, calib)}
+    curve = calib.stats.get("loss_curve")
+    if curve:
+        pictures["loss_curve.png"] = _loss_curve(out_dir / "loss_curve.png", curve)
+    pictures["activation_ranges.png"] = _activation_ranges(
+        out_dir / "activation_ranges.png", model, calib.images, real_inputs, calib.source
+    )
+    md = _markdown(report, [name for name, ok in pictures.items() if ok])
+    path = out_dir / "report.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text(md)
+    return path
+
+
+def _markdown(report: dict[str, Any], pictures: list[str]) -> str:
+    m, cal, tgt = report["metrics"], report["calibration"], report["target"]
+    metric = m["metric"]
+    lines = [
+        f"# {report['model']['name']} on {tgt['name']}",
+        "",
+        f"Calibration: **{cal['source']}**, {cal['images']} images ({cal['held_out']} more held out for the "
+        f"data-free check). Target constraints: {_describe(tgt['constraints'])}. Verified on {tgt['runtime']}.",
+        "",
+    ]
+    if "float" in m:
+        lines += [
+            f"| model | {metric} | images |",
+            "| --- | --- | --- |",
+            f"| float (PyTorch) | {m['float'][metric]:.2f} | {int(m['float'].get('images', 0))} |",
+            f"| quantized ({tgt['name']}) | {m['quantized'][metric]:.2f} | {int(m['quantized'].get('images', 0))} |",
+            f"| drop | {m['drop']:.2f} | |",
+            "",
+        ]
+    if "data_free" in m:
+        lines += ["Data-free check (float against quantized on held-out calibration images): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in m["data_free"].items()), ""]
+    if "gate" in report:
+        lines += [f"Quality gate: {report['gate']['verdict']}", ""]
+    lines += ["| stage | seconds |", "| --- | --- |"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in report["times_s"].items()]
+    lines.append("")
+    captions = {
+        "calibration_grid.png": "Calibration images (de-normalised to pixels)",
+        "loss_curve.png": "Generation losses per iteration",
+        "activation_ranges.png": "Per-layer input ranges of every conv/linear: calibration set against real data",
+    }
+    for name in pictures:
+        lines += [f"## {captions[name]}", "", f"![{captions[name]}]({name})", ""]
+    return "\n".join(lines)
+
+
+def _describe(c: dict[str, Any]) -> str:
+    return (f"W{c['weight_bits']} {c['weight_granularity']}, A{c['act_bits']} per-tensor, I/O {c['io_dtype']}"
+            + (", power-of-two scales" if c.get("power_of_two") else ""))
+
+
+def _image_grid(path: Path, model: LoadedModel, calib: CalibrationSet, n: int = 32) -> bool:
+    import matplotlib.pyplot as plt
+
+    pixels = model.preprocessing.to_pixels(calib.images[:n])
+    cols = min(8, len(pixels))
+    rows = (len(pixels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img in zip(axes.flat, pixels, strict=False):
+        ax.imshow(img, interpolation="nearest")
+    fig.suptitle(f"{calib.source}: first {len(pixels)} of {len(calib)}", fontsize=9)
+    _save(fig, path)
+    return True
+
+
+def _loss_curve(path: Path, curve: Any) -> bool:
+    import matplotlib.pyplot as plt
+
+    series = _series(curve)
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in series.items():
+        ax.plot(np.arange(1, len(values) + 1), values, label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    if all(v > 0 for vals in series.values() for v in vals):
+        ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def _series(curve: Any) -> dict[str, list[float]]:
+    """Accept a list of numbers, a list of dicts, or a dict of lists."""
+    if isinstance(curve, dict):
+        return {k: [float(x) for x in v] for k, v in curve.items() if isinstance(v, list) and v}
+    if isinstance(curve, list) and curve and isinstance(curve[0], dict):
+        keys = [k for k, v in curve[0].items() if isinstance(v, (int, float))]
+        return {k: [float(row[k]) for row in curve] for k in keys}
+    if isinstance(curve, list):
+        return {"loss": [float(x) for x in curve]}
+    return {}
+
+
+@torch.no_grad()
+def layer_input_ranges(module: nn.Module, images: np.ndarray, batch: int = 64) -> dict[str, tuple[float, float]]:
+    """Min and max of the input of every conv and linear layer over ``images``."""
+    ranges: dict[str, tuple[float, float]] = {}
+    hooks = []
+
+    def hook(name: str):
+        def fn(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            x = inputs[0]
+            lo, hi = float(x.min()), float(x.max())
+            old = ranges.get(name, (lo, hi))
+            ranges[name] = (min(old[0], lo), max(old[1], hi))
+        return fn
+
+    for name, m in module.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_pre_hook(hook(name)))
+    try:
+        for i in range(0, len(images), batch):
+            module(torch.from_numpy(images[i : i + batch]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranges
+
+
+def _activation_ranges(path: Path, model: LoadedModel, calib: np.ndarray, real: np.ndarray | None,
+                       source: str) -> bool:
+    import matplotlib.pyplot as plt
+
+    cal = layer_input_ranges(model.module, calib[:256])
+    names = list(cal)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.18), 3.8))
+    ax.vlines(x - 0.15, [cal[n][0] for n in names], [cal[n][1] for n in names], color="tab:blue", lw=2,
+              label=f"calibration ({source})")
+    if real is not None and len(real):
+        ref = layer_input_ranges(model.module, real[:256])
+        ax.vlines(x + 0.15, [ref[n][0] for n in names], [ref[n][1] for n in names], color="tab:orange", lw=2,
+                  label="real data")
+    ax.set_xticks(x, names, rotation=90, fontsize=6)
+    ax.set_ylabel("input range (min..max)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

@@ -1,0 +1,50 @@
+"""A JUnit XML verdict, so CI systems show the quality gate like a test."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from dgh_deploy.artifacts import atomic_path
+
+
+def write_junit(path: str | Path, report: dict[str, Any] | None, max_drop: float | None,
+                error: str | None = None) -> None:
+    """One test case per check: the quality gate, float parity / integer-only (when reported)."""
+    name = f"{report['model']['name']}-{report['target']['name']}" if report else "dgh-deploy"
+    suite = ET.Element("testsuite", name="dgh-deploy", tests="0", failures="0", errors="0")
+    cases: list[ET.Element] = []
+
+    def case(case_name: str, failure: str | None = None, is_error: bool = False, text: str = "") -> None:
+        el = ET.Element("testcase", classname=name, name=case_name)
+        if failure is not None:
+            ET.SubElement(el, "error" if is_error else "failure", message=failure).text = failure
+        if text:
+            ET.SubElement(el, "system-out").text = text
+        cases.append(el)
+
+    if error is not None:
+        case("deploy", error, is_error=True)
+    else:
+        assert report is not None
+        m = report["metrics"]
+        if "drop" in m:
+            metric = m["metric"]
+            summary = (f"{metric}: float {m['float'][metric]:.2f}, quantized {m['quantized'][metric]:.2f}, "
+                       f"drop {m['drop']:.2f}")
+            failed = max_drop is not None and m["drop"] > max_drop
+            case(f"max_drop[{max_drop}]" if max_drop is not None else "accuracy",
+                 f"{summary} > --max-drop {max_drop}" if failed else None, text=summary)
+        if "data_free" in m:
+            case("data_free_agreement", text=", ".join(f"{k}={v}" for k, v in m["data_free"].items()))
+        case("conversion_checks", text=f"target {report['target']['name']}: parity and integer-only checks passed")
+    for el in cases:
+        suite.append(el)
+    suite.set("tests", str(len(cases)))
+    suite.set("failures", str(sum(el.find("failure") is not None for el in cases)))
+    suite.set("errors", str(sum(el.find("error") is not None for el in cases)))
+    tree = ET.ElementTree(ET.Element("testsuites"))
+    tree.getroot().append(suite)
+    with atomic_path(path) as tmp:
+        tree.write(tmp, encoding="utf-8", xml_declaration=True)
