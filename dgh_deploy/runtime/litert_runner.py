@@ -1,0 +1,175 @@
+"""A .tflite model on the LiteRT interpreter (``ai_edge_litert``), behind the common Runner interface.
+
+The runner hides everything a TFLite model does differently from PyTorch: NHWC layout (onnx2tf
+transposes images and feature maps), integer I/O (quantize with the input tensor's own scale and
+zero point, dequantize each output with its own), and the order of outputs (onnx2tf may reorder
+them; the signature keeps the ONNX names ``output0``, ``output_0``... which map them back).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dgh_deploy.errors import DGHError
+from dgh_deploy.runtime.base import Runner
+
+_OUTPUT_INDEX = re.compile(r"output_?(\d+)$")
+
+
+@dataclass(frozen=True)
+class TensorIO:
+    """One input or output of the .tflite file, as the runner uses it."""
+
+    name: str
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    scale: float  # 0.0 for float tensors
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        return np.issubdtype(self.dtype, np.integer) and self.scale > 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": np.dtype(self.dtype).name,
+                "scale": self.scale, "zero_point": self.zero_point}
+
+
+def open_interpreter(path: str | Path, num_threads: int = 1, preserve_all: bool = False,
+                     delegates: bool = True) -> Any:
+    """An allocated LiteRT interpreter; a file the runtime cannot load is a DGHError.
+
+    ``delegates=False`` uses the reference kernels only: slow, but every op stays visible
+    (the default XNNPACK delegate folds ops into one DELEGATE node and hides intermediates).
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        it = Interpreter(model_path=str(path), num_threads=int(num_threads), experimental_op_resolver_type=resolver,
+                         experimental_preserve_all_tensors=preserve_all)
+        it.allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise DGHError(
+            f"the LiteRT interpreter cannot load '{Path(path).name}' ({reason})",
+            "the converter emitted ops this runtime lacks (e.g. TensorFlow Flex ops): replace them in the model",
+        ) from exc
+    return it
+
+
+class LiteRTRunner(Runner):
+    """Runs a .tflite file: NCHW float32 in, float32 outputs (NCHW where the model's are) out.
+
+    ``output_shapes`` (the PyTorch outputs' shapes without the batch dimension) lets the runner
+    undo onnx2tf's channel-last transposition of outputs; without it outputs come back as the
+    file has them. Images run one at a time: onnx2tf bakes batch 1 into reshapes, so resizing
+    the input is not safe in general, and XNNPACK runs a batch-1 ResNet-20 in under a millisecond.
+    """
+
+    name = "litert"
+
+    def __init__(self, path: str | Path, num_threads: int = 2,
+                 output_shapes: list[tuple[int, ...]] | None = None) -> None:
+        self.path = Path(path)
+        self.num_threads = num_threads
+        self._it = open_interpreter(self.path, num_threads)
+        inputs = self._it.get_input_details()
+        if len(inputs) != 1:
+            raise DGHError(
+                f"'{self.path.name}' has {len(inputs)} inputs; the runner feeds one image tensor",
+                "export the model with a single image input",
+            )
+        self.input = _tensor_io(inputs[0])
+        self.outputs = self._ordered_outputs()
+        self._perms = [self._output_perm(o.shape, output_shapes[k] if output_shapes and k < len(output_shapes)
+                                         else None) for k, o in enumerate(self.outputs)]
+        self.name = f"litert-{np.dtype(self.input.dtype).name}"
+
+    # --- structure -------------------------------------------------------------------------
+    def _ordered_outputs(self) -> list[TensorIO]:
+        """The outputs in PyTorch's order: by the ONNX output index kept in the signature names."""
+        details = self._it.get_output_details()
+        try:
+            sig = self._it.get_signature_runner().get_output_details()
+        except (ValueError, RuntimeError):  # a file without signatures: keep the file's order
+            sig = {}
+        by_index = {d["index"]: d for d in details}
+        numbered: dict[int, dict[str, Any]] = {}
+        for key, d in sig.items():
+            m = _OUTPUT_INDEX.search(key)
+            if m is not None and d["index"] in by_index:
+                numbered[int(m.group(1))] = by_index[d["index"]]
+        if len(numbered) == len(details) and sorted(numbered) == list(range(len(details))):
+            return [_tensor_io(numbered[i], f"output{i}") for i in range(len(details))]
+        return [_tensor_io(d) for d in details]
+
+    def _output_perm(self, shape: tuple[int, ...], expected: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        """The transposition that turns the file's output layout into PyTorch's, if any is needed."""
+        if expected is None or len(shape) < 3:
+            return None
+        want = tuple(expected)
+        channel_first = (0, len(shape) - 1, *range(1, len(shape) - 1))
+        # onnx2tf emits feature maps channel-last: prefer that reading when both fit (square maps).
+        if tuple(shape[i] for i in channel_first)[1:] == want:
+            return channel_first
+        if tuple(shape[1:]) == want:
+            return None
+        raise DGHError(
+            f"'{self.path.name}' has an output of shape {list(shape)} that matches no PyTorch output "
+            f"(expected N x {' x '.join(map(str, want))})",
+            "the conversion changed the output layout: re-export the model with plain NCHW outputs",
+        )
+
+    def io_details(self) -> dict[str, Any]:
+        return {"input": self.input.describe(), "outputs": [o.describe() for o in self.outputs]}
+
+    # --- inference -------------------------------------------------------------------------
+    def _to_input(self, x: np.ndarray) -> np.ndarray:
+        """NCHW float32 -> the file's layout and dtype, one image (batch 1) at a time."""
+        shape = self.input.shape
+        if x.ndim != 4:
+            raise DGHError(f"runner input has shape {x.shape}, not N x C x H x W", "pass a batch of images")
+        if tuple(shape[1:]) == (x.shape[2], x.shape[3], x.shape[1]):
+            x = x.transpose(0, 2, 3, 1)
+        elif tuple(shape[1:]) != tuple(x.shape[1:]):
+            raise DGHError(
+                f"images of shape {list(x.shape[1:])} do not fit the model input {list(shape)}",
+                "resize the images to the model's --imgsz",
+            )
+        if self.input.quantized:
+            info = np.iinfo(self.input.dtype)
+            q = np.rint(x / self.input.scale) + self.input.zero_point
+            return np.clip(q, info.min, info.max).astype(self.input.dtype)
+        return np.ascontiguousarray(x, dtype=self.input.dtype)
+
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        x = self._to_input(np.asarray(x, dtype=np.float32))
+        results: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for i in range(len(x)):
+            self._it.set_tensor(self.input.index, x[i : i + 1])
+            self._it.invoke()
+            for k, o in enumerate(self.outputs):
+                results[k].append(self._it.get_tensor(o.index).copy())
+        outs = []
+        for o, perm, chunks in zip(self.outputs, self._perms, results, strict=True):
+            y = np.concatenate(chunks)
+            y = (y.astype(np.float32) - o.zero_point) * o.scale if o.quantized else y.astype(np.float32)
+            outs.append(np.ascontiguousarray(y.transpose(perm)) if perm is not None else y)
+        return outs
+
+
+def _tensor_io(d: dict[str, Any], name: str | None = None) -> TensorIO:
+    q = d.get("quantization_parameters", {})
+    scales, zps = q.get("scales", np.zeros(0)), q.get("zero_points", np.zeros(0))
+    return TensorIO(
+        name=name or d["name"], index=int(d["index"]), shape=tuple(int(s) for s in d["shape"]),
+        dtype=np.dtype(d["dtype"]), scale=float(scales[0]) if len(scales) else 0.0,
+        zero_point=int(zps[0]) if len(zps) else 0,
+    )
