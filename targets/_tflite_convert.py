@@ -1,0 +1,257 @@
+"""ONNX -> float32 and full-integer .tflite with onnx2tf 1.29.x, quietly, offline, and strictly.
+
+What this wraps around ``onnx2tf.convert``, and why:
+
+* onnx2tf fetches ``calibration_image_sample_data_20x128x128x3_float32.npy`` from GitHub at every
+  conversion unless that file sits in the working directory (it uses it for shape probing even
+  when our own calibration data is given). We run in a scratch folder holding a local copy made
+  from our calibration images, so no conversion ever touches the network.
+* onnx2tf simplifies the graph by calling the ``onnxsim`` executable through ``PATH``: found in an
+  activated venv, missing when the venv's python is called directly. The result differs (the
+  CIFAR option-A shortcut fails to convert without it), so we put the interpreter's own bin
+  folder on ``PATH`` and get the same conversion either way.
+* onnx2tf overwrites its input ONNX with the simplified graph: it gets a copy.
+* onnx2tf prints hundreds of lines, TensorFlow's C++ code more on fd 2: captured into a log
+  unless verbose; the log feeds the error messages.
+* onnx2tf only *warns* when the full-integer file fails to write, and exits the process on
+  some bad inputs: both become :class:`DGHError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dgh_deploy.errors import DGHError
+
+SAMPLE_DATA_NAME = "calibration_image_sample_data_20x128x128x3_float32.npy"
+INT8_FAILED = "Full INT8 Quantization tflite output failed"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit))\s*:\s*(.+)$")
+
+
+@dataclass(frozen=True)
+class ConversionSettings:
+    quant_type: str = "per-channel"  # or "per-tensor" (weights)
+    io_dtype: str = "int8"  # int8 | uint8
+    verbose: bool = False
+    threads: int = 2
+
+
+@dataclass
+class Conversion:
+    float_model: Path
+    int8_model: Path
+    seconds: float
+    onnxsim: bool  # whether onnx2tf could run onnxsim
+
+
+def write_sample_data(folder: Path, nhwc: np.ndarray) -> Path:
+    """The file onnx2tf would otherwise download: 20 of our own images, so any use of it is sane."""
+    reps = -(-20 // len(nhwc))
+    sample = np.concatenate([nhwc] * reps)[:20].astype(np.float32)
+    path = folder / SAMPLE_DATA_NAME
+    np.save(path, sample)
+    return path
+
+
+def convert(onnx_path: Path, scratch: Path, cind: list[Any], settings: ConversionSettings) -> Conversion:
+    """Run onnx2tf on a copy of ``onnx_path`` inside ``scratch``; return the two .tflite files."""
+    work = scratch / "onnx2tf"
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / onnx_path.name
+    shutil.copyfile(onnx_path, src)
+    write_sample_data(work, np.load(cind[1], mmap_mode="r")[:20])
+    out = work / "tflite"
+    log_path = work / "onnx2tf.log"
+    t0 = time.perf_counter()
+    with _capture(log_path, enabled=not settings.verbose), _chdir(work), _onnxsim_on_path() as has_sim:
+        try:
+            _run_onnx2tf(src, out, cind, settings)
+        except SystemExit as exc:  # onnx2tf calls sys.exit(1) on inputs it refuses
+            raise DGHError(
+                f"onnx2tf refused the model ({_last_error(log_path) or f'exit code {exc.code}'})",
+                f"fix what the log names; full log: {_keep_log(log_path)}",
+            ) from None
+        except DGHError:
+            raise
+        except Exception as exc:  # any converter failure is reported the same way
+            raise _conversion_error(exc, src, log_path) from exc
+    seconds = time.perf_counter() - t0
+    stem = onnx_path.stem
+    float_model, int8_model = out / f"{stem}_float32.tflite", out / f"{stem}_full_integer_quant.tflite"
+    if not float_model.is_file():
+        raise DGHError(
+            f"onnx2tf wrote no float32 .tflite ({_last_error(log_path) or 'no reason logged'})",
+            f"read the full log: {_keep_log(log_path)}",
+        )
+    if not int8_model.is_file():
+        raise DGHError(
+            f"onnx2tf could not write the full-integer .tflite ({_int8_failure(log_path)})",
+            "replace the layer the reason names with an int8-friendly one; "
+            f"full log: {_keep_log(log_path)}",
+        )
+    return Conversion(float_model, int8_model, seconds, has_sim)
+
+
+def _run_onnx2tf(src: Path, out: Path, cind: list[Any], settings: ConversionSettings) -> None:
+    if not settings.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only effective before TensorFlow's first import
+    import tensorflow as tf
+
+    with contextlib.suppress(RuntimeError):  # already initialised by an earlier conversion: keep it
+        tf.config.threading.set_intra_op_parallelism_threads(settings.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(settings.threads)
+    import onnx2tf
+
+    onnx2tf.convert(
+        input_onnx_file_path=str(src),
+        output_folder_path=str(out),
+        output_integer_quantized_tflite=True,
+        quant_type=settings.quant_type,
+        custom_input_op_name_np_data_path=[cind],
+        input_quant_dtype=settings.io_dtype,
+        output_quant_dtype=settings.io_dtype,
+        verbosity="info" if settings.verbose else "warn",
+    )
+
+
+def onnx2tf_version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version("onnx2tf")
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def _conversion_error(exc: BaseException, onnx_file: Path, log_path: Path) -> DGHError:
+    """Name the ONNX op onnx2tf failed on (it tags the exception with the node name)."""
+    node_name = getattr(exc, "onnx_op_name", None)
+    if node_name:
+        node_name = re.sub(r"^wa/", "/", str(node_name))  # onnx2tf prefixes 'wa' to names starting with '/'
+    op_type = _op_type(onnx_file, node_name) if node_name else None
+    missing = re.search(r"No module named 'onnx2tf\.ops\.(\w+)'", str(exc))
+    reason = _first_line(exc)
+    if missing:
+        op_type = op_type or missing.group(1)
+        reason = "onnx2tf has no converter for this op"
+    what = f"{op_type} node '{node_name}'" if node_name and op_type else (op_type or node_name or "the model")
+    return DGHError(
+        f"onnx2tf cannot convert {what} ({reason})",
+        f"replace that op with standard layers in the model (or its export_form); full log: {_keep_log(log_path)}",
+    )
+
+
+def _op_type(onnx_file: Path, node_name: str) -> str | None:
+    try:
+        import onnx
+
+        graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    except Exception:  # best effort: the message still names the node
+        return None
+    clean = node_name.lstrip("/").replace(":", "__")
+    for n in graph.node:
+        if n.name == node_name or n.name.lstrip("/").replace(":", "__") == clean:
+            return n.op_type
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = _ANSI.sub("", str(exc)).strip()
+    return (text.splitlines()[0][:200] if text else type(exc).__name__).rstrip(".")
+
+
+def _read_log(log_path: Path) -> list[str]:
+    try:
+        return [_ANSI.sub("", ln).rstrip() for ln in log_path.read_text(errors="replace").splitlines()]
+    except OSError:
+        return []
+
+
+def _last_error(log_path: Path) -> str:
+    lines = [ln for ln in _read_log(log_path) if ln.startswith("ERROR:") and ln[6:].strip()]
+    return lines[-1][6:].strip()[:200] if lines else ""
+
+
+def _int8_failure(log_path: Path) -> str:
+    """The exception message of the traceback onnx2tf printed just before its int8 warning."""
+    lines = _read_log(log_path)
+    end = next((i for i in range(len(lines) - 1, -1, -1) if INT8_FAILED in lines[i]), len(lines))
+    for ln in reversed(lines[:end]):
+        m = _EXC_LINE.match(ln)
+        if m:
+            return f"{m.group(1)}: {m.group(2).strip()[:200]}"
+    return "onnx2tf warned that the full-integer output failed" if end < len(lines) else "no reason logged"
+
+
+def _keep_log(log_path: Path) -> str:
+    """Copy the log out of the scratch folder (deleted after the build) so the user can read it."""
+    if not log_path.is_file():
+        return "not captured (verbose run: see the console)"
+    fd, kept = tempfile.mkstemp(prefix="dgh-onnx2tf-", suffix=".log")
+    os.close(fd)
+    shutil.copyfile(log_path, kept)
+    return kept
+
+
+# --- process plumbing -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _capture(log_path: Path, enabled: bool) -> Iterator[None]:
+    """Send Python's and C++'s stdout/stderr to ``log_path`` (fd level: TensorFlow writes to fd 2)."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log_path, "a", buffering=1, errors="replace") as log:
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield
+        finally:
+            log.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+@contextlib.contextmanager
+def _chdir(path: Path) -> Iterator[None]:
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@contextlib.contextmanager
+def _onnxsim_on_path() -> Iterator[bool]:
+    bindir = str(Path(sys.executable).parent)
+    old = os.environ.get("PATH", "")
+    if (Path(bindir) / "onnxsim").exists() and bindir not in old.split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + old
+    try:
+        yield shutil.which("onnxsim") is not None
+    finally:
+        os.environ["PATH"] = old

@@ -1,0 +1,182 @@
+"""Full-integer INT8 TFLite for LiteRT and TFLite-delegate NPUs (Edge TPU, Ethos-U, i.MX), via onnx2tf.
+
+PyTorch -> ONNX (with the model's export rewrites) -> onnx2tf (TensorFlow's converter quantizes
+with our calibration images) -> two files: ``*_float32.tflite`` and ``*_full_integer_quant.tflite``.
+Nothing is handed back until the float file agrees with PyTorch (so that any later accuracy loss
+is quantization, not conversion) and the int8 file is shown to run integer-only with integer I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from dgh_deploy.artifacts import atomic_path
+from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.calibration.tflite import TFLiteCalibrator
+from dgh_deploy.errors import DGHError
+from dgh_deploy.loading import LoadedModel
+from dgh_deploy.onnx_export import INPUT_NAME, export_onnx
+from dgh_deploy.runtime.base import TorchRunner
+from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target
+
+log = logging.getLogger("dgh_deploy")
+
+PARITY_IMAGES = 32  # enough to see a broken layer (a wrong one moves every logit), cheap at batch 1
+
+
+class TFLiteInt8Target(Target):
+    name: ClassVar[str] = "tflite-int8"
+    summary: ClassVar[str] = "full-integer INT8 .tflite (int8/uint8 I/O) via onnx2tf, verified on LiteRT"
+    runtime: ClassVar[str] = "LiteRT interpreter (ai_edge_litert)"
+    requires: ClassVar[tuple[str, ...]] = ("onnx2tf", "tensorflow", "ai_edge_litert")
+    install_hint: ClassVar[str] = "pip install 'dgh-deploy[tflite]'"
+
+    @property
+    def constraints(self) -> QuantConstraints:
+        o = self.options
+        return QuantConstraints(
+            weight_bits=8, act_bits=8,
+            weight_granularity="per-tensor" if o.per_tensor else "per-channel",
+            weight_symmetric=True, act_symmetric=False, power_of_two=False,
+            io_dtype=o.io_dtype, all_layers_quantized=True,
+            notes="TFLite int8 spec: weights int8 [-127, 127] zero point 0, int32 bias, activations int8 "
+                  "asymmetric per-tensor; min/max ranges from TFLiteConverter's calibration",
+        )
+
+    # --- build -----------------------------------------------------------------------------
+    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
+        self._check_options()
+        TFLiteCalibrator(calib).check(model.imgsz)  # before the slow export and conversion
+        scratch = Path(tempfile.mkdtemp(prefix="dgh-tflite-"))
+        try:
+            t0 = time.perf_counter()
+            onnx_path = export_onnx(model, scratch / f"{file_stem(model.name)}.onnx")
+            export_s = time.perf_counter() - t0
+            result = self._build(model, onnx_path, calib, Path(workdir), scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        result.timings = {"export": export_s, **result.timings}
+        return result
+
+    def build_from_onnx(self, model: LoadedModel, onnx_path: str | Path, calib: CalibrationSet,
+                        workdir: Path) -> BuildResult:
+        """Like :meth:`build`, from an ONNX file already exported (input ``images``, outputs ``output0``...).
+
+        ``model`` is still the PyTorch reference the float conversion is checked against.
+        """
+        self._check_options()
+        TFLiteCalibrator(calib).check(model.imgsz)
+        scratch = Path(tempfile.mkdtemp(prefix="dgh-tflite-"))
+        try:
+            src = scratch / f"{file_stem(model.name)}.onnx"
+            shutil.copyfile(onnx_path, src)
+            return self._build(model, src, calib, Path(workdir), scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _build(self, model: LoadedModel, onnx_path: Path, calib: CalibrationSet, workdir: Path,
+               scratch: Path) -> BuildResult:
+        from dgh_deploy.runtime.litert_runner import LiteRTRunner
+        from dgh_deploy.targets._tflite_convert import ConversionSettings, convert, onnx2tf_version
+        from dgh_deploy.verification.integer_ops import check_full_integer
+        from dgh_deploy.verification.parity import check_float_parity
+
+        o = self.options
+        timings: dict[str, float] = {}
+        cind = TFLiteCalibrator(calib).feed(path=scratch / "calibration_nhwc.npy", imgsz=model.imgsz,
+                                            input_name=INPUT_NAME)
+        settings = ConversionSettings(quant_type="per-tensor" if o.per_tensor else "per-channel",
+                                      io_dtype=o.io_dtype, verbose=_verbose(o.extra),
+                                      threads=o.threads)
+        log.info("converting with onnx2tf (%s weights, %s I/O, %d calibration images)",
+                 settings.quant_type, o.io_dtype, len(calib))
+        conv = convert(onnx_path, scratch, cind, settings)
+        timings["conversion"] = conv.seconds
+
+        t0 = time.perf_counter()
+        shapes = output_shapes(model)
+        parity = check_float_parity(
+            LiteRTRunner(conv.float_model, o.threads, shapes), TorchRunner(model.module),
+            calib.images[: int(o.extra.get("parity_images", PARITY_IMAGES))],
+            classify=model.task == "classify", atol=o.parity_atol,
+            onnx_path=onnx_path, tflite_path=conv.float_model,
+        )
+        timings["parity"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        float_ops = check_full_integer(conv.int8_model, o.io_dtype, o.allow_float_ops)
+        timings["integer_check"] = time.perf_counter() - t0
+
+        # Only now do files reach the working folder: nothing there ever failed a check.
+        stem = onnx_path.stem
+        artifacts = {
+            "model": _install(conv.int8_model, workdir / f"{stem}_full_integer_quant.tflite"),
+            "float_model": _install(conv.float_model, workdir / f"{stem}_float32.tflite"),
+            "onnx": _install(onnx_path, workdir / f"{stem}.onnx"),
+        }
+        runner = LiteRTRunner(artifacts["model"], o.threads, shapes)
+        info: dict[str, Any] = {
+            "float_parity": {**parity.as_dict(), "reference": "PyTorch float32", "inputs": "calibration images"},
+            "float_ops": float_ops,
+            "io": runner.io_details(),
+            "quant_type": settings.quant_type,
+            "calibration_images": len(calib),
+            "onnx2tf_version": onnx2tf_version(),
+            "onnxsim": conv.onnxsim,
+        }
+        return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
+
+    def _check_options(self) -> None:
+        """Refuse what a TFLite int8 model cannot be, rather than silently building something else."""
+        o = self.options
+        if o.io_dtype not in ("int8", "uint8"):
+            raise DGHError(f"tflite-int8 has no '{o.io_dtype}' I/O", "use --io-dtype int8 or uint8")
+        if o.weight_bits != 8 or o.act_bits != 8:
+            raise DGHError(
+                f"tflite-int8 quantizes to 8 bits, not W{o.weight_bits}A{o.act_bits}",
+                "drop the bit-width options for this target",
+            )
+        if o.power_of_two or o.act_symmetric or not o.weight_symmetric:
+            raise DGHError(
+                "tflite-int8 follows the TFLite int8 spec (symmetric weights, asymmetric activations, "
+                "free-form scales)",
+                "drop --power-of-two / symmetric-activation / asymmetric-weight options for this target",
+            )
+        if o.act_range not in ("", "minmax"):
+            raise DGHError(
+                f"tflite-int8 calibrates activation ranges by min/max only, not '{o.act_range}'",
+                "drop --act-range for this target",
+            )
+
+
+def _verbose(extra: dict[str, Any]) -> bool:
+    """onnx2tf's own log on the console: with options.extra["verbose"] or debug logging (--verbose)."""
+    return bool(extra.get("verbose")) or log.isEnabledFor(logging.DEBUG)
+
+
+def file_stem(name: str) -> str:
+    """A model name as a file name (factory models are named 'file:func')."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
+
+
+def output_shapes(model: LoadedModel) -> list[tuple[int, ...]]:
+    """The PyTorch outputs' shapes without batch: the runner maps the .tflite outputs onto them."""
+    out = TorchRunner(model.module).infer(np.zeros((1, 3, *model.imgsz), np.float32))
+    return [tuple(o.shape[1:]) for o in out]
+
+
+def _install(src: Path, dst: Path) -> Path:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return dst
+
+
+TARGET = TFLiteInt8Target
