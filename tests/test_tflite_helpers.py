@@ -1,0 +1,68 @@
+"""The tflite-int8 target's pieces that need no conversion: calibrator, parity maths, log reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.calibration.tflite import TFLiteCalibrator
+from dgh_deploy.errors import DGHError
+from dgh_deploy.verification.parity import compare_outputs
+
+
+def test_calibrator_writes_nhwc_with_identity_normalisation(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).normal(size=(5, 3, 6, 7)).astype(np.float32)
+    name, path, mean, std = TFLiteCalibrator(CalibrationSet(images, "noise")).feed(
+        path=tmp_path / "c.npy", imgsz=(6, 7), input_name="images")
+    data = np.load(path)
+    assert name == "images" and data.shape == (5, 6, 7, 3) and data.dtype == np.float32
+    np.testing.assert_array_equal(data, images.transpose(0, 2, 3, 1))
+    # onnx2tf feeds (data - mean) / std: it must give back exactly the model-space images
+    np.testing.assert_array_equal((data - mean) / std, data)
+
+
+def test_calibrator_refuses_a_wrong_size_or_non_finite_set(tmp_path: Path) -> None:
+    images = np.zeros((2, 3, 8, 8), np.float32)
+    with pytest.raises(DGHError, match="8 x 8 but the model takes 3 x 32 x 32"):
+        TFLiteCalibrator(CalibrationSet(images, "noise")).feed(path=tmp_path / "c.npy", imgsz=(32, 32))
+    images[1, 0, 0, 0] = np.nan
+    with pytest.raises(DGHError, match="NaN or Inf"):
+        TFLiteCalibrator(CalibrationSet(images, "noise")).check((8, 8))
+    assert not (tmp_path / "c.npy").exists()
+
+
+def test_parity_tolerance_is_relative_to_the_output_scale() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(scale=10.0, size=(20, 10)).astype(np.float32)
+    scale = float(np.abs(ref).max())
+    assert compare_outputs([ref], [ref + 1e-4 * scale], classify=True).passed
+    bad = compare_outputs([ref], [ref + 1e-2 * scale], classify=True)
+    assert not bad.passed and bad.top1_agreement == 100.0  # a shift keeps the ranking, not the values
+    assert compare_outputs([ref], [ref + 1e-2 * scale], atol=2e-2 * scale).passed
+
+
+def test_parity_counts_clear_top1_disagreements() -> None:
+    ref = np.array([[5.0, 0.0, -1.0], [1.0, 0.999, 0.0]], np.float32)
+    cand = np.array([[0.0, 5.0, -1.0], [0.999, 1.0, 0.0]], np.float32)
+    res = compare_outputs([ref], [cand], atol=0.01, classify=True)
+    # the first image flips with a 5-logit margin; the second is a near-tie within tolerance
+    assert res.top1_agreement == 0.0 and res.top1_disagreements == 1 and not res.passed
+
+
+def test_a_missing_int8_file_is_explained_from_the_log(tmp_path: Path) -> None:
+    from dgh_deploy.targets._tflite_convert import INT8_FAILED, _int8_failure
+
+    log = tmp_path / "onnx2tf.log"
+    log.write_text(
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in convert\n'
+        "RuntimeError: Quantization not yet supported for op: 'ERF'.\n"
+        f"\x1b[33mWARNING:\x1b[0m {INT8_FAILED}.\n"
+        "Integer quantization with int16 activations tflite output complete!\n"
+    )
+    assert _int8_failure(log) == "RuntimeError: Quantization not yet supported for op: 'ERF'."
+    log.write_text("nothing useful\n")
+    assert _int8_failure(log) == "no reason logged"
