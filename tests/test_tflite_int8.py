@@ -6,9 +6,11 @@ module; the failure cases use small models or fail before converting.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +41,27 @@ def real_images(model: LoadedModel, folder: Path, n: int) -> np.ndarray:
     return np.stack([model.preprocessing.load(str(files[i]), model.imgsz) for i in evenly_spaced(len(files), n)])
 
 
-def build_offline(options: TargetOptions, model: LoadedModel, calib: CalibrationSet,
-                  workdir: Path) -> tuple[Any, list[Any]]:
-    """Build with every network connection refused and recorded."""
+@contextlib.contextmanager
+def refuse_network() -> Iterator[list[Any]]:
+    """Every name lookup or connection fails, and is recorded."""
     attempts: list[Any] = []
 
     def refuse(*args: Any, **kwargs: Any) -> None:
         attempts.append(args)
         raise OSError("network access during conversion")
 
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket, "getaddrinfo", refuse)
+        mp.setattr(socket, "create_connection", refuse)
+        mp.setattr(socket.socket, "connect", lambda self, address: refuse(address))
+        yield attempts
+
+
+def build_offline(options: TargetOptions, model: LoadedModel, calib: CalibrationSet,
+                  workdir: Path) -> tuple[Any, list[Any]]:
     target = get_target("tflite-int8")
     target.options = options
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", lambda self, address: refuse(address))
-        mp.setattr(socket, "create_connection", refuse)
+    with refuse_network() as attempts:
         result = target.build(model, calib, workdir)
     return result, attempts
 
@@ -143,8 +152,16 @@ def test_build_writes_only_checked_artifacts(built: dict[str, Any]) -> None:
     assert {"export", "conversion", "parity"} <= set(result.timings)
 
 
-def test_conversion_never_touches_the_network(built: dict[str, Any]) -> None:
+def test_conversion_never_touches_the_network(built: dict[str, Any], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     assert built["attempts"] == []
+    # The guard does catch onnx2tf's download when its sample file is absent from the working folder.
+    from onnx2tf.utils.common_functions import download_test_image_data
+
+    monkeypatch.chdir(tmp_path)
+    with refuse_network() as attempts, contextlib.suppress(Exception):
+        download_test_image_data()
+    assert attempts
 
 
 def test_int8_file_is_integer_only_and_the_checker_sees_float(built: dict[str, Any]) -> None:
@@ -177,6 +194,7 @@ def test_runner_dequantizes_onto_the_output_grid(built: dict[str, Any], calib: C
     assert len(np.unique(np.rint(q))) > 4  # not a constant output
 
 
+@pytest.mark.slow  # a second full conversion
 def test_uint8_io_and_per_tensor_weights(r20: LoadedModel, calib: CalibrationSet, built: dict[str, Any],
                                          tmp_path: Path) -> None:
     result, _ = build_offline(TargetOptions(io_dtype="uint8", per_tensor=True), r20, calib, tmp_path)
@@ -199,6 +217,7 @@ def test_uint8_io_and_per_tensor_weights(r20: LoadedModel, calib: CalibrationSet
 # --- what must fail, and how -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a full conversion plus the layer search
 def test_parity_catches_the_unrewritten_option_a_shortcut(r20: LoadedModel, calib: CalibrationSet,
                                                           tmp_path: Path, logs_in_tmp: Path) -> None:
     onnx_path = export_onnx(r20, tmp_path / "strided_slice.onnx",
