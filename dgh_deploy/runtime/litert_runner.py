@@ -134,8 +134,9 @@ class LiteRTRunner(Runner):
     def _to_input(self, x: np.ndarray) -> np.ndarray:
         """NCHW float32 -> the file's layout and dtype, one image (batch 1) at a time."""
         shape = self.input.shape
-        if x.ndim != 4:
-            raise DGHError(f"runner input has shape {x.shape}, not N x C x H x W", "pass a batch of images")
+        if x.ndim != 4 or len(x) == 0:
+            raise DGHError(f"runner input has shape {x.shape}, not N x C x H x W with N > 0",
+                           "pass a non-empty batch of images")
         if tuple(shape[1:]) == (x.shape[2], x.shape[3], x.shape[1]):
             x = x.transpose(0, 2, 3, 1)
         elif tuple(shape[1:]) != tuple(x.shape[1:]):
