@@ -133,6 +133,19 @@ class CastLikeNet(nn.Module):
         return self.fc(_CastLike.apply(torch.relu(self.conv(x)), x).mean((2, 3)))
 
 
+class ThreeMaps(nn.Module):
+    """Feature-map outputs like a detector head's: two of one shape, one square in C, H and W."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 1)
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.sigmoid(self.a(x)), self.b(x) * 3.0, self.c(x)
+
+
 # --- the ResNet-20 build ---------------------------------------------------------------------------
 
 
@@ -255,6 +268,18 @@ def test_float_ops_are_refused_or_recorded_and_the_converter_stays_quiet(
     assert result.info["io"]["input"]["dtype"] == "int8"  # the I/O contract holds even for a mixed model
     chatter = [ln for ln in (out + err).splitlines() if ln.strip() and "XNNPACK delegate" not in ln]
     assert chatter == [], chatter[:5]
+
+
+def test_runner_gives_multiple_nchw_outputs_in_pytorch_order(tmp_path: Path) -> None:
+    model = tiny_model("three_maps", ThreeMaps())
+    calib = noise_calib(16)
+    result = get_target("tflite-int8").build(model, calib, tmp_path)
+    assert result.info["float_parity"]["passed"]  # the float file through the same runner mapping
+    ref = TorchRunner(model.module).infer(calib.images)
+    out = result.runner.infer(calib.images)
+    assert [o.shape for o in out] == [r.shape for r in ref] == [(16, 4, 8, 8), (16, 4, 8, 8), (16, 8, 8, 8)]
+    for r, q in zip(ref, out, strict=True):  # each output matches its own PyTorch output, not another
+        assert np.corrcoef(r.ravel(), q.ravel())[0, 1] > 0.99
 
 
 def test_calibration_of_the_wrong_size_fails_before_converting(r20: LoadedModel, tmp_path: Path) -> None:
