@@ -1,0 +1,141 @@
+"""TensorRT INT8 target: TensorRT-style calibration on the CPU, one set of scales for two TensorRT generations.
+
+1. Export the float ONNX model (BN folded, the model's export rewrites applied).
+2. Calibrate on ONNX Runtime CPU: one |x| histogram per activation, fed batch by batch; the
+   range by TensorRT's entropy calibration (default), max or percentile.
+3. Write, from the same scales (amax / 127):
+   * ``model_qdq.onnx``: explicit Q/DQ quantization for TensorRT 10 and 11 (11 has nothing else);
+   * ``model.cache``: TensorRT's calibration cache for implicit INT8 on TensorRT <= 10, with
+     ``model_float.onnx``;
+   * ``build_engine.sh``: the exact ``trtexec`` (and ``polygraphy``) command lines for both.
+4. Build the engine here only when tensorrt and a GPU are both present.
+
+Verification runs the Q/DQ model on ONNX Runtime CPU (:mod:`dgh_deploy.runtime.onnxruntime_runner`
+explains how close that is to TensorRT's int8 math).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from dgh_deploy.artifacts import atomic_path
+from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.calibration.entropy import canonical_act_range
+from dgh_deploy.calibration.tensorrt import TensorRTCalibrator, tensorrt_version, write_calibration_cache
+from dgh_deploy.errors import DGHError
+from dgh_deploy.loading import LoadedModel
+from dgh_deploy.onnx_export import INPUT_NAME, export_onnx
+from dgh_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
+from dgh_deploy.targets._tensorrt_build import (
+    EXPLICIT_ENGINE,
+    EngineInputs,
+    build_commands,
+    build_engine,
+    can_build_here,
+    write_build_script,
+)
+from dgh_deploy.targets._tensorrt_qdq import activation_bytes_per_image, calibration_tensors, insert_qdq
+from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target
+
+log = logging.getLogger("dgh_deploy")
+
+FLOAT_MODEL = "model_float.onnx"
+QDQ_MODEL = "model_qdq.onnx"
+CACHE = "model.cache"
+BUILD_SCRIPT = "build_engine.sh"
+# Activations of all calibrated tensors for one collection batch stay under this many bytes.
+COLLECTION_BYTES = 512 * 1024 * 1024
+MAX_COLLECTION_BATCH = 64
+
+
+class TensorRTInt8Target(Target):
+    name = "tensorrt-int8"
+    summary = "TensorRT INT8: Q/DQ ONNX for TensorRT 10/11 and a calibration cache for TensorRT <= 10"
+    runtime = "ONNX Runtime CPU (Q/DQ); TensorRT engine when a GPU and tensorrt are present"
+    requires = ("onnx", "onnxruntime")
+    install_hint = "pip install onnx onnxruntime (tensorrt is only needed on the GPU machine that builds the engine)"
+
+    @property
+    def constraints(self) -> QuantConstraints:
+        return QuantConstraints(
+            weight_bits=8, act_bits=8,
+            weight_granularity="per-tensor" if self.options.per_tensor else "per-channel",
+            weight_symmetric=True, act_symmetric=True, power_of_two=False, io_dtype="float32",
+            all_layers_quantized=True,
+            notes="TensorRT int8: symmetric, zero point 0; every Conv/Gemm/MatMul and residual Add in int8, "
+                  "float I/O",
+        )
+
+    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
+        import onnx
+
+        opts = self.options
+        method = canonical_act_range(opts.act_range)
+        if opts.weight_bits != 8 or opts.act_bits != 8:
+            raise DGHError(
+                f"TensorRT INT8 runs 8-bit weights and activations, not W{opts.weight_bits}A{opts.act_bits}",
+                "drop --weight-bits/--act-bits for this target",
+            )
+        workdir = Path(workdir)
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        float_path = export_onnx(model, workdir / FLOAT_MODEL, dynamic_batch=True)
+        float_proto = onnx.load(str(float_path))
+        timings["export"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        tensors = calibration_tensors(float_proto)
+        per_image = max(activation_bytes_per_image(float_proto, tensors), 1)
+        batch = int(min(MAX_COLLECTION_BATCH, max(1, COLLECTION_BYTES // per_image)))
+        hists = TensorRTCalibrator(calib, batch).collect(float_proto, tensors, opts.threads)
+        amax = {t: h.compute_amax(method, opts.percentile) for t, h in hists.items()}
+        timings["calibration"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        qdq_proto, plan = insert_qdq(float_proto, amax, per_channel=not opts.per_tensor)
+        qdq_path = workdir / QDQ_MODEL
+        with atomic_path(qdq_path) as tmp:
+            onnx.save(qdq_proto, str(tmp))
+        cache_path = workdir / CACHE
+        header = write_calibration_cache(cache_path, amax)
+        shape = (1, 3, *model.imgsz)
+        engine_inputs = EngineInputs(QDQ_MODEL, FLOAT_MODEL, CACHE, INPUT_NAME, shape)
+        commands = build_commands(engine_inputs)
+        range_text = method + (f" {opts.percentile}" if method == "percentile" else "")
+        about = (f"{model.name}: scales from {len(calib)} calibration images ({calib.source}), "
+                 f"activation ranges by {range_text}, computed on the CPU.")
+        script = write_build_script(workdir / BUILD_SCRIPT, engine_inputs, commands, about)
+        timings["qdq"] = time.perf_counter() - t0
+
+        artifacts = {"model": qdq_path, "float_model": float_path, "cache": cache_path, "build_script": script}
+        info = {
+            "tensorrt": tensorrt_version(),
+            "act_range": method,
+            "percentile": opts.percentile if method == "percentile" else None,
+            "build_commands": commands,
+            "engine": None,
+            "cache_header": header,
+            "cache_tensors": len(amax),
+            "quantized_layers": len(plan.layers),
+            "qdq_activations": len(plan.activations),
+            "weights": "per-tensor" if opts.per_tensor else "per-channel",
+        }
+        if can_build_here():
+            t0 = time.perf_counter()
+            try:
+                engine = build_engine(qdq_path, workdir / EXPLICIT_ENGINE, INPUT_NAME, shape)
+                artifacts["engine"] = engine
+                info["engine"] = engine.name
+            except Exception as exc:  # the CPU artifacts stay valid: report, and leave the commands
+                log.warning("TensorRT engine build failed (%s); build it with %s", exc, BUILD_SCRIPT)
+                info["engine_error"] = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            timings["engine"] = time.perf_counter() - t0
+
+        runner = OnnxRuntimeRunner(qdq_path, opts.threads)
+        return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
+
+
+TARGET = TensorRTInt8Target
