@@ -22,6 +22,11 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600; artifacts are shared files, so give them the usual umask mode.
+        mask = os.umask(0)
+        os.umask(mask)
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~mask)
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
