@@ -1,0 +1,85 @@
+"""Calibration images made from the model itself (DGH), and the baselines to compare with.
+
+``make_calibration_set(model, source, ...)`` with ``source`` one of:
+
+* ``dgh``: Data Generation for Hardware-friendly PTQ (Dikstein et al., WACV 2025), with
+  MCT 2.6.1's PyTorch defaults (:class:`DGHConfig`), the whole set optimised jointly;
+* ``bns``: plain BN-statistics matching, ZeroQ-style (per batch, no pipeline, no output loss);
+* ``noise``: Gaussian noise in the input space, clipped to the valid pixel range;
+* ``real:PATH``: real images from a folder, preprocessed as the model's input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.errors import DGHError
+from dgh_deploy.generation.config import DGHConfig, bns_config
+from dgh_deploy.loading import LoadedModel
+
+SOURCES = ("dgh", "bns", "noise", "real:PATH")
+
+
+@dataclass(frozen=True)
+class Budget:
+    n_images: int
+    iters: int
+
+
+def default_budget(model: LoadedModel, device: str) -> Budget:
+    """Classifiers: 256 images x 500 iterations. Detectors (640x640 is costly): 64 x 200 on
+    CPU, 128 x 500 on a GPU."""
+    if model.task == "detect":
+        return Budget(128, 500) if str(device).startswith("cuda") else Budget(64, 200)
+    return Budget(256, 500)
+
+
+def make_calibration_set(
+    model: LoadedModel,
+    source: str,
+    n_images: int,
+    iters: int,
+    seed: int = 0,
+    device: str = "cpu",
+    resume: bool = False,
+    checkpoint: Path | None = None,
+    config: DGHConfig | None = None,
+    progress: bool = True,
+) -> CalibrationSet:
+    """N x 3 x H x W float32 images in the model's input space, with every setting and the
+    run's statistics (``time_s``, ``final_losses``, ``loss_curve``)."""
+    if n_images < 1:
+        raise DGHError(f"--n-images {n_images} is not a positive count", "pass --n-images 1 or more")
+    if source in ("dgh", "bns"):
+        from dgh_deploy.generation.engine import Generator
+
+        cfg = config if config is not None else (DGHConfig() if source == "dgh" else bns_config())
+        gen = Generator(model, n_images, iters, seed=seed, device=device, config=cfg, source=source)
+        try:
+            out = gen.run(checkpoint=Path(checkpoint) if checkpoint is not None else None, resume=resume,
+                          progress=progress)
+        finally:
+            gen.close()
+        return CalibrationSet(out.images, source, out.settings, out.stats)
+    if source == "noise":
+        from dgh_deploy.generation.baselines import noise_images
+
+        images, stats = noise_images(model, n_images, seed)
+        return CalibrationSet(images, source, _plain_settings(model, source, n_images, seed), stats)
+    if source.startswith("real:"):
+        from dgh_deploy.generation.baselines import real_images
+
+        folder = source.split(":", 1)[1]
+        images, stats, files = real_images(model, folder, n_images)
+        settings = {**_plain_settings(model, source, n_images, seed), "folder": folder, "files": files}
+        return CalibrationSet(images, source, settings, stats)
+    raise DGHError(f"unknown calibration source '{source}'", f"use one of: {', '.join(SOURCES)}, or FILE.npz")
+
+
+def _plain_settings(model: LoadedModel, source: str, n_images: int, seed: int) -> dict:
+    return {"source": source, "n_images": n_images, "seed": seed, "imgsz": list(model.imgsz), "model": model.name}
+
+
+__all__ = ["SOURCES", "Budget", "DGHConfig", "bns_config", "default_budget", "make_calibration_set"]

@@ -1,0 +1,76 @@
+"""DGH's image pipeline: what the optimiser sees each step, and the final images.
+
+Images are stored ``extra`` pixels larger than the model input. Each step: Gaussian smoothing
+(a natural-image prior), then a random crop and a random horizontal flip per image (the
+training augmentations), then clipping to the valid pixel range. Smoothing with a symmetric
+kernel commutes with flips and (away from the zero-padded border) with crops, so this order
+draws the same distribution as MCT's flip -> smooth -> crop, and lets the flip and the crop
+be one gather. Final images: smoothing, center crop, clipping.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
+    axis = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    k = torch.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * sigma**2))
+    return (k / k.sum()).float()
+
+
+class ImagePipeline:
+    def __init__(
+        self, out_hw: tuple[int, int], extra: int, pixel_range: tuple[np.ndarray, np.ndarray], *,
+        smoothing_size: int = 3, smoothing_sigma: float = 1.25, enabled: bool = True, clip: bool = True,
+        channels_last: bool = False, device: str | torch.device = "cpu",
+    ) -> None:
+        self.out_hw = out_hw
+        self.enabled = enabled
+        self.extra = (extra, extra) if enabled else (0, 0)
+        self.stored_hw = (out_hw[0] + self.extra[0], out_hw[1] + self.extra[1])
+        self.clip = clip
+        self.channels_last = channels_last
+        self.lo = torch.as_tensor(pixel_range[0], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.hi = torch.as_tensor(pixel_range[1], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        k = gaussian_kernel(smoothing_size, smoothing_sigma)
+        self.kernel = k.expand(3, 1, *k.shape).contiguous().to(device)
+        self.pad = smoothing_size // 2
+
+    def smooth(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.kernel.to(x.dtype), padding=self.pad, groups=3)
+
+    def train_view(self, x: torch.Tensor, flip: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        """The augmented model input for one step (differentiable with respect to ``x``)."""
+        if not self.enabled:
+            return self._layout(self._clip_ste(x))
+        h, w = self.out_hw
+        dev = x.device
+        flip, dy, dx = flip.to(dev), dy.to(dev), dx.to(dev)
+        ar_h, ar_w = torch.arange(h, device=dev), torch.arange(w, device=dev)
+        rows = dy[:, None] + ar_h
+        cols = dx[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)
+        s = self.smooth(x)
+        n = torch.arange(len(x), device=dev)[:, None, None, None]
+        c = torch.arange(3, device=dev)[None, :, None, None]
+        crop = s[n, c, rows[:, None, :, None], cols[:, None, None, :]]
+        return self._layout(self._clip_ste(crop))
+
+    @torch.no_grad()
+    def final_view(self, x: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            h, w = self.out_hw
+            top, left = round(self.extra[0] / 2), round(self.extra[1] / 2)
+            x = self.smooth(x)[:, :, top : top + h, left : left + w]
+        return torch.clamp(x, self.lo.to(x.dtype), self.hi.to(x.dtype)) if self.clip else x
+
+    def _clip_ste(self, x: torch.Tensor) -> torch.Tensor:
+        # As MCT: the forward pass sees clipped pixels, the gradient passes straight through.
+        if not self.clip:
+            return x
+        return x + (torch.clamp(x, self.lo.to(x.dtype), self.hi.to(x.dtype)) - x).detach()
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

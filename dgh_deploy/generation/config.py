@@ -1,0 +1,59 @@
+"""Every setting of the image generators, with Sony MCT 2.6.1's PyTorch defaults for DGH."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+# Settings that change how fast or how often, never which images come out: left out of the
+# checkpoint's settings hash so that a resumed run may use another memory budget.
+RUNTIME_ONLY = ("memory_mb", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class DGHConfig:
+    """One generation recipe. The defaults are DGH as MCT 2.6.1 runs it in PyTorch.
+
+    ``joint_stats``: BN statistics of the whole image set (DGH), computed exactly over chunks;
+    False: each batch of ``batch_size`` images matches the BN statistics on its own (ZeroQ, BNS).
+    """
+
+    optimizer: str = "radam"  # radam | adam
+    lr: float = 16.0
+    scheduler: str = "plateau_reset"  # plateau_reset (MCT) | plateau (torch's ReduceLROnPlateau)
+    lr_factor: float = 0.5
+    min_lr: float = 1e-4
+    patience: int | None = None  # None: int(iters / 50), as MCT
+    output_loss_multiplier: float = 1e-5
+    pipeline: bool = True  # stored images larger than the input, random crop + flip + smoothing
+    extra_pixels: int | None = None  # None: 32 at 224, scaled to the input size
+    smoothing_size: int = 3
+    smoothing_sigma: float = 1.25
+    clip: bool = True  # clip to the pixel range of 0..255 images
+    joint_stats: bool = True
+    batch_size: int = 32  # only when joint_stats is False
+    std_eps: float = 1e-6
+    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores
+    amp: bool = False  # bfloat16 autocast on CUDA (statistics stay float32/float64)
+    memory_mb: int | None = None  # activation memory per chunk; None: chosen for the device
+    checkpoint_every: int = 50  # iterations between checkpoints
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def hashed_settings(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_ONLY}
+
+
+def bns_config() -> DGHConfig:
+    """Plain BN-statistics matching as ZeroQ does it: per batch of 32, no image pipeline, no
+    output loss, Adam at lr 0.5 with torch's ReduceLROnPlateau (patience 100, factor 0.1)."""
+    return replace(
+        DGHConfig(), optimizer="adam", lr=0.5, scheduler="plateau", lr_factor=0.1, patience=100,
+        output_loss_multiplier=0.0, pipeline=False, joint_stats=False, batch_size=32,
+    )
+
+
+def scaled_extra_pixels(imgsz: tuple[int, int]) -> int:
+    """MCT's 32 extra pixels at 224, in proportion for other sizes (4 at 32x32)."""
+    return int(32 * min(imgsz) / 224)

@@ -1,0 +1,250 @@
+"""The optimisation loop shared by DGH and the BNS baseline.
+
+Memory is set by the chunk size, not by the image count: with ``joint_stats`` each
+iteration first sums every chunk's BN-input statistics without gradients, then
+back-propagates each chunk through the loss of the *global* statistics (the other chunks'
+sums detached, this chunk's with gradients). Every image then gets exactly the gradient it
+would get with the whole set in one batch. When the whole set fits in one chunk, one pass
+with gradients does it all.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dgh_deploy.errors import DGHError
+from dgh_deploy.generation import draws
+from dgh_deploy.generation.augment import ImagePipeline
+from dgh_deploy.generation.checkpoint import load_checkpoint, save_checkpoint, settings_hash
+from dgh_deploy.generation.config import DGHConfig, scaled_extra_pixels
+from dgh_deploy.generation.losses import BNAlignmentLoss, output_stretch_sum
+from dgh_deploy.generation.memory import budget_bytes, chunk_size, peak_memory_mb, saved_bytes_per_image
+from dgh_deploy.generation.preflight import check_device, probe_forward
+from dgh_deploy.generation.schedule import PlateauSchedule
+from dgh_deploy.generation.stats import BNInputRecorder, StatSums
+from dgh_deploy.loading import LoadedModel, require_batchnorm
+from dgh_deploy.tasks import get_task
+
+log = logging.getLogger("dgh_deploy")
+CURVE_COLUMNS = ("total", "bn", "output")
+
+
+@dataclass
+class GeneratedImages:
+    images: np.ndarray
+    settings: dict[str, Any]
+    stats: dict[str, Any]
+
+
+class Generator:
+    """Optimises ``n_images`` images against one model's BN statistics (and output range)."""
+
+    def __init__(self, model: LoadedModel, n_images: int, iters: int, seed: int = 0, device: str = "cpu",
+                 config: DGHConfig | None = None, source: str = "dgh", dtype: torch.dtype = torch.float32,
+                 chunk: int | None = None) -> None:
+        if n_images < 1 or iters < 0:
+            raise DGHError(f"cannot generate {n_images} images in {iters} iterations",
+                           "pass --n-images >= 1 and --iters >= 0")
+        require_batchnorm(model, "DGH" if source == "dgh" else f"--calib {source}")
+        self.model, self.n, self.iters, self.seed, self.source = model, n_images, iters, seed, source
+        self.config = config or DGHConfig()
+        self.device = check_device(device)
+        self.dtype = dtype
+        cfg = self.config
+        self.task = get_task(model.task)
+        module = copy.deepcopy(self.task.prepare_for_generation(model)).eval().to(self.device, dtype)
+        for p in module.parameters():
+            p.requires_grad_(False)  # only the images are optimised: no weight gradients
+        self.channels_last = cfg.channels_last and self.device.type in ("cpu", "cuda") and dtype == torch.float32
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+        self.recorder = BNInputRecorder(module)
+        self.layer_names = probe_forward(model, module, self.recorder, self.task, self.device, dtype)
+        self.bn_loss = BNAlignmentLoss(self.recorder.reference(self.layer_names, self.device), cfg.std_eps)
+        extra = cfg.extra_pixels if cfg.extra_pixels is not None else scaled_extra_pixels(model.imgsz)
+        self.pipeline = ImagePipeline(
+            model.imgsz, extra, model.preprocessing.pixel_range(), smoothing_size=cfg.smoothing_size,
+            smoothing_sigma=cfg.smoothing_sigma, enabled=cfg.pipeline, clip=cfg.clip,
+            channels_last=self.channels_last, device=self.device,
+        )
+        if chunk is not None:
+            self.chunk = chunk
+        elif cfg.joint_stats:
+            per_image = saved_bytes_per_image(module, torch.zeros(2, 3, *model.imgsz, device=self.device,
+                                                                  dtype=dtype), self._forward_loss_probe)
+            self.chunk = chunk_size(per_image, budget_bytes(self.device, cfg.memory_mb), n_images)
+        else:
+            self.chunk = min(cfg.batch_size, n_images)
+        self.settings = self._settings(extra)
+
+    # ---- settings --------------------------------------------------------------------------
+    def _settings(self, extra: int) -> dict[str, Any]:
+        return {
+            "source": self.source, "n_images": self.n, "iters": self.iters, "seed": self.seed,
+            "imgsz": list(self.model.imgsz), "model": self.model.name, "fingerprint": self.model.fingerprint(),
+            "extra_pixels_resolved": extra if self.config.pipeline else 0,
+            "patience_resolved": self._patience(), **self.config.hashed_settings(),
+        }
+
+    def _patience(self) -> int:
+        return self.config.patience if self.config.patience is not None else int(self.iters / 50)
+
+    # ---- one forward ------------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor) -> tuple[StatSums, torch.Tensor]:
+        """Statistics sums and the output-stretch sum of one chunk of (augmented) inputs."""
+        use_amp = self.config.amp and self.device.type == "cuda"
+        self.recorder.start(x)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            out = self.module(x)
+        sums = self.recorder.take(self.layer_names)
+        stretch = output_stretch_sum(self.task.stretch_outputs(out)) if self.config.output_loss_multiplier else None
+        return sums, stretch if stretch is not None else torch.zeros((), device=x.device)
+
+    def _forward_loss_probe(self, x: torch.Tensor) -> None:
+        sums, stretch = self._forward(x)
+        (self.bn_loss(sums) + stretch).backward()
+
+    def _view(self, images: torch.Tensor, lo: int, hi: int, iteration: int) -> torch.Tensor:
+        ey, ex = self.pipeline.extra
+        flip, dy, dx = draws.augment_draws(self.seed, iteration, np.arange(lo, hi), (ey, ex))
+        return self.pipeline.train_view(images[lo:hi], flip, dy, dx)
+
+    # ---- one iteration ---------------------------------------------------------------------
+    def _compute_grads(self, images: torch.Tensor, iteration: int) -> tuple[float, float]:
+        """Fill ``images.grad``; return the (bn, output) loss values of this iteration."""
+        n, mult = self.n, self.config.output_loss_multiplier
+        bounds = [(i, min(i + self.chunk, n)) for i in range(0, n, self.chunk)]
+        if not self.config.joint_stats:
+            bn_total, out_total = 0.0, 0.0
+            for lo, hi in bounds:  # each batch matches the statistics on its own (BNS / ablation)
+                sums, stretch = self._forward(self._view(images, lo, hi, iteration))
+                bn = self.bn_loss(sums)
+                (bn + mult * stretch / (hi - lo)).backward()
+                bn_total += bn.item() * (hi - lo) / n
+                out_total += stretch.item() / n
+            return bn_total, out_total
+        if len(bounds) == 1:
+            sums, stretch = self._forward(self._view(images, 0, n, iteration))
+            bn = self.bn_loss(sums)
+            (bn + mult * stretch / n).backward()
+            return bn.item(), stretch.item() / n
+        with torch.no_grad():
+            parts = [self._forward(self._view(images, lo, hi, iteration))[0] for lo, hi in bounds]
+        total = parts[0]
+        for p in parts[1:]:
+            total = total + p
+        out_total = 0.0
+        for (lo, hi), part in zip(bounds, parts, strict=True):
+            sums, stretch = self._forward(self._view(images, lo, hi, iteration))
+            # Value of the global sums, gradient of this chunk's: the whole-set gradient, exactly.
+            global_sums = (total - part) + sums
+            (self.bn_loss(global_sums) + mult * stretch / n).backward()
+            out_total += stretch.item() / n
+        return self.bn_loss(total).item(), out_total
+
+    # ---- the run -----------------------------------------------------------------------------
+    def initial_images(self) -> torch.Tensor:
+        return draws.gaussian_images(self.seed, np.arange(self.n), (3, *self.pipeline.stored_hw))
+
+    def run(self, checkpoint: Path | None = None, resume: bool = False, progress: bool = True) -> GeneratedImages:
+        cfg = self.config
+        images = self.initial_images().to(self.device, self.dtype).requires_grad_(True)
+        opt_cls = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}.get(cfg.optimizer)
+        if opt_cls is None:
+            raise DGHError(f"unknown optimizer '{cfg.optimizer}'", "use radam or adam")
+        optimizer = opt_cls([images], lr=cfg.lr)
+        sched = PlateauSchedule(optimizer, cfg.lr_factor, self._patience(), cfg.min_lr,
+                                reset=cfg.scheduler == "plateau_reset")
+        key = settings_hash(self.settings)
+        start, curve, elapsed = 0, [], 0.0
+        state = load_checkpoint(checkpoint, key, self.device) if (checkpoint is not None and resume) else None
+        if state is not None:
+            with torch.no_grad():
+                images.copy_(state["images"])
+            optimizer.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start, curve, elapsed = int(state["iteration"]), list(state["curve"]), float(state["elapsed_s"])
+            self.chunk = int(state["chunk"])  # same chunking, same floating-point sums
+            log.info("resuming generation from %s at iteration %d/%d", checkpoint, start, self.iters)
+
+        def save(iteration: int) -> None:
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, {
+                    "settings_hash": key, "iteration": iteration, "images": images.detach(),
+                    "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "curve": curve,
+                    "elapsed_s": elapsed + time.perf_counter() - t0, "chunk": self.chunk,
+                })
+
+        bar = _progress_bar(self.iters, start, progress, self.source)
+        t0 = time.perf_counter()
+        it = start
+        updating = False
+        try:
+            for it in range(start, self.iters):
+                images.grad = None
+                bn, out = self._compute_grads(images, it)
+                total = bn + cfg.output_loss_multiplier * out
+                updating = True  # from here to the end of the step the state is half-updated
+                optimizer.step()
+                sched.step(total)
+                curve.append([_round(total), _round(bn), _round(out)])
+                updating = False
+                if bar is not None:
+                    bar.set_postfix(bn=f"{bn:.4f}", out=f"{out:.2f}", lr=f"{sched.lr:.3g}", refresh=False)
+                    bar.update(1)
+                if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < self.iters:
+                    save(it + 1)
+        except KeyboardInterrupt:
+            if checkpoint is not None and not updating:
+                save(it)  # iteration ``it`` had not been applied: resume redoes it
+                log.warning("generation interrupted; progress saved to %s (resume to continue)", checkpoint)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        save(self.iters)
+        elapsed += time.perf_counter() - t0
+        final = self.finalize(images)
+        done = self.iters - start
+        stats = {
+            "time_s": round(elapsed, 3),
+            "final_losses": dict(zip(CURVE_COLUMNS, curve[-1], strict=True)) if curve else {},
+            "loss_curve_columns": list(CURVE_COLUMNS),
+            "loss_curve": curve,
+            "image_iters_per_s": round(self.n * done / max(time.perf_counter() - t0, 1e-9), 2),
+            "chunk": self.chunk,
+            "chunks": -(-self.n // self.chunk),
+            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+            "device": str(self.device),
+        }
+        return GeneratedImages(final, {**self.settings, "device": str(self.device), "chunk": self.chunk}, stats)
+
+    @torch.no_grad()
+    def finalize(self, images: torch.Tensor) -> np.ndarray:
+        out = [self.pipeline.final_view(images[i : i + self.chunk].detach()).float().cpu()
+               for i in range(0, self.n, self.chunk)]
+        return torch.cat(out).contiguous().numpy()
+
+    def close(self) -> None:
+        self.recorder.remove()
+
+
+def _round(v: float) -> float:
+    return float(f"{v:.6g}")
+
+
+def _progress_bar(total: int, initial: int, enabled: bool, label: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"generating ({label})", unit="it", dynamic_ncols=True)

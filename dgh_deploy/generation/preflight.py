@@ -1,0 +1,54 @@
+"""Checks before a long generation: each failure is one line that says what to change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dgh_deploy.errors import DGHError
+from dgh_deploy.generation.stats import BNInputRecorder
+from dgh_deploy.loading import LoadedModel
+
+
+def check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise DGHError(f"unknown device '{device}'", "use --device cpu or --device cuda[:N]") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DGHError(f"--device {device} asked for, but PyTorch sees no CUDA GPU", "use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise DGHError(f"device type '{dev.type}' is not supported for generation", "use --device cpu or cuda")
+    return dev
+
+
+def probe_forward(model: LoadedModel, module: nn.Module, recorder: BNInputRecorder, task: Any,
+                  device: torch.device, dtype: torch.dtype = torch.float32) -> list[str]:
+    """Run one blank image through the generation module; return the BN layers it reaches.
+
+    Raises DGHError when the model cannot take its input size, when the task adapter finds
+    no output to stretch, or when no BN layer is reached.
+    """
+    h, w = model.imgsz
+    x = torch.zeros(1, 3, h, w, device=device, dtype=dtype)
+    try:
+        with torch.no_grad():
+            recorder.start(x)
+            out = module(x)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise DGHError(
+            f"model '{model.name}' does not take a 1x3x{h}x{w} image for generation ({reason})",
+            "pass the --imgsz the model was trained for",
+        ) from exc
+    seen = recorder.seen()
+    recorder.take(seen)
+    task.stretch_outputs(out)  # raises DGHError itself when there is no output layer
+    if len(seen) <= 1:
+        raise DGHError(
+            f"no BatchNorm layer of model '{model.name}' runs in its forward pass, so there are no statistics to match",
+            "use --calib real:PATH or --calib noise",
+        )
+    return seen

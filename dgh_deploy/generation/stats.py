@@ -1,0 +1,227 @@
+"""BatchNorm-input statistics as additive sums, and how they are collected.
+
+Per layer the statistics are kept as (element count, per-channel sum, per-channel sum of
+squares) in float64. Sums add: the statistics of a whole image set are the sum over its
+chunks (or, in a distributed run, an all-reduce of :meth:`StatSums.flatten`), which is
+what makes DGH's joint optimisation exact for any set size.
+
+Collection is the hot path of generation (every BN input, every step, forward and
+backward), so standard BN layers are swapped, in the generator's private copy of the
+model, for :class:`StatsBatchNorm`: eval-mode BN and the sums in one autograd node whose
+backward is three in-place passes, instead of BN + reductions + gradient accumulation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+INPUT = "<input>"  # the model input counts as a layer whose reference is mean 0, std 1
+_PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class StatSums:
+    names: list[str]
+    count: list[float]
+    sum: list[torch.Tensor]
+    sumsq: list[torch.Tensor]
+
+    def __add__(self, other: StatSums) -> StatSums:
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: StatSums) -> StatSums:
+        return self._combine(other, -1.0)
+
+    def _combine(self, other: StatSums, sign: float) -> StatSums:
+        def op(a: list, b: list) -> list:
+            return [x + sign * y for x, y in zip(a, b, strict=True)]
+
+        return StatSums(self.names, op(self.count, other.count), op(self.sum, other.sum), op(self.sumsq, other.sumsq))
+
+    def detach(self) -> StatSums:
+        return StatSums(self.names, list(self.count), [t.detach() for t in self.sum],
+                        [t.detach() for t in self.sumsq])
+
+    def mean_std(self, eps: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        out = []
+        for n, s, q in zip(self.count, self.sum, self.sumsq, strict=True):
+            mean = s / n
+            var = torch.clamp(q / n - mean * mean, min=0.0)
+            out.append((mean, torch.sqrt(var + eps)))
+        return out
+
+    def flatten(self) -> torch.Tensor:
+        """One float64 vector: what a distributed run all-reduces (sum) across ranks."""
+        dev = self.sum[0].device
+        return torch.cat([torch.tensor(self.count, dtype=torch.float64, device=dev), *self.sum, *self.sumsq])
+
+    def unflatten(self, flat: torch.Tensor) -> StatSums:
+        """The inverse of :meth:`flatten`, with this object's layout."""
+        n = len(self.names)
+        sizes = [t.numel() for t in self.sum]
+        parts = list(torch.split(flat[n:], sizes + sizes))
+        return StatSums(self.names, [float(c) for c in flat[:n].tolist()], parts[: len(sizes)], parts[len(sizes) :])
+
+
+def _reduce_dims(x: torch.Tensor) -> list[int]:
+    return [d for d in range(x.ndim) if d != 1]
+
+
+def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.to(x.dtype).view(1, -1, *([1] * (x.ndim - 2)))
+
+
+def _sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dims = _reduce_dims(x)
+    return x.sum(dims).double(), (x * x).sum(dims).double()
+
+
+def _sums_backward(x: torch.Tensor, gs: torch.Tensor | None, gq: torch.Tensor | None) -> torch.Tensor:
+    """Gradient of (sum, sum of squares) per channel: ``gs + 2 * gq * x``, in one pass."""
+    gs_b = _bcast(gs, x) if gs is not None else torch.zeros((), dtype=x.dtype, device=x.device)
+    if gq is None:
+        return gs_b.expand_as(x).clone(memory_format=torch.preserve_format)
+    return torch.addcmul(gs_b, x, _bcast(2 * gq, x))
+
+
+class _ChannelSums(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(x)
+        return _sums(x)
+
+    @staticmethod
+    def backward(ctx: Any, gs: torch.Tensor | None, gq: torch.Tensor | None) -> torch.Tensor | None:
+        (x,) = ctx.saved_tensors
+        return _sums_backward(x, gs, gq)
+
+
+class _AffineWithSums(torch.autograd.Function):
+    """``y = x * scale + shift`` per channel (eval-mode BN), plus the channel sums of ``x``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.save_for_backward(x, scale)
+        y = torch.addcmul(_bcast(shift, x), x, _bcast(scale, x))
+        return (y, *_sums(x))
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor | None, gs: torch.Tensor | None,
+                 gq: torch.Tensor | None) -> tuple[torch.Tensor | None, None, None]:
+        x, scale = ctx.saved_tensors
+        gx = _sums_backward(x, gs, gq)
+        if gy is not None:
+            gx.addcmul_(gy, _bcast(scale, x))  # the BN path, accumulated in place
+        return gx, None, None
+
+
+def channel_sums(x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """(count, sum, sum of squares) per channel (dim 1) over every other dim, differentiable."""
+    s, q = _ChannelSums.apply(x)
+    return float(x.numel() // x.shape[1]), s, q
+
+
+class StatsBatchNorm(nn.Module):
+    """Eval-mode BatchNorm that reports the channel sums of its input to a callback."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, report: Callable[..., None]) -> None:
+        super().__init__()
+        inv = torch.rsqrt(bn.running_var.detach() + bn.eps)
+        w = bn.weight.detach() if bn.weight is not None else torch.ones_like(inv)
+        b = bn.bias.detach() if bn.bias is not None else torch.zeros_like(inv)
+        self.register_buffer("scale", w * inv)
+        self.register_buffer("shift", b - bn.running_mean.detach() * w * inv)
+        self.report = report
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            y, s, q = _AffineWithSums.apply(x, self.scale, self.shift)
+        else:
+            s, q = _sums(x)
+            y = torch.addcmul(_bcast(self.shift, x), x, _bcast(self.scale, x))
+        self.report(float(x.numel() // x.shape[1]), s, q)
+        return y
+
+
+def bn_layers(module: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """BatchNorm layers that carry running statistics (the ones DGH can match)."""
+    return [(name, m) for name, m in module.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+
+
+class BNInputRecorder:
+    """Collects each BN layer's input sums during a forward of ``module``.
+
+    Plain ``nn.BatchNorm{1,2,3}d`` layers are replaced in ``module`` (which must be a private
+    copy) by :class:`StatsBatchNorm`; other BN subclasses keep their own forward and get a
+    pre-hook. Use ``recorder.start(x)``, run the model on ``x``, then ``recorder.take(names)``.
+    A layer called twice in one forward contributes both inputs.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.layers = bn_layers(module)
+        self.names = [INPUT] + [name for name, _ in self.layers]
+        self._current: dict[str, tuple[float, torch.Tensor, torch.Tensor]] = {}
+        self._handles = []
+        for name, m in self.layers:
+            if type(m) in _PLAIN_BN:
+                _replace(module, name, StatsBatchNorm(m, self._reporter(name)))
+            else:
+                self._handles.append(m.register_forward_pre_hook(self._hook(name)))
+
+    def _reporter(self, name: str) -> Callable[[float, torch.Tensor, torch.Tensor], None]:
+        def report(n: float, s: torch.Tensor, q: torch.Tensor) -> None:
+            if name in self._current:
+                n0, s0, q0 = self._current[name]
+                n, s, q = n0 + n, s0 + s, q0 + q
+            self._current[name] = (n, s, q)
+
+        return report
+
+    def _hook(self, name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        report = self._reporter(name)
+
+        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            report(*channel_sums(inputs[0]))
+
+        return hook
+
+    def start(self, model_input: torch.Tensor) -> None:
+        self._current = {INPUT: channel_sums(model_input)}
+
+    def seen(self) -> list[str]:
+        return [n for n in self.names if n in self._current]
+
+    def take(self, names: list[str]) -> StatSums:
+        cur, self._current = self._current, {}
+        return StatSums(list(names), [cur[n][0] for n in names], [cur[n][1] for n in names],
+                        [cur[n][2] for n in names])
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def reference(self, names: list[str], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Target (mean, std) per layer: BN running statistics (std without eps, as MCT)."""
+        mods = dict(self.layers)
+        out = []
+        for name in names:
+            if name == INPUT:
+                out.append((torch.zeros(3, dtype=torch.float64, device=device),
+                            torch.ones(3, dtype=torch.float64, device=device)))
+            else:
+                m = mods[name]
+                out.append((m.running_mean.detach().double().to(device),
+                            torch.sqrt(m.running_var.detach().double().clamp_min(0)).to(device)))
+        return out
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
