@@ -1,0 +1,208 @@
+"""DGH generator: exact joint statistics over chunks, resume, bad inputs, memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_generation_models import as_loaded, tiny_bn_net
+from torch import nn
+
+from dgh_deploy.errors import DGHError
+from dgh_deploy.generation import DGHConfig, default_budget, make_calibration_set
+from dgh_deploy.generation.engine import Generator
+from dgh_deploy.generation.stats import bn_layers
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _reference_loss(model: nn.Module, x: torch.Tensor, mult: float, eps: float = 1e-6) -> torch.Tensor:
+    """DGH's loss written the plain way: one batch, BN-input hooks, torch's own mean/var."""
+    acts: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda _m, i, n=n: acts.__setitem__(n, i[0])) for n, m in bn_layers(model)]
+    out = model(x)
+    for h in hooks:
+        h.remove()
+
+    def term(a: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        mu, var = a.mean((0, 2, 3)), a.var((0, 2, 3), correction=0)
+        return ((mu - mean) ** 2).mean() + ((torch.sqrt(var + eps) - std) ** 2).mean()
+
+    terms = [term(x, torch.zeros(3, dtype=x.dtype), torch.ones(3, dtype=x.dtype))]
+    terms += [term(acts[n], m.running_mean, m.running_var.sqrt()) for n, m in bn_layers(model)]
+    bn = sum(terms) / len(terms)
+    stretch = -(out.amax(1) - out.amin(1)).mean()
+    return bn + mult * stretch
+
+
+@pytest.mark.parametrize("chunk", [4, 16])
+def test_chunked_gradient_equals_one_batch(chunk: int) -> None:
+    model = as_loaded(tiny_bn_net().double())
+    cfg = DGHConfig(output_loss_multiplier=1e-2)
+    whole = Generator(model, 16, 5, seed=3, config=cfg, dtype=torch.float64, chunk=16)
+    chunked = Generator(model, 16, 5, seed=3, config=cfg, dtype=torch.float64, chunk=chunk)
+    assert chunked.chunk == chunk
+    grads, losses = [], []
+    for gen in (whole, chunked):
+        x = gen.initial_images().double().requires_grad_(True)
+        bn, out = gen._compute_grads(x, iteration=2)
+        grads.append(x.grad.clone())
+        losses.append(bn + cfg.output_loss_multiplier * out)
+
+    # Independent reference: the same augmented views through the untouched model.
+    x = whole.initial_images().double().requires_grad_(True)
+    view = whole._view(x, 0, 16, 2).contiguous()
+    ref = _reference_loss(model.module, view, cfg.output_loss_multiplier)
+    ref.backward()
+    for g, loss in zip(grads, losses, strict=True):
+        assert loss == pytest.approx(ref.item(), rel=1e-9)
+        assert torch.allclose(g, x.grad, rtol=1e-5, atol=1e-5 * x.grad.abs().max().item())
+    assert x.grad.abs().sum() > 0
+
+
+def test_joint_stats_differ_from_per_batch() -> None:
+    """The ablation switch really changes the gradient (per-batch statistics are not global)."""
+    model = as_loaded(tiny_bn_net().double())
+    joint = Generator(model, 16, 5, config=DGHConfig(), dtype=torch.float64)
+    per_batch = Generator(model, 16, 5, config=replace(DGHConfig(), joint_stats=False, batch_size=4),
+                          dtype=torch.float64)
+    grads = []
+    for gen in (joint, per_batch):
+        x = gen.initial_images().double().requires_grad_(True)
+        gen._compute_grads(x, 0)
+        grads.append(x.grad)
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_augmentation_draws_depend_on_index_only() -> None:
+    model = as_loaded(tiny_bn_net())
+    gen = Generator(model, 12, 3, seed=1)
+    x = gen.initial_images()
+    whole = gen._view(x, 0, 12, 7)
+    parts = torch.cat([gen._view(x, 0, 5, 7), gen._view(x, 5, 12, 7)])
+    assert torch.equal(whole, parts)
+    assert not torch.equal(whole, gen._view(x, 0, 12, 8))  # new draws each iteration
+    again = Generator(model, 20, 3, seed=1).initial_images()[:12]
+    assert torch.equal(again, x)  # image i's noise depends on (seed, i), not on the set size
+
+
+def test_generate_shape_range_and_stats() -> None:
+    model = as_loaded(tiny_bn_net())
+    cs = make_calibration_set(model, "dgh", 10, 30, seed=0, progress=False)
+    assert cs.images.shape == (10, 3, 16, 16) and cs.images.dtype == np.float32
+    lo, hi = model.preprocessing.pixel_range()
+    assert (cs.images >= lo.reshape(1, 3, 1, 1) - 1e-6).all() and (cs.images <= hi.reshape(1, 3, 1, 1) + 1e-6).all()
+    curve = cs.stats["loss_curve"]
+    assert len(curve) == 30 and cs.stats["loss_curve_columns"] == ["total", "bn", "output"]
+    assert curve[-1][1] < 0.5 * curve[0][1]  # the BN loss goes down
+    json.dumps(cs.settings)
+    json.dumps(cs.stats)
+    assert cs.settings["lr"] == 16.0 and cs.settings["extra_pixels_resolved"] == 2
+
+
+class _Interrupt:
+    """Raises KeyboardInterrupt on the n-th gradient computation, as Ctrl-C would."""
+
+    def __init__(self, gen: Generator, at: int) -> None:
+        self.inner, self.at, self.calls = gen._compute_grads, at, 0
+        gen._compute_grads = self  # type: ignore[method-assign]
+
+    def __call__(self, images: torch.Tensor, iteration: int) -> tuple[float, float]:
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.inner(images, iteration)
+
+
+def test_resume_gives_the_uninterrupted_images(tmp_path: Path) -> None:
+    model = as_loaded(tiny_bn_net())
+    cfg = DGHConfig(checkpoint_every=4, patience=1)  # small patience: the schedule state matters
+    full = make_calibration_set(model, "dgh", 8, 14, seed=5, config=cfg, progress=False)
+
+    ckpt = tmp_path / "gen.ckpt"
+    gen = Generator(model, 8, 14, seed=5, config=cfg)
+    _Interrupt(gen, at=7)
+    with pytest.raises(KeyboardInterrupt):
+        gen.run(checkpoint=ckpt, resume=False, progress=False)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["iteration"] == 6  # saved on interrupt, not only at the last multiple of 4
+
+    resumed = make_calibration_set(model, "dgh", 8, 14, seed=5, config=cfg, checkpoint=ckpt, resume=True,
+                                   progress=False)
+    np.testing.assert_array_equal(resumed.images, full.images)
+    assert resumed.stats["loss_curve"] == full.stats["loss_curve"]
+
+    with pytest.raises(DGHError, match="other generation settings"):
+        make_calibration_set(model, "dgh", 8, 14, seed=6, config=cfg, checkpoint=ckpt, resume=True, progress=False)
+
+
+def test_no_batchnorm_is_refused() -> None:
+    model = as_loaded(tiny_bn_net(with_bn=False))
+    for source in ("dgh", "bns"):
+        with pytest.raises(DGHError, match="no BatchNorm layer"):
+            make_calibration_set(model, source, 4, 2, progress=False)
+
+
+class _NoLogits(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = tiny_bn_net()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).sum(1)  # N, not N x C: no output layer to stretch
+
+
+def test_missing_output_layer_is_refused() -> None:
+    with pytest.raises(DGHError, match="no output layer"):
+        make_calibration_set(as_loaded(_NoLogits()), "dgh", 4, 2, progress=False)
+
+
+def test_wrong_image_size_is_refused() -> None:
+    fixed = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 16 * 16, 10))
+    with pytest.raises(DGHError, match="does not take a 1x3x20x20 image"):
+        make_calibration_set(as_loaded(fixed, imgsz=(20, 20)), "dgh", 4, 2, progress=False)
+
+
+def test_unknown_source_and_device() -> None:
+    model = as_loaded(tiny_bn_net())
+    with pytest.raises(DGHError, match="unknown calibration source"):
+        make_calibration_set(model, "gan", 4, 2)
+    if not torch.cuda.is_available():
+        with pytest.raises(DGHError, match="no CUDA GPU"):
+            make_calibration_set(model, "dgh", 4, 2, device="cuda")
+
+
+def test_default_budget() -> None:
+    model = as_loaded(tiny_bn_net())
+    assert default_budget(model, "cpu") == default_budget(model, "cuda")
+    assert (default_budget(model, "cpu").n_images, default_budget(model, "cpu").iters) == (256, 500)
+    det = replace(model, task="detect")
+    assert (default_budget(det, "cpu").n_images, default_budget(det, "cpu").iters) == (64, 200)
+    assert (default_budget(det, "cuda:0").n_images, default_budget(det, "cuda:0").iters) == (128, 500)
+
+
+_MEMORY_SCRIPT = """
+import json, resource, torch
+torch.set_num_threads(2)
+from dgh_deploy.loading import load_model
+from dgh_deploy.generation import make_calibration_set
+cs = make_calibration_set(load_model("demo"), "dgh", 4096, 1, progress=False)
+print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "chunks": cs.stats["chunks"], "shape": list(cs.images.shape)}))
+"""
+
+
+def test_4096_images_fit_in_2gb() -> None:
+    """Memory is set by the chunk, not the image count (fresh process: clean peak RSS)."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["shape"] == [4096, 3, 32, 32]
+    assert res["chunks"] > 1  # the chunked, exact path ran
+    assert res["rss_mb"] < 2048, res

@@ -1,0 +1,137 @@
+"""The ``sim`` target: quantizer math, BN folding, range estimators, a real ResNet-20 build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_generation_models import as_loaded, tiny_bn_net
+
+from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.calibration.ranges import Histogram, QuantGrid, estimate_range, mse_range
+from dgh_deploy.errors import DGHError
+from dgh_deploy.targets import TargetOptions, get_target
+from dgh_deploy.targets._sim_quant import fold_batchnorm
+
+
+def test_w8_per_channel_error_bound() -> None:
+    w = torch.randn(16, 27) * torch.logspace(-2, 1, 16)[:, None]  # channels of very different scales
+    grid = QuantGrid(8, symmetric=True, narrow=True)
+    scale, zero, qmin, qmax = (t[:, None] for t in grid.params(w.amin(1), w.amax(1)))
+    q = grid.fake_quant(w, scale, zero, qmin, qmax)
+    assert ((q - w).abs() <= scale / 2 + 1e-7).all()  # at most half a step, per channel
+    assert torch.allclose(scale[:, 0], w.abs().amax(1) / 127)
+    assert len(torch.unique(torch.round(q / scale))) <= 255  # narrow range: -127..127
+
+
+def test_power_of_two_scales_are_powers_of_two() -> None:
+    lo, hi = torch.tensor([-3.0, 0.0, -0.01]), torch.tensor([5.0, 6.3, 0.02])
+    for symmetric in (True, False):
+        scale, zero, _, _ = QuantGrid(8, symmetric, power_of_two=True).params(lo, hi)
+        exponent = torch.log2(scale)
+        assert torch.equal(exponent, torch.round(exponent))
+        plain, _, _, _ = QuantGrid(8, symmetric).params(lo, hi)
+        assert (scale >= plain).all() and (scale < 2 * plain).all()  # rounded up: the range stays covered
+        assert torch.equal(zero, torch.round(zero))
+
+
+def test_grids_represent_zero_and_use_unsigned_for_relu() -> None:
+    grid = QuantGrid(4, symmetric=False)
+    s, z, qmin, qmax = grid.params(torch.tensor(-1.3), torch.tensor(2.9))
+    assert grid.fake_quant(torch.tensor(0.0), s, z, qmin, qmax) == 0.0
+    assert (int(qmin), int(qmax)) == (0, 15)
+    s, z, qmin, qmax = QuantGrid(4, symmetric=True).params(torch.tensor(0.0), torch.tensor(3.0))
+    assert (int(qmin), int(qmax), int(z)) == (0, 15, 0) and float(s) == pytest.approx(0.2)
+
+
+def test_range_estimators() -> None:
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(200_000), torch.tensor([40.0])])  # one outlier
+    h = Histogram()
+    h.observe_range(x)
+    h.observe_counts(x)
+    grid = QuantGrid(4, symmetric=False)
+    assert estimate_range(h, "minmax", grid)[1] == pytest.approx(40.0)
+    p_lo, p_hi = estimate_range(h, "percentile", grid, 99.9)
+    assert p_hi == pytest.approx(float(torch.quantile(x[:100_000], 0.999)), rel=0.05)
+    m_lo, m_hi = estimate_range(h, "mse", grid)
+    assert 1.5 < m_hi < 6 and -6 < m_lo < -1.5  # clips the outlier, keeps the bulk
+
+    def err(lo: float, hi: float) -> float:
+        s, z, a, b = grid.params(torch.tensor(lo), torch.tensor(hi))
+        return float(((grid.fake_quant(x, s, z, a, b) - x) ** 2).mean())
+
+    assert err(m_lo, m_hi) < err(h.lo, h.hi) and err(m_lo, m_hi) < err(p_lo, p_hi)
+    with pytest.raises(DGHError, match="unknown activation range"):
+        estimate_range(h, "entropy", grid)
+
+
+def test_weight_mse_beats_minmax_at_4_bits() -> None:
+    torch.manual_seed(1)
+    w = torch.randn(8, 300) ** 3  # heavy tails
+    grid = QuantGrid(4, symmetric=True, narrow=True)
+    lo, hi = mse_range(w, w.amin(1), w.amax(1), grid)
+
+    def err(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        s, z, a, b = (t[:, None] for t in grid.params(lo, hi))
+        return ((grid.fake_quant(w, s, z, a, b) - w) ** 2).sum(1)
+
+    assert (err(lo, hi) <= err(w.amin(1), w.amax(1)) + 1e-9).all()
+
+
+def test_fold_batchnorm_keeps_the_function() -> None:
+    net = tiny_bn_net()
+    folded, n_folded, n_bn = fold_batchnorm(net)
+    assert (n_folded, n_bn) == (2, 2)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x), atol=1e-5)
+
+
+def _build(model: object, images: np.ndarray, tmp: Path, **options: object) -> object:
+    target = get_target("sim")
+    target.options = TargetOptions(**options)  # type: ignore[arg-type]
+    return target.build(model, CalibrationSet(images, "test"), tmp)  # type: ignore[arg-type]
+
+
+def test_sim_build_tiny(tmp_path: Path) -> None:
+    model = as_loaded(tiny_bn_net())
+    images = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    res = _build(model, images, tmp_path, weight_bits=8, act_bits=8, power_of_two=True, act_symmetric=True)
+    scales = json.loads(res.artifacts["model"].read_text())
+    assert res.info["quantized_layers"] == 3 and res.info["bn_folded"] == 2
+    assert res.info["quantized_tensors"] == 4  # 3 layer inputs + the output
+    for a in scales["activations"].values():
+        assert np.log2(a["scale"]) == round(np.log2(a["scale"])) and a["zero_point"] == 0
+    ref = torch.from_numpy(images[:8])
+    with torch.no_grad():
+        f = model.module(ref).numpy()
+    q = res.runner.infer(images[:8])[0]
+    assert np.abs(q - f).max() < 0.1 * np.abs(f).max()  # W8A8 follows float closely
+    assert not np.array_equal(q, f)  # but it is quantized
+    with pytest.raises(DGHError, match="not supported by the sim target"):
+        _build(model, images, tmp_path, act_range="entropy")
+    with pytest.raises(DGHError, match="bits 1 not supported"):
+        _build(model, images, tmp_path, weight_bits=1)
+
+
+def test_sim_resnet20_real_weights(r20_weights: str, assets: Path, tmp_path: Path) -> None:
+    """W8A8 and W4A8 on the real ResNet-20, calibrated on 64 real images, on 500 test images."""
+    from dgh_deploy.generation import make_calibration_set
+    from dgh_deploy.loading import load_model
+    from dgh_deploy.runtime.base import TorchRunner
+    from dgh_deploy.tasks import get_task
+
+    model = load_model("cifar_resnet20", r20_weights)
+    task, test = get_task("classify"), str(assets / "cifar10" / "test")
+    calib = make_calibration_set(model, f"real:{assets / 'cifar10' / 'calib'}", 64, 0).images
+    fl = task.evaluate(TorchRunner(model.module), model, test, 500)["top1"]
+    w8 = _build(model, calib, tmp_path, weight_bits=8, act_bits=8)
+    assert w8.timings["calibration"] < 30
+    assert abs(task.evaluate(w8.runner, model, test, 500)["top1"] - fl) <= 2.0
+    w4 = _build(model, calib, tmp_path, weight_bits=4, act_bits=8)
+    assert fl - 15 < task.evaluate(w4.runner, model, test, 500)["top1"] < fl + 1  # 4-bit weights cost, not all
