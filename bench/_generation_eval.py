@@ -1,0 +1,90 @@
+"""What the generation benchmarks share: timing, peak memory, and sim-target top-1."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO.parent / "shared" / "assets"
+
+
+class PeakMemory:
+    """Peak RSS (CPU, sampled every 20 ms) or peak CUDA allocation during a ``with`` block, in MiB."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, rss_mb())
+            time.sleep(0.02)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self.peak_mb, rss_mb())
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class ValSet:
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def load_val(model: object, folder: str, limit: int | None) -> ValSet:
+    """Labelled ImageFolder images, preprocessed once and reused for every evaluation."""
+    from dgh_deploy.tasks.classify import evenly_spaced, list_image_folder
+
+    files, labels, _ = list_image_folder(folder)
+    idx = evenly_spaced(len(files), limit)
+    x = np.stack([model.preprocessing.load(str(files[i]), model.imgsz) for i in idx])  # type: ignore[attr-defined]
+    return ValSet(x, labels[idx])
+
+
+def top1(runner: object, val: ValSet, batch: int = 500) -> float:
+    logits = runner.infer_all(val.images, batch_size=batch)[0]  # type: ignore[attr-defined]
+    return 100.0 * float((logits.argmax(1) == val.labels).mean())
+
+
+def sim_top1(model: object, images: np.ndarray, val: ValSet, weight_bits: int, act_bits: int,
+             source: str = "images") -> float:
+    """Top-1 of the ``sim`` target (per-channel weights, mse activation ranges) calibrated on ``images``."""
+    import tempfile
+
+    from dgh_deploy.calibration import CalibrationSet
+    from dgh_deploy.targets import TargetOptions, get_target
+
+    target = get_target("sim")
+    target.options = TargetOptions(weight_bits=weight_bits, act_bits=act_bits, act_range="mse")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = target.build(model, CalibrationSet(images, source), Path(tmp))  # type: ignore[arg-type]
+        return top1(result.runner, val)

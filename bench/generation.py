@@ -1,0 +1,157 @@
+"""DGH generation speed and quality: this project's generator against Sony MCT 2.6.1's.
+
+Runs both on the same model, image count, iterations, device and threads, one after the
+other in this process, and prints image-iterations per second, their ratio, peak memory,
+the raw forward+backward-to-input rate of the model (the ceiling), and the ``sim`` target's
+top-1 at W8A4 and W4A8 for each image set beside 256 real calibration images.
+
+    .venv/bin/python bench/generation.py                       # ResNet-20, 256 x 500, CPU, 2 threads
+    .venv/bin/python bench/generation.py --iters 50 --val-limit 2000 --skip-mct
+    python bench/generation.py --device cuda --threads 8 --mct-path /path/to/wheels
+
+MCT runs with its own defaults (batch 32, 32 extra pixels, fp16 autocast on CUDA) except
+for the image count and iterations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._generation_eval import ASSETS, PeakMemory, load_val, sim_top1, top1
+
+
+def ceiling_rate(module: torch.nn.Module, imgsz: tuple[int, int], batch: int, device: str,
+                 channels_last: bool, repeats: int = 5) -> float:
+    """Images/s of forward + backward to the input alone: no statistics, no augmentation."""
+    import copy
+
+    net = copy.deepcopy(module).eval().to(device)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    x = torch.randn(batch, 3, *imgsz, device=device).contiguous(memory_format=fmt).requires_grad_(True)
+
+    def step() -> None:
+        x.grad = None
+        out = net(x)
+        sum(o.float().sum() for o in (out if isinstance(out, (list, tuple)) else [out])).backward()
+
+    step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    _sync(device)
+    return batch * repeats / (time.perf_counter() - t0)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_ours(model: object, n: int, iters: int, device: str, seed: int) -> dict:
+    from dgh_deploy.generation import make_calibration_set
+
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        cs = make_calibration_set(model, "dgh", n, iters, seed=seed, device=device, progress=True)  # type: ignore[arg-type]
+        wall = time.perf_counter() - t0
+    return {"images": cs.images, "wall_s": wall, "rate": n * iters / wall, "peak_mb": mem.peak_mb,
+            "chunk": cs.stats["chunk"], "final_bn_loss": cs.stats["final_losses"].get("bn")}
+
+
+def run_mct(model: object, n: int, iters: int, device: str, mct_path: str | None) -> dict:
+    if mct_path:
+        sys.path.insert(0, mct_path)
+    import model_compression_toolkit as mct
+
+    cfg = mct.data_generation.get_pytorch_data_generation_config(n_iter=iters)
+    module = model.module.to(device)  # type: ignore[attr-defined]
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        imgs = mct.data_generation.pytorch_data_generation_experimental(
+            model=module, n_images=n, output_image_size=tuple(model.imgsz), data_generation_config=cfg)  # type: ignore[attr-defined]
+        wall = time.perf_counter() - t0
+    model.module.to("cpu")  # type: ignore[attr-defined]
+    images = torch.cat([t.detach().float().cpu() for t in imgs]).numpy()
+    return {"images": images, "wall_s": wall, "rate": n * iters / wall, "peak_mb": mem.peak_mb,
+            "version": getattr(mct, "__version__", "?")}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="cifar_resnet20")
+    ap.add_argument("--weights", default=str(ASSETS / "cifar10" / "resnet20-12fca82f.th"))
+    ap.add_argument("--n-images", type=int, default=256)
+    ap.add_argument("--iters", type=int, default=500)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-mct", action="store_true", help="only this project's generator")
+    ap.add_argument("--mct-path", default=None, help="a folder to put on sys.path for model_compression_toolkit")
+    ap.add_argument("--val-data", default=str(ASSETS / "cifar10" / "test"))
+    ap.add_argument("--real-calib", default=str(ASSETS / "cifar10" / "calib"))
+    ap.add_argument("--val-limit", type=int, default=None, help="evaluate on this many test images (spread evenly)")
+    ap.add_argument("--skip-quality", action="store_true", help="speed only")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    from dgh_deploy.generation import make_calibration_set
+    from dgh_deploy.loading import load_model
+    from dgh_deploy.runtime.base import TorchRunner
+
+    model = load_model(args.model, args.weights)
+    dev = torch.device(args.device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {args.threads} threads"
+    print(f"# {model.name}, {args.n_images} images x {args.iters} iterations on {name}, torch {torch.__version__}")
+
+    res: dict = {"model": model.name, "n_images": args.n_images, "iters": args.iters, "device": name}
+    ours = run_ours(model, args.n_images, args.iters, args.device, args.seed)
+    res["ceiling_rate"] = ceiling_rate(model.module, model.imgsz, ours["chunk"], args.device, channels_last=True)
+    print(f"ceiling (fwd+bwd to input, batch {ours['chunk']}): {res['ceiling_rate']:.0f} images/s")
+    print(f"ours: {ours['wall_s']:.1f} s, {ours['rate']:.0f} image-iterations/s, peak {ours['peak_mb']:.0f} MiB")
+    res["ours"] = {k: v for k, v in ours.items() if k != "images"}
+    sets = {"dgh (ours)": ours["images"]}
+    if not args.skip_mct:
+        mct_res = run_mct(model, args.n_images, args.iters, args.device, args.mct_path)
+        print(f"MCT {mct_res['version']}: {mct_res['wall_s']:.1f} s, {mct_res['rate']:.0f} image-iterations/s, "
+              f"peak {mct_res['peak_mb']:.0f} MiB")
+        res["mct"] = {k: v for k, v in mct_res.items() if k != "images"}
+        res["speedup"] = ours["rate"] / mct_res["rate"]
+        print(f"speed-up: {res['speedup']:.2f}x")
+        sets["dgh (MCT)"] = mct_res["images"]
+
+    if not args.skip_quality:
+        val = load_val(model, args.val_data, args.val_limit)
+        real = make_calibration_set(model, f"real:{args.real_calib}", 256, 0, progress=False).images
+        sets["real (256)"] = real
+        sets["noise"] = make_calibration_set(model, "noise", args.n_images, 0, seed=args.seed).images
+        res["float_top1"] = top1(TorchRunner(model.module), val)
+        print(f"top-1 on {len(val.labels)} test images: float {res['float_top1']:.2f}")
+        res["top1"] = {}
+        for label, images in sets.items():
+            row = {f"W{w}A{a}": sim_top1(model, images, val, w, a) for w, a in ((8, 4), (4, 8))}
+            res["top1"][label] = row
+            print(f"  {label:12s} " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2, default=_json) + "\n")
+    return res
+
+
+def _json(o: object) -> object:
+    return o.item() if isinstance(o, np.generic) else str(o)
+
+
+if __name__ == "__main__":
+    main()
