@@ -10,12 +10,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from dgh_deploy.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent / "demo" / "cifar10_resnet20_demo.pt"
+COCO80_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -32,6 +44,7 @@ class Architecture:
     # Rewrites applied to a copy of the model before export: same math, converter-friendly ops.
     export_form: Callable[[nn.Module], nn.Module] | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    extra: dict[str, Any] = field(default_factory=dict)  # copied to LoadedModel.extra (e.g. "stride")
 
 
 def _cifar(depth: int) -> Callable[[], nn.Module]:
@@ -50,6 +63,13 @@ def _cifar_export_form(model: nn.Module) -> nn.Module:
 
 
 _CIFAR_PRE = Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+_YOLO_PRE = Preprocessing(resize="letterbox", pad_value=114)  # = models.yolo.YOLO_PREPROCESSING, without its import
+
+
+def _yolov5n() -> nn.Module:
+    from dgh_deploy.models.yolov5 import yolov5n
+
+    return yolov5n()
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
@@ -69,6 +89,12 @@ ARCHITECTURES: dict[str, Architecture] = {
             "the bundled demo: ResNet-20 trained by models/train_demo.py on CIFAR-10 (87.7% top-1 "
             "on the JPEG test set); the default when --model is absent",
             default_weights=DEMO_WEIGHTS, class_names=CIFAR10_CLASSES, export_form=_cifar_export_form,
+        ),
+        Architecture(
+            "yolov5n", _yolov5n, "detect", (640, 640), _YOLO_PRE,
+            "YOLOv5n v6.1 COCO detector, anchor-based head on Ultralytics' yolov5n.yaml blocks; "
+            "--weights yolov5n-coco-v6.1.pt (a plain dict: state_dict, config, names, stride)",
+            class_names=COCO80_CLASSES, extra={"stride": 32},
         ),
     )
 }

@@ -1,21 +1,160 @@
-"""Ultralytics detectors: checkpoints (``.pt``) and model YAMLs, loaded without any download."""
+"""YOLO detectors in deploy form, and Ultralytics loading without any download.
+
+A deploy-form detector (:class:`YoloDeploy`) is one module whose ``forward`` returns exactly what
+the int8 artifact will output: boxes ``cx, cy, w, h`` divided by the input width/height, and
+scores as probabilities, laid out as its :class:`~dgh_deploy.tasks.detect_layout.DetectLayout`
+says. ``raw_outputs`` returns the head's raw per-level maps instead (box regression or DFL
+logits, class logits, objectness), before any sigmoid or decoding: what DGH stretches.
+
+Two head families share the Ultralytics backbone/neck layers (``model.0`` ... ``model.{n-1}``,
+run with Ultralytics' own ``f``/``i`` routing): Ultralytics' anchor-free ``Detect`` (YOLOv5u,
+v8, 11: :class:`UltralyticsDetector`) and the classic anchor-based YOLOv5 head
+(:mod:`dgh_deploy.models.yolov5`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
 
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loading import LoadedModel
 from dgh_deploy.preprocessing import Preprocessing
+from dgh_deploy.tasks.detect_layout import DetectLayout
 
 YOLO_PREPROCESSING = Preprocessing(resize="letterbox", pad_value=114)  # pixels / 255, no mean/std
 DEFAULT_IMGSZ = 640
+NO_HEAD_FIX = "use an Ultralytics detection .pt/.yaml (Detect head) or the built-in yolov5n"
+
+
+class YoloDeploy(nn.Module):
+    """Ultralytics layers (head last) -> deploy-form outputs. Subclasses implement the head."""
+
+    def __init__(self, layers: nn.Sequential, save: Iterable[int], strides: list[int], layout: DetectLayout) -> None:
+        super().__init__()
+        self.model = layers  # keeps Ultralytics' parameter names: model.0..., head = model.<last>
+        self.save = sorted(set(save) | {j for j in _from(self.head) if j != -1})
+        self.strides = [int(s) for s in strides]
+        self.detect_layout = layout
+        # Grid constants per input geometry; plain attributes (not buffers) so they stay out of
+        # state_dict and the fingerprint, and become constants in an exported graph.
+        self._grids: dict[tuple[Any, ...], tuple[torch.Tensor, ...]] = {}
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model[-1]
+
+    @property
+    def max_stride(self) -> int:
+        return max(self.strides)
+
+    @property
+    def nc(self) -> int:
+        return self.detect_layout.nc
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The head's inputs, one per level (Ultralytics' ``_predict_once`` routing)."""
+        y: list[torch.Tensor | None] = []
+        for m in list(self.model.children())[:-1]:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            x = m(x)
+            y.append(x if m.i in self.save else None)
+        return [x if j == -1 else y[j] for j in _from(self.head)]  # type: ignore[misc]
+
+    def check_size(self, x: torch.Tensor) -> None:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if h % self.max_stride or w % self.max_stride:
+            raise ValueError(f"image size {h}x{w} is not a multiple of the model's stride {self.max_stride}")
+
+    def raw_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Raw head maps per level (N x C x h x w), before sigmoid or decoding: for DGH."""
+        self.check_size(x)
+        return self.head_raw(self.features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        self.check_size(x)
+        boxes, scores, obj = self.decode(self.features(x), (int(x.shape[-2]), int(x.shape[-1])))
+        return self.detect_layout.pack(boxes, scores, obj)
+
+    def head_raw(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def decode(
+        self, feats: list[torch.Tensor], size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """-> boxes N x 4 x A (normalised cx cy w h), class probabilities N x nc x A, objectness N x 1 x A or None."""
+        raise NotImplementedError
+
+
+class UltralyticsDetector(YoloDeploy):
+    """Ultralytics' anchor-free ``Detect`` head: DFL box distances (``cv2``) and class logits (``cv3``)."""
+
+    def __init__(self, layers: nn.Sequential, save: Iterable[int], layout: DetectLayout | None = None) -> None:
+        head = layers[-1]
+        super().__init__(layers, save, [int(s) for s in head.stride.tolist()], layout or DetectLayout(int(head.nc)))
+
+    def head_raw(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        h = self.head
+        # End-to-end heads (YOLOv10/26) also carry one-to-one branches; the one-to-many ones
+        # (cv2/cv3) are trained alongside and are decoded with NMS like every other YOLO.
+        return [t for i, f in enumerate(feats) for t in (h.cv2[i](f), h.cv3[i](f))]
+
+    def decode(
+        self, feats: list[torch.Tensor], size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        raw = self.head_raw(feats)
+        box = torch.cat([r.flatten(2) for r in raw[0::2]], 2)
+        cls = torch.cat([r.flatten(2) for r in raw[1::2]], 2)
+        dist = self.head.dfl(box)  # N x 4 x A: left, top, right, bottom in stride units
+        centre, scale = self._grid(feats, size)
+        lt, rb = dist.chunk(2, 1)
+        xy = (centre + (rb - lt) * 0.5) * scale
+        wh = (lt + rb) * scale
+        return torch.cat((xy, wh), 1), cls.sigmoid(), None
+
+    def _grid(self, feats: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """Cell centres in grid units (1 x 2 x A) and stride / (W, H) per anchor (1 x 2 x A)."""
+        ref = feats[0]
+        key = (size, tuple(tuple(f.shape[-2:]) for f in feats), ref.device, ref.dtype)
+        if key not in self._grids:
+            centres, scales = [], []
+            for f, s in zip(feats, self.strides, strict=True):
+                h, w = int(f.shape[-2]), int(f.shape[-1])
+                gy, gx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+                centres.append(torch.stack((gx.flatten(), gy.flatten())))
+                scales.append(torch.tensor([s / size[1], s / size[0]]).view(2, 1).expand(2, h * w))
+            self._grids[key] = tuple(
+                torch.cat(t, 1)[None].to(ref.device, ref.dtype) for t in (centres, scales)
+            )
+        return self._grids[key]
+
+
+def deploy_form_of(module: nn.Module) -> YoloDeploy | None:
+    """``module`` as a deploy-form detector: itself, a wrapped Ultralytics DetectionModel, or None."""
+    if isinstance(module, YoloDeploy):
+        return module
+    layers = getattr(module, "model", None)
+    if isinstance(layers, nn.Sequential) and len(layers) and _is_detect_head(layers[-1]):
+        return UltralyticsDetector(layers, getattr(module, "save", []))
+    return None
+
+
+def _is_detect_head(m: nn.Module) -> bool:
+    return all(getattr(m, a, None) is not None for a in ("cv2", "cv3", "dfl", "stride", "nc", "f"))
+
+
+def _from(m: nn.Module) -> list[int]:
+    f = m.f
+    return [f] if isinstance(f, int) else list(f)
 
 
 def load_ultralytics(spec: str, weights: str | None = None) -> LoadedModel:
     """An Ultralytics ``.pt`` checkpoint, or a model YAML (a path, or a name Ultralytics ships)."""
-    import torch
-
     if spec.endswith(".pt"):
         path = Path(spec)
         if not path.is_file():
@@ -46,12 +185,19 @@ def load_ultralytics(spec: str, weights: str | None = None) -> LoadedModel:
     task = getattr(module, "task", "detect")
     if task != "detect":
         raise DGHError(f"'{spec}' is an Ultralytics {task} model", "only detection models are supported")
+    deploy = deploy_form_of(module)
+    if deploy is None:
+        raise DGHError(
+            f"the detection adapter found no detection head in '{spec}' "
+            f"(its last layer is {type(module.model[-1]).__name__})",
+            NO_HEAD_FIX,
+        )
     names = getattr(module, "names", None)
-    stride = int(max(getattr(module, "stride", torch.tensor([32])).tolist()))
     return LoadedModel(
-        module=module, name=Path(spec).stem, task="detect", imgsz=(DEFAULT_IMGSZ, DEFAULT_IMGSZ),
+        module=deploy.eval(), name=Path(spec).stem, task="detect", imgsz=(DEFAULT_IMGSZ, DEFAULT_IMGSZ),
         preprocessing=YOLO_PREPROCESSING, weights=weights or (spec if spec.endswith(".pt") else None),
-        class_names=tuple(names.values()) if isinstance(names, dict) else None, extra={"stride": stride},
+        class_names=tuple(names.values()) if isinstance(names, dict) else None,
+        extra={"stride": deploy.max_stride},
     )
 
 

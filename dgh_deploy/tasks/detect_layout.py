@@ -1,0 +1,114 @@
+"""The output layout of a detector's deploy form: the one place that packs and unpacks it.
+
+Every deploy-form detector returns tensors of shape N x C x anchors whose boxes are
+``cx, cy, w, h`` divided by the input width/height, and whose scores are probabilities. Both
+then live in about 0..1, so a per-tensor int8 scale fits them (pixels up to 640 next to [0, 1]
+scores would leave the scores two or three int8 steps). The model packs; the task adapter and
+any runner's outputs are unpacked here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dgh_deploy.errors import DGHError
+
+Array = np.ndarray | torch.Tensor
+
+
+@dataclass(frozen=True)
+class DetectLayout:
+    """``split``: boxes and scores as separate outputs (each gets its own int8 scale) instead of one
+    ``N x (4 [+ 1] + nc) x anchors`` tensor. ``objectness``: YOLOv5's objectness as its own channel
+    (multiplied into the class scores after dequantization) instead of multiplied in by the model.
+    """
+
+    nc: int
+    split: bool = False
+    objectness: bool = False
+
+    def __post_init__(self) -> None:
+        # Kept unambiguous: the outputs alone then say the layout (the data-free check sees only those).
+        if self.objectness and not self.split:
+            raise ValueError("a separate objectness needs split outputs (boxes, objectness, scores)")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The parts, in output/channel order."""
+        return ("boxes", "objectness", "scores") if self.objectness else ("boxes", "scores")
+
+    def widths(self) -> tuple[int, ...]:
+        return (4, 1, self.nc) if self.objectness else (4, self.nc)
+
+    def describe(self) -> str:
+        dims = " + ".join(("4", "1", str(self.nc)) if self.objectness else ("4", str(self.nc)))
+        if self.split:
+            return ", ".join(f"{n} N x {w} x anchors" for n, w in zip(self.names, self.widths(), strict=True))
+        return f"one tensor N x ({dims}) x anchors ({', '.join(self.names)})"
+
+    def pack(
+        self, boxes: torch.Tensor, scores: torch.Tensor, obj: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The model side: normalised boxes, class probabilities and (YOLOv5) objectness -> outputs."""
+        if obj is not None and not self.objectness:
+            scores = scores * obj
+        parts = (boxes, obj, scores) if self.objectness else (boxes, scores)
+        if any(p is None for p in parts):
+            raise ValueError("this layout keeps objectness separate, but the model gave none")
+        return tuple(parts) if self.split else torch.cat(parts, 1)  # type: ignore[arg-type]
+
+    def parts(self, outputs: Sequence[Array]) -> dict[str, Array]:
+        """Runner outputs (in the model's output order) -> {part name: N x C x anchors}."""
+        outputs = list(outputs)
+        widths = self.widths()
+        if self.split:
+            shapes_ok = len(outputs) == len(widths) and all(
+                o.ndim == 3 and o.shape[1] == w for o, w in zip(outputs, widths, strict=False)
+            )
+            parts = outputs
+        else:
+            shapes_ok = len(outputs) == 1 and outputs[0].ndim == 3 and outputs[0].shape[1] == sum(widths)
+            edges = np.cumsum((0, *widths))
+            parts = [outputs[0][:, a:b] for a, b in itertools.pairwise(edges)] if shapes_ok else []
+        if not shapes_ok:
+            got = ", ".join("x".join(map(str, o.shape)) for o in outputs) or "nothing"
+            raise DGHError(
+                f"the detector's outputs have shapes {got}, not the deploy layout: {self.describe()}",
+                "run the model's own deploy form (LoadedModel.module / for_export()), with outputs in its order",
+            )
+        return dict(zip(self.names, parts, strict=True))
+
+    def unpack(self, outputs: Sequence[Array]) -> tuple[Array, Array]:
+        """Runner outputs -> (boxes N x 4 x anchors, final scores N x nc x anchors)."""
+        p = self.parts(outputs)
+        scores = p["scores"] * p["objectness"] if self.objectness else p["scores"]
+        return p["boxes"], scores
+
+
+def infer_layout(outputs: Sequence[Array]) -> DetectLayout:
+    """The layout that ``outputs`` (in order) have: one N x (4 + nc) x A tensor, or the split forms."""
+    shapes = [tuple(o.shape) for o in outputs]
+    if all(len(s) == 3 for s in shapes) and len({(s[0], s[2]) for s in shapes}) == 1:
+        channels = [s[1] for s in shapes]
+        if len(channels) == 1 and channels[0] > 4:
+            return DetectLayout(nc=channels[0] - 4)
+        if len(channels) == 2 and channels[0] == 4:
+            return DetectLayout(nc=channels[1], split=True)
+        if len(channels) == 3 and channels[:2] == [4, 1]:
+            return DetectLayout(nc=channels[2], split=True, objectness=True)
+    raise DGHError(
+        f"the detection adapter found no detection head (outputs {shapes} are not N x (4 + classes) x anchors, "
+        "nor boxes N x 4 x anchors with scores)",
+        "load the detector as an Ultralytics .pt/.yaml or a built-in detector (yolov5n)",
+    )
+
+
+def layout_of(module: torch.nn.Module, outputs: Sequence[Array]) -> DetectLayout:
+    """The layout a deploy-form module declares; for a foreign module, the one its outputs have."""
+    layout = getattr(module, "detect_layout", None)
+    return layout if isinstance(layout, DetectLayout) else infer_layout(outputs)

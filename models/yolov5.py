@@ -1,0 +1,117 @@
+"""The classic anchor-based YOLOv5 (v6.x) detector on Ultralytics' own backbone/neck blocks.
+
+The backbone and neck (``model.0`` ... ``model.23``) are the layers Ultralytics builds from its
+``yolov5n.yaml`` (same classes, names and shapes as the original YOLOv5 release); only the head
+is added here: three 1x1 convs (``model.24.m.{0,1,2}``, anchors x (5 + nc) outputs) on strides
+8/16/32 and the ``model.24.anchors`` buffer in stride units. Decoding, with s = sigmoid(output):
+xy = (2 s_xy - 0.5 + grid) * stride, wh = (2 s_wh)^2 * anchor * stride, score = objectness * class.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from dgh_deploy.models.yolo import YoloDeploy
+from dgh_deploy.tasks.detect_layout import DetectLayout
+
+# YOLOv5 v6.x defaults for P3/8, P4/16, P5/32, in pixels (w, h per anchor).
+V5_ANCHORS = ((10, 13, 16, 30, 33, 23), (30, 61, 62, 45, 59, 119), (116, 90, 156, 198, 373, 326))
+
+
+class AnchorHead(nn.Module):
+    """YOLOv5's ``Detect``: per level a 1x1 conv to na x (5 + nc) channels (x, y, w, h, obj, classes)."""
+
+    def __init__(self, nc: int, anchors: tuple[tuple[int, ...], ...], ch: list[int], strides: list[int]) -> None:
+        super().__init__()
+        self.nc, self.no = nc, nc + 5
+        self.nl, self.na = len(anchors), len(anchors[0]) // 2
+        self.m = nn.ModuleList(nn.Conv2d(c, self.na * self.no, 1) for c in ch)
+        grid_units = torch.tensor(anchors, dtype=torch.float32).view(self.nl, self.na, 2)
+        # In stride units, as the checkpoints store it (the checkpoint's values replace these).
+        self.register_buffer("anchors", grid_units / torch.tensor(strides, dtype=torch.float32).view(-1, 1, 1))
+
+
+class YOLOv5Detector(YoloDeploy):
+    def __init__(self, layers: nn.Sequential, save: list[int], strides: list[int], layout: DetectLayout) -> None:
+        super().__init__(layers, save, strides, layout)
+
+    def head_raw(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per level: box regression (N x na*4 x h x w), objectness logits (N x na x h x w), class logits."""
+        h = self.head
+        out: list[torch.Tensor] = []
+        for conv, f in zip(h.m, feats, strict=True):
+            p = conv(f)
+            n, _, gh, gw = p.shape
+            p = p.view(n, h.na, h.no, gh, gw)
+            out += [p[:, :, :4].reshape(n, h.na * 4, gh, gw), p[:, :, 4], p[:, :, 5:].reshape(n, h.na * h.nc, gh, gw)]
+        return out
+
+    def decode(
+        self, feats: list[torch.Tensor], size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        h = self.head
+        # Per anchor a channel slice then a flatten: 4-D/3-D ops only, which converters map to
+        # NHWC cleanly (a 5-D view + permute, as in YOLOv5's own export, is riskier for onnx2tf).
+        cols = []
+        for conv, f in zip(h.m, feats, strict=True):
+            p = conv(f)
+            cols += [p[:, a * h.no : (a + 1) * h.no].flatten(2) for a in range(h.na)]
+        s = torch.cat(cols, 2).sigmoid()  # N x (5 + nc) x A
+        gain, offset, anchor_wh = self._grid(feats, size)
+        xy = s[:, 0:2] * gain + offset  # (2 s - 0.5 + grid) * stride / size
+        wh = s[:, 2:4] * s[:, 2:4] * anchor_wh  # (2 s)^2 * anchor * stride / size
+        return torch.cat((xy, wh), 1), s[:, 5:], s[:, 4:5]
+
+    def _grid(self, feats: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """Per anchor (1 x 2 x A): 2 stride / (W, H), (grid - 0.5) stride / (W, H), 4 anchor stride / (W, H)."""
+        ref = feats[0]
+        key = (size, tuple(tuple(f.shape[-2:]) for f in feats), ref.device, ref.dtype)
+        if key not in self._grids:
+            h = self.head
+            norm = torch.tensor([1.0 / size[1], 1.0 / size[0]]).view(2, 1)
+            gains, offsets, whs = [], [], []
+            for i, (f, s) in enumerate(zip(feats, self.strides, strict=True)):
+                gh, gw = int(f.shape[-2]), int(f.shape[-1])
+                gy, gx = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32),
+                                        indexing="ij")
+                cells = torch.stack((gx.flatten(), gy.flatten()))  # 2 x h*w
+                for a in range(h.na):
+                    gains.append((2.0 * s * norm).expand(2, gh * gw))
+                    offsets.append((cells - 0.5) * s * norm)
+                    whs.append((4.0 * h.anchors[i, a].detach().float().cpu().view(2, 1) * s * norm).expand(2, gh * gw))
+            self._grids[key] = tuple(torch.cat(t, 1)[None].to(ref.device, ref.dtype) for t in (gains, offsets, whs))
+        return self._grids[key]
+
+    def load_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._grids.clear()  # the anchors may change with the weights
+        return super().load_state_dict(*args, **kwargs)
+
+
+def build_yolov5(scale: str = "n", nc: int = 80, layout: DetectLayout | None = None) -> YOLOv5Detector:
+    """Ultralytics' ``yolov5{scale}.yaml`` backbone/neck + the anchor head, random weights."""
+    from ultralytics.nn.tasks import parse_model, yaml_model_load
+    from ultralytics.utils.torch_utils import initialize_weights
+
+    cfg = copy.deepcopy(yaml_model_load(f"yolov5{scale}.yaml"))
+    head_from = cfg["head"][-1][0]  # Ultralytics' Detect spec: [[17, 20, 23], 1, Detect, [nc]]
+    cfg["head"] = cfg["head"][:-1]
+    cfg["nc"] = nc
+    body, save = parse_model(cfg, ch=3, verbose=False)
+    initialize_weights(body)  # BatchNorm eps 1e-3, as YOLOv5 trained with (PyTorch's 1e-5 costs ~1 mAP point)
+    marker = nn.Identity()  # stands in for the head until its input channels are known
+    marker.f = head_from  # type: ignore[assignment]
+    net = YOLOv5Detector(nn.Sequential(*body, marker), save, [1], layout or DetectLayout(nc))
+    with torch.no_grad():  # channels and strides of the head's inputs, measured as Ultralytics does
+        feats = net.features(torch.zeros(1, 3, 256, 256))
+    net.strides = [256 // f.shape[-1] for f in feats]
+    head = AnchorHead(nc, V5_ANCHORS, [f.shape[1] for f in feats], net.strides)
+    head.f, head.i = head_from, len(body)
+    net.model[-1] = head
+    return net
+
+
+def yolov5n() -> YOLOv5Detector:
+    return build_yolov5("n")
