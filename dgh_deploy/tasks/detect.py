@@ -1,0 +1,157 @@
+"""Detection: raw head maps are stretched; mAP on an Ultralytics data YAML is the metric.
+
+The deploy form's outputs (normalised boxes and scores, see :mod:`.detect_layout`) are decoded,
+passed through Ultralytics' NMS, mapped back through the letterbox and scored with Ultralytics'
+metric code, so the float numbers are the ones Ultralytics reports and any runner's outputs
+(float or dequantized int8) are scored the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from dgh_deploy.errors import DGHError
+from dgh_deploy.loading import LoadedModel
+from dgh_deploy.preprocessing import letterbox
+from dgh_deploy.runtime.base import Runner, flatten_outputs
+from dgh_deploy.tasks.base import TaskAdapter
+from dgh_deploy.tasks.classify import _sqnr, evenly_spaced
+from dgh_deploy.tasks.detect_data import DetectionData, read_data_yaml
+from dgh_deploy.tasks.detect_layout import DetectLayout, infer_layout, layout_of
+from dgh_deploy.tasks.detect_postprocess import NMSConfig, nms, unletterbox
+
+NO_HEAD = "the detection adapter found no detection head"
+NO_HEAD_FIX = "use an Ultralytics detection .pt/.yaml (Detect head) or the built-in yolov5n"
+# Data-free agreement compares what a deployed detector would report: Ultralytics' predict defaults.
+AGREEMENT_NMS = NMSConfig(conf=0.25, iou=0.7, max_det=300, multi_label=False)
+
+
+class RawHeadOutputs(nn.Module):
+    """The module DGH differentiates through: the deploy form's raw per-level head maps.
+
+    It shares (does not copy) the detector's layers, so hooks on its BatchNorm layers see them.
+    """
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.detector.raw_outputs(x)
+
+
+class DetectTask(TaskAdapter):
+    """``nms``: the validation NMS (single-label by default; ``NMSConfig(multi_label=True)`` for
+    Ultralytics' validator setting). ``batch_size``: images per ``runner.infer`` call."""
+
+    name = "detect"
+    metric = "mAP50-95"
+
+    def __init__(self, nms: NMSConfig | None = None, batch_size: int = 8) -> None:
+        self.nms = nms or NMSConfig()
+        self.batch_size = batch_size
+        self._loaded: dict[tuple, tuple[DetectionData, np.ndarray, np.ndarray, list]] = {}
+
+    # -- generation --------------------------------------------------------------------------
+
+    def prepare_for_generation(self, model: LoadedModel) -> nn.Module:
+        from dgh_deploy.models.yolo import deploy_form_of
+
+        detector = deploy_form_of(model.module)
+        if detector is None:
+            raise DGHError(f"{NO_HEAD} in '{model.name}' ({type(model.module).__name__})", NO_HEAD_FIX)
+        return RawHeadOutputs(detector).eval()
+
+    def stretch_outputs(self, output: Any) -> list[torch.Tensor]:
+        """Every raw head map (class logits, box/DFL logits, objectness), each widened on its own."""
+        tensors = [t for t in flatten_outputs(output) if t.is_floating_point() and t.ndim >= 3]
+        if not tensors:
+            raise DGHError(f"{NO_HEAD} (the model returned no N x C x ... head maps)", NO_HEAD_FIX)
+        return tensors
+
+    # -- real labelled data ------------------------------------------------------------------
+
+    def evaluate(self, runner: Runner, model: LoadedModel, val_data: str, limit: int | None = None) -> dict[str, float]:
+        """mAP of ``runner`` on the ``val`` split of the data YAML ``val_data``.
+
+        Returns ``mAP50-95``, ``mAP50``, ``precision``, ``recall`` in points (0..100: Ultralytics'
+        0.334 is reported as 33.4, like top-1 for classifiers, so drops read in points) and
+        ``images``. NMS follows ``self.nms`` (conf 0.001, IoU 0.6, 300 boxes, single-label).
+        """
+        from dgh_deploy.tasks.detect_metrics import MapAccumulator
+
+        data, index, canvases, geometry = self._load(model, val_data, limit)
+        layout: DetectLayout | None = getattr(model.module, "detect_layout", None)
+        acc = MapAccumulator(data.names)
+        for i in range(0, len(index), self.batch_size):
+            outputs = runner.infer(model.preprocessing.normalise(canvases[i : i + self.batch_size]))
+            layout = layout or layout_of(model.module, outputs)
+            if layout.nc != len(data.names):
+                raise DGHError(
+                    f"model '{model.name}' predicts {layout.nc} classes but '{val_data}' names {len(data.names)}",
+                    "evaluate on data labelled with the model's own classes",
+                )
+            boxes, scores = layout.unpack(outputs)
+            for j, det in enumerate(nms(boxes, scores, model.imgsz, self.nms)):
+                k = int(index[i + j])
+                ratio, pad, (h0, w0) = geometry[i + j]
+                det = unletterbox(det, model.imgsz, ratio, pad, (h0, w0))
+                lab = data.labels[k]
+                gt = np.stack([(lab[:, 1] - lab[:, 3] / 2) * w0, (lab[:, 2] - lab[:, 4] / 2) * h0,
+                               (lab[:, 1] + lab[:, 3] / 2) * w0, (lab[:, 2] + lab[:, 4] / 2) * h0], 1)
+                acc.add(det, lab[:, 0], gt, data.images[k].name)
+        return acc.result()
+
+    def _load(self, model: LoadedModel, val_data: str, limit: int | None) -> tuple[DetectionData, np.ndarray,
+                                                                                   np.ndarray, list]:
+        """Letterbox once per (data, size, preprocessing): float and quantized runs share the uint8 canvases."""
+        pre = model.preprocessing
+        if pre.resize != "letterbox":
+            raise DGHError(
+                f"detection evaluation maps boxes back through a letterbox, but '{model.name}' resizes by {pre.resize}",
+                "give the detector Preprocessing(resize='letterbox')",
+            )
+        key = (str(val_data), limit, model.imgsz, pre)
+        if key not in self._loaded:
+            data = read_data_yaml(val_data, "val")
+            index = evenly_spaced(len(data.images), limit)
+            canvases = np.empty((len(index), *model.imgsz, 3), np.uint8)  # uint8: a quarter of float32
+            geometry = []
+            for n, k in enumerate(index):
+                try:
+                    with Image.open(data.images[k]) as im:
+                        rgb = np.asarray(im.convert("RGB"))
+                except OSError as exc:
+                    raise DGHError(f"cannot read image '{data.images[k]}' ({exc})", "remove or replace it") from exc
+                canvases[n], ratio, pad = letterbox(rgb, model.imgsz, pre.pad_value)
+                geometry.append((ratio, pad, rgb.shape[:2]))
+            self._loaded = {key: (data, index, canvases, geometry)}  # keep one set: they can be large
+        return self._loaded[key]
+
+    # -- data-free -----------------------------------------------------------------------------
+
+    def agreement(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float]:
+        """Float (``reference``) vs quantized (``candidate``) deploy outputs on the same images.
+
+        ``<part>_sqnr_db``: signal-to-quantization-noise of boxes, scores (and objectness), in dB;
+        then box-level agreement after NMS at deployment settings (conf 0.25, IoU 0.7): see
+        :func:`~dgh_deploy.tasks.detect_metrics.box_agreement`.
+        """
+        from dgh_deploy.tasks.detect_metrics import box_agreement
+
+        layout = infer_layout(reference)
+        ref_parts, cand_parts = layout.parts(reference), layout.parts(candidate)
+        out = {f"{name}_sqnr_db": _sqnr(np.asarray(ref_parts[name]), np.asarray(cand_parts[name]) -
+                                        np.asarray(ref_parts[name])) for name in layout.names}
+        imgsz = (1, 1)  # boxes stay normalised: IoU does not change with per-axis scaling
+        ref_det = nms(*layout.unpack(reference), imgsz, AGREEMENT_NMS)
+        cand_det = nms(*layout.unpack(candidate), imgsz, AGREEMENT_NMS)
+        out.update(box_agreement(ref_det, cand_det))
+        out["images"] = float(len(reference[0]))
+        return out
+
