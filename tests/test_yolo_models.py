@@ -1,0 +1,189 @@
+"""YOLO deploy forms: structure against Ultralytics, decoding, ONNX parity, the generation form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dgh_deploy.errors import DGHError
+from dgh_deploy.loading import LoadedModel, load_model
+from dgh_deploy.tasks import get_task
+from dgh_deploy.tasks.detect_layout import DetectLayout, infer_layout
+
+IMGSZ = 320
+
+
+@pytest.fixture(scope="module")
+def v5_weights(assets: Path) -> str:
+    return str(assets / "yolov5n" / "yolov5n-coco-v6.1.pt")
+
+
+@pytest.fixture(scope="module")
+def v5(v5_weights: str) -> LoadedModel:
+    return load_model("yolov5n", v5_weights, imgsz=IMGSZ)
+
+
+@pytest.fixture(scope="module")
+def v8() -> LoadedModel:
+    torch.manual_seed(0)
+    return load_model("yolov8n.yaml", imgsz=IMGSZ)
+
+
+@pytest.fixture(scope="module")
+def street(assets: Path, v5: LoadedModel) -> np.ndarray:
+    """Two real COCO images in model input space: detectors give real boxes and scores on them."""
+    files = sorted((assets / "coco128" / "images" / "val2017").glob("*.jpg"))[:2]
+    return np.stack([v5.preprocessing.load(str(f), v5.imgsz) for f in files])
+
+
+def test_yolov5n_backbone_and_neck_are_ultralytics_layers() -> None:
+    from ultralytics.nn.tasks import DetectionModel
+
+    from dgh_deploy.models.yolov5 import yolov5n
+
+    ours = {k: tuple(v.shape) for k, v in yolov5n().state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in DetectionModel("yolov5n.yaml", verbose=False).state_dict().items()}
+    body = {k: s for k, s in theirs.items() if not k.startswith("model.24.")}
+    assert {k: s for k, s in ours.items() if not k.startswith("model.24.")} == body
+    assert len(body) == 342
+    head = {k: s for k, s in ours.items() if k.startswith("model.24.")}
+    assert head == {"model.24.anchors": (3, 3, 2),
+                    **{f"model.24.m.{i}.weight": (255, c, 1, 1) for i, c in enumerate((64, 128, 256))},
+                    **{f"model.24.m.{i}.bias": (255,) for i in range(3)}}
+
+
+def test_yolov5n_checkpoint_fits_exactly(v5: LoadedModel, v5_weights: str) -> None:
+    ckpt = torch.load(v5_weights, map_location="cpu", weights_only=True)["state_dict"]
+    own = v5.module.state_dict()
+    assert set(own) == set(ckpt)
+    for k, v in ckpt.items():
+        assert own[k].dtype == torch.float32 or not v.is_floating_point()
+        assert torch.equal(own[k], v.float()), k
+    assert v5.module.strides == [8, 16, 32] and v5.task == "detect" and v5.imgsz == (IMGSZ, IMGSZ)
+
+
+def test_yolov5n_decoding_follows_the_yolov5_formula(v5: LoadedModel, street: np.ndarray) -> None:
+    """Decode the raw head maps independently (5-D view, as YOLOv5 does) and compare."""
+    net, x = v5.module, torch.from_numpy(street)
+    with torch.no_grad():
+        out = net(x)
+        feats = net.features(x)
+    rows = []
+    for i, (conv, f) in enumerate(zip(net.head.m, feats, strict=True)):
+        with torch.no_grad():
+            p = conv(f)
+        n, _, gh, gw = p.shape
+        p = p.view(n, 3, 85, gh, gw).permute(0, 1, 3, 4, 2).sigmoid()
+        gy, gx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+        s = [8, 16, 32][i]
+        xy = (2 * p[..., :2] - 0.5 + torch.stack((gx, gy), -1)) * s
+        wh = (2 * p[..., 2:4]) ** 2 * net.head.anchors[i].view(1, 3, 1, 1, 2) * s
+        rows.append(torch.cat((xy / IMGSZ, wh / IMGSZ, p[..., 5:] * p[..., 4:5]), -1).reshape(n, -1, 84))
+    ref = torch.cat(rows, 1).transpose(1, 2)
+    assert out.shape == (2, 84, 3 * (40 * 40 + 20 * 20 + 10 * 10))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert out[:, 4:].max() > 0.5  # real images: confident detections exist
+
+
+def test_anchor_free_deploy_form_is_ultralytics_decode_normalised() -> None:
+    from ultralytics.nn.tasks import DetectionModel
+
+    from dgh_deploy.models.yolo import deploy_form_of
+
+    torch.manual_seed(0)
+    dm = DetectionModel("yolov8n.yaml", verbose=False).eval()
+    x = torch.rand(1, 3, 256, 192)
+    with torch.no_grad():
+        theirs = dm(x)[0]
+        ours = deploy_form_of(dm)(x)  # type: ignore[misc]
+    scale = torch.tensor([192, 256, 192, 256]).view(1, 4, 1)
+    torch.testing.assert_close(ours[:, :4] * scale, theirs[:, :4], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(ours[:, 4:], theirs[:, 4:])
+
+
+@pytest.mark.parametrize("which", ["v5", "v8"])
+def test_deploy_form_exports_to_onnx_and_runs_the_same_on_onnxruntime(
+    which: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    import onnxruntime as ort
+
+    from dgh_deploy.onnx_export import export_onnx
+    from dgh_deploy.runtime.base import TorchRunner
+
+    model: LoadedModel = request.getfixturevalue(which)
+    x = request.getfixturevalue("street") if which == "v5" else np.random.default_rng(0).random(
+        (1, 3, IMGSZ, IMGSZ), dtype=np.float32)
+    path = export_onnx(model, tmp_path / f"{which}.onnx")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    got = [sess.run(None, {"images": x[i : i + 1]})[0] for i in range(len(x))]
+    want = TorchRunner(model.module).infer(x)
+    assert len(sess.get_outputs()) == len(want) == 1
+    np.testing.assert_allclose(np.concatenate(got), want[0], atol=2e-5, rtol=1e-4)
+    boxes, scores = model.module.detect_layout.unpack(want)
+    assert boxes.shape[1] == 4 and scores.shape[1] == 80 and 0 <= scores.min() and scores.max() <= 1
+
+
+def test_split_layout_exports_boxes_and_scores_separately(v8: LoadedModel, tmp_path: Path) -> None:
+    import copy
+
+    import onnx
+
+    from dgh_deploy.onnx_export import export_onnx
+
+    split = copy.deepcopy(v8)
+    split.module.detect_layout = DetectLayout(80, split=True)
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        whole, parts = v8.module(x), split.module(x)
+    assert [tuple(p.shape) for p in parts] == [(1, 4, 2100), (1, 80, 2100)]
+    torch.testing.assert_close(torch.cat(parts, 1), whole)
+    proto = onnx.load(str(export_onnx(split, tmp_path / "split.onnx")))
+    assert [o.name for o in proto.graph.output] == ["output0", "output1"]
+    assert infer_layout([p.numpy() for p in parts]) == split.module.detect_layout
+
+
+def test_layouts_pack_and_unpack_the_same_detections() -> None:
+    b, o, c = torch.rand(2, 4, 7), torch.rand(2, 1, 7), torch.rand(2, 3, 7)
+    for layout in (DetectLayout(3), DetectLayout(3, split=True), DetectLayout(3, split=True, objectness=True)):
+        packed = layout.pack(b, c, o)
+        outs = list(packed) if isinstance(packed, tuple) else [packed]
+        assert infer_layout(outs) == layout
+        boxes, scores = layout.unpack(outs)
+        torch.testing.assert_close(boxes, b)
+        torch.testing.assert_close(scores, c * o)
+    with pytest.raises(DGHError, match="not the deploy layout"):
+        DetectLayout(3).unpack([torch.rand(2, 9, 7)])
+
+
+@pytest.mark.parametrize("which,kinds", [("v5", (12, 3, 240)), ("v8", (64, 80))])
+def test_generation_form_returns_raw_head_maps(which: str, kinds: tuple[int, ...],
+                                               request: pytest.FixtureRequest) -> None:
+    model: LoadedModel = request.getfixturevalue(which)
+    task = get_task("detect")
+    gen = task.prepare_for_generation(model)
+    shared = {id(m) for m in model.module.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert shared and shared == {id(m) for m in gen.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    x = torch.rand(1, 3, IMGSZ, IMGSZ, requires_grad=True)
+    maps = task.stretch_outputs(gen(x))
+    assert [m.shape[1] for m in maps] == list(kinds) * 3
+    assert [m.shape[-1] for m in maps[:: len(kinds)]] == [40, 20, 10]
+    assert min(float(m.detach().min()) for m in maps) < 0  # logits, not sigmoid outputs
+    sum(m.amax() - m.amin() for m in maps).backward()  # DGH's stretching loss reaches the pixels
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_a_model_without_a_detection_head_is_refused() -> None:
+    from dgh_deploy.preprocessing import Preprocessing
+
+    plain = LoadedModel(torch.nn.Conv2d(3, 8, 3), "plain", "detect", (64, 64), Preprocessing(resize="letterbox"))
+    task = get_task("detect")
+    with pytest.raises(DGHError, match="found no detection head") as err:
+        task.prepare_for_generation(plain)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DGHError, match="found no detection head"):
+        task.stretch_outputs([torch.tensor(1.0)])
