@@ -69,7 +69,7 @@ def test_yolov5n_decoding_follows_the_yolov5_formula(v5: LoadedModel, street: np
     """Decode the raw head maps independently (5-D view, as YOLOv5 does) and compare."""
     net, x = v5.module, torch.from_numpy(street)
     with torch.no_grad():
-        out = net(x)
+        out = torch.cat(net(x), 1)  # the default layout: boxes, scores
         feats = net.features(x)
     rows = []
     for i, (conv, f) in enumerate(zip(net.head.m, feats, strict=True)):
@@ -98,7 +98,7 @@ def test_anchor_free_deploy_form_is_ultralytics_decode_normalised() -> None:
     x = torch.rand(1, 3, 256, 192)
     with torch.no_grad():
         theirs = dm(x)[0]
-        ours = deploy_form_of(dm)(x)  # type: ignore[misc]
+        ours = torch.cat(deploy_form_of(dm)(x), 1)  # type: ignore[misc]
     scale = torch.tensor([192, 256, 192, 256]).view(1, 4, 1)
     torch.testing.assert_close(ours[:, :4] * scale, theirs[:, :4], atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(ours[:, 4:], theirs[:, 4:])
@@ -120,36 +120,37 @@ def test_deploy_form_exports_to_onnx_and_runs_the_same_on_onnxruntime(
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    got = [sess.run(None, {"images": x[i : i + 1]})[0] for i in range(len(x))]
+    got = [sess.run(None, {"images": x[i : i + 1]}) for i in range(len(x))]
     want = TorchRunner(model.module).infer(x)
-    assert len(sess.get_outputs()) == len(want) == 1
-    np.testing.assert_allclose(np.concatenate(got), want[0], atol=2e-5, rtol=1e-4)
+    assert [o.name for o in sess.get_outputs()] == ["output0", "output1"] and len(want) == 2
+    for k in range(2):
+        np.testing.assert_allclose(np.concatenate([g[k] for g in got]), want[k], atol=2e-5, rtol=1e-4)
     boxes, scores = model.module.detect_layout.unpack(want)
     assert boxes.shape[1] == 4 and scores.shape[1] == 80 and 0 <= scores.min() and scores.max() <= 1
 
 
-def test_split_layout_exports_boxes_and_scores_separately(v8: LoadedModel, tmp_path: Path) -> None:
+def test_one_tensor_layout_exports_one_output(v8: LoadedModel, tmp_path: Path) -> None:
     import copy
 
     import onnx
 
     from dgh_deploy.onnx_export import export_onnx
 
-    split = copy.deepcopy(v8)
-    split.module.detect_layout = DetectLayout(80, split=True)
+    whole = copy.deepcopy(v8)
+    whole.module.detect_layout = DetectLayout(80, split=False)
     x = torch.rand(1, 3, IMGSZ, IMGSZ)
     with torch.no_grad():
-        whole, parts = v8.module(x), split.module(x)
-    assert [tuple(p.shape) for p in parts] == [(1, 4, 2100), (1, 80, 2100)]
-    torch.testing.assert_close(torch.cat(parts, 1), whole)
-    proto = onnx.load(str(export_onnx(split, tmp_path / "split.onnx")))
-    assert [o.name for o in proto.graph.output] == ["output0", "output1"]
-    assert infer_layout([p.numpy() for p in parts]) == split.module.detect_layout
+        parts, one = v8.module(x), whole.module(x)
+    assert [tuple(p.shape) for p in parts] == [(1, 4, 2100), (1, 80, 2100)] and one.shape == (1, 84, 2100)
+    torch.testing.assert_close(torch.cat(parts, 1), one)
+    proto = onnx.load(str(export_onnx(whole, tmp_path / "one.onnx")))
+    assert [o.name for o in proto.graph.output] == ["output0"]
+    assert infer_layout([one.numpy()]) == whole.module.detect_layout
 
 
 def test_layouts_pack_and_unpack_the_same_detections() -> None:
     b, o, c = torch.rand(2, 4, 7), torch.rand(2, 1, 7), torch.rand(2, 3, 7)
-    for layout in (DetectLayout(3), DetectLayout(3, split=True), DetectLayout(3, split=True, objectness=True)):
+    for layout in (DetectLayout(3, split=False), DetectLayout(3), DetectLayout(3, objectness=True)):
         packed = layout.pack(b, c, o)
         outs = list(packed) if isinstance(packed, tuple) else [packed]
         assert infer_layout(outs) == layout
@@ -157,7 +158,9 @@ def test_layouts_pack_and_unpack_the_same_detections() -> None:
         torch.testing.assert_close(boxes, b)
         torch.testing.assert_close(scores, c * o)
     with pytest.raises(DGHError, match="not the deploy layout"):
-        DetectLayout(3).unpack([torch.rand(2, 9, 7)])
+        DetectLayout(3, split=False).unpack([torch.rand(2, 9, 7)])
+    with pytest.raises(DGHError, match="not the deploy layout"):
+        DetectLayout(3).unpack([torch.rand(2, 7, 7)])
 
 
 @pytest.mark.parametrize("which,kinds", [("v5", (12, 3, 240)), ("v8", (64, 80))])

@@ -107,6 +107,10 @@ class DetectTask(TaskAdapter):
                 acc.add(det, lab[:, 0], gt, data.images[k].name)
         return acc.result()
 
+    def check_val_data(self, val_data: str) -> None:
+        """Fail fast on a bad data YAML (before hours of generation), with the same errors as evaluate."""
+        read_data_yaml(val_data, "val")
+
     def _load(self, model: LoadedModel, val_data: str, limit: int | None) -> tuple[DetectionData, np.ndarray,
                                                                                    np.ndarray, list]:
         """Letterbox once per (data, size, preprocessing): float and quantized runs share the uint8 canvases."""
