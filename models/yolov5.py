@@ -35,8 +35,7 @@ class AnchorHead(nn.Module):
 
 
 class YOLOv5Detector(YoloDeploy):
-    def __init__(self, layers: nn.Sequential, save: list[int], strides: list[int], layout: DetectLayout) -> None:
-        super().__init__(layers, save, strides, layout)
+    """The anchor head's deploy form: objectness multiplied into the class scores (see DetectLayout)."""
 
     def head_raw(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per level: box regression (N x na*4 x h x w), objectness logits (N x na x h x w), class logits."""
