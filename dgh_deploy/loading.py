@@ -186,7 +186,7 @@ def _load_builtin(arch: Any, weights: str | None) -> LoadedModel:
     return LoadedModel(
         module=module.float().eval(), name=arch.name, task=arch.task, imgsz=arch.imgsz,
         preprocessing=arch.preprocessing, weights=path, class_names=arch.class_names,
-        export_form=arch.export_form,
+        export_form=arch.export_form, extra=dict(arch.extra),
     )
 
 

@@ -79,6 +79,8 @@ def _deploy(config: DeployConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     model = load_model(config.model, config.weights, config.task, config.imgsz)
     task = get_task(model.task)
+    if config.val_data:
+        task.check_val_data(config.val_data)  # before minutes of generation, not after
     times["load"] = time.perf_counter() - t0
 
     from dgh_deploy.generation import default_budget, make_calibration_set

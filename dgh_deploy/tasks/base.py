@@ -32,6 +32,9 @@ class TaskAdapter(ABC):
     def evaluate(self, runner: Runner, model: LoadedModel, val_data: str, limit: int | None = None) -> dict[str, float]:
         """The task metric of ``runner`` on real labelled data (``metric`` among the keys)."""
 
+    def check_val_data(self, val_data: str) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`~dgh_deploy.errors.DGHError` early if ``val_data`` is unusable."""
+
     def sample_inputs(self, model: LoadedModel, val_data: str, n: int) -> np.ndarray | None:
         """Up to ``n`` real inputs (model input space) for range comparisons; None if not supported."""
         return None

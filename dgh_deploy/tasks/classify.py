@@ -65,6 +65,9 @@ class ClassifyTask(TaskAdapter):
             correct += int((logits.argmax(1) == labels[i : i + 256]).sum())
         return {self.metric: 100.0 * correct / len(labels), "images": float(len(labels))}
 
+    def check_val_data(self, val_data: str) -> None:
+        list_image_folder(val_data)
+
     def sample_inputs(self, model: LoadedModel, val_data: str, n: int) -> np.ndarray | None:
         files, _, _ = list_image_folder(val_data)
         return np.stack([model.preprocessing.load(str(files[j]), model.imgsz) for j in evenly_spaced(len(files), n)])
