@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,13 +57,15 @@ def make_calibration_set(
         from dgh_deploy.generation.engine import Generator
 
         cfg = config if config is not None else (DGHConfig() if source == "dgh" else bns_config())
+        t0 = time.perf_counter()
         gen = Generator(model, n_images, iters, seed=seed, device=device, config=cfg, source=source)
+        setup_s = time.perf_counter() - t0
         try:
             out = gen.run(checkpoint=Path(checkpoint) if checkpoint is not None else None, resume=resume,
                           progress=progress)
         finally:
             gen.close()
-        return CalibrationSet(out.images, source, out.settings, out.stats)
+        return CalibrationSet(out.images, source, out.settings, {**out.stats, "setup_s": round(setup_s, 3)})
     if source == "noise":
         from dgh_deploy.generation.baselines import noise_images
 

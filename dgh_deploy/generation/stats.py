@@ -78,6 +78,8 @@ def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dims = _reduce_dims(x)
+    if x.dtype in (torch.float16, torch.bfloat16):  # autocast: accumulate in float32
+        x = x.float()
     return x.sum(dims).double(), (x * x).sum(dims).double()
 
 
