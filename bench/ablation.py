@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed dgh_deploy wins
 from bench._generation_eval import ASSETS, load_val, sim_top1, top1
 
 VARIANTS = ("dgh", "per-batch-stats", "no-pipeline", "no-output-loss", "bns", "noise", "real")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed dgh_deploy wins
 from bench._generation_eval import ASSETS, PeakMemory, load_val, sim_top1, top1
 
 
