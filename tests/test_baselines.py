@@ -35,7 +35,7 @@ def test_bns_is_plain_bn_matching() -> None:
     s = cs.settings
     assert (s["pipeline"], s["joint_stats"], s["output_loss_multiplier"], s["optimizer"]) == (False, False, 0.0, "adam")
     curve = cs.stats["loss_curve"]
-    assert curve[-1][1] < 0.5 * curve[0][1]
+    assert curve[-1]["bn"] < 0.5 * curve[0]["bn"]
 
 
 def _image_folder(root: Path, per_class: dict[str, int]) -> None:

@@ -34,7 +34,6 @@ from dgh_deploy.loading import LoadedModel, require_batchnorm
 from dgh_deploy.tasks import get_task
 
 log = logging.getLogger("dgh_deploy")
-CURVE_COLUMNS = ("total", "bn", "output")
 
 
 @dataclass
@@ -196,7 +195,7 @@ class Generator:
                 updating = True  # from here to the end of the step the state is half-updated
                 optimizer.step()
                 sched.step(total)
-                curve.append([_round(total), _round(bn), _round(out)])
+                curve.append({"total": _round(total), "bn": _round(bn), "output": _round(out)})
                 updating = False
                 if bar is not None:
                     bar.set_postfix(bn=f"{bn:.4f}", out=f"{out:.2f}", lr=f"{sched.lr:.3g}", refresh=False)
@@ -217,9 +216,8 @@ class Generator:
         done = self.iters - start
         stats = {
             "time_s": round(elapsed, 3),
-            "final_losses": dict(zip(CURVE_COLUMNS, curve[-1], strict=True)) if curve else {},
-            "loss_curve_columns": list(CURVE_COLUMNS),
-            "loss_curve": curve,
+            "final_losses": dict(curve[-1]) if curve else {},
+            "loss_curve": curve,  # one {"total", "bn", "output"} per iteration
             "image_iters_per_s": round(self.n * done / max(time.perf_counter() - t0, 1e-9), 2),
             "chunk": self.chunk,
             "chunks": -(-self.n // self.chunk),
