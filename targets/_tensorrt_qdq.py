@@ -8,7 +8,23 @@ Relu`` into one int8 conv and the residual ``Add`` (both inputs quantized) into 
 too. Nothing is inserted between a Conv and its Relu, and outputs stay float.
 
 Quantized: every Conv, ConvTranspose, Gemm and MatMul (data and weight inputs), and every Add
-whose two inputs are both activations (residual joins). Bias adds onto constants stay float.
+whose two inputs are both activations and whose result flows on into a quantized layer (residual
+joins). Bias adds onto constants stay float.
+
+Left in float, as TensorRT runs a detector's post-processing (Ultralytics keeps the head's
+Sigmoid out of int8 for the same reason):
+
+* an Add whose result reaches no quantized layer: box arithmetic after the head (YOLOv8's
+  ``lt + rb``), where int8 would only coarsen the coordinates and saves nothing;
+* a Conv fed by a Softmax (YOLOv8's DFL expectation: a fixed 0..15 ramp over a probability
+  vector): int8 would erase the small probabilities that place a box edge, on a layer with 16
+  multiply-adds per anchor.
+
+Concat, MaxPool, Resize and the activations get no Q/DQ of their own. Where a Concat feeds a
+Conv, the Conv's input Q/DQ sits on the Concat's *output*; TensorRT moves that one Q backward
+through the Concat (and through MaxPool/Resize, which commute with it) onto every input, so all
+inputs share one scale by construction. Separate Q/DQ pairs with different scales on the inputs
+would make TensorRT requantize at the join (ModelOpt leaves Concat unquantized for this reason).
 """
 
 from __future__ import annotations
@@ -22,6 +38,8 @@ from dgh_deploy.calibration.tensorrt import amax_to_scale
 from dgh_deploy.errors import DGHError
 
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Ops that only move or select values: a Softmax seen through them still feeds the next layer.
+_LAYOUT_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the axis attribute)
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 
@@ -42,6 +60,7 @@ class QdqPlan:
     weights: list[WeightSlot] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)  # names of the quantized compute nodes
     act_slots: list[tuple[int, int]] = field(default_factory=list)  # (node, input) reading a DQ'd activation
+    float_layers: dict[str, str] = field(default_factory=dict)  # compute nodes left in float -> why
 
 
 @dataclass
@@ -116,6 +135,38 @@ def plan_qdq(model: Any, per_channel: bool = True) -> QdqPlan:
     facts = graph_facts(model)
     plan = QdqPlan()
     seen: set[str] = set()
+    nodes = list(model.graph.node)
+    producer = {out: n for n in nodes for out in n.output}
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            consumers.setdefault(name, []).append(i)
+
+    def fed_by_softmax(name: str) -> bool:
+        node = producer.get(name)
+        while node is not None and node.op_type in _LAYOUT_OPS:
+            node = producer.get(node.input[0])
+        return node is not None and node.op_type == "Softmax"
+
+    compute = set()
+    for i, node in enumerate(nodes):
+        if node.op_type in QUANTIZED_OPS:
+            if node.input and fed_by_softmax(node.input[0]):
+                plan.float_layers[node.name or f"{node.op_type}_{i}"] = "fed by a Softmax (e.g. DFL box decoding)"
+            else:
+                compute.add(i)
+
+    def reaches_compute(start: int) -> bool:
+        todo, visited = [start], {start}
+        while todo:
+            for out in nodes[todo.pop()].output:
+                for j in consumers.get(out, []):
+                    if j in compute:
+                        return True
+                    if j not in visited:
+                        visited.add(j)
+                        todo.append(j)
+        return False
 
     def activation(node_idx: int, slot: int, name: str) -> None:
         plan.act_slots.append((node_idx, slot))
@@ -123,9 +174,9 @@ def plan_qdq(model: Any, per_channel: bool = True) -> QdqPlan:
             seen.add(name)
             plan.activations.append(name)
 
-    for i, node in enumerate(model.graph.node):
+    for i, node in enumerate(nodes):
         ins = list(node.input)
-        if node.op_type in QUANTIZED_OPS:
+        if i in compute:
             for slot in range(min(len(ins), 2)):
                 name = ins[slot]
                 if not name:
@@ -138,10 +189,13 @@ def plan_qdq(model: Any, per_channel: bool = True) -> QdqPlan:
             plan.layers.append(node.name or f"{node.op_type}_{i}")
         elif node.op_type == "Add" and len(ins) == 2:
             if all(n in facts.float_tensors and n not in facts.constants for n in ins):
+                if not reaches_compute(i):
+                    plan.float_layers[node.name or f"Add_{i}"] = "feeds no quantized layer (post-processing)"
+                    continue
                 for slot, name in enumerate(ins):
                     activation(i, slot, name)
                 plan.layers.append(node.name or f"Add_{i}")
-    if not any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
+    if not compute:
         raise DGHError(
             "the model has no Conv, Gemm or MatMul layer to quantize for TensorRT INT8",
             "use a CNN or linear model, or another target",

@@ -2,7 +2,8 @@
 
 1. Export the float ONNX model (BN folded, the model's export rewrites applied).
 2. Calibrate on ONNX Runtime CPU: one |x| histogram per activation, fed batch by batch; the
-   range by TensorRT's entropy calibration (default), max or percentile.
+   range by TensorRT's entropy calibration (the default for classifiers), max (the default for
+   detectors, see :func:`default_act_range`) or percentile.
 3. Write, from the same scales (amax / 127):
    * ``model_qdq.onnx``: explicit Q/DQ quantization for TensorRT 10 and 11 (11 has nothing else);
    * ``model.cache``: TensorRT's calibration cache for implicit INT8 on TensorRT <= 10, with
@@ -72,7 +73,7 @@ class TensorRTInt8Target(Target):
         import onnx
 
         opts = self.options
-        method = canonical_act_range(opts.act_range)
+        method = default_act_range(model) if not opts.act_range else canonical_act_range(opts.act_range)
         if opts.weight_bits != 8 or opts.act_bits != 8:
             raise DGHError(
                 f"TensorRT INT8 runs 8-bit weights and activations, not W{opts.weight_bits}A{opts.act_bits}",
@@ -114,6 +115,7 @@ class TensorRTInt8Target(Target):
         info = {
             "tensorrt": tensorrt_version(),
             "act_range": method,
+            "act_range_default": not opts.act_range,
             "percentile": opts.percentile if method == "percentile" else None,
             "build_commands": commands,
             "engine": None,
@@ -121,6 +123,7 @@ class TensorRTInt8Target(Target):
             "cache_tensors": len(amax),
             "quantized_layers": len(plan.layers),
             "qdq_activations": len(plan.activations),
+            "float_layers": plan.float_layers,
             "weights": "per-tensor" if opts.per_tensor else "per-channel",
         }
         if can_build_here():
@@ -136,6 +139,17 @@ class TensorRTInt8Target(Target):
 
         runner = OnnxRuntimeRunner(qdq_path, opts.threads)
         return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
+
+
+def default_act_range(model: LoadedModel) -> str:
+    """TensorRT's entropy calibration for classifiers; max (as Ultralytics calibrates YOLO) for detectors.
+
+    Entropy clips each activation where the histogram's bulk ends. For a detector the tail it
+    clips is the few strong responses that make a confident box: on YOLOv5n at 320 (64 coco128
+    train images, 128 val images) entropy gave mAP50-95 25.95 against 27.37 float, with the
+    held-out score SQNR at 3.6 dB; max gave 27.91 (16.1 dB).
+    """
+    return "max" if model.task == "detect" else canonical_act_range("")
 
 
 TARGET = TensorRTInt8Target
