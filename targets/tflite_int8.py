@@ -4,10 +4,16 @@ PyTorch -> ONNX (with the model's export rewrites) -> onnx2tf (TensorFlow's conv
 with our calibration images) -> two files: ``*_float32.tflite`` and ``*_full_integer_quant.tflite``.
 Nothing is handed back until the float file agrees with PyTorch (so that any later accuracy loss
 is quantization, not conversion) and the int8 file is shown to run integer-only with integer I/O.
+
+One export rewrite is made for int8's sake: SiLU gets a floor on its input (:mod:`._silu_floor`),
+which narrows the int8 range of every conv output that feeds a SiLU. It moves the float outputs
+by far less than an int8 step; it is measured on the calibration images against the original
+model and dropped if it moves them more than :data:`REWRITE_RTOL` of their scale.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import shutil
@@ -17,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from torch import nn
 
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
@@ -30,6 +37,9 @@ from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target
 log = logging.getLogger("dgh_deploy")
 
 PARITY_IMAGES = 32  # enough to see a broken layer (a wrong one moves every logit), cheap at batch 1
+# An export rewrite may move each output by this much of its scale (max |output|): under half an
+# int8 step (1/255 of the range), so the quantized model cannot tell.
+REWRITE_RTOL = 2e-3
 
 
 class TFLiteInt8Target(Target):
@@ -58,13 +68,42 @@ class TFLiteInt8Target(Target):
         scratch = Path(tempfile.mkdtemp(prefix="dgh-tflite-"))
         try:
             t0 = time.perf_counter()
-            onnx_path = export_onnx(model, scratch / f"{file_stem(model.name)}.onnx")
+            module, rewrites = self._export_module(model, calib)
+            onnx_path = export_onnx(model, scratch / f"{file_stem(model.name)}.onnx", module=module)
             export_s = time.perf_counter() - t0
-            result = self._build(model, onnx_path, calib, Path(workdir), scratch)
+            reference = module if rewrites.get("silu_floor") else None
+            result = self._build(model, onnx_path, calib, Path(workdir), scratch, reference)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         result.timings = {"export": export_s, **result.timings}
+        result.info["export_rewrites"] = rewrites
         return result
+
+    def _export_module(self, model: LoadedModel, calib: CalibrationSet) -> tuple[nn.Module, dict[str, Any]]:
+        """The module to export: the model's export form, with floored SiLUs when that is harmless.
+
+        ``options.extra["silu_floor"]``: the floor (default 8); 0 turns the rewrite off.
+        """
+        from dgh_deploy.targets._silu_floor import DEFAULT_FLOOR, floor_silu
+        from dgh_deploy.verification.parity import compare_outputs
+
+        module = model.for_export()
+        floor = float(self.options.extra.get("silu_floor", DEFAULT_FLOOR))
+        if floor <= 0:
+            return module, {"silu_floor": None, "reason": "turned off (options.extra['silu_floor'] = 0)"}
+        rewritten = copy.deepcopy(module)
+        count = floor_silu(rewritten, floor)
+        if count == 0:
+            return module, {"silu_floor": None, "reason": "the model has no nn.SiLU"}
+        images = calib.images[: int(self.options.extra.get("parity_images", PARITY_IMAGES))]
+        dev = compare_outputs(TorchRunner(model.module).infer_all(images), TorchRunner(rewritten).infer_all(images),
+                              rtol=REWRITE_RTOL)
+        info: dict[str, Any] = {"silu_floor": floor, "silu_layers": count, "max_abs_deviation": dev.max_abs_error,
+                                "tolerance": dev.tolerance, "images": dev.images}
+        if not dev.passed:
+            log.warning("not flooring SiLU inputs for int8: it would move the outputs too much (%s)", dev.describe())
+            return module, {**info, "silu_floor": None, "reason": f"moves the outputs too much: {dev.describe()}"}
+        return rewritten, info
 
     def build_from_onnx(self, model: LoadedModel, onnx_path: str | Path, calib: CalibrationSet,
                         workdir: Path) -> BuildResult:
@@ -83,7 +122,8 @@ class TFLiteInt8Target(Target):
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _build(self, model: LoadedModel, onnx_path: Path, calib: CalibrationSet, workdir: Path,
-               scratch: Path) -> BuildResult:
+               scratch: Path, reference: nn.Module | None = None) -> BuildResult:
+        """``reference``: the PyTorch module the ONNX file was exported from, if not ``model.module``."""
         from dgh_deploy.runtime.litert_runner import LiteRTRunner
         from dgh_deploy.targets._tflite_convert import ConversionSettings, convert, onnx2tf_version
         from dgh_deploy.verification.integer_ops import check_full_integer
@@ -104,7 +144,7 @@ class TFLiteInt8Target(Target):
         t0 = time.perf_counter()
         shapes = output_shapes(model)
         parity = check_float_parity(
-            LiteRTRunner(conv.float_model, o.threads, shapes), TorchRunner(model.module),
+            LiteRTRunner(conv.float_model, o.threads, shapes), TorchRunner(reference or model.module),
             calib.images[: int(o.extra.get("parity_images", PARITY_IMAGES))],
             classify=model.task == "classify", atol=o.parity_atol,
             onnx_path=onnx_path, tflite_path=conv.float_model,
@@ -124,7 +164,8 @@ class TFLiteInt8Target(Target):
         }
         runner = LiteRTRunner(artifacts["model"], o.threads, shapes)
         info: dict[str, Any] = {
-            "float_parity": {**parity.as_dict(), "reference": "PyTorch float32", "inputs": "calibration images"},
+            "float_parity": {**parity.as_dict(), "inputs": "calibration images",
+                             "reference": "PyTorch float32" + (" (as exported)" if reference is not None else "")},
             "float_ops": float_ops,
             "io": runner.io_details(),
             "quant_type": settings.quant_type,
