@@ -1,0 +1,83 @@
+"""Where does int8 lose accuracy? Per-tensor SQNR of a full-integer .tflite against its float twin.
+
+onnx2tf writes ``*_float32.tflite`` and ``*_full_integer_quant.tflite`` from one TensorFlow graph,
+so their tensors carry the same names (fused ops keep the ';'-joined names of what they fused).
+Running both on the same image with every tensor preserved, and dequantizing each int8 tensor
+with its own scale and zero point, gives the quantization noise of every layer in execution
+order: the layers where the SQNR falls are the ones to fix (a range too wide, a fixed-scale op).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LayerError:
+    index: int  # position of the producing op in the int8 file's execution plan
+    op: str
+    tensor: str
+    sqnr_db: float  # 10 log10(mean x^2 / mean (q - x)^2) over the images; inf when exact
+    float_min: float
+    float_max: float
+    scale: float  # the int8 tensor's scale (0 for a tensor left in float)
+    zero_point: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _run_all(path: str | Path, x: np.ndarray) -> tuple[dict[str, np.ndarray], list[tuple[int, str, dict[str, Any]]]]:
+    """Every op output of ``path`` for ``x`` (N x 3 x H x W float32, one image at a time), dequantized."""
+    from dgh_deploy.runtime.litert_runner import _tensor_io, open_interpreter
+
+    it = open_interpreter(path, preserve_all=True, delegates=False)
+    inp = _tensor_io(it.get_input_details()[0])
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    ops = it._get_ops_details()  # the public API has no op list
+    values: dict[str, list[np.ndarray]] = {}
+    for image in x:
+        feed = image.transpose(1, 2, 0)[None] if inp.shape[-1] == image.shape[0] else image[None]
+        if inp.quantized:
+            info = np.iinfo(inp.dtype)
+            feed = np.clip(np.rint(feed / inp.scale) + inp.zero_point, info.min, info.max)
+        it.set_tensor(inp.index, np.ascontiguousarray(feed, dtype=inp.dtype))
+        it.invoke()
+        for op in ops:
+            for idx in op["outputs"]:
+                t = details[int(idx)]
+                v = it.get_tensor(int(idx))
+                q = t["quantization_parameters"]
+                if v.dtype.kind in "iu" and len(q["scales"]) == 1:
+                    v = (v.astype(np.float32) - q["zero_points"][0]) * q["scales"][0]
+                elif v.dtype.kind != "f":
+                    continue
+                values.setdefault(t["name"], []).append(np.asarray(v, np.float32))
+    order = [(int(op["index"]), str(op["op_name"]), details[int(i)]) for op in ops for i in op["outputs"]]
+    return {k: np.concatenate(v) for k, v in values.items()}, order
+
+
+def layer_sqnr(float_path: str | Path, int8_path: str | Path, images: np.ndarray) -> list[LayerError]:
+    """Per-tensor SQNR of ``int8_path`` against ``float_path`` on ``images`` (model input space, NCHW).
+
+    Uses the reference kernels (every tensor visible): a few seconds per image for a YOLO at 320.
+    """
+    ref, _ = _run_all(float_path, images)
+    got, order = _run_all(int8_path, images)
+    rows = []
+    for index, op, t in order:
+        name = t["name"]
+        if name not in ref or name not in got or ref[name].shape != got[name].shape:
+            continue
+        x, q = ref[name].astype(np.float64), got[name].astype(np.float64)
+        noise = float(((q - x) ** 2).mean())
+        sqnr = float("inf") if noise == 0 else 10.0 * float(np.log10(max(float((x**2).mean()), 1e-30) / noise))
+        qp = t["quantization_parameters"]
+        scale = float(qp["scales"][0]) if len(qp["scales"]) == 1 else 0.0
+        zp = int(qp["zero_points"][0]) if len(qp["zero_points"]) == 1 else 0
+        rows.append(LayerError(index, op, name, sqnr, float(x.min()), float(x.max()), scale, zp))
+    return rows
