@@ -188,12 +188,13 @@ def test_default_budget() -> None:
 
 
 _MEMORY_SCRIPT = """
-import json, resource, torch
+import json, torch
 torch.set_num_threads(2)
 from dgh_deploy.loading import load_model
 from dgh_deploy.generation import make_calibration_set
+from dgh_deploy.generation.memory import peak_rss_mb
 cs = make_calibration_set(load_model("demo"), "dgh", 4096, 1, progress=False)
-print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"rss_mb": peak_rss_mb(),
                   "chunks": cs.stats["chunks"], "shape": list(cs.images.shape)}))
 """
 
