@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import threading
 import time
 from dataclasses import dataclass
@@ -88,3 +89,17 @@ def sim_top1(model: object, images: np.ndarray, val: ValSet, weight_bits: int, a
     with tempfile.TemporaryDirectory() as tmp:
         result = target.build(model, CalibrationSet(images, source), Path(tmp))  # type: ignore[arg-type]
         return top1(result.runner, val)
+
+
+def add_run_arguments(ap: argparse.ArgumentParser) -> None:
+    """The model, budget and data options every generation bench shares."""
+    ap.add_argument("--model", default="cifar_resnet20")
+    ap.add_argument("--weights", default=str(ASSETS / "cifar10" / "resnet20-12fca82f.th"))
+    ap.add_argument("--n-images", type=int, default=256)
+    ap.add_argument("--iters", type=int, default=500)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--val-data", default=str(ASSETS / "cifar10" / "test"))
+    ap.add_argument("--real-calib", default=str(ASSETS / "cifar10" / "calib"))
+    ap.add_argument("--val-limit", type=int, default=None, help="evaluate on this many test images (spread evenly)")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed dgh_deploy wins
-from bench._generation_eval import ASSETS, load_val, sim_top1, top1
+from bench._generation_eval import add_run_arguments, load_val, sim_top1, top1
 
 VARIANTS = ("dgh", "per-batch-stats", "no-pipeline", "no-output-loss", "bns", "noise", "real")
 
@@ -39,17 +39,8 @@ def variant_config(name: str) -> object:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="cifar_resnet20")
-    ap.add_argument("--weights", default=str(ASSETS / "cifar10" / "resnet20-12fca82f.th"))
-    ap.add_argument("--n-images", type=int, default=256)
-    ap.add_argument("--iters", type=int, default=500)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    add_run_arguments(ap)
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--val-data", default=str(ASSETS / "cifar10" / "test"))
-    ap.add_argument("--real-calib", default=str(ASSETS / "cifar10" / "calib"))
-    ap.add_argument("--val-limit", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 

@@ -1,7 +1,7 @@
 """Calibration sources x targets on the shared models, as one Markdown table.
 
     python bench/compare.py                                  # the README's table (all models)
-    python bench/compare.py --models cifar_resnet20 --targets sim,tflite-int8
+    python bench/compare.py --models cifar_resnet20 --targets sim:W8A4,tflite-int8
 
 Every cell is a full ``dgh-deploy`` run (generate, calibrate, convert, verify on the target's
 runtime). Generated sets are cached, so each (model, source) is generated once for all targets.
@@ -60,15 +60,28 @@ def machine() -> str:
     return f"{os.cpu_count()}-core CPU ({cpu}), Python {platform.python_version()}"
 
 
-def run_cell(case: Case, source: str, target: str, out_root: Path, threads: int) -> dict:
+def split_spec(spec: str) -> tuple[str, dict[str, int]]:
+    """``sim:W8A4`` -> (``sim``, bit widths); a plain target name has no options."""
+    target, _, bits = spec.partition(":")
+    if not bits:
+        return target, {}
+    from dgh_deploy.cli import parse_bits
+
+    w, a = parse_bits(bits)
+    return target, {"weight_bits": w, "act_bits": a}
+
+
+def run_cell(case: Case, source: str, spec: str, out_root: Path, threads: int) -> dict:
     import dgh_deploy
 
+    target, options = split_spec(spec)
     calib = f"real:{case.real}" if source == "real" else source
     t0 = time.perf_counter()
     report = dgh_deploy.deploy(
         target=target, model=case.model, weights=case.weights, imgsz=case.imgsz, calib=calib,
-        n_images=case.n_images, val_data=case.val_data, out=str(out_root / f"{case.model}-{source}-{target}"),
-        threads=threads, human_report=False,
+        n_images=case.n_images, val_data=case.val_data,
+        out=str(out_root / f"{case.model}-{source}-{spec.replace(':', '-')}"),
+        threads=threads, human_report=False, **options,
     )
     m = report["metrics"]
     return {"float": m["float"][m["metric"]], "quantized": m["quantized"][m["metric"]], "drop": m["drop"],
@@ -105,7 +118,8 @@ def main() -> int:
     p.add_argument("--assets", default=str(REPO.parent / "shared" / "assets"))
     p.add_argument("--models", default="cifar_resnet20,cifar_resnet56,yolov5n")
     p.add_argument("--sources", default="dgh,bns,noise,real")
-    p.add_argument("--targets", default="sim,tflite-int8,tensorrt-int8")
+    p.add_argument("--targets", default="sim:W8A4,sim:W4A8,tflite-int8,tensorrt-int8",
+                   help="targets; sim:W<bits>A<bits> picks the simulated bit widths")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "compare.md"))
     p.add_argument("--state", default=str(REPO / "bench" / "results" / "compare_state.json"))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed dgh_deploy wins
-from bench._generation_eval import ASSETS, PeakMemory, load_val, sim_top1, top1
+from bench._generation_eval import PeakMemory, add_run_arguments, load_val, sim_top1, top1
 
 
 def ceiling_rate(module: torch.nn.Module, imgsz: tuple[int, int], batch: int, device: str,
@@ -90,18 +90,9 @@ def run_mct(model: object, n: int, iters: int, device: str, mct_path: str | None
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="cifar_resnet20")
-    ap.add_argument("--weights", default=str(ASSETS / "cifar10" / "resnet20-12fca82f.th"))
-    ap.add_argument("--n-images", type=int, default=256)
-    ap.add_argument("--iters", type=int, default=500)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    add_run_arguments(ap)
     ap.add_argument("--skip-mct", action="store_true", help="only this project's generator")
     ap.add_argument("--mct-path", default=None, help="a folder to put on sys.path for model_compression_toolkit")
-    ap.add_argument("--val-data", default=str(ASSETS / "cifar10" / "test"))
-    ap.add_argument("--real-calib", default=str(ASSETS / "cifar10" / "calib"))
-    ap.add_argument("--val-limit", type=int, default=None, help="evaluate on this many test images (spread evenly)")
     ap.add_argument("--skip-quality", action="store_true", help="speed only")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)

@@ -89,7 +89,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return p
 
 
-def _parse_bits(text: str) -> tuple[int, int]:
+def parse_bits(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"[wW](\d+)[aA](\d+)", text.strip())
     if not m:
         raise DGHError(f"--bits '{text}' is not of the form W<bits>A<bits>", "use e.g. --bits W8A8 or --bits W4A8")
@@ -109,7 +109,7 @@ def run_deploy(args: argparse.Namespace) -> int:
     from dgh_deploy.api import deploy
     from dgh_deploy.targets import TargetOptions
 
-    w_bits, a_bits = _parse_bits(args.bits)
+    w_bits, a_bits = parse_bits(args.bits)
     options = TargetOptions(
         per_tensor=args.per_tensor, io_dtype=args.io_dtype, allow_float_ops=args.allow_float_ops,
         weight_bits=w_bits, act_bits=a_bits, act_symmetric=args.act_symmetric, power_of_two=args.pot,

@@ -22,3 +22,9 @@ class QualityGateFailed(DGHError):
     """The quantized model lost more than ``--max-drop`` against float: distinct exit code for CI."""
 
     exit_code = 3
+
+
+def exc_reason(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type), short enough for a one-line error."""
+    text = str(exc)
+    return text.splitlines()[0][:limit] if text.strip() else type(exc).__name__

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dgh_deploy.errors import DGHError
+from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 TASKS = ("classify", "detect")
@@ -124,7 +124,7 @@ def check_accepts_images(model: LoadedModel) -> None:
         with torch.no_grad():
             model.module(model.dummy_input())
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = exc_reason(exc, 160)
         raise DGHError(
             f"model '{model.name}' does not take a 1x3x{h}x{w} image ({reason})",
             "check --imgsz, or that the model is an image model with 3 input channels",
@@ -140,7 +140,7 @@ def read_checkpoint(path: str) -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        reason = exc_reason(exc, 120)
         raise DGHError(
             f"cannot read weights file '{path}' ({reason})",
             "pass a checkpoint saved with torch.save (a state_dict, or a dict holding 'state_dict')",

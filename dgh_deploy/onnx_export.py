@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from dgh_deploy.artifacts import atomic_path
-from dgh_deploy.errors import DGHError
+from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.loading import LoadedModel
 
 INPUT_NAME = "images"
@@ -48,7 +48,7 @@ def export_onnx(
                 dynamic_axes=axes, do_constant_folding=True, dynamo=False,
             )
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        reason = exc_reason(exc)
         raise DGHError(
             f"ONNX export of '{model.name}' failed: {reason}",
             "replace the op the exporter names with a standard one, or wrap it in a custom module",

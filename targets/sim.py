@@ -13,32 +13,24 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import torch
-from torch import nn
 
 from dgh_deploy.artifacts import write_json
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.calibration.ranges import METHODS, QuantGrid
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loading import LoadedModel
-from dgh_deploy.runtime.base import Runner, flatten_outputs
+from dgh_deploy.runtime.base import TorchRunner, flatten_outputs
 from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target
 
 DEFAULT_ACT_RANGE = "mse"
 CALIB_BATCH = 64
 
 
-class SimRunner(Runner):
+class SimRunner(TorchRunner):
+    """The fake-quantized module, run like the float one."""
+
     name = "pytorch-fakequant"
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module.eval()
-
-    @torch.no_grad()
-    def infer(self, x: np.ndarray) -> list[np.ndarray]:
-        out = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        return [t.float().numpy() for t in flatten_outputs(out)]
 
 
 class SimTarget(Target):

@@ -25,7 +25,7 @@ from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.calibration.entropy import canonical_act_range
 from dgh_deploy.calibration.tensorrt import TensorRTCalibrator, tensorrt_version, write_calibration_cache
-from dgh_deploy.errors import DGHError
+from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.loading import LoadedModel
 from dgh_deploy.onnx_export import INPUT_NAME, export_onnx
 from dgh_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
@@ -134,7 +134,7 @@ class TensorRTInt8Target(Target):
                 info["engine"] = engine.name
             except Exception as exc:  # the CPU artifacts stay valid: report, and leave the commands
                 log.warning("TensorRT engine build failed (%s); build it with %s", exc, BUILD_SCRIPT)
-                info["engine_error"] = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                info["engine_error"] = exc_reason(exc, 300)
             timings["engine"] = time.perf_counter() - t0
 
         runner = OnnxRuntimeRunner(qdq_path, opts.threads)

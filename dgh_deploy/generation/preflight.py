@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dgh_deploy.errors import DGHError
+from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.generation.stats import BNInputRecorder
 from dgh_deploy.loading import LoadedModel
 
@@ -38,7 +38,7 @@ def probe_forward(model: LoadedModel, module: nn.Module, recorder: BNInputRecord
             recorder.start(x)
             out = module(x)
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = exc_reason(exc, 160)
         raise DGHError(
             f"model '{model.name}' does not take a 1x3x{h}x{w} image for generation ({reason})",
             "pass the --imgsz the model was trained for",

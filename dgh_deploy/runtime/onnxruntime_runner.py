@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dgh_deploy.errors import DGHError
+from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.runtime.base import Runner
 
 
@@ -35,7 +35,7 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             what = "the ONNX model" if isinstance(model, bytes) else f"'{model}'"
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            reason = exc_reason(exc)
             raise DGHError(
                 f"ONNX Runtime cannot load {what} ({reason})", "re-export the model; check its opset and ops"
             ) from exc
