@@ -95,6 +95,7 @@ def add_run_arguments(ap: argparse.ArgumentParser) -> None:
     """The model, budget and data options every generation bench shares."""
     ap.add_argument("--model", default="cifar_resnet20")
     ap.add_argument("--weights", default=str(ASSETS / "cifar10" / "resnet20-12fca82f.th"))
+    ap.add_argument("--imgsz", type=int, default=None, help="input size (default: the model's own)")
     ap.add_argument("--n-images", type=int, default=256)
     ap.add_argument("--iters", type=int, default=500)
     ap.add_argument("--device", default="cpu")

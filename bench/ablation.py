@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     from dgh_deploy.loading import load_model
     from dgh_deploy.runtime.base import TorchRunner
 
-    model = load_model(args.model, args.weights)
+    model = load_model(args.model, args.weights, imgsz=args.imgsz)
     val = load_val(model, args.val_data, args.val_limit)
     res: dict = {"model": model.name, "n_images": args.n_images, "iters": args.iters,
                  "float_top1": top1(TorchRunner(model.module), val), "variants": {}}

@@ -6,6 +6,9 @@ back-propagates each chunk through the loss of the *global* statistics (the othe
 sums detached, this chunk's with gradients). Every image then gets exactly the gradient it
 would get with the whole set in one batch. When the whole set fits in one chunk, one pass
 with gradients does it all.
+
+In a torchrun job (``dist``, see :mod:`distributed`) this process holds one shard of the set,
+chunked the same way, and the global sums are the all-reduce of every rank's own.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,28 +36,46 @@ from dgh_deploy.generation.stats import BNInputRecorder, StatSums
 from dgh_deploy.loading import LoadedModel, require_batchnorm
 from dgh_deploy.tasks import get_task
 
+if TYPE_CHECKING:
+    from dgh_deploy.generation.distributed import Collective
+
 log = logging.getLogger("dgh_deploy")
 
 
 @dataclass
 class GeneratedImages:
-    images: np.ndarray
+    images: np.ndarray  # this process's images: the whole set, or in a torchrun job its shard
     settings: dict[str, Any]
     stats: dict[str, Any]
 
 
 class Generator:
-    """Optimises ``n_images`` images against one model's BN statistics (and output range)."""
+    """Optimises ``n_images`` images against one model's BN statistics (and output range).
+
+    With ``dist`` (a torchrun job) this process optimises only its shard of the set, images
+    ``offset .. offset + n_local - 1``; ``n`` stays the whole set's count.
+    """
 
     def __init__(self, model: LoadedModel, n_images: int, iters: int, seed: int = 0, device: str = "cpu",
                  config: DGHConfig | None = None, source: str = "dgh", dtype: torch.dtype = torch.float32,
-                 chunk: int | None = None) -> None:
+                 chunk: int | None = None, dist: Collective | None = None) -> None:
         if n_images < 1 or iters < 0:
             raise DGHError(f"cannot generate {n_images} images in {iters} iterations",
                            "pass --n-images >= 1 and --iters >= 0")
         require_batchnorm(model, "DGH" if source == "dgh" else f"--calib {source}")
         self.model, self.n, self.iters, self.seed, self.source = model, n_images, iters, seed, source
         self.config = config or DGHConfig()
+        self.dist = dist
+        self.offset, self.n_local = 0, n_images
+        if dist is not None:
+            if not self.config.joint_stats:
+                raise DGHError("per-batch statistics (--calib bns) are not distributed",
+                               "run it without torchrun")
+            shard = dist.shard(n_images)
+            if shard.size < 1:
+                raise DGHError(f"{n_images} images cannot be shared among {dist.world_size} processes",
+                               "pass --n-images at least the number of processes")
+            self.offset, self.n_local = shard.start, shard.size
         self.device = check_device(device)
         self.dtype = dtype
         cfg = self.config
@@ -80,7 +101,7 @@ class Generator:
         elif cfg.joint_stats:
             per_image = saved_bytes_per_image(module, torch.zeros(2, 3, *model.imgsz, device=self.device,
                                                                   dtype=dtype), self._forward_loss_probe)
-            self.chunk = chunk_size(per_image, budget_bytes(self.device, cfg.memory_mb), n_images)
+            self.chunk = chunk_size(per_image, budget_bytes(self.device, cfg.memory_mb), self.n_local)
         else:
             self.chunk = min(cfg.batch_size, n_images)
         self.settings = self._settings(extra)
@@ -93,6 +114,11 @@ class Generator:
             "extra_pixels_resolved": extra if self.config.pipeline else 0,
             "patience_resolved": self._patience(), **self.config.hashed_settings(),
         }
+
+    @property
+    def is_lead(self) -> bool:
+        """The process that logs, shows progress and writes files."""
+        return self.dist is None or self.dist.is_lead
 
     def _patience(self) -> int:
         return self.config.patience if self.config.patience is not None else int(self.iters / 50)
@@ -114,14 +140,24 @@ class Generator:
 
     def _view(self, images: torch.Tensor, lo: int, hi: int, iteration: int) -> torch.Tensor:
         ey, ex = self.pipeline.extra
-        flip, dy, dx = draws.augment_draws(self.seed, iteration, np.arange(lo, hi), (ey, ex))
+        index = np.arange(self.offset + lo, self.offset + hi)  # global: the same draws whatever the shard
+        flip, dy, dx = draws.augment_draws(self.seed, iteration, index, (ey, ex))
         return self.pipeline.train_view(images[lo:hi], flip, dy, dx)
 
     # ---- one iteration ---------------------------------------------------------------------
+    def _global(self, sums: StatSums, stretch: torch.Tensor) -> tuple[StatSums, float]:
+        """The whole set's statistics and output-stretch sum from this process's (detached) ones:
+        one all-reduce of a single float64 vector per step in a torchrun job."""
+        if self.dist is None:
+            return sums, float(stretch)
+        flat = torch.cat([sums.flatten(), stretch.detach().to(torch.float64).reshape(1)])
+        flat = self.dist.all_reduce_sum(flat)
+        return sums.unflatten(flat[:-1]), float(flat[-1])
+
     def _compute_grads(self, images: torch.Tensor, iteration: int) -> tuple[float, float]:
         """Fill ``images.grad``; return the (bn, output) loss values of this iteration."""
         n, mult = self.n, self.config.output_loss_multiplier
-        bounds = [(i, min(i + self.chunk, n)) for i in range(0, n, self.chunk)]
+        bounds = [(i, min(i + self.chunk, self.n_local)) for i in range(0, self.n_local, self.chunk)]
         if not self.config.joint_stats:
             bn_total, out_total = 0.0, 0.0
             for lo, hi in bounds:  # each batch matches the statistics on its own (BNS / ablation)
@@ -131,16 +167,26 @@ class Generator:
                 bn_total += bn.item() * (hi - lo) / n
                 out_total += stretch.item() / n
             return bn_total, out_total
-        if len(bounds) == 1:
+        if len(bounds) == 1 and self.dist is None:
             sums, stretch = self._forward(self._view(images, 0, n, iteration))
             bn = self.bn_loss(sums)
             (bn + mult * stretch / n).backward()
             return bn.item(), stretch.item() / n
+        if len(bounds) == 1:
+            # The shard fits in one chunk: keep its graph through the all-reduce, no second pass.
+            sums, stretch = self._forward(self._view(images, 0, self.n_local, iteration))
+            part = sums.detach()
+            total, out_sum = self._global(part, stretch)
+            bn = self.bn_loss((total - part) + sums)
+            (bn + mult * stretch / n).backward()
+            return bn.item(), out_sum / n
         with torch.no_grad():
-            parts = [self._forward(self._view(images, lo, hi, iteration))[0] for lo, hi in bounds]
+            passes = [self._forward(self._view(images, lo, hi, iteration)) for lo, hi in bounds]
+        parts = [p for p, _ in passes]
         total = parts[0]
         for p in parts[1:]:
             total = total + p
+        total, out_sum = self._global(total, sum(s for _, s in passes))
         out_total = 0.0
         for (lo, hi), part in zip(bounds, parts, strict=True):
             sums, stretch = self._forward(self._view(images, lo, hi, iteration))
@@ -148,11 +194,28 @@ class Generator:
             global_sums = (total - part) + sums
             (self.bn_loss(global_sums) + mult * stretch / n).backward()
             out_total += stretch.item() / n
-        return self.bn_loss(total).item(), out_total
+        return self.bn_loss(total).item(), (out_sum / n if self.dist is not None else out_total)
 
     # ---- the run -----------------------------------------------------------------------------
     def initial_images(self) -> torch.Tensor:
-        return draws.gaussian_images(self.seed, np.arange(self.n), (3, *self.pipeline.stored_hw))
+        index = np.arange(self.offset, self.offset + self.n_local)
+        return draws.gaussian_images(self.seed, index, (3, *self.pipeline.stored_hw))
+
+    def _load(self, checkpoint: Path, key: str) -> dict[str, Any] | None:
+        if self.dist is None:
+            return load_checkpoint(checkpoint, key, self.device)
+        # Rank 0 reads the whole-set checkpoint; each rank gets its rows of it.
+        return self.dist.scatter_state(lambda: load_checkpoint(checkpoint, key, torch.device("cpu")), self.n,
+                                       (3, *self.pipeline.stored_hw))
+
+    def _saved_chunk(self, state: dict[str, Any]) -> int | None:
+        """The chunk this process used before the interruption, when the process layout is the
+        same (same chunks, same floating-point sums: the resumed run is bit-identical)."""
+        world = self.dist.world_size if self.dist is not None else 1
+        if int(state.get("world_size", 1)) != world:
+            return None
+        chunks = state.get("rank_chunks", [state["chunk"]])
+        return int(chunks[self.dist.rank if self.dist is not None else 0])
 
     def run(self, checkpoint: Path | None = None, resume: bool = False, progress: bool = True) -> GeneratedImages:
         cfg = self.config
@@ -165,25 +228,34 @@ class Generator:
                                 reset=cfg.scheduler == "plateau_reset")
         key = settings_hash(self.settings)
         start, curve, elapsed = 0, [], 0.0
-        state = load_checkpoint(checkpoint, key, self.device) if (checkpoint is not None and resume) else None
+        state = self._load(checkpoint, key) if (checkpoint is not None and resume) else None
         if state is not None:
             with torch.no_grad():
                 images.copy_(state["images"])
             optimizer.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             start, curve, elapsed = int(state["iteration"]), list(state["curve"]), float(state["elapsed_s"])
-            self.chunk = int(state["chunk"])  # same chunking, same floating-point sums
-            log.info("resuming generation from %s at iteration %d/%d", checkpoint, start, self.iters)
+            self.chunk = self._saved_chunk(state) or self.chunk
+            if self.is_lead:
+                log.info("resuming generation from %s at iteration %d/%d", checkpoint, start, self.iters)
+        rank_chunks = self.dist.all_gather_object(self.chunk) if self.dist is not None else [self.chunk]
 
         def save(iteration: int) -> None:
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, {
-                    "settings_hash": key, "iteration": iteration, "images": images.detach(),
-                    "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "curve": curve,
-                    "elapsed_s": elapsed + time.perf_counter() - t0, "chunk": self.chunk,
-                })
+            if checkpoint is None:
+                return
+            state: dict[str, Any] | None = {
+                "settings_hash": key, "iteration": iteration, "images": images.detach(),
+                "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "curve": curve,
+                "elapsed_s": elapsed + time.perf_counter() - t0, "chunk": self.chunk,
+            }
+            if self.dist is not None:
+                # The whole set, gathered to rank 0 (alone in writing): resumable with any process count.
+                state = self.dist.gather_state({**state, "world_size": self.dist.world_size,
+                                                "rank_chunks": rank_chunks}, self.n, (3, *self.pipeline.stored_hw))
+            if state is not None:
+                save_checkpoint(checkpoint, state)
 
-        bar = _progress_bar(self.iters, start, progress, self.source)
+        bar = _progress_bar(self.iters, start, progress and self.is_lead, self.source)
         t0 = time.perf_counter()
         it = start
         updating = False
@@ -203,7 +275,9 @@ class Generator:
                 if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < self.iters:
                     save(it + 1)
         except KeyboardInterrupt:
-            if checkpoint is not None and not updating:
+            # In a torchrun job the ranks are interrupted at different points, so a gathering
+            # save could not pair up: the last periodic checkpoint is what resume continues from.
+            if checkpoint is not None and not updating and self.dist is None:
                 save(it)  # iteration ``it`` had not been applied: resume redoes it
                 log.warning("generation interrupted; progress saved to %s (resume to continue)", checkpoint)
             raise
@@ -214,6 +288,7 @@ class Generator:
         elapsed += time.perf_counter() - t0
         final = self.finalize(images)
         done = self.iters - start
+        peak = peak_memory_mb(self.device)
         stats = {
             "time_s": round(elapsed, 3),
             "final_losses": dict(curve[-1]) if curve else {},
@@ -221,15 +296,22 @@ class Generator:
             "image_iters_per_s": round(self.n * done / max(time.perf_counter() - t0, 1e-9), 2),
             "chunk": self.chunk,
             "chunks": -(-self.n // self.chunk),
-            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+            "peak_memory_mb": round(peak, 1),
             "device": str(self.device),
         }
-        return GeneratedImages(final, {**self.settings, "device": str(self.device), "chunk": self.chunk}, stats)
+        settings = {**self.settings, "device": str(self.device), "chunk": self.chunk}
+        if self.dist is not None:
+            world = self.dist.world_size
+            sizes = [self.dist.shard(self.n).__class__ and _shard_size(self.n, r, world) for r in range(world)]
+            stats["chunks"] = sum(-(-size // c) for size, c in zip(sizes, rank_chunks, strict=True))
+            stats["peak_memory_mb"] = round(max(self.dist.all_gather_object(peak)), 1)  # per process
+            stats["processes"] = settings["processes"] = world
+        return GeneratedImages(final, settings, stats)
 
     @torch.no_grad()
     def finalize(self, images: torch.Tensor) -> np.ndarray:
         out = [self.pipeline.final_view(images[i : i + self.chunk].detach()).float().cpu()
-               for i in range(0, self.n, self.chunk)]
+               for i in range(0, self.n_local, self.chunk)]
         return torch.cat(out).contiguous().numpy()
 
     def close(self) -> None:
