@@ -107,7 +107,12 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 def run_deploy(args: argparse.Namespace) -> int:
     from dgh_deploy.api import deploy
+    from dgh_deploy.generation.distributed import requested
     from dgh_deploy.targets import TargetOptions
+
+    if requested():  # every rank would run the whole job and write the same folder
+        raise DGHError("torchrun runs 'dgh-deploy generate' only, not the whole job",
+                       "generate the set under torchrun, then run the job once with --calib FILE.npz")
 
     w_bits, a_bits = parse_bits(args.bits)
     options = TargetOptions(
@@ -154,6 +159,8 @@ def run_generate(args: argparse.Namespace) -> int:
         task=args.task, calib=args.calib, device=args.device, seed=args.seed, out=args.out, resume=args.resume,
         progress=not args.quiet,
     )
+    if calib is None:
+        return 0  # a torchrun rank other than 0: rank 0 writes and reports
     n, _, h, w = calib.images.shape
     print(f"wrote {args.out}: {n} images {h}x{w} ({calib.source})")
     return 0

@@ -301,8 +301,10 @@ class Generator:
         }
         settings = {**self.settings, "device": str(self.device), "chunk": self.chunk}
         if self.dist is not None:
+            from dgh_deploy.generation.distributed import shard_of
+
             world = self.dist.world_size
-            sizes = [self.dist.shard(self.n).__class__ and _shard_size(self.n, r, world) for r in range(world)]
+            sizes = [shard_of(self.n, r, world).size for r in range(world)]
             stats["chunks"] = sum(-(-size // c) for size, c in zip(sizes, rank_chunks, strict=True))
             stats["peak_memory_mb"] = round(max(self.dist.all_gather_object(peak)), 1)  # per process
             stats["processes"] = settings["processes"] = world
