@@ -67,6 +67,8 @@ class YoloDeploy(nn.Module):
         return [x if j == -1 else y[j] for j in _from(self.head)]  # type: ignore[misc]
 
     def check_size(self, x: torch.Tensor) -> None:
+        if not isinstance(x.shape[-1], int):  # symbolic (torch.fx tracing, as MCT does): nothing to check
+            return
         h, w = int(x.shape[-2]), int(x.shape[-1])
         if h % self.max_stride or w % self.max_stride:
             raise ValueError(f"image size {h}x{w} is not a multiple of the model's stride {self.max_stride}")
