@@ -30,7 +30,7 @@ from dgh_deploy.generation.checkpoint import load_checkpoint, save_checkpoint, s
 from dgh_deploy.generation.config import DGHConfig, scaled_extra_pixels
 from dgh_deploy.generation.losses import BNAlignmentLoss, output_stretch_sum
 from dgh_deploy.generation.memory import budget_bytes, chunk_size, peak_memory_mb, saved_bytes_per_image
-from dgh_deploy.generation.preflight import check_device, probe_forward
+from dgh_deploy.generation.preflight import check_device, estimate_seconds, probe_forward
 from dgh_deploy.generation.schedule import PlateauSchedule
 from dgh_deploy.generation.stats import BNInputRecorder, StatSums
 from dgh_deploy.loading import LoadedModel, require_batchnorm
@@ -137,6 +137,16 @@ class Generator:
     def _forward_loss_probe(self, x: torch.Tensor) -> None:
         sums, stretch = self._forward(x)
         (self.bn_loss(sums) + stretch).backward()
+
+    def estimated_seconds(self) -> float:
+        """What this run should take here, from a timed probe (shown before a long run starts)."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+
+        def make_input(k: int) -> torch.Tensor:
+            x = torch.randn(k, 3, *self.model.imgsz, device=self.device, dtype=self.dtype)
+            return x.contiguous(memory_format=fmt).requires_grad_(True)
+
+        return estimate_seconds(self._forward_loss_probe, make_input, self.n_local, self.iters, self.chunk)
 
     def _view(self, images: torch.Tensor, lo: int, hi: int, iteration: int) -> torch.Tensor:
         ey, ex = self.pipeline.extra

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -52,3 +54,30 @@ def probe_forward(model: LoadedModel, module: nn.Module, recorder: BNInputRecord
             "use --calib real:PATH or --calib noise",
         )
     return seen
+
+
+def estimate_seconds(step: Callable[[torch.Tensor], None], make_input: Callable[[int], torch.Tensor],
+                     n_images: int, iters: int, chunk: int) -> float:
+    """Seconds a run should take, from one timed forward + backward of a full chunk.
+
+    With more than one chunk each step also runs a no-grad forward for the whole-set statistics
+    (about a third of a forward + backward). The image pipeline and the optimiser are left out:
+    they are cheap next to the model.
+    """
+    step(make_input(min(2, chunk)))  # warm-up: first calls pick kernels and allocate
+    x = make_input(min(chunk, n_images))
+    t0 = time.perf_counter()
+    step(x)
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    per_image = (time.perf_counter() - t0) / len(x)
+    passes = 1.0 if chunk >= n_images else 4 / 3
+    return per_image * n_images * iters * passes
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
