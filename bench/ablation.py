@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = load_model(args.model, args.weights, imgsz=args.imgsz)
     val = load_val(model, args.val_data, args.val_limit)
-    res: dict = {"model": model.name, "n_images": args.n_images, "iters": args.iters,
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
+    res: dict = {"model": model.name, "n_images": args.n_images, "iters": args.iters, "device": device,
                  "float_top1": top1(TorchRunner(model.module), val), "variants": {}}
     print(f"# {model.name}: {args.n_images} images x {args.iters} iterations; float top-1 {res['float_top1']:.2f} "
           f"on {len(val.labels)} test images")
@@ -72,8 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
         res["variants"][name] = {**row, "generation_s": round(gen_s, 1)}
         print(f"  {name:16s} " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()) + f"   ({gen_s:.0f} s)",
               flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        if args.json:  # after every variant: a stopped run keeps what it measured
+            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return res
 
 
