@@ -21,6 +21,7 @@ CPU gathers of checkpoints and results. Collectives have a timeout, and a failed
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -38,8 +39,10 @@ import torch.distributed as dist
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
 from dgh_deploy.generation.config import DGHConfig
-from dgh_deploy.generation.preflight import check_device
+from dgh_deploy.generation.preflight import check_device, format_duration
 from dgh_deploy.loading import LoadedModel
+
+log = logging.getLogger("dgh_deploy")
 
 TIMEOUT_ENV = "DGH_DIST_TIMEOUT_S"
 RESUME_HINT = "rerun the same torchrun command with --resume to continue from the last checkpoint"
@@ -295,6 +298,11 @@ def generate(model: LoadedModel, source: str, n_images: int, iters: int, seed: i
                         source=source, dist=ctx)
         setup_s = time.perf_counter() - t0
         try:
+            if progress and iters > 0 and gen.is_lead:  # rank 0's shard paces every step
+                h, w = model.imgsz
+                log.info("generating %d %s images of %dx%d, %d iterations on %d processes (%s): about %s", n_images,
+                         source, h, w, iters, ctx.world_size, ctx.device.type,
+                         format_duration(gen.estimated_seconds()))
             out = gen.run(checkpoint=checkpoint, resume=resume, progress=progress)
         finally:
             gen.close()
