@@ -16,7 +16,7 @@ ASSETS = REPO.parent / "shared" / "assets"
 
 
 class PeakMemory:
-    """Peak RSS (CPU, sampled every 20 ms) or peak CUDA allocation during a ``with`` block, in MiB."""
+    """Peak RSS (CPU, sampled every 100 ms) or peak CUDA allocation during a ``with`` block, in MiB."""
 
     def __init__(self, device: str) -> None:
         self.cuda = device.startswith("cuda")
@@ -35,7 +35,7 @@ class PeakMemory:
     def _sample(self) -> None:
         while not self._stop.is_set():
             self.peak_mb = max(self.peak_mb, rss_mb())
-            time.sleep(0.02)
+            time.sleep(0.1)  # seldom: a busy extra thread slows 2 OpenMP threads on 2 cores
 
     def __exit__(self, *exc: object) -> None:
         if self.cuda:
