@@ -93,7 +93,7 @@ def table(state: dict, models: list[str], sources: list[str], targets: list[str]
     lines = [f"Measured on {state.get('machine', machine())}. Each cell: quantized metric (drop against float) "
              "on the model's real validation data.", ""]
     for model in models:
-        first = next((v for k, v in state["cells"].items() if k.startswith(model + "|")), None)
+        first = next((v for k, v in state["cells"].items() if k.startswith(model + "|") and "error" not in v), None)
         if first is None:
             continue
         lines += [f"**{model}**: {first['metric']}, float {first['float']:.2f}", "",
@@ -103,7 +103,7 @@ def table(state: dict, models: list[str], sources: list[str], targets: list[str]
             for target in targets:
                 cell = state["cells"].get(f"{model}|{source}|{target}")
                 if cell is None:
-                    row.append("")
+                    row.append("not run yet")
                 elif "error" in cell:
                     row.append(f"error: {cell['error'][:60]}")
                 else:
@@ -124,6 +124,9 @@ def main() -> int:
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "compare.md"))
     p.add_argument("--state", default=str(REPO / "bench" / "results" / "compare_state.json"))
     p.add_argument("--work", default=str(REPO / "out" / "compare"))
+    p.add_argument("--merge", action="append", default=[],
+                   help="add the cells of another state file (a run of other models in parallel)")
+    p.add_argument("--table-only", action="store_true", help="write the table from the state; run nothing")
     args = p.parse_args()
     assets = Path(args.assets)
     if not assets.is_dir():
@@ -133,8 +136,12 @@ def main() -> int:
     models, sources, targets = (s.split(",") for s in (args.models, args.sources, args.targets))
     state_path = Path(args.state)
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"cells": {}}
+    for other in args.merge:
+        state["cells"].update(json.loads(Path(other).read_text())["cells"])
     state["machine"] = machine()
     todo = [(m, s, t) for m in models for s in sources for t in targets if f"{m}|{s}|{t}" not in state["cells"]]
+    if args.table_only:
+        todo = []
     print(f"{len(todo)} runs to do ({len(state['cells'])} already in {state_path})", flush=True)
     for i, (model, source, target) in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {model} {source} {target}", flush=True)
