@@ -107,7 +107,7 @@ def table(state: dict, models: list[str], sources: list[str], targets: list[str]
                 elif "error" in cell:
                     row.append(f"error: {cell['error'][:60]}")
                 else:
-                    row.append(f"{cell['quantized']:.2f} ({cell['drop']:+.2f})")
+                    row.append(f"{cell['quantized']:.2f} ({-cell['drop']:+.2f})")
             lines.append(f"| {source} | " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
