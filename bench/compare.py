@@ -90,7 +90,7 @@ def run_cell(case: Case, source: str, spec: str, out_root: Path, threads: int) -
 
 
 def table(state: dict, models: list[str], sources: list[str], targets: list[str]) -> str:
-    lines = [f"Measured on {state.get('machine', machine())}. Each cell: quantized metric (drop against float) "
+    lines = [f"Measured on {state.get('machine', machine())}. Each cell: quantized metric (quantized minus float) "
              "on the model's real validation data.", ""]
     for model in models:
         first = next((v for k, v in state["cells"].items() if k.startswith(model + "|") and "error" not in v), None)
