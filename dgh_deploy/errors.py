@@ -26,5 +26,5 @@ class QualityGateFailed(DGHError):
 
 def exc_reason(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (or its type), short enough for a one-line error."""
-    text = str(exc)
-    return text.splitlines()[0][:limit] if text.strip() else type(exc).__name__
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,7 @@ from pathlib import Path
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
 from dgh_deploy.generation.config import DGHConfig, bns_config
-from dgh_deploy.generation.preflight import format_duration
 from dgh_deploy.loading import LoadedModel
-
-log = logging.getLogger("dgh_deploy")
 
 SOURCES = ("dgh", "bns", "noise", "real:PATH")
 
@@ -65,10 +61,8 @@ def make_calibration_set(
         gen = Generator(model, n_images, iters, seed=seed, device=device, config=cfg, source=source)
         setup_s = time.perf_counter() - t0
         try:
-            if progress and iters > 0 and gen.is_lead:
-                h, w = model.imgsz
-                log.info("generating %d %s images of %dx%d, %d iterations on %s: about %s", n_images, source, h, w,
-                         iters, device, format_duration(gen.estimated_seconds()))
+            if progress:
+                gen.announce()
             out = gen.run(checkpoint=Path(checkpoint) if checkpoint is not None else None, resume=resume,
                           progress=progress)
         finally:

@@ -37,9 +37,9 @@ import torch
 import torch.distributed as dist
 
 from dgh_deploy.calibration import CalibrationSet
-from dgh_deploy.errors import DGHError
+from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.generation.config import DGHConfig
-from dgh_deploy.generation.preflight import check_device, format_duration
+from dgh_deploy.generation.preflight import check_device
 from dgh_deploy.loading import LoadedModel
 
 log = logging.getLogger("dgh_deploy")
@@ -239,8 +239,7 @@ class Collective:
 
 def _reason(exc: BaseException) -> str:
     """The gist of a backend error: gloo's first line without its source location, one sentence."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", text)
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", exc_reason(exc, 10_000))
     return text.split(". ")[0][:160].rstrip(".")
 
 
@@ -298,11 +297,8 @@ def generate(model: LoadedModel, source: str, n_images: int, iters: int, seed: i
                         source=source, dist=ctx)
         setup_s = time.perf_counter() - t0
         try:
-            if progress and iters > 0 and gen.is_lead:  # rank 0's shard paces every step
-                h, w = model.imgsz
-                log.info("generating %d %s images of %dx%d, %d iterations on %d processes (%s): about %s", n_images,
-                         source, h, w, iters, ctx.world_size, ctx.device.type,
-                         format_duration(gen.estimated_seconds()))
+            if progress:
+                gen.announce()
             out = gen.run(checkpoint=checkpoint, resume=resume, progress=progress)
         finally:
             gen.close()

@@ -30,7 +30,7 @@ from dgh_deploy.generation.checkpoint import load_checkpoint, save_checkpoint, s
 from dgh_deploy.generation.config import DGHConfig, scaled_extra_pixels
 from dgh_deploy.generation.losses import BNAlignmentLoss, output_stretch_sum
 from dgh_deploy.generation.memory import budget_bytes, chunk_size, peak_memory_mb, saved_bytes_per_image
-from dgh_deploy.generation.preflight import check_device, estimate_seconds, probe_forward
+from dgh_deploy.generation.preflight import check_device, estimate_seconds, format_duration, probe_forward
 from dgh_deploy.generation.schedule import PlateauSchedule
 from dgh_deploy.generation.stats import BNInputRecorder, StatSums
 from dgh_deploy.loading import LoadedModel, require_batchnorm
@@ -148,6 +148,15 @@ class Generator:
 
         return estimate_seconds(self._forward_loss_probe, make_input, self.n_local, self.iters, self.chunk)
 
+    def announce(self) -> None:
+        """Log what is about to run and how long it should take (the lead process only)."""
+        if self.iters < 1 or not self.is_lead:
+            return
+        h, w = self.model.imgsz
+        where = str(self.device) if self.dist is None else f"{self.dist.world_size} processes ({self.device.type})"
+        log.info("generating %d %s images of %dx%d, %d iterations on %s: about %s", self.n, self.source, h, w,
+                 self.iters, where, format_duration(self.estimated_seconds()))
+
     def _view(self, images: torch.Tensor, lo: int, hi: int, iteration: int) -> torch.Tensor:
         ey, ex = self.pipeline.extra
         index = np.arange(self.offset + lo, self.offset + hi)  # global: the same draws whatever the shard
@@ -177,13 +186,9 @@ class Generator:
                 bn_total += bn.item() * (hi - lo) / n
                 out_total += stretch.item() / n
             return bn_total, out_total
-        if len(bounds) == 1 and self.dist is None:
-            sums, stretch = self._forward(self._view(images, 0, n, iteration))
-            bn = self.bn_loss(sums)
-            (bn + mult * stretch / n).backward()
-            return bn.item(), stretch.item() / n
         if len(bounds) == 1:
-            # The shard fits in one chunk: keep its graph through the all-reduce, no second pass.
+            # The set (or this process's shard) fits in one chunk: one pass with gradients; in a
+            # torchrun job its graph is kept through the all-reduce of the other shards' sums.
             sums, stretch = self._forward(self._view(images, 0, self.n_local, iteration))
             part = sums.detach()
             total, out_sum = self._global(part, stretch)
@@ -197,14 +202,12 @@ class Generator:
         for p in parts[1:]:
             total = total + p
         total, out_sum = self._global(total, sum(s for _, s in passes))
-        out_total = 0.0
         for (lo, hi), part in zip(bounds, parts, strict=True):
             sums, stretch = self._forward(self._view(images, lo, hi, iteration))
             # Value of the global sums, gradient of this chunk's: the whole-set gradient, exactly.
             global_sums = (total - part) + sums
             (self.bn_loss(global_sums) + mult * stretch / n).backward()
-            out_total += stretch.item() / n
-        return self.bn_loss(total).item(), (out_sum / n if self.dist is not None else out_total)
+        return self.bn_loss(total).item(), out_sum / n
 
     # ---- the run -----------------------------------------------------------------------------
     def initial_images(self) -> torch.Tensor:
