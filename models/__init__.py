@@ -71,6 +71,12 @@ def _yolov5n() -> nn.Module:
 
     return yolov5n()
 
+
+def _yolov5_export_form(model: nn.Module) -> nn.Module:
+    from dgh_deploy.models.yolov5 import split_head
+
+    return split_head(model)  # type: ignore[arg-type]
+
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in (
@@ -94,7 +100,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "yolov5n", _yolov5n, "detect", (640, 640), _YOLO_PRE,
             "YOLOv5n v6.1 COCO detector, anchor-based head on Ultralytics' yolov5n.yaml blocks; "
             "--weights yolov5n-coco-v6.1.pt (a plain dict: state_dict, config, names, stride)",
-            class_names=COCO80_CLASSES, extra={"stride": 32},
+            class_names=COCO80_CLASSES, export_form=_yolov5_export_form, extra={"stride": 32},
         ),
     )
 }

@@ -111,13 +111,15 @@ class UltralyticsDetector(YoloDeploy):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         raw = self.head_raw(feats)
         box = torch.cat([r.flatten(2) for r in raw[0::2]], 2)
-        cls = torch.cat([r.flatten(2) for r in raw[1::2]], 2)
+        # Sigmoid per level, then join: TFLite's concatenation forces one int8 scale on everything it
+        # joins, and sigmoid outputs all have the fixed scale 1/256 (raw logits of three levels do not).
+        cls = torch.cat([r.sigmoid().flatten(2) for r in raw[1::2]], 2)
         dist = self.head.dfl(box)  # N x 4 x A: left, top, right, bottom in stride units
         centre, scale = self._grid(feats, size)
         lt, rb = dist.chunk(2, 1)
         xy = (centre + (rb - lt) * 0.5) * scale
         wh = (lt + rb) * scale
-        return torch.cat((xy, wh), 1), cls.sigmoid(), None
+        return torch.cat((xy, wh), 1), cls, None
 
     def _grid(self, feats: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         """Cell centres in grid units (1 x 2 x A) and stride / (W, H) per anchor (1 x 2 x A)."""

@@ -33,36 +33,80 @@ class AnchorHead(nn.Module):
         # In stride units, as the checkpoints store it (the checkpoint's values replace these).
         self.register_buffer("anchors", grid_units / torch.tensor(strides, dtype=torch.float32).view(-1, 1, 1))
 
+    def part_channels(self) -> dict[str, list[int]]:
+        """The conv's output channels of each part, anchor-major: box (na x 4), obj (na), cls (na x nc)."""
+        spans = {"box": range(0, 4), "obj": range(4, 5), "cls": range(5, self.no)}
+        return {k: [a * self.no + c for a in range(self.na) for c in r] for k, r in spans.items()}
+
+    def level_parts(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Level ``i``'s raw box (N x na*4 x h x w), objectness (N x na x h x w) and class logits."""
+        conv = self.m[i]
+        if isinstance(conv, PartConvs):
+            return conv(x)
+        p = conv(x)
+        box, obj, cls = (p[:, torch.tensor(c, device=p.device)] for c in self.part_channels().values())
+        return box, obj, cls
+
+
+class PartConvs(nn.Module):
+    """One head conv as three (box, objectness, class channels), for export: the same weights, sliced.
+
+    In a per-tensor int8 graph one conv output shares its scale between box logits (about +-4)
+    and class logits (down to about -20): the box logits keep a step of ~0.12, about 12% of an
+    anchor's size in w/h. Three outputs get three scales.
+    """
+
+    def __init__(self, conv: nn.Conv2d, channels: dict[str, list[int]]) -> None:
+        super().__init__()
+        self.box, self.obj, self.cls = (self._slice(conv, channels[k]) for k in ("box", "obj", "cls"))
+
+    @staticmethod
+    def _slice(conv: nn.Conv2d, channels: list[int]) -> nn.Conv2d:
+        part = nn.Conv2d(conv.in_channels, len(channels), 1)
+        with torch.no_grad():
+            part.weight.copy_(conv.weight[channels])
+            part.bias.copy_(conv.bias[channels])
+        return part.to(conv.weight.device)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.box(x), self.obj(x), self.cls(x)
+
+
+def split_head(model: YOLOv5Detector) -> YOLOv5Detector:
+    """The export form: each head conv as :class:`PartConvs` (in place; float outputs unchanged)."""
+    head = model.head
+    for i, conv in enumerate(head.m):
+        if not isinstance(conv, PartConvs):
+            head.m[i] = PartConvs(conv, head.part_channels())
+    return model
+
 
 class YOLOv5Detector(YoloDeploy):
     """The anchor head's deploy form: objectness multiplied into the class scores (see DetectLayout)."""
 
     def head_raw(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per level: box regression (N x na*4 x h x w), objectness logits (N x na x h x w), class logits."""
-        h = self.head
-        out: list[torch.Tensor] = []
-        for conv, f in zip(h.m, feats, strict=True):
-            p = conv(f)
-            n, _, gh, gw = p.shape
-            p = p.view(n, h.na, h.no, gh, gw)
-            out += [p[:, :, :4].reshape(n, h.na * 4, gh, gw), p[:, :, 4], p[:, :, 5:].reshape(n, h.na * h.nc, gh, gw)]
-        return out
+        return [t for i, f in enumerate(feats) for t in self.head.level_parts(i, f)]
 
     def decode(
         self, feats: list[torch.Tensor], size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         h = self.head
+        # Each part goes through its sigmoid per level, before anything joins them: TFLite's
+        # concatenation forces one scale on all it joins, and a sigmoid output has the fixed scale
+        # 1/256 everywhere, so the joins below cost nothing.
         # Per anchor a channel slice then a flatten: 4-D/3-D ops only, which converters map to
         # NHWC cleanly (a 5-D view + permute, as in YOLOv5's own export, is riskier for onnx2tf).
-        cols = []
-        for conv, f in zip(h.m, feats, strict=True):
-            p = conv(f)
-            cols += [p[:, a * h.no : (a + 1) * h.no].flatten(2) for a in range(h.na)]
-        s = torch.cat(cols, 2).sigmoid()  # N x (5 + nc) x A
+        cols: tuple[list[torch.Tensor], ...] = ([], [], [])
+        for i, f in enumerate(feats):
+            for col, p in zip(cols, h.level_parts(i, f), strict=True):
+                s, width = p.sigmoid(), p.shape[1] // h.na
+                col += [s[:, a * width : (a + 1) * width].flatten(2) for a in range(h.na)]
+        box, obj, cls = (torch.cat(c, 2) for c in cols)  # N x C x A
         gain, offset, anchor_wh = self._grid(feats, size)
-        xy = s[:, 0:2] * gain + offset  # (2 s - 0.5 + grid) * stride / size
-        wh = s[:, 2:4] * s[:, 2:4] * anchor_wh  # (2 s)^2 * anchor * stride / size
-        return torch.cat((xy, wh), 1), s[:, 5:], s[:, 4:5]
+        xy = box[:, 0:2] * gain + offset  # (2 s - 0.5 + grid) * stride / size
+        wh = box[:, 2:4] * box[:, 2:4] * anchor_wh  # (2 s)^2 * anchor * stride / size
+        return torch.cat((xy, wh), 1), cls, obj
 
     def _grid(self, feats: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         """Per anchor (1 x 2 x A): 2 stride / (W, H), (grid - 0.5) stride / (W, H), 4 anchor stride / (W, H)."""

@@ -127,12 +127,48 @@ class QuantLayer(nn.Module):
         self.w_qparams = tuple(t.reshape(shape) for t in (scale, zero, qmin, qmax))
         self.float_weight = w.clone()
         self.quant_weight = w_grid.fake_quant(w, *self.w_qparams)
+        self.observe_mean = False
+        self._input_sum: torch.Tensor | None = None  # per input channel, float64
+        self._input_count = 0
 
     def use_quant_weights(self, on: bool) -> None:
         self.layer.weight = nn.Parameter(self.quant_weight if on else self.float_weight, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observe_mean:
+            self._observe(x)
         return self.layer(self.act(x))
+
+    def _observe(self, x: torch.Tensor) -> None:
+        """Sum the input per channel (dim 1 for convs, the last dim for linear layers)."""
+        x = x.detach().double()
+        flat = x.movedim(1, -1) if isinstance(self.layer, _CONVS) else x
+        flat = flat.reshape(-1, flat.shape[-1])
+        s = flat.sum(0)
+        self._input_sum = s if self._input_sum is None else self._input_sum + s
+        self._input_count += flat.shape[0]
+
+    def correct_bias(self) -> torch.Tensor | None:
+        """Bias -= E[(W_q - W) x] over the observed inputs; returns the correction (or None if none seen).
+
+        Uses the per-channel input mean, so a conv's zero padding counts as data: the border
+        pixels' share of the shift is slightly off, as in MCT's correction.
+        """
+        if self._input_sum is None or self._input_count == 0:
+            return None
+        mean = (self._input_sum / self._input_count).float()
+        delta = self.quant_weight - self.float_weight
+        if isinstance(self.layer, _CONVS):
+            groups = self.layer.groups
+            per_in = delta.flatten(2).sum(2)  # out x in/groups: the kernel sees the mean everywhere
+            out_c, in_g = per_in.shape
+            shift = torch.bmm(per_in.view(groups, out_c // groups, in_g), mean.view(groups, in_g, 1)).flatten()
+        else:
+            shift = delta @ mean
+        bias = self.layer.bias.detach() if self.layer.bias is not None else torch.zeros_like(shift)
+        self.layer.bias = nn.Parameter(bias - shift, requires_grad=False)
+        self._input_sum, self._input_count = None, 0
+        return shift
 
 
 class QuantOutputs(nn.Module):

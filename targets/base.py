@@ -61,6 +61,9 @@ class TargetOptions:
     power_of_two: bool = False
     act_range: str = ""  # "" = the target's default; minmax | mse | percentile | entropy
     percentile: float = 99.99
+    # Empirical bias correction (sim): subtract the mean shift that weight rounding causes, measured
+    # on the calibration set. MCT's PTQ default; the real runtimes calibrate ranges only.
+    bias_correction: bool = True
     threads: int = 2
     parity_atol: float = 0.0  # 0 = the target's default tolerance
     device: str = "cpu"

@@ -1,8 +1,10 @@
 """``sim``: a fully integer, hardware-friendly pipeline simulated with fake quantization.
 
 Every conv and linear input and the network output are quantized per tensor, weights per
-channel (or per tensor), BN folded into the convs first, as real integer targets do. It
-runs in seconds in PyTorch, so calibration sets (DGH, real, noise) can be compared at any
+channel (or per tensor), BN folded into the convs first, as real integer targets do; then the
+mean shift that weight rounding causes is corrected on the calibration set (empirical bias
+correction, MCT's PTQ default; ``--no-bias-correction`` keeps the trained biases). It runs in
+seconds in PyTorch, so calibration sets (DGH, real, noise) can be compared at any
 bit width (W8A8, W4A8, W8A4, ...) and with IMX500-style power-of-two scales, without a
 converter.
 """
@@ -79,19 +81,25 @@ class SimTarget(Target):
         sim = QuantOutputs(net, a_grid, n_out).eval()
         quantizers = list(act_quantizers(sim))
 
-        # Ranges are calibrated on the float model, as TFLite and TensorRT do.
+        # Ranges are calibrated on the float model, as TFLite and TensorRT do; the first pass also
+        # takes each layer's mean input for the bias correction.
         passes = ["range"] if method == "minmax" else ["range", "counts"]
         with torch.no_grad():
-            for mode in passes:
+            for i, mode in enumerate(passes):
                 for q in quantizers:
                     q.mode = mode
+                for layer in layers:
+                    layer.observe_mean = o.bias_correction and i == 0
                 for batch in calib.batches(CALIB_BATCH):
                     sim(torch.from_numpy(batch))
         for q in quantizers:
             q.calibrate(method, o.percentile)
             q.mode = "quant"
         for layer in layers:
+            layer.observe_mean = False
             layer.use_quant_weights(True)
+            if o.bias_correction:
+                layer.correct_bias()
         seconds = time.perf_counter() - t0
 
         scales = {
@@ -103,7 +111,8 @@ class SimTarget(Target):
         path = workdir / "sim_scales.json"
         write_json(path, scales)
         info = {"quantized_layers": len(layers), "quantized_tensors": len(quantizers), "bn_folded": folded,
-                "bn_layers": n_bn, "act_range": method, "calibration_images": len(calib)}
+                "bn_layers": n_bn, "act_range": method, "bias_correction": o.bias_correction,
+                "calibration_images": len(calib)}
         return BuildResult(artifacts={"model": path}, runner=SimRunner(sim), info=info,
                            timings={"calibration": seconds})
 

@@ -135,3 +135,44 @@ def test_sim_resnet20_real_weights(r20_weights: str, assets: Path, tmp_path: Pat
     assert abs(task.evaluate(w8.runner, model, test, 500)["top1"] - fl) <= 2.0
     w4 = _build(model, calib, tmp_path, weight_bits=4, act_bits=8)
     assert fl - 15 < task.evaluate(w4.runner, model, test, 500)["top1"] < fl + 1  # 4-bit weights cost, not all
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_bias_correction_is_the_mean_shift_of_weight_rounding(groups: int) -> None:
+    """With no padding and spatially flat inputs the per-channel input mean gives the exact mean output
+    shift (a kernel then sees every channel's mean at each tap), grouped convs too."""
+    from dgh_deploy.targets._sim_quant import QuantLayer
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 12, 3, groups=groups)
+    x = (torch.randn(16, 8, 1, 1) + torch.linspace(-2, 3, 8).view(1, 8, 1, 1)).expand(16, 8, 10, 10)
+    with torch.no_grad():
+        want_float = conv(x)
+    layer = QuantLayer(conv, "c", QuantGrid(3, True, narrow=True), QuantGrid(16, False), True, "minmax")
+    layer.act.mode = "off"  # the input stays float: only the weights' rounding shifts the output
+    layer.observe_mean = True
+    with torch.no_grad():
+        layer(x)
+    layer.observe_mean = False
+    layer.use_quant_weights(True)
+    with torch.no_grad():
+        shift_before = (layer(x) - want_float).mean((0, 2, 3))
+        applied = layer.correct_bias()
+        shift_after = (layer(x) - want_float).mean((0, 2, 3))
+    assert applied is not None and shift_before.abs().max() > 0.05  # 3-bit weights do shift the mean
+    torch.testing.assert_close(applied, shift_before, atol=1e-5, rtol=1e-4)
+    assert shift_after.abs().max() < 1e-5
+
+
+def test_bias_correction_option(tmp_path: Path) -> None:
+    model = as_loaded(tiny_bn_net())
+    rng = np.random.default_rng(0)
+    images = (rng.standard_normal((32, 3, 16, 16)) + 1.5).astype(np.float32)  # a non-zero input mean
+    on = _build(model, images, tmp_path, weight_bits=3, act_bits=8)
+    off = _build(model, images, tmp_path, weight_bits=3, act_bits=8, bias_correction=False)
+    assert on.info["bias_correction"] and not off.info["bias_correction"]
+    with torch.no_grad():
+        f = model.module(torch.from_numpy(images)).numpy()
+    err_on = abs((on.runner.infer(images)[0] - f).mean())
+    err_off = abs((off.runner.infer(images)[0] - f).mean())
+    assert err_on < err_off

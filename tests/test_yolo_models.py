@@ -129,6 +129,29 @@ def test_deploy_form_exports_to_onnx_and_runs_the_same_on_onnxruntime(
     assert boxes.shape[1] == 4 and scores.shape[1] == 80 and 0 <= scores.min() and scores.max() <= 1
 
 
+def test_yolov5_export_form_splits_each_head_conv(v5: LoadedModel, street: np.ndarray, tmp_path: Path) -> None:
+    """Box, objectness and class logits leave the head as separate convs (own int8 scales), same outputs."""
+    import onnx
+
+    from dgh_deploy.models.yolov5 import PartConvs
+    from dgh_deploy.onnx_export import export_onnx
+
+    split = v5.for_export()
+    assert all(isinstance(m, PartConvs) for m in split.head.m)
+    assert not any(isinstance(m, PartConvs) for m in v5.module.head.m)  # the original stays as loaded
+    x = torch.from_numpy(street)
+    with torch.no_grad():
+        for a, b in zip(split(x), v5.module(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        for a, b in zip(split.raw_outputs(x), v5.module.raw_outputs(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    graph = onnx.load(str(export_onnx(v5, tmp_path / "v5.onnx"))).graph
+    inits = {i.name: list(i.dims) for i in graph.initializer}
+    out_channels = [inits[n.input[1]][0] for n in graph.node if n.op_type == "Conv"]
+    # per level: box (3 anchors x 4), objectness (3), classes (3 x 80); no 255-channel conv left
+    assert [out_channels.count(c) for c in (12, 3, 240, 255)] == [3, 3, 3, 0]
+
+
 def test_one_tensor_layout_exports_one_output(v8: LoadedModel, tmp_path: Path) -> None:
     import copy
 
