@@ -48,7 +48,8 @@ class SimTarget(Target):
             weight_granularity="per-tensor" if o.per_tensor else "per-channel",
             weight_symmetric=o.weight_symmetric, act_symmetric=o.act_symmetric, power_of_two=o.power_of_two,
             io_dtype="float32", all_layers_quantized=True,
-            notes="simulated: integer grid values carried in float32; biases kept in float (int32 on hardware)",
+            notes="simulated: integer grid values carried in float32; biases kept in float (int32 on hardware)"
+                  + (", corrected for the weights' rounding on the calibration set" if o.bias_correction else ""),
         )
 
     def _check_options(self) -> str:
