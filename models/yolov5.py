@@ -44,8 +44,9 @@ class AnchorHead(nn.Module):
         if isinstance(conv, PartConvs):
             return conv(x)
         p = conv(x)
-        box, obj, cls = (p[:, torch.tensor(c, device=p.device)] for c in self.part_channels().values())
-        return box, obj, cls
+        n, _, gh, gw = p.shape
+        p = p.view(n, self.na, self.no, gh, gw)  # channels are anchor-major: views, no copies
+        return p[:, :, :4].reshape(n, -1, gh, gw), p[:, :, 4], p[:, :, 5:].reshape(n, -1, gh, gw)
 
 
 class PartConvs(nn.Module):
