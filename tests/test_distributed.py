@@ -43,7 +43,15 @@ def _torchrun(args: list[str], nproc: int = 2) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    # PYTHONFAULTHANDLER: a rank that dies of a native abort prints where, in the failure message.
+    return {**{k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}, "PYTHONFAULTHANDLER": "1"}
+
+
+def _ranks_stderr(err: str) -> str:
+    """What the ranks printed, without the launcher's own traceback (which names no cause)."""
+    run_py = err.find("torch/distributed/run.py")
+    launcher = err.rfind("Traceback (most recent call last):", 0, run_py) if run_py >= 0 else -1
+    return (err[:launcher] if launcher >= 0 else err)[-4000:]
 
 
 def _one_process(args: list[str]) -> None:
@@ -159,7 +167,7 @@ def test_two_processes_give_the_one_process_images(tmp_path: Path) -> None:
     two, one = tmp_path / "two" / "calib.npz", tmp_path / "one.npz"
     proc = subprocess.run(_torchrun([*GENERATE, "--iters", "20", "--out", str(two)]), cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, _ranks_stderr(proc.stderr)
     assert proc.stdout.count("wrote ") == 1  # rank 0 reports; the other rank writes and prints nothing
     assert sorted(p.name for p in two.parent.iterdir()) == ["calib.npz"]  # no checkpoint, no leftovers
     _one_process([*GENERATE, "--iters", "20", "--out", str(one)])
@@ -205,14 +213,14 @@ def test_killed_rank_fails_the_job_and_resume_completes_it(tmp_path: Path) -> No
             proc.communicate()
     assert proc.returncode != 0
     ours = [ln for ln in err.splitlines() if ln.startswith("dgh-deploy: error:")]
-    assert ours, err[-3000:]
+    assert ours, _ranks_stderr(err)
     assert all("rank 0 of 2" in ln and "--resume" in ln for ln in ours), ours
     assert not out.exists()
     assert torch.load(ckpt, weights_only=True)["iteration"] in (50, 100)
 
     proc = subprocess.run(_torchrun([*args, "--resume"]), cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, _ranks_stderr(proc.stderr)
     assert out.exists() and not ckpt.exists()
 
     uninterrupted = tmp_path / "one.npz"
