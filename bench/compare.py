@@ -5,6 +5,8 @@
 
 Every cell is a full ``dgh-deploy`` run (generate, calibrate, convert, verify on the target's
 runtime). Generated sets are cached, so each (model, source) is generated once for all targets.
+Source ``mct`` calibrates with Sony MCT 2.6.1's DGH images (installed separately, see
+bench/generation.py), generated once into ``--work``.
 Finished cells are kept in ``--state`` (JSON): stop it any time and run it again to continue.
 """
 
@@ -75,7 +77,8 @@ def run_cell(case: Case, source: str, spec: str, out_root: Path, threads: int) -
     import dgh_deploy
 
     target, options = split_spec(spec)
-    calib = f"real:{case.real}" if source == "real" else source
+    calib = {"real": f"real:{case.real}", "mct": lambda: str(mct_set(case, out_root, threads))}.get(source, source)
+    calib = calib() if callable(calib) else calib
     t0 = time.perf_counter()
     report = dgh_deploy.deploy(
         target=target, model=case.model, weights=case.weights, imgsz=case.imgsz, calib=calib,
@@ -87,6 +90,34 @@ def run_cell(case: Case, source: str, spec: str, out_root: Path, threads: int) -
     return {"float": m["float"][m["metric"]], "quantized": m["quantized"][m["metric"]], "drop": m["drop"],
             "metric": m["metric"], "data_free": m.get("data_free", {}), "seconds": round(time.perf_counter() - t0, 1),
             "generation_s": report["times_s"].get("generation")}
+
+
+def mct_set(case: Case, out_root: Path, threads: int) -> Path:
+    """Sony MCT 2.6.1's DGH images for ``case`` (its defaults; our budget's image count, plus
+    the held-out images, and iterations), made once and kept in ``out_root``."""
+    path = out_root / f"{case.model}-mct.npz"
+    if path.is_file():
+        return path
+    import torch
+
+    sys.path.append(str(REPO))
+    from bench.generation import run_mct
+    from dgh_deploy.calibration import CalibrationSet
+    from dgh_deploy.generation import default_budget
+    from dgh_deploy.loading import load_model
+
+    torch.set_num_threads(threads)
+    model = load_model(case.model, case.weights, imgsz=case.imgsz)
+    budget = default_budget(model, "cpu")
+    n = case.n_images or budget.n_images
+    total = n + max(8, n // 8)  # the pipeline holds max(8, n/8) images out for verification
+    res = run_mct(model, total, budget.iters, "cpu", None)
+    print(f"    MCT {res['version']}: {total} images x {budget.iters} iterations in {res['wall_s']:.0f} s", flush=True)
+    calib = CalibrationSet(res["images"], "dgh-mct", {"generator": f"MCT {res['version']}", "iters": budget.iters},
+                           {"time_s": round(res["wall_s"], 1)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    calib.save(path)
+    return path
 
 
 def table(state: dict, models: list[str], sources: list[str], targets: list[str]) -> str:
