@@ -207,3 +207,22 @@ def test_4096_images_fit_in_2gb() -> None:
     assert res["shape"] == [4096, 3, 32, 32]
     assert res["chunks"] > 1  # the chunked, exact path ran
     assert res["rss_mb"] < 2048, res
+
+
+def test_smoothing_is_the_gaussian_of_the_paper_in_either_memory_layout() -> None:
+    """3x3, sigma 1.25, normalised; the channels-last path (the fast one on CPU) gives the very
+    values of a plain per-channel convolution of NCHW images, forward and backward."""
+    from dgh_deploy.generation.augment import ImagePipeline, gaussian_kernel
+
+    k = gaussian_kernel(3, 1.25).double()
+    assert k.sum().item() == pytest.approx(1.0)
+    assert k[0, 0].item() / k[1, 1].item() == pytest.approx(np.exp(-2 / (2 * 1.25**2)))
+    x = torch.rand(2, 3, 37, 41, requires_grad=True)
+    ref = torch.cat([nn.functional.conv2d(x[:, c : c + 1], k.float()[None, None], padding=1) for c in range(3)], 1)
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    rng = (np.zeros(3, np.float32), np.ones(3, np.float32))
+    for channels_last in (False, True):
+        got = ImagePipeline((32, 32), 4, rng, channels_last=channels_last).smooth(x)
+        (g,) = torch.autograd.grad(got.square().sum(), x)
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
