@@ -5,8 +5,8 @@
 
 Every cell is a full ``dgh-deploy`` run (generate, calibrate, convert, verify on the target's
 runtime). Generated sets are cached, so each (model, source) is generated once for all targets.
-Source ``mct`` calibrates with Sony MCT 2.6.1's DGH images (installed separately, see
-bench/generation.py), generated once into ``--work``.
+Source ``mct`` calibrates with Sony MCT 2.6.1's DGH images (its defaults; the ``bench`` extra
+installs MCT), generated once into ``--work``.
 Finished cells are kept in ``--state`` (JSON): stop it any time and run it again to continue.
 """
 
@@ -77,8 +77,12 @@ def run_cell(case: Case, source: str, spec: str, out_root: Path, threads: int) -
     import dgh_deploy
 
     target, options = split_spec(spec)
-    calib = {"real": f"real:{case.real}", "mct": lambda: str(mct_set(case, out_root, threads))}.get(source, source)
-    calib = calib() if callable(calib) else calib
+    if source == "real":
+        calib = f"real:{case.real}"
+    elif source == "mct":
+        calib = str(mct_set(case, out_root, threads))
+    else:
+        calib = source
     t0 = time.perf_counter()
     report = dgh_deploy.deploy(
         target=target, model=case.model, weights=case.weights, imgsz=case.imgsz, calib=calib,
@@ -100,17 +104,23 @@ def mct_set(case: Case, out_root: Path, threads: int) -> Path:
         return path
     import torch
 
+    try:
+        import model_compression_toolkit  # noqa: F401
+    except ImportError as exc:
+        raise DGHError("source 'mct' needs Sony MCT 2.6.1, which is not installed",
+                       "pip install -e '.[bench]' (./install.sh installs it), or leave mct out of --sources") from exc
     sys.path.append(str(REPO))
     from bench.generation import run_mct
     from dgh_deploy.calibration import CalibrationSet
     from dgh_deploy.generation import default_budget
     from dgh_deploy.loading import load_model
+    from dgh_deploy.pipeline import default_holdout
 
     torch.set_num_threads(threads)
     model = load_model(case.model, case.weights, imgsz=case.imgsz)
     budget = default_budget(model, "cpu")
     n = case.n_images or budget.n_images
-    total = n + max(8, n // 8)  # the pipeline holds max(8, n/8) images out for verification
+    total = n + default_holdout(n)  # as for our generated sets: the job holds these out
     res = run_mct(model, total, budget.iters, "cpu", None)
     print(f"    MCT {res['version']}: {total} images x {budget.iters} iterations in {res['wall_s']:.0f} s", flush=True)
     calib = CalibrationSet(res["images"], "dgh-mct", {"generator": f"MCT {res['version']}", "iters": budget.iters},

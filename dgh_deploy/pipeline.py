@@ -47,6 +47,11 @@ class DeployConfig:
     options: TargetOptions = field(default_factory=TargetOptions)
 
 
+
+def default_holdout(n_images: int) -> int:
+    """Images generated beyond the ``n_images`` calibration ones, held out for the data-free check."""
+    return max(8, n_images // 8)
+
 def deploy(config: DeployConfig) -> dict[str, Any]:
     """Run the job and return the report (also written to ``OUT/report.json``).
 
@@ -88,7 +93,7 @@ def _deploy(config: DeployConfig) -> dict[str, Any]:
     budget = default_budget(model, config.device)
     n_images = config.n_images or budget.n_images
     iters = config.iters or budget.iters
-    holdout = config.holdout if config.holdout is not None else max(8, n_images // 8)
+    holdout = config.holdout if config.holdout is not None else default_holdout(n_images)
 
     t0 = time.perf_counter()
     hit = False

@@ -41,7 +41,7 @@ class ImagePipeline:
 
     def smooth(self, x: torch.Tensor) -> torch.Tensor:
         # A 3-group convolution of NCHW images runs about 8x slower on CPU (oneDNN) than of
-        # channels-last ones, forward and backward: at 320 pixels it was a quarter of each step.
+        # channels-last ones, forward and backward: at 320 pixels it was over a third of a step.
         return F.conv2d(self._layout(x), self.kernel.to(x.dtype), padding=self.pad, groups=3)
 
     def train_view(self, x: torch.Tensor, flip: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
