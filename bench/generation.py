@@ -12,12 +12,15 @@ top-1 at W8A4 and W4A8 for each image set beside 256 real calibration images.
         --imgsz 320 --n-images 64 --iters 200                   # a detector (speed only)
 
 MCT runs with its own defaults (batch 32, 32 extra pixels, fp16 autocast on CUDA) except
-for the image count and iterations.
+for the image count and iterations. On CPU our generator keeps freed memory in the heap while
+it runs (``dgh_deploy.generation.memory.keep_freed_memory``); MCT runs without it unless
+``--mct-keep-freed-memory`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -72,7 +75,8 @@ def run_ours(model: object, n: int, iters: int, device: str, seed: int) -> dict:
             "chunk": cs.stats["chunk"], "final_bn_loss": cs.stats["final_losses"].get("bn")}
 
 
-def run_mct(model: object, n: int, iters: int, device: str, mct_path: str | None) -> dict:
+def run_mct(model: object, n: int, iters: int, device: str, mct_path: str | None,
+            keep_freed_memory: bool = False) -> dict:
     if mct_path:
         sys.path.insert(0, mct_path)
     import model_compression_toolkit as mct
@@ -82,7 +86,10 @@ def run_mct(model: object, n: int, iters: int, device: str, mct_path: str | None
     cfg = mct.data_generation.get_pytorch_data_generation_config(n_iter=iters)
     # The module our generator differentiates: for detectors, the raw head maps MCT stretches too.
     module = get_task(model.task).prepare_for_generation(model).to(device)  # type: ignore[attr-defined]
-    with PeakMemory(device) as mem:
+    from dgh_deploy.generation.memory import keep_freed_memory as keep
+
+    allocator = keep() if keep_freed_memory and device == "cpu" else contextlib.nullcontext()
+    with allocator, PeakMemory(device) as mem:
         t0 = time.perf_counter()
         imgs = mct.data_generation.pytorch_data_generation_experimental(
             model=module, n_images=n, output_image_size=tuple(model.imgsz), data_generation_config=cfg)  # type: ignore[attr-defined]
@@ -99,6 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-mct", action="store_true", help="only this project's generator")
     ap.add_argument("--mct-path", default=None, help="a folder to put on sys.path for model_compression_toolkit")
     ap.add_argument("--skip-quality", action="store_true", help="speed only")
+    ap.add_argument("--mct-keep-freed-memory", action="store_true",
+                    help="run MCT under the allocator setting our generator uses on CPU (keep_freed_memory), "
+                         "to show what of the ratio that setting makes")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -120,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     res["ours"] = {k: v for k, v in ours.items() if k != "images"}
     sets = {"dgh (ours)": ours["images"]}
     if not args.skip_mct:
-        mct_res = run_mct(model, args.n_images, args.iters, args.device, args.mct_path)
+        mct_res = run_mct(model, args.n_images, args.iters, args.device, args.mct_path, args.mct_keep_freed_memory)
+        mct_res["keep_freed_memory"] = args.mct_keep_freed_memory
         print(f"MCT {mct_res['version']}: {mct_res['wall_s']:.1f} s, {mct_res['rate']:.0f} image-iterations/s, "
               f"peak {mct_res['peak_mb']:.0f} MiB")
         res["mct"] = {k: v for k, v in mct_res.items() if k != "images"}

@@ -112,8 +112,8 @@ class _ThreadRanks:
         return Rank()
 
 
-@pytest.mark.parametrize("chunk", [3, 8])
-def test_each_shard_gets_the_whole_set_gradient(chunk: int) -> None:
+@pytest.mark.parametrize(("chunk", "retain"), [(3, False), (3, True), (8, False)])
+def test_each_shard_gets_the_whole_set_gradient(chunk: int, retain: bool) -> None:
     """Two ranks (threads), one chunk or several per shard: each image's gradient and the loss
     are those of the whole set in one process."""
     model = as_loaded(tiny_bn_net().double())
@@ -123,8 +123,8 @@ def test_each_shard_gets_the_whole_set_gradient(chunk: int) -> None:
     want = whole._compute_grads(x, iteration=2)
 
     ranks = _ThreadRanks(2)
-    gens = [Generator(model, 16, 5, seed=3, config=cfg, dtype=torch.float64, chunk=chunk, dist=ranks.rank(r))
-            for r in range(2)]
+    gens = [Generator(model, 16, 5, seed=3, config=cfg, dtype=torch.float64, chunk=chunk, retain=retain,
+                      dist=ranks.rank(r)) for r in range(2)]
     results: list[Any] = [None, None]
 
     def work(r: int) -> None:

@@ -41,13 +41,15 @@ def _reference_loss(model: nn.Module, x: torch.Tensor, mult: float, eps: float =
     return bn + mult * stretch
 
 
-@pytest.mark.parametrize("chunk", [4, 16])
-def test_chunked_gradient_equals_one_batch(chunk: int) -> None:
+@pytest.mark.parametrize(("chunk", "retain"), [(4, False), (4, True), (16, False)])
+def test_chunked_gradient_equals_one_batch(chunk: int, retain: bool) -> None:
+    """Both exact paths (two passes, or every chunk's graph retained) give the one-batch loss
+    and gradient."""
     model = as_loaded(tiny_bn_net().double())
     cfg = DGHConfig(output_loss_multiplier=1e-2)
     whole = Generator(model, 16, 5, seed=3, config=cfg, dtype=torch.float64, chunk=16)
-    chunked = Generator(model, 16, 5, seed=3, config=cfg, dtype=torch.float64, chunk=chunk)
-    assert chunked.chunk == chunk
+    chunked = Generator(model, 16, 5, seed=3, config=cfg, dtype=torch.float64, chunk=chunk, retain=retain)
+    assert chunked.chunk == chunk and chunked.retain == (retain or chunk == 16)
     grads, losses = [], []
     for gen in (whole, chunked):
         x = gen.initial_images().double().requires_grad_(True)
@@ -142,6 +144,24 @@ def test_resume_gives_the_uninterrupted_images(tmp_path: Path) -> None:
         make_calibration_set(model, "dgh", 8, 14, seed=6, config=cfg, checkpoint=ckpt, resume=True, progress=False)
 
 
+@pytest.mark.parametrize("retain", [False, True])
+def test_resume_keeps_the_interrupted_runs_layout(tmp_path: Path, retain: bool) -> None:
+    """A run resumed under another chunking would sum in another order; it takes the saved one."""
+    model = as_loaded(tiny_bn_net())
+    cfg = DGHConfig(checkpoint_every=4)
+    full = Generator(model, 8, 10, seed=2, config=cfg, chunk=3, retain=retain).run(progress=False)
+    ckpt = tmp_path / "gen.ckpt"
+    gen = Generator(model, 8, 10, seed=2, config=cfg, chunk=3, retain=retain)
+    _Interrupt(gen, at=6)
+    with pytest.raises(KeyboardInterrupt):
+        gen.run(checkpoint=ckpt, resume=False, progress=False)
+    again = Generator(model, 8, 10, seed=2, config=cfg)  # its own choice would be one chunk
+    assert (again.chunk, again.retain) == (8, True)
+    resumed = again.run(checkpoint=ckpt, resume=True, progress=False)
+    assert (again.chunk, again.retain) == (3, retain)
+    np.testing.assert_array_equal(resumed.images, full.images)
+
+
 def test_no_batchnorm_is_refused() -> None:
     model = as_loaded(tiny_bn_net(with_bn=False))
     for source in ("dgh", "bns"):
@@ -226,3 +246,32 @@ def test_smoothing_is_the_gaussian_of_the_paper_in_either_memory_layout() -> Non
         (g,) = torch.autograd.grad(got.square().sum(), x)
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
+
+
+_ALLOCATOR_SCRIPT = """
+import json, torch
+from dgh_deploy.generation.memory import keep_freed_memory
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:"))
+
+base = rss_mb()
+with keep_freed_memory():
+    x = torch.ones(64 * 2**20)  # 256 MB, touched
+    del x
+    kept = rss_mb() - base
+after = rss_mb() - base
+print(json.dumps({"kept": kept, "after": after}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator setting: Linux only")
+def test_freed_memory_is_kept_for_the_run_and_returned_after() -> None:
+    """Inside, a freed 256 MB tensor stays mapped (the next step reuses it without page
+    faults); on exit the memory goes back to the OS."""
+    out = subprocess.run([sys.executable, "-c", _ALLOCATOR_SCRIPT], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["kept"] > 200, res
+    assert res["after"] < 50, res

@@ -35,7 +35,7 @@ class DGHConfig:
     std_eps: float = 1e-6
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores
     amp: bool = False  # bfloat16 autocast on CUDA (statistics stay float32/float64)
-    memory_mb: int | None = None  # activation memory per chunk; None: chosen for the device
+    memory_mb: int | None = None  # activation memory a run may hold; None: chosen for the device
     checkpoint_every: int = 50  # iterations between checkpoints
 
     def as_dict(self) -> dict[str, Any]:

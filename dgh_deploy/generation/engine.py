@@ -1,11 +1,14 @@
 """The optimisation loop shared by DGH and the BNS baseline.
 
-Memory is set by the chunk size, not by the image count: with ``joint_stats`` each
-iteration first sums every chunk's BN-input statistics without gradients, then
-back-propagates each chunk through the loss of the *global* statistics (the other chunks'
-sums detached, this chunk's with gradients). Every image then gets exactly the gradient it
-would get with the whole set in one batch. When the whole set fits in one chunk, one pass
-with gradients does it all.
+With ``joint_stats`` every image gets exactly the gradient it would get with the whole set in
+one batch, in one of two ways, both over chunks (the batch the device runs fastest):
+
+- *retained*: when the whole set's activations fit in memory, every chunk runs forward with
+  gradients, the loss takes the summed statistics, and one backward reaches every chunk;
+- *two-pass*: otherwise each iteration first sums every chunk's BN-input statistics without
+  gradients, then back-propagates each chunk through the loss of the *global* statistics (the
+  other chunks' sums detached, this chunk's with gradients). Memory is then one chunk's, not
+  the image count's, at the cost of a second forward.
 
 In a torchrun job (``dist``, see :mod:`distributed`) this process holds one shard of the set,
 chunked the same way, and the global sums are the all-reduce of every rank's own.
@@ -13,6 +16,7 @@ chunked the same way, and the global sums are the all-reduce of every rank's own
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -29,7 +33,15 @@ from dgh_deploy.generation.augment import ImagePipeline
 from dgh_deploy.generation.checkpoint import load_checkpoint, save_checkpoint, settings_hash
 from dgh_deploy.generation.config import DGHConfig, scaled_extra_pixels
 from dgh_deploy.generation.losses import BNAlignmentLoss, output_stretch_sum
-from dgh_deploy.generation.memory import budget_bytes, chunk_size, peak_memory_mb, saved_bytes_per_image
+from dgh_deploy.generation.memory import (
+    budget_bytes,
+    chunk_size,
+    fits,
+    keep_freed_memory,
+    peak_memory_mb,
+    retain_budget_bytes,
+    saved_bytes_per_image,
+)
 from dgh_deploy.generation.preflight import check_device, estimate_seconds, format_duration, probe_forward
 from dgh_deploy.generation.schedule import PlateauSchedule
 from dgh_deploy.generation.stats import BNInputRecorder, StatSums
@@ -58,7 +70,7 @@ class Generator:
 
     def __init__(self, model: LoadedModel, n_images: int, iters: int, seed: int = 0, device: str = "cpu",
                  config: DGHConfig | None = None, source: str = "dgh", dtype: torch.dtype = torch.float32,
-                 chunk: int | None = None, dist: Collective | None = None) -> None:
+                 chunk: int | None = None, retain: bool | None = None, dist: Collective | None = None) -> None:
         if n_images < 1 or iters < 0:
             raise DGHError(f"cannot generate {n_images} images in {iters} iterations",
                            "pass --n-images >= 1 and --iters >= 0")
@@ -96,14 +108,21 @@ class Generator:
             smoothing_sigma=cfg.smoothing_sigma, enabled=cfg.pipeline, clip=cfg.clip,
             channels_last=self.channels_last, device=self.device,
         )
-        if chunk is not None:
-            self.chunk = chunk
-        elif cfg.joint_stats:
+        per_image = None
+        if cfg.joint_stats and (chunk is None or retain is None):
             per_image = saved_bytes_per_image(module, torch.zeros(2, 3, *model.imgsz, device=self.device,
                                                                   dtype=dtype), self._forward_loss_probe)
+        if chunk is not None:
+            self.chunk = chunk
+        elif per_image is not None:
             self.chunk = chunk_size(per_image, budget_bytes(self.device, cfg.memory_mb), self.n_local)
         else:
             self.chunk = min(cfg.batch_size, n_images)
+        if retain is None:
+            retain = per_image is not None and fits(per_image, retain_budget_bytes(self.device, cfg.memory_mb),
+                                                    self.n_local)
+        # One chunk is the retained path whatever the budget: its graph is all there is.
+        self.retain = cfg.joint_stats and (retain or self.chunk >= self.n_local)
         self.settings = self._settings(extra)
 
     # ---- settings --------------------------------------------------------------------------
@@ -168,7 +187,7 @@ class Generator:
         """The whole set's statistics and output-stretch sum from this process's (detached) ones:
         one all-reduce of a single float64 vector per step in a torchrun job."""
         if self.dist is None:
-            return sums, float(stretch)
+            return sums, float(stretch.detach())
         flat = torch.cat([sums.flatten(), stretch.detach().to(torch.float64).reshape(1)])
         flat = self.dist.all_reduce_sum(flat)
         return sums.unflatten(flat[:-1]), float(flat[-1])
@@ -186,10 +205,11 @@ class Generator:
                 bn_total += bn.item() * (hi - lo) / n
                 out_total += stretch.item() / n
             return bn_total, out_total
-        if len(bounds) == 1:
-            # The set (or this process's shard) fits in one chunk: one pass with gradients; in a
-            # torchrun job its graph is kept through the all-reduce of the other shards' sums.
-            sums, stretch = self._forward(self._view(images, 0, self.n_local, iteration))
+        if self.retain:
+            # Every chunk's graph is kept: one forward with gradients and one backward. In a
+            # torchrun job the graphs are kept through the all-reduce of the other shards' sums.
+            passes = [self._forward(self._view(images, lo, hi, iteration)) for lo, hi in bounds]
+            sums, stretch = _total([p for p, _ in passes]), sum(s for _, s in passes)
             part = sums.detach()
             total, out_sum = self._global(part, stretch)
             bn = self.bn_loss((total - part) + sums)
@@ -198,10 +218,7 @@ class Generator:
         with torch.no_grad():
             passes = [self._forward(self._view(images, lo, hi, iteration)) for lo, hi in bounds]
         parts = [p for p, _ in passes]
-        total = parts[0]
-        for p in parts[1:]:
-            total = total + p
-        total, out_sum = self._global(total, sum(s for _, s in passes))
+        total, out_sum = self._global(_total(parts), sum(s for _, s in passes))
         for (lo, hi), part in zip(bounds, parts, strict=True):
             sums, stretch = self._forward(self._view(images, lo, hi, iteration))
             # Value of the global sums, gradient of this chunk's: the whole-set gradient, exactly.
@@ -221,14 +238,18 @@ class Generator:
         return self.dist.scatter_state(lambda: load_checkpoint(checkpoint, key, torch.device("cpu")), self.n,
                                        (3, *self.pipeline.stored_hw))
 
-    def _saved_chunk(self, state: dict[str, Any]) -> int | None:
-        """The chunk this process used before the interruption, when the process layout is the
-        same (same chunks, same floating-point sums: the resumed run is bit-identical)."""
+    def _saved_layout(self, state: dict[str, Any]) -> tuple[int, bool] | None:
+        """The chunk and path this process used before the interruption, when the process layout
+        is the same (same chunks, same floating-point sums: the resumed run is bit-identical)."""
         world = self.dist.world_size if self.dist is not None else 1
         if int(state.get("world_size", 1)) != world:
             return None
-        chunks = state.get("rank_chunks", [state["chunk"]])
-        return int(chunks[self.dist.rank if self.dist is not None else 0])
+        rank = self.dist.rank if self.dist is not None else 0
+        if "rank_layouts" in state:
+            chunk, retain = state["rank_layouts"][rank]
+            return int(chunk), bool(retain)
+        chunk = int(state.get("rank_chunks", [state["chunk"]])[rank])  # older checkpoints
+        return chunk, chunk >= self.n_local
 
     def run(self, checkpoint: Path | None = None, resume: bool = False, progress: bool = True) -> GeneratedImages:
         cfg = self.config
@@ -248,10 +269,11 @@ class Generator:
             optimizer.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             start, curve, elapsed = int(state["iteration"]), list(state["curve"]), float(state["elapsed_s"])
-            self.chunk = self._saved_chunk(state) or self.chunk
+            self.chunk, self.retain = self._saved_layout(state) or (self.chunk, self.retain)
             if self.is_lead:
                 log.info("resuming generation from %s at iteration %d/%d", checkpoint, start, self.iters)
-        rank_chunks = self.dist.all_gather_object(self.chunk) if self.dist is not None else [self.chunk]
+        layout = (self.chunk, self.retain)
+        rank_layouts = self.dist.all_gather_object(layout) if self.dist is not None else [layout]
 
         def save(iteration: int) -> None:
             if checkpoint is None:
@@ -260,11 +282,12 @@ class Generator:
                 "settings_hash": key, "iteration": iteration, "images": images.detach(),
                 "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "curve": curve,
                 "elapsed_s": elapsed + time.perf_counter() - t0, "chunk": self.chunk,
+                "rank_layouts": [list(x) for x in rank_layouts],
             }
             if self.dist is not None:
                 # The whole set, gathered to rank 0 (alone in writing): resumable with any process count.
-                state = self.dist.gather_state({**state, "world_size": self.dist.world_size,
-                                                "rank_chunks": rank_chunks}, self.n, (3, *self.pipeline.stored_hw))
+                state = self.dist.gather_state({**state, "world_size": self.dist.world_size},
+                                               self.n, (3, *self.pipeline.stored_hw))
             if state is not None:
                 save_checkpoint(checkpoint, state)
 
@@ -272,31 +295,34 @@ class Generator:
         t0 = time.perf_counter()
         it = start
         updating = False
-        try:
-            for it in range(start, self.iters):
-                images.grad = None
-                bn, out = self._compute_grads(images, it)
-                total = bn + cfg.output_loss_multiplier * out
-                updating = True  # from here to the end of the step the state is half-updated
-                optimizer.step()
-                sched.step(total)
-                curve.append({"total": _round(total), "bn": _round(bn), "output": _round(out)})
-                updating = False
+        # On CPU freed tensors stay in the heap for the run (see keep_freed_memory).
+        allocator = keep_freed_memory() if self.device.type == "cpu" else contextlib.nullcontext()
+        with allocator:
+            try:
+                for it in range(start, self.iters):
+                    images.grad = None
+                    bn, out = self._compute_grads(images, it)
+                    total = bn + cfg.output_loss_multiplier * out
+                    updating = True  # from here to the end of the step the state is half-updated
+                    optimizer.step()
+                    sched.step(total)
+                    curve.append({"total": _round(total), "bn": _round(bn), "output": _round(out)})
+                    updating = False
+                    if bar is not None:
+                        bar.set_postfix(bn=f"{bn:.4f}", out=f"{out:.2f}", lr=f"{sched.lr:.3g}", refresh=False)
+                        bar.update(1)
+                    if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < self.iters:
+                        save(it + 1)
+            except KeyboardInterrupt:
+                # In a torchrun job the ranks are interrupted at different points, so a gathering
+                # save could not pair up: the last periodic checkpoint is what resume continues from.
+                if checkpoint is not None and not updating and self.dist is None:
+                    save(it)  # iteration ``it`` had not been applied: resume redoes it
+                    log.warning("generation interrupted; progress saved to %s (resume to continue)", checkpoint)
+                raise
+            finally:
                 if bar is not None:
-                    bar.set_postfix(bn=f"{bn:.4f}", out=f"{out:.2f}", lr=f"{sched.lr:.3g}", refresh=False)
-                    bar.update(1)
-                if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < self.iters:
-                    save(it + 1)
-        except KeyboardInterrupt:
-            # In a torchrun job the ranks are interrupted at different points, so a gathering
-            # save could not pair up: the last periodic checkpoint is what resume continues from.
-            if checkpoint is not None and not updating and self.dist is None:
-                save(it)  # iteration ``it`` had not been applied: resume redoes it
-                log.warning("generation interrupted; progress saved to %s (resume to continue)", checkpoint)
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
+                    bar.close()
         save(self.iters)
         elapsed += time.perf_counter() - t0
         final = self.finalize(images)
@@ -318,7 +344,7 @@ class Generator:
 
             world = self.dist.world_size
             sizes = [shard_of(self.n, r, world).size for r in range(world)]
-            stats["chunks"] = sum(-(-size // c) for size, c in zip(sizes, rank_chunks, strict=True))
+            stats["chunks"] = sum(-(-size // c) for size, (c, _) in zip(sizes, rank_layouts, strict=True))
             stats["peak_memory_mb"] = round(max(self.dist.all_gather_object(peak)), 1)  # per process
             stats["processes"] = settings["processes"] = world
         return GeneratedImages(final, settings, stats)
@@ -331,6 +357,13 @@ class Generator:
 
     def close(self) -> None:
         self.recorder.remove()
+
+
+def _total(parts: list[StatSums]) -> StatSums:
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
 
 
 def _round(v: float) -> float:
