@@ -335,6 +335,7 @@ class Generator:
             "image_iters_per_s": round(self.n * done / max(time.perf_counter() - t0, 1e-9), 2),
             "chunk": self.chunk,
             "chunks": -(-self.n // self.chunk),
+            "retained_graphs": self.retain,  # one forward per step (True) or two (see the module doc)
             "peak_memory_mb": round(peak, 1),
             "device": str(self.device),
         }
