@@ -129,7 +129,7 @@ def run_deploy(args: argparse.Namespace) -> int:
         calib=args.calib, n_images=args.n_images, iters=args.iters, holdout=args.holdout,
         val_data=args.val_data, val_limit=args.val_limit, out=out, device=args.device, seed=args.seed,
         resume=args.resume, max_drop=args.max_drop, junit=args.junit, use_cache=not args.no_cache,
-        cache_dir=args.cache_dir, human_report=not args.no_human_report, options=options,
+        cache_dir=args.cache_dir, human_report=not args.no_human_report, progress=not args.quiet, options=options,
     )
     print(summarise(report, out))
     return 0

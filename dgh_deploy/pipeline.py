@@ -44,6 +44,7 @@ class DeployConfig:
     use_cache: bool = True
     cache_dir: str | None = None
     human_report: bool = True  # report.md with pictures beside report.json
+    progress: bool = True  # progress bar while generating (the CLI's --quiet turns it off)
     options: TargetOptions = field(default_factory=TargetOptions)
 
 
@@ -105,7 +106,7 @@ def _deploy(config: DeployConfig) -> dict[str, Any]:
         def make() -> CalibrationSet:
             return make_calibration_set(
                 model, config.calib, n_images=n_images + holdout, iters=iters, seed=config.seed,
-                device=config.device, resume=config.resume, checkpoint=checkpoint,
+                device=config.device, resume=config.resume, checkpoint=checkpoint, progress=config.progress,
             )
 
         if config.use_cache:

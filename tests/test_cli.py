@@ -99,3 +99,13 @@ def test_sim_bias_correction_flag_reaches_the_report(flag: list[str], expected: 
     assert code == 0, err
     info = json.loads((out / "report.json").read_text())["target"]
     assert info["bias_correction"] is expected and info["constraints"]["weight_bits"] == 4
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_turns_off_the_jobs_progress_bar(quiet: bool, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["--target", "sim", "--calib", "dgh", "--n-images", "8", "--iters", "2", "--holdout", "0",
+                        "--no-cache", "--no-human-report", "--out", str(tmp_path / "sim"),
+                        *(["--quiet"] if quiet else [])], capsys)
+    assert code == 0, err
+    assert ("generating (dgh)" in err) is not quiet

@@ -281,8 +281,8 @@ class Generator:
             state: dict[str, Any] | None = {
                 "settings_hash": key, "iteration": iteration, "images": images.detach(),
                 "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "curve": curve,
-                "elapsed_s": elapsed + time.perf_counter() - t0, "chunk": self.chunk,
-                "rank_layouts": [list(x) for x in rank_layouts],
+                "elapsed_s": elapsed + time.perf_counter() - t0,
+                "rank_layouts": [list(x) for x in rank_layouts],  # (chunk, retained) per process
             }
             if self.dist is not None:
                 # The whole set, gathered to rank 0 (alone in writing): resumable with any process count.
