@@ -18,11 +18,16 @@ from dgh_deploy.errors import DGHError
 from dgh_deploy.generation import DGHConfig, default_budget, make_calibration_set
 from dgh_deploy.generation.engine import Generator
 from dgh_deploy.generation.stats import bn_layers
+from dgh_deploy.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _reference_loss(model: nn.Module, x: torch.Tensor, mult: float, eps: float = 1e-6) -> torch.Tensor:
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def _reference_loss(model: nn.Module, x: torch.Tensor, mult: float, eps: float = 1e-6,
+                    input_target: Stats = ((0.0,) * 3, (1.0,) * 3)) -> torch.Tensor:
     """DGH's loss written the plain way: one batch, BN-input hooks, torch's own mean/var."""
     acts: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda _m, i, n=n: acts.__setitem__(n, i[0])) for n, m in bn_layers(model)]
@@ -34,7 +39,7 @@ def _reference_loss(model: nn.Module, x: torch.Tensor, mult: float, eps: float =
         mu, var = a.mean((0, 2, 3)), a.var((0, 2, 3), correction=0)
         return ((mu - mean) ** 2).mean() + ((torch.sqrt(var + eps) - std) ** 2).mean()
 
-    terms = [term(x, torch.zeros(3, dtype=x.dtype), torch.ones(3, dtype=x.dtype))]
+    terms = [term(x, *(torch.tensor(v, dtype=x.dtype) for v in input_target))]
     terms += [term(acts[n], m.running_mean, m.running_var.sqrt()) for n, m in bn_layers(model)]
     bn = sum(terms) / len(terms)
     stretch = -(out.amax(1) - out.amin(1)).mean()
@@ -66,6 +71,32 @@ def test_chunked_gradient_equals_one_batch(chunk: int, retain: bool) -> None:
         assert loss == pytest.approx(ref.item(), rel=1e-9)
         assert torch.allclose(g, x.grad, rtol=1e-5, atol=1e-5 * x.grad.abs().max().item())
     assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("normalised", "prior", "natural"), [
+    (True, "auto", False), (False, "auto", True), (False, "model", False), (False, "natural", True)])
+def test_input_prior(normalised: bool, prior: str, natural: bool) -> None:
+    """A model fed raw 0..1 pixels gets natural-image statistics as its input target and start;
+    a normalising model keeps MCT's mean 0 / std 1 (unless asked otherwise)."""
+    model = as_loaded(tiny_bn_net().double())
+    if not normalised:
+        model = replace(model, preprocessing=Preprocessing())
+    cfg = DGHConfig(output_loss_multiplier=1e-2, input_prior=prior)
+    gen = Generator(model, 64, 5, seed=1, config=cfg, dtype=torch.float64, chunk=64)
+    target = (IMAGENET_MEAN, IMAGENET_STD) if natural else ((0.0,) * 3, (1.0,) * 3)
+    x0 = gen.initial_images()
+    assert np.allclose(x0.mean((0, 2, 3)), target[0], atol=0.03)  # 20,736 draws per channel
+    assert np.allclose(x0.std((0, 2, 3)), target[1], rtol=0.03)
+
+    x = x0.double().requires_grad_(True)
+    bn, _ = gen._compute_grads(x, iteration=0)
+    ref = _reference_loss(model.module, gen._view(x.detach(), 0, 64, 0).contiguous(), 0.0, input_target=target)
+    assert bn == pytest.approx(ref.item(), rel=1e-9)
+
+
+def test_unknown_input_prior_is_refused() -> None:
+    with pytest.raises(DGHError, match="unknown input prior 'imagenet'"):
+        Generator(as_loaded(tiny_bn_net()), 4, 1, config=DGHConfig(input_prior="imagenet"))
 
 
 def test_joint_stats_differ_from_per_batch() -> None:

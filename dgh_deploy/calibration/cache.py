@@ -1,7 +1,8 @@
 """Generated calibration sets are cached: a second target on the same model reuses them.
 
 The key is the model's fingerprint (weights, input size, preprocessing) plus every setting
-that changes the images. Only generated sources are cached; ``noise`` and ``real:`` are
+that changes the images, the generation recipe (:func:`default_recipe`) included: a changed
+default makes new images, not a stale hit. Only generated sources are cached; ``noise`` and ``real:`` are
 cheap to remake.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from dgh_deploy import __version__
 from dgh_deploy.calibration.calibration_set import CalibrationSet
+from dgh_deploy.generation.config import default_recipe
 from dgh_deploy.loading import LoadedModel
 
 log = logging.getLogger("dgh_deploy")
@@ -32,6 +34,8 @@ def default_cache_dir() -> Path:
 def cache_key(model: LoadedModel, source: str, n_images: int, iters: int, seed: int, device: str) -> str:
     settings = {"model": model.fingerprint(), "source": source, "n": n_images, "iters": iters, "seed": seed,
                 "device": device, "version": __version__}
+    if source in CACHED_SOURCES:
+        settings["recipe"] = default_recipe(source).hashed_settings()
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
 

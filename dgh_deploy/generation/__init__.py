@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
-from dgh_deploy.generation.config import DGHConfig, bns_config
+from dgh_deploy.generation.config import DGHConfig, bns_config, default_recipe
 from dgh_deploy.loading import LoadedModel
 
 SOURCES = ("dgh", "bns", "noise", "real:PATH")
@@ -56,7 +56,7 @@ def make_calibration_set(
     if source in ("dgh", "bns"):
         from dgh_deploy.generation.engine import Generator
 
-        cfg = config if config is not None else (DGHConfig() if source == "dgh" else bns_config())
+        cfg = config if config is not None else default_recipe(source)
         t0 = time.perf_counter()
         gen = Generator(model, n_images, iters, seed=seed, device=device, config=cfg, source=source)
         setup_s = time.perf_counter() - t0

@@ -25,6 +25,10 @@ class DGHConfig:
     min_lr: float = 1e-4
     patience: int | None = None  # None: int(iters / 50), as MCT
     output_loss_multiplier: float = 1e-5
+    # What the model input is matched to and starts from (see input_prior.py): "model" is MCT's
+    # mean 0 / std 1; "auto" keeps it for normalising models and uses natural-image statistics
+    # for models fed raw 0..1 pixels (YOLO).
+    input_prior: str = "auto"
     pipeline: bool = True  # stored images larger than the input, random crop + flip + smoothing
     extra_pixels: int | None = None  # None: 32 at 224, scaled to the input size
     smoothing_size: int = 3
@@ -57,3 +61,8 @@ def bns_config() -> DGHConfig:
 def scaled_extra_pixels(imgsz: tuple[int, int]) -> int:
     """MCT's 32 extra pixels at 224, in proportion for other sizes (4 at 32x32)."""
     return int(32 * min(imgsz) / 224)
+
+
+def default_recipe(source: str) -> DGHConfig:
+    """The settings a job generates ``source`` (dgh or bns) with."""
+    return DGHConfig() if source == "dgh" else bns_config()

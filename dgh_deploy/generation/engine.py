@@ -32,6 +32,7 @@ from dgh_deploy.generation import draws
 from dgh_deploy.generation.augment import ImagePipeline
 from dgh_deploy.generation.checkpoint import load_checkpoint, save_checkpoint, settings_hash
 from dgh_deploy.generation.config import DGHConfig, scaled_extra_pixels
+from dgh_deploy.generation.input_prior import input_statistics
 from dgh_deploy.generation.losses import BNAlignmentLoss, output_stretch_sum
 from dgh_deploy.generation.memory import (
     budget_bytes,
@@ -101,7 +102,9 @@ class Generator:
         self.module = module
         self.recorder = BNInputRecorder(module)
         self.layer_names = probe_forward(model, module, self.recorder, self.task, self.device, dtype)
-        self.bn_loss = BNAlignmentLoss(self.recorder.reference(self.layer_names, self.device), cfg.std_eps)
+        self.input_stats = input_statistics(model.preprocessing, cfg.input_prior)
+        self.bn_loss = BNAlignmentLoss(self.recorder.reference(self.layer_names, self.device, self.input_stats),
+                                       cfg.std_eps)
         extra = cfg.extra_pixels if cfg.extra_pixels is not None else scaled_extra_pixels(model.imgsz)
         self.pipeline = ImagePipeline(
             model.imgsz, extra, model.preprocessing.pixel_range(), smoothing_size=cfg.smoothing_size,
@@ -229,7 +232,9 @@ class Generator:
     # ---- the run -----------------------------------------------------------------------------
     def initial_images(self) -> torch.Tensor:
         index = np.arange(self.offset, self.offset + self.n_local)
-        return draws.gaussian_images(self.seed, index, (3, *self.pipeline.stored_hw))
+        noise = draws.gaussian_images(self.seed, index, (3, *self.pipeline.stored_hw))
+        mean, std = (torch.as_tensor(v, dtype=noise.dtype).view(1, 3, 1, 1) for v in self.input_stats)
+        return noise * std + mean
 
     def _load(self, checkpoint: Path, key: str) -> dict[str, Any] | None:
         if self.dist is None:

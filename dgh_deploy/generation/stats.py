@@ -17,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-INPUT = "<input>"  # the model input counts as a layer whose reference is mean 0, std 1
+INPUT = "<input>"  # the model input counts as a layer; its reference comes from input_prior.py
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -210,14 +211,15 @@ class BNInputRecorder:
         for h in self._handles:
             h.remove()
 
-    def reference(self, names: list[str], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Target (mean, std) per layer: BN running statistics (std without eps, as MCT)."""
+    def reference(self, names: list[str], device: torch.device,
+                  input_stats: tuple[np.ndarray, np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Target (mean, std) per layer: BN running statistics (std without eps, as MCT), and
+        ``input_stats`` for the model input."""
         mods = dict(self.layers)
         out = []
         for name in names:
             if name == INPUT:
-                out.append((torch.zeros(3, dtype=torch.float64, device=device),
-                            torch.ones(3, dtype=torch.float64, device=device)))
+                out.append(tuple(torch.as_tensor(v, dtype=torch.float64, device=device) for v in input_stats))
             else:
                 m = mods[name]
                 out.append((m.running_mean.detach().double().to(device),
