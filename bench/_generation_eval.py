@@ -77,15 +77,17 @@ def top1(runner: object, val: ValSet, batch: int = 500) -> float:
 
 
 def sim_top1(model: object, images: np.ndarray, val: ValSet, weight_bits: int, act_bits: int,
-             source: str = "images") -> float:
-    """Top-1 of the ``sim`` target (per-channel weights, mse activation ranges) calibrated on ``images``."""
+             source: str = "images", rounding: str = "") -> float:
+    """Top-1 of the ``sim`` target (per-channel weights, mse activation ranges, ``rounding`` of the
+    weights: the target's default unless given) calibrated on ``images``."""
     import tempfile
 
     from dgh_deploy.calibration import CalibrationSet
     from dgh_deploy.targets import TargetOptions, get_target
 
     target = get_target("sim")
-    target.options = TargetOptions(weight_bits=weight_bits, act_bits=act_bits, act_range="mse")
+    target.options = TargetOptions(weight_bits=weight_bits, act_bits=act_bits, act_range="mse",
+                                   weight_rounding=rounding)
     with tempfile.TemporaryDirectory() as tmp:
         result = target.build(model, CalibrationSet(images, source), Path(tmp))  # type: ignore[arg-type]
         return top1(result.runner, val)

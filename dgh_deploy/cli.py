@@ -84,6 +84,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     g.add_argument("--percentile", type=float, default=99.99)
     g.add_argument("--no-bias-correction", action="store_true",
                    help="keep the biases as trained (sim; by default it corrects weight rounding's mean shift)")
+    g.add_argument("--weight-rounding", default="", choices=("", "gptq", "nearest"),
+                   help="how weights are rounded to their grid (sim): gptq on the calibration set "
+                        "(default below 8 bits) or nearest (default at 8)")
     g.add_argument("--act-symmetric", action="store_true", help="symmetric activations (sim)")
     g.add_argument("--pot", action="store_true", help="power-of-two scales (sim; as Sony IMX500 requires)")
     g.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 8)),
@@ -121,6 +124,7 @@ def run_deploy(args: argparse.Namespace) -> int:
         per_tensor=args.per_tensor, io_dtype=args.io_dtype, allow_float_ops=args.allow_float_ops,
         weight_bits=w_bits, act_bits=a_bits, act_symmetric=args.act_symmetric, power_of_two=args.pot,
         act_range=args.act_range, percentile=args.percentile, bias_correction=not args.no_bias_correction,
+        weight_rounding=args.weight_rounding,
         threads=args.threads, device=args.device,
     )
     out = args.out or os.path.join("out", f"{_slug(args.model or 'demo')}-{args.target}")

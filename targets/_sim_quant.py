@@ -12,6 +12,7 @@ from torch import nn
 
 from dgh_deploy.calibration.ranges import Histogram, QuantGrid, estimate_range, mse_range
 from dgh_deploy.runtime.base import flatten_outputs
+from dgh_deploy.targets._gptq import InputMoment, gptq_round, supports
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -113,7 +114,7 @@ class QuantLayer(nn.Module):
     """A conv or linear layer whose input and weights are fake-quantized."""
 
     def __init__(self, layer: nn.Module, name: str, w_grid: QuantGrid, a_grid: QuantGrid, per_channel: bool,
-                 weight_method: str) -> None:
+                 weight_method: str, rounding: str = "nearest") -> None:
         super().__init__()
         self.layer = layer
         self.act = ActQuant(a_grid, name)
@@ -126,8 +127,11 @@ class QuantLayer(nn.Module):
         shape = (-1, *([1] * (w.ndim - 1))) if per_channel else (1,) * w.ndim
         self.w_qparams = tuple(t.reshape(shape) for t in (scale, zero, qmin, qmax))
         self.float_weight = w.clone()
+        self.w_grid = w_grid
         self.quant_weight = w_grid.fake_quant(w, *self.w_qparams)
+        self.moment = InputMoment() if rounding == "gptq" and supports(layer) else None
         self.observe_mean = False
+        self.observe_moment = False
         self._input_sum: torch.Tensor | None = None  # per input channel, float64
         self._input_count = 0
 
@@ -137,7 +141,19 @@ class QuantLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observe_mean:
             self._observe(x)
-        return self.layer(self.act(x))
+        x = self.act(x)
+        if self.observe_moment and self.moment is not None:
+            self.moment.add(self.layer, x)
+        return self.layer(x)
+
+    def round_weights(self) -> None:
+        """GPTQ-round the weights on the observed inputs (round-to-nearest stays otherwise)."""
+        if self.moment is None:
+            return
+        rows = tuple(t.reshape(-1, 1).double() for t in self.w_qparams)
+        self.quant_weight = gptq_round(self.float_weight, self.moment,
+                                       lambda cols: self.w_grid.fake_quant(cols, *rows)).float()
+        self.moment = None
 
     def _observe(self, x: torch.Tensor) -> None:
         """Sum the input per channel (dim 1 for convs, the last dim for linear layers)."""
@@ -186,12 +202,12 @@ class QuantOutputs(nn.Module):
 
 
 def quantize_layers(net: nn.Module, w_grid: QuantGrid, a_grid: QuantGrid, per_channel: bool,
-                    weight_method: str) -> list[QuantLayer]:
+                    weight_method: str, rounding: str = "nearest") -> list[QuantLayer]:
     """Swap every conv and linear layer of ``net`` for a :class:`QuantLayer`, in place."""
     layers = []
     targets = [(n, m) for n, m in net.named_modules() if isinstance(m, (*_CONVS, nn.Linear))]
     for name, m in targets:
-        q = QuantLayer(m, name, w_grid, a_grid, per_channel, weight_method)
+        q = QuantLayer(m, name, w_grid, a_grid, per_channel, weight_method, rounding)
         parent_name, _, child = name.rpartition(".")
         setattr(net.get_submodule(parent_name) if parent_name else net, child, q)
         layers.append(q)

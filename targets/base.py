@@ -64,6 +64,7 @@ class TargetOptions:
     # Empirical bias correction (sim): subtract the mean shift that weight rounding causes, measured
     # on the calibration set. MCT's PTQ default; the real runtimes calibrate ranges only.
     bias_correction: bool = True
+    weight_rounding: str = ""  # "" = the target's default; gptq | nearest (sim)
     threads: int = 2
     parity_atol: float = 0.0  # 0 = the target's default tolerance
     device: str = "cpu"

@@ -168,11 +168,66 @@ def test_bias_correction_option(tmp_path: Path) -> None:
     model = as_loaded(tiny_bn_net())
     rng = np.random.default_rng(0)
     images = (rng.standard_normal((32, 3, 16, 16)) + 1.5).astype(np.float32)  # a non-zero input mean
-    on = _build(model, images, tmp_path, weight_bits=3, act_bits=8)
-    off = _build(model, images, tmp_path, weight_bits=3, act_bits=8, bias_correction=False)
+    on = _build(model, images, tmp_path, weight_bits=3, act_bits=8, weight_rounding="nearest")
+    off = _build(model, images, tmp_path, weight_bits=3, act_bits=8, bias_correction=False, weight_rounding="nearest")
     assert on.info["bias_correction"] and not off.info["bias_correction"]
     with torch.no_grad():
         f = model.module(torch.from_numpy(images)).numpy()
     err_on = abs((on.runner.infer(images)[0] - f).mean())
     err_off = abs((off.runner.infer(images)[0] - f).mean())
     assert err_on < err_off
+
+
+@pytest.mark.parametrize("layer", [torch.nn.Conv2d(6, 10, 3, stride=2, padding=1, dilation=1),
+                                   torch.nn.Conv2d(6, 10, (3, 1), padding=(2, 0), dilation=(2, 1)),
+                                   torch.nn.Linear(24, 10)], ids=["conv", "conv-dilated", "linear"])
+def test_gptq_lowers_the_output_error_on_the_grid(layer: torch.nn.Module) -> None:
+    """GPTQ's weights sit on the same grid as round-to-nearest's and give a smaller output error on
+    the inputs it saw; its input moment is laid out like the weight's columns (checked through the
+    identity ||(W_q - W) X||^2 = tr(D H D^T))."""
+    from dgh_deploy.targets._gptq import InputMoment, gptq_round
+
+    torch.manual_seed(0)
+    mix = torch.randn(6, 6) if isinstance(layer, torch.nn.Conv2d) else torch.randn(24, 24)
+    if isinstance(layer, torch.nn.Conv2d):  # correlated channels, as real feature maps have
+        x = torch.einsum("nchw,cd->ndhw", torch.randn(32, 6, 12, 12), mix) + 0.5
+    else:
+        x = torch.randn(256, 24) @ mix + 0.5
+    w = layer.weight.detach()
+    grid = QuantGrid(4, True, narrow=True)
+    rows = w.reshape(w.shape[0], -1)
+    params = tuple(t.reshape(-1, 1) for t in grid.params(rows.amin(1), rows.amax(1)))
+    nearest = grid.fake_quant(rows, *params).reshape(w.shape)
+    moment = InputMoment()
+    moment.add(layer, x)
+    gptq = gptq_round(w, moment, lambda cols: grid.fake_quant(cols, *(p.double() for p in params)))
+
+    def out_err(wq: torch.Tensor) -> float:
+        fn = torch.nn.functional
+        d = wq - w
+        y = fn.linear(x, d) if isinstance(layer, torch.nn.Linear) else fn.conv2d(
+            x, d, None, layer.stride, layer.padding, layer.dilation)
+        return float((y.double() ** 2).sum())
+
+    d = (gptq - w).reshape(w.shape[0], -1).double()
+    assert out_err(gptq) == pytest.approx(float(torch.trace(d @ moment.h @ d.T)), rel=1e-4)
+    assert out_err(gptq) < 0.8 * out_err(nearest)
+    codes = gptq.reshape(w.shape[0], -1) / params[0]
+    assert torch.allclose(codes, codes.round(), atol=1e-4)  # on the grid
+    assert (codes.round() >= params[2]).all() and (codes.round() <= params[3]).all()
+
+
+def test_weight_rounding_option(tmp_path: Path) -> None:
+    model = as_loaded(tiny_bn_net())
+    images = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    common = dict(weight_bits=3, act_bits=16, bias_correction=False)  # weight rounding dominates the error
+    gptq = _build(model, images, tmp_path, **common)  # the default below 8 bits
+    nearest = _build(model, images, tmp_path, **common, weight_rounding="nearest")
+    assert gptq.info["weight_rounding"] == "gptq" and nearest.info["weight_rounding"] == "nearest"
+    with torch.no_grad():
+        f = model.module(torch.from_numpy(images)).numpy()
+    err = {k: float(((r.runner.infer(images)[0] - f) ** 2).mean()) for k, r in (("g", gptq), ("n", nearest))}
+    assert err["g"] < err["n"]  # on the images it was rounded for
+    assert _build(model, images, tmp_path, weight_bits=8, act_bits=8).info["weight_rounding"] == "nearest"
+    with pytest.raises(DGHError, match="weight rounding 'adaround' not supported"):
+        _build(model, images, tmp_path, weight_rounding="adaround")
