@@ -6,8 +6,8 @@ below 8 bits are rounded to their grid by GPTQ on the calibration set (``_gptq.p
 weights, or ``--weight-rounding nearest``, round each weight alone), then the mean shift that
 rounding leaves is corrected on the calibration set (empirical bias correction, MCT's PTQ
 default; ``--no-bias-correction`` keeps the trained biases). It runs in seconds in PyTorch, so
-calibration sets (DGH, real, noise) can be compared at any bit width (W8A8, W4A8, W8A4, ...) and with IMX500-style power-of-two scales, without a
-converter.
+calibration sets (DGH, real, noise) can be compared at any bit width (W8A8, W4A8, W8A4, ...)
+and with IMX500-style power-of-two scales, without a converter.
 """
 
 from __future__ import annotations
