@@ -101,5 +101,3 @@ def _inverse_cholesky(h: torch.Tensor, damping: float) -> torch.Tensor | None:
         except torch.linalg.LinAlgError:
             continue
     return None
-
-

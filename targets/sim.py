@@ -28,11 +28,13 @@ from dgh_deploy.targets._gptq import ROUNDINGS
 from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target
 
 DEFAULT_ACT_RANGE = "mse"
-# GPTQ below 8-bit weights: at 8 bits nearest rounding loses little and GPTQ gave nothing back
-# (ResNet-56 W8A4 measured slightly lower); at 4 bits it is worth 2-3 points.
-def default_rounding(weight_bits: int) -> str:
-    return "gptq" if weight_bits < 8 else "nearest"
 CALIB_BATCH = 64
+
+
+def default_rounding(weight_bits: int) -> str:
+    """GPTQ below 8-bit weights, where it is worth 2 to 3 points; at 8 bits nearest loses little
+    and GPTQ gave nothing back (ResNet-56 W8A4 measured slightly lower)."""
+    return "gptq" if weight_bits < 8 else "nearest"
 
 
 class SimRunner(TorchRunner):
@@ -55,10 +57,13 @@ class SimTarget(Target):
             weight_symmetric=o.weight_symmetric, act_symmetric=o.act_symmetric, power_of_two=o.power_of_two,
             io_dtype="float32", all_layers_quantized=True,
             notes="simulated: integer grid values carried in float32; biases kept in float (int32 on hardware)"
-                  + (", corrected for the weights' rounding on the calibration set" if o.bias_correction else ""),
+                  + (", corrected for the weights' rounding on the calibration set" if o.bias_correction else "")
+                  + ("; weights GPTQ-rounded on the calibration set"
+                     if (o.weight_rounding or default_rounding(o.weight_bits)) == "gptq" else ""),
         )
 
-    def _check_options(self) -> str:
+    def _check_options(self) -> tuple[str, str]:
+        """(activation range method, weight rounding), each checked."""
         o = self.options
         for label, bits in (("weight", o.weight_bits), ("activation", o.act_bits)):
             if not 2 <= bits <= 16:
@@ -71,12 +76,12 @@ class SimTarget(Target):
         if rounding not in ROUNDINGS:
             raise DGHError(f"weight rounding '{rounding}' not supported by the sim target",
                            f"use --weight-rounding {' or '.join(ROUNDINGS)}")
-        return method
+        return method, rounding
 
     def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
         from dgh_deploy.targets._sim_quant import QuantOutputs, act_quantizers, fold_batchnorm, quantize_layers
 
-        method = self._check_options()
+        method, rounding = self._check_options()
         calib.check_fits(model.imgsz)
         o = self.options
         t0 = time.perf_counter()
@@ -86,7 +91,6 @@ class SimTarget(Target):
         with torch.no_grad():
             n_out = len(flatten_outputs(net(model.dummy_input())))
         # MSE-searched weight ranges: at 4 bits min-max wastes most of the grid on outliers.
-        rounding = o.weight_rounding or default_rounding(o.weight_bits)
         layers = quantize_layers(net, w_grid, a_grid, per_channel=not o.per_tensor, weight_method="mse",
                                  rounding=rounding)
         if not layers:

@@ -2,8 +2,8 @@
 
 The key is the model's fingerprint (weights, input size, preprocessing) plus every setting
 that changes the images, the generation recipe (:func:`default_recipe`) included: a changed
-default makes new images, not a stale hit. Only generated sources are cached; ``noise`` and ``real:`` are
-cheap to remake.
+default makes new images, not a stale hit. Only generated sources are cached; ``noise`` and
+``real:`` are cheap to remake.
 """
 
 from __future__ import annotations
