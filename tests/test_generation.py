@@ -15,7 +15,7 @@ from test_generation_models import as_loaded, tiny_bn_net
 from torch import nn
 
 from dgh_deploy.errors import DGHError
-from dgh_deploy.generation import DGHConfig, default_budget, make_calibration_set
+from dgh_deploy.generation import DGHConfig, default_budget, draws, make_calibration_set
 from dgh_deploy.generation.engine import Generator
 from dgh_deploy.generation.stats import bn_layers
 from dgh_deploy.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
@@ -64,7 +64,7 @@ def test_chunked_gradient_equals_one_batch(chunk: int, retain: bool) -> None:
 
     # Independent reference: the same augmented views through the untouched model.
     x = whole.initial_images().double().requires_grad_(True)
-    view = whole._view(x, 0, 16, 2).contiguous()
+    view = whole._view(x, 0, 16, whole._draws(2)).contiguous()
     ref = _reference_loss(model.module, view, cfg.output_loss_multiplier)
     ref.backward()
     for g, loss in zip(grads, losses, strict=True):
@@ -90,7 +90,8 @@ def test_input_prior(normalised: bool, prior: str, natural: bool) -> None:
 
     x = x0.double().requires_grad_(True)
     bn, _ = gen._compute_grads(x, iteration=0)
-    ref = _reference_loss(model.module, gen._view(x.detach(), 0, 64, 0).contiguous(), 0.0, input_target=target)
+    view = gen._view(x.detach(), 0, 64, gen._draws(0)).contiguous()
+    ref = _reference_loss(model.module, view, 0.0, input_target=target)
     assert bn == pytest.approx(ref.item(), rel=1e-9)
 
 
@@ -117,10 +118,11 @@ def test_augmentation_draws_depend_on_index_only() -> None:
     model = as_loaded(tiny_bn_net())
     gen = Generator(model, 12, 3, seed=1)
     x = gen.initial_images()
-    whole = gen._view(x, 0, 12, 7)
-    parts = torch.cat([gen._view(x, 0, 5, 7), gen._view(x, 5, 12, 7)])
-    assert torch.equal(whole, parts)
-    assert not torch.equal(whole, gen._view(x, 0, 12, 8))  # new draws each iteration
+    split = [draws.augment_draws(1, 7, np.arange(a, b), gen.pipeline.extra) for a, b in ((0, 5), (5, 12))]
+    for i, whole in enumerate(gen._draws(7)):
+        assert torch.equal(torch.cat([part[i] for part in split]), whole)
+    view = gen._view(x, 0, 12, gen._draws(7))
+    assert not torch.equal(view, gen._view(x, 0, 12, gen._draws(8)))  # new draws each iteration
     again = Generator(model, 20, 3, seed=1).initial_images()[:12]
     assert torch.equal(again, x)  # image i's noise depends on (seed, i), not on the set size
 
@@ -277,6 +279,52 @@ def test_smoothing_is_the_gaussian_of_the_paper_in_either_memory_layout() -> Non
         (g,) = torch.autograd.grad(got.square().sum(), x)
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_training_view_is_smooth_then_crop_then_flip() -> None:
+    """The one-gather crop and flip give, per image, the plain slice of the smoothed image
+    (flipped where drawn), and its gradient is that slice's, scattered back."""
+    from dgh_deploy.generation.augment import ImagePipeline
+
+    rng = (np.full(3, -0.5, np.float32), np.full(3, 0.5, np.float32))
+    pipe = ImagePipeline((8, 6), 4, rng, channels_last=True)
+    x = torch.randn(5, 3, 12, 10, dtype=torch.float64, requires_grad=True)
+    flip = torch.tensor([True, False, True, False, True])
+    dy, dx = torch.tensor([0, 4, 2, 1, 3]), torch.tensor([4, 0, 1, 3, 2])
+    got = pipe.train_view(x, flip, dy, dx)
+
+    def plain_view() -> torch.Tensor:
+        smooth = pipe.smooth(x)
+        crops = [smooth[i, :, dy[i] : dy[i] + 8, dx[i] : dx[i] + 6] for i in range(5)]
+        return torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flip.tolist(), strict=True)])
+
+    ref = plain_view()
+    assert torch.equal(got, ref.clamp(-0.5, 0.5))
+    w = torch.randn_like(ref)
+    (g,) = torch.autograd.grad((got * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)  # clipping passes the gradient straight through
+    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+@pytest.mark.parametrize("retain", [True, False])
+def test_cuda_graph_run_matches_the_eager_run(retain: bool) -> None:
+    """The replayed CUDA graph computes the eager step: after 12 iterations (draws changing every
+    step, the optimiser updating the captured images in place) the images agree, both on the
+    retained path and on the two-pass one over chunks."""
+    model = as_loaded(tiny_bn_net().double())  # float64: lr 16 would amplify float32 rounding
+    outs = {}
+    for graphs in (False, True):
+        cfg = DGHConfig(cuda_graphs=graphs, output_loss_multiplier=1e-2)
+        gen = Generator(model, 16, 12, seed=5, device="cuda", config=cfg, dtype=torch.float64,
+                        chunk=16 if retain else 4, retain=retain)
+        res = gen.run(progress=False)
+        assert res.stats["cuda_graph"] is graphs
+        outs[graphs] = (res.images, res.stats["loss_curve"])
+    eager, graphed = outs[False], outs[True]
+    np.testing.assert_allclose(graphed[0], eager[0], rtol=0, atol=1e-7)
+    assert [c["bn"] for c in graphed[1]] == pytest.approx([c["bn"] for c in eager[1]], rel=1e-6)
+    assert eager[1][-1]["bn"] < eager[1][0]["bn"]  # it optimised
 
 
 _ALLOCATOR_SCRIPT = """

@@ -55,9 +55,12 @@ class ImagePipeline:
         rows = dy[:, None] + ar_h
         cols = dx[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)
         s = self.smooth(x)
-        n = torch.arange(len(x), device=dev)[:, None, None, None]
-        c = torch.arange(3, device=dev)[None, :, None, None]
-        crop = s[n, c, rows[:, None, :, None], cols[:, None, None, :]]
+        n, c, _, stored_w = s.shape
+        # One gather over the flattened pixels: its backward is a scatter-add, 3x (YOLO at 320)
+        # to 20x (CIFAR) faster on CPU than advanced indexing's index_put. A crop reads no pixel
+        # twice, so the gradient is the same to the bit.
+        index = (rows[:, :, None] * stored_w + cols[:, None, :]).flatten(1)
+        crop = s.flatten(2).gather(2, index[:, None, :].expand(n, c, -1)).view(n, c, h, w)
         return self._layout(self._clip_ste(crop))
 
     @torch.no_grad()

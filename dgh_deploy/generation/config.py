@@ -7,7 +7,7 @@ from typing import Any
 
 # Settings that change how fast or how often, never which images come out: left out of the
 # checkpoint's settings hash so that a resumed run may use another memory budget.
-RUNTIME_ONLY = ("memory_mb", "checkpoint_every")
+RUNTIME_ONLY = ("memory_mb", "checkpoint_every", "cuda_graphs")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class DGHConfig:
     amp: bool = False  # bfloat16 autocast on CUDA (statistics stay float32/float64)
     memory_mb: int | None = None  # activation memory a run may hold; None: chosen for the device
     checkpoint_every: int = 50  # iterations between checkpoints
+    # On one GPU, capture a step's forward and backward once as a CUDA graph and replay it: at
+    # CIFAR sizes the launches of several hundred small kernels, not the arithmetic, set the pace.
+    cuda_graphs: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+Draws = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # per image: flip (bool), dy, dx (int64)
+
 INIT_STREAM = 1
 AUGMENT_STREAM = 2
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -43,7 +45,7 @@ def gaussian_images(seed: int, index: np.ndarray, shape: tuple[int, ...]) -> tor
 
 def augment_draws(
     seed: int, iteration: int, index: np.ndarray, extra: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> Draws:
     """Per image: horizontal flip (bool) and crop offsets dy in [0, extra_h], dx in [0, extra_w]."""
     k = keys(seed, AUGMENT_STREAM, iteration, index)
     flip = (k & np.uint64(1)).astype(bool)

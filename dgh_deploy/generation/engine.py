@@ -32,6 +32,8 @@ from dgh_deploy.generation import draws
 from dgh_deploy.generation.augment import ImagePipeline
 from dgh_deploy.generation.checkpoint import load_checkpoint, save_checkpoint, settings_hash
 from dgh_deploy.generation.config import DGHConfig, scaled_extra_pixels
+from dgh_deploy.generation.cuda_graph import GraphedStep
+from dgh_deploy.generation.draws import Draws
 from dgh_deploy.generation.input_prior import input_statistics
 from dgh_deploy.generation.losses import BNAlignmentLoss, output_stretch_sum
 from dgh_deploy.generation.memory import (
@@ -150,7 +152,7 @@ class Generator:
         """Statistics sums and the output-stretch sum of one chunk of (augmented) inputs."""
         use_amp = self.config.amp and self.device.type == "cuda"
         self.recorder.start(x)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp, cache_enabled=False):
             out = self.module(x)
         sums = self.recorder.take(self.layer_names)
         stretch = output_stretch_sum(self.task.stretch_outputs(out)) if self.config.output_loss_multiplier else None
@@ -179,55 +181,76 @@ class Generator:
         log.info("generating %d %s images of %dx%d, %d iterations on %s: about %s", self.n, self.source, h, w,
                  self.iters, where, format_duration(self.estimated_seconds()))
 
-    def _view(self, images: torch.Tensor, lo: int, hi: int, iteration: int) -> torch.Tensor:
-        ey, ex = self.pipeline.extra
-        index = np.arange(self.offset + lo, self.offset + hi)  # global: the same draws whatever the shard
-        flip, dy, dx = draws.augment_draws(self.seed, iteration, index, (ey, ex))
-        return self.pipeline.train_view(images[lo:hi], flip, dy, dx)
+    def _draws(self, iteration: int) -> Draws:
+        """This process's images' flips and crop offsets for one iteration."""
+        index = np.arange(self.offset, self.offset + self.n_local)  # global: the same whatever the shard
+        return draws.augment_draws(self.seed, iteration, index, self.pipeline.extra)
+
+    def _view(self, images: torch.Tensor, lo: int, hi: int, drawn: Draws) -> torch.Tensor:
+        flip, dy, dx = drawn
+        return self.pipeline.train_view(images[lo:hi], flip[lo:hi], dy[lo:hi], dx[lo:hi])
 
     # ---- one iteration ---------------------------------------------------------------------
-    def _global(self, sums: StatSums, stretch: torch.Tensor) -> tuple[StatSums, float]:
+    def _global(self, sums: StatSums, stretch: torch.Tensor) -> tuple[StatSums, torch.Tensor]:
         """The whole set's statistics and output-stretch sum from this process's (detached) ones:
         one all-reduce of a single float64 vector per step in a torchrun job."""
         if self.dist is None:
-            return sums, float(stretch.detach())
+            return sums, stretch.detach().double()
         flat = torch.cat([sums.flatten(), stretch.detach().to(torch.float64).reshape(1)])
         flat = self.dist.all_reduce_sum(flat)
-        return sums.unflatten(flat[:-1]), float(flat[-1])
+        return sums.unflatten(flat[:-1]), flat[-1]
 
     def _compute_grads(self, images: torch.Tensor, iteration: int) -> tuple[float, float]:
         """Fill ``images.grad``; return the (bn, output) loss values of this iteration."""
+        return _values(self._loss_terms(images, self._draws(iteration)))
+
+    def _loss_terms(self, images: torch.Tensor, drawn: Draws) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill ``images.grad``; return the (bn, output) losses as tensors: no host sync, so
+        that on a GPU the whole step can be one CUDA graph (see :class:`GraphedStep`)."""
         n, mult = self.n, self.config.output_loss_multiplier
         bounds = [(i, min(i + self.chunk, self.n_local)) for i in range(0, self.n_local, self.chunk)]
         if not self.config.joint_stats:
-            bn_total, out_total = 0.0, 0.0
+            bn_total = out_total = torch.zeros((), dtype=torch.float64, device=images.device)
             for lo, hi in bounds:  # each batch matches the statistics on its own (BNS / ablation)
-                sums, stretch = self._forward(self._view(images, lo, hi, iteration))
+                sums, stretch = self._forward(self._view(images, lo, hi, drawn))
                 bn = self.bn_loss(sums)
                 (bn + mult * stretch / (hi - lo)).backward()
-                bn_total += bn.item() * (hi - lo) / n
-                out_total += stretch.item() / n
+                bn_total = bn_total + bn.detach() * (hi - lo) / n
+                out_total = out_total + stretch.detach().double() / n
             return bn_total, out_total
         if self.retain:
             # Every chunk's graph is kept: one forward with gradients and one backward. In a
             # torchrun job the graphs are kept through the all-reduce of the other shards' sums.
-            passes = [self._forward(self._view(images, lo, hi, iteration)) for lo, hi in bounds]
+            passes = [self._forward(self._view(images, lo, hi, drawn)) for lo, hi in bounds]
             sums, stretch = _total([p for p, _ in passes]), sum(s for _, s in passes)
             part = sums.detach()
             total, out_sum = self._global(part, stretch)
             bn = self.bn_loss((total - part) + sums)
             (bn + mult * stretch / n).backward()
-            return bn.item(), out_sum / n
+            return bn.detach(), out_sum / n
         with torch.no_grad():
-            passes = [self._forward(self._view(images, lo, hi, iteration)) for lo, hi in bounds]
+            passes = [self._forward(self._view(images, lo, hi, drawn)) for lo, hi in bounds]
         parts = [p for p, _ in passes]
         total, out_sum = self._global(_total(parts), sum(s for _, s in passes))
         for (lo, hi), part in zip(bounds, parts, strict=True):
-            sums, stretch = self._forward(self._view(images, lo, hi, iteration))
+            sums, stretch = self._forward(self._view(images, lo, hi, drawn))
             # Value of the global sums, gradient of this chunk's: the whole-set gradient, exactly.
             global_sums = (total - part) + sums
             (self.bn_loss(global_sums) + mult * stretch / n).backward()
-        return self.bn_loss(total).item(), out_sum / n
+        return self.bn_loss(total), out_sum / n
+
+    def _graphable(self) -> bool:
+        """One process on a GPU: the step's work is fixed, so it can be one CUDA graph."""
+        return self.config.cuda_graphs and self.device.type == "cuda" and self.dist is None
+
+    def _graphed_step(self, images: torch.Tensor, iteration: int) -> GraphedStep | None:
+        try:
+            return GraphedStep(self._loss_terms, images, self._draws(iteration))
+        except RuntimeError as e:  # an op that cannot be captured: the eager step is the same math
+            log.warning("CUDA graph capture failed, running the steps eagerly: %s", str(e).splitlines()[0])
+            torch.cuda.synchronize(self.device)
+            images.grad = None
+            return None
 
     # ---- the run -----------------------------------------------------------------------------
     def initial_images(self) -> torch.Tensor:
@@ -302,11 +325,15 @@ class Generator:
         updating = False
         # On CPU freed tensors stay in the heap for the run (see keep_freed_memory).
         allocator = keep_freed_memory() if self.device.type == "cpu" else contextlib.nullcontext()
+        graphed = self._graphed_step(images, start) if self._graphable() and start < self.iters else None
         with allocator:
             try:
                 for it in range(start, self.iters):
-                    images.grad = None
-                    bn, out = self._compute_grads(images, it)
+                    if graphed is None:
+                        images.grad = None
+                        bn, out = self._compute_grads(images, it)
+                    else:  # replays the captured step; it overwrites images.grad in place
+                        bn, out = _values(graphed(self._draws(it)))
                     total = bn + cfg.output_loss_multiplier * out
                     updating = True  # from here to the end of the step the state is half-updated
                     optimizer.step()
@@ -341,6 +368,7 @@ class Generator:
             "chunk": self.chunk,
             "chunks": -(-self.n // self.chunk),
             "retained_graphs": self.retain,  # one forward per step (True) or two (see the module doc)
+            "cuda_graph": graphed is not None,
             "peak_memory_mb": round(peak, 1),
             "device": str(self.device),
         }
@@ -370,6 +398,11 @@ def _total(parts: list[StatSums]) -> StatSums:
     for p in parts[1:]:
         total = total + p
     return total
+
+
+def _values(terms: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
+    bn, out = torch.stack([t.double() for t in terms]).tolist()  # one host sync per step
+    return bn, out
 
 
 def _round(v: float) -> float:
