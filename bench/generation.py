@@ -59,6 +59,16 @@ def ceiling_rate(module: torch.nn.Module, imgsz: tuple[int, int], batch: int, de
     return batch * repeats / (time.perf_counter() - t0)
 
 
+def warm_up(device: str) -> None:
+    """Start the device's libraries (CUDA context, cuDNN, cuBLAS) before anything is timed:
+    whichever generator ran first would otherwise pay it (seconds on a GPU)."""
+    x = torch.randn(8, 3, 32, 32, device=device, requires_grad=True)
+    conv = torch.nn.Conv2d(3, 8, 3).to(device)
+    conv(x).sum().backward()
+    torch.ones(4, 4, device=device).matmul(torch.ones(4, 4, device=device))
+    _sync(device)
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -123,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"# {model.name}, {args.n_images} images x {args.iters} iterations on {name}, torch {torch.__version__}")
 
     res: dict = {"model": model.name, "n_images": args.n_images, "iters": args.iters, "device": name}
+    warm_up(args.device)
     ours = run_ours(model, args.n_images, args.iters, args.device, args.seed)
     res["ceiling_rate"] = ceiling_rate(model.module, model.imgsz, ours["chunk"], args.device, channels_last=True)
     print(f"ceiling (fwd+bwd to input, batch {ours['chunk']}): {res['ceiling_rate']:.0f} images/s")
