@@ -40,6 +40,10 @@ class GraphedStep:
                 step(images, self.buffers)  # type: ignore[arg-type]
         torch.cuda.current_stream(device).wait_stream(side)
         images.grad = None  # the captured backward allocates it in the graph's pool
+        # The graph gets a memory pool of its own: hand back what the warm-up left cached, or a
+        # set sized to most of the GPU's memory would need that memory twice.
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.terms = step(images, self.buffers)  # type: ignore[arg-type]
