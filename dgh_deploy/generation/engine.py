@@ -12,6 +12,9 @@ one batch, in one of two ways, both over chunks (the batch the device runs faste
 
 In a torchrun job (``dist``, see :mod:`distributed`) this process holds one shard of the set,
 chunked the same way, and the global sums are the all-reduce of every rank's own.
+
+On one GPU either path's step is captured once as a CUDA graph and replayed (:mod:`cuda_graph`):
+nothing in a step reads a value back to the host until its losses are done.
 """
 
 from __future__ import annotations
