@@ -232,9 +232,16 @@ class Collective:
         return _map_rows(skeleton, is_rows, lambda marker: self.scatter_rows(
             next(full_rows) if self.is_lead else None, n_images, row_shape, marker.dtype))
 
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, finished: bool = False) -> None:
+        """Leave the job. ``finished``: every rank got here without error, so wait for the others
+        first: a rank that tore its connections down while a peer was still finishing its last
+        collective could abort in gloo's teardown (seen now and then in this project's torchrun test)."""
+        if not dist.is_initialized():
+            return
+        if finished:
+            with self._guard("the final barrier"):
+                dist.barrier(group=self._cpu_group)
+        dist.destroy_process_group()
 
 
 def _reason(exc: BaseException) -> str:
@@ -311,7 +318,7 @@ def generate(model: LoadedModel, source: str, n_images: int, iters: int, seed: i
             ctx.close()
         raise
     signal.signal(signal.SIGTERM, previous)
-    ctx.close()
+    ctx.close(finished=True)
     if images is None:
         return None
     return CalibrationSet(np.ascontiguousarray(images.numpy()), source, out.settings,
