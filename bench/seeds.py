@@ -55,6 +55,7 @@ def generate(model: object, sources: list[str], seeds: list[int], n: int, iters:
 
 
 def evaluate(model: object, sources: list[str], seeds: list[int], bits: list[str], folder: Path) -> dict:
+    from dgh_deploy.cli import parse_bits
     from dgh_deploy.generation import make_calibration_set
 
     cifar = ASSETS / "cifar10"
@@ -62,7 +63,7 @@ def evaluate(model: object, sources: list[str], seeds: list[int], bits: list[str
     real = make_calibration_set(model, f"real:{cifar / 'calib'}", 256, 0, progress=False).images  # type: ignore[arg-type]
     out: dict = {}
     for b in bits:
-        wb, ab = int(b[1 : b.index("A")]), int(b[b.index("A") + 1 :])
+        wb, ab = parse_bits(b)
         out[f"{b}/real"] = sim_top1(model, real, val, wb, ab)
         print(f"{b} real {out[f'{b}/real']:.2f}", flush=True)
         for src in sources:

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from dgh_deploy.calibration import cache
     from dgh_deploy.calibration.calibration_set import CalibrationSet
+    from dgh_deploy.cli import parse_bits
     from dgh_deploy.generation import make_calibration_set
     from dgh_deploy.loading import load_model
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     sets["real"] = make_calibration_set(model, f"real:{cifar / 'calib'}", 256, 0, progress=False).images
     out: dict = {}
     for bits in args.bits.split(","):
-        wb, ab = int(bits[1 : bits.index("A")]), int(bits[bits.index("A") + 1 :])
+        wb, ab = parse_bits(bits)
         for rounding in ("gptq", "nearest"):
             for src, images in sets.items():
                 t0 = time.time()

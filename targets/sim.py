@@ -58,9 +58,11 @@ class SimTarget(Target):
             io_dtype="float32", all_layers_quantized=True,
             notes="simulated: integer grid values carried in float32; biases kept in float (int32 on hardware)"
                   + (", corrected for the weights' rounding on the calibration set" if o.bias_correction else "")
-                  + ("; weights GPTQ-rounded on the calibration set"
-                     if (o.weight_rounding or default_rounding(o.weight_bits)) == "gptq" else ""),
+                  + ("; weights GPTQ-rounded on the calibration set" if self._weight_rounding() == "gptq" else ""),
         )
+
+    def _weight_rounding(self) -> str:
+        return self.options.weight_rounding or default_rounding(self.options.weight_bits)
 
     def _check_options(self) -> tuple[str, str]:
         """(activation range method, weight rounding), each checked."""
@@ -72,7 +74,7 @@ class SimTarget(Target):
         if method not in METHODS:
             raise DGHError(f"activation range method '{method}' not supported by the sim target",
                            f"use --act-range {' or '.join(METHODS)}")
-        rounding = o.weight_rounding or default_rounding(o.weight_bits)
+        rounding = self._weight_rounding()
         if rounding not in ROUNDINGS:
             raise DGHError(f"weight rounding '{rounding}' not supported by the sim target",
                            f"use --weight-rounding {' or '.join(ROUNDINGS)}")
@@ -98,17 +100,20 @@ class SimTarget(Target):
         sim = QuantOutputs(net, a_grid, n_out).eval()
         quantizers = list(act_quantizers(sim))
 
+        @torch.no_grad()
+        def feed_calibration_set() -> None:
+            for batch in calib.batches(CALIB_BATCH):
+                sim(torch.from_numpy(batch))
+
         # Ranges are calibrated on the float model, as TFLite and TensorRT do; the first pass also
         # takes each layer's mean input for the bias correction.
         passes = ["range"] if method == "minmax" else ["range", "counts"]
-        with torch.no_grad():
-            for i, mode in enumerate(passes):
-                for q in quantizers:
-                    q.mode = mode
-                for layer in layers:
-                    layer.observe_mean = o.bias_correction and i == 0
-                for batch in calib.batches(CALIB_BATCH):
-                    sim(torch.from_numpy(batch))
+        for i, mode in enumerate(passes):
+            for q in quantizers:
+                q.mode = mode
+            for layer in layers:
+                layer.observe_mean = o.bias_correction and i == 0
+            feed_calibration_set()
         for q in quantizers:
             q.calibrate(method, o.percentile)
             q.mode = "quant"
@@ -116,11 +121,9 @@ class SimTarget(Target):
             layer.observe_mean = False
         if rounding == "gptq":
             # GPTQ sees each layer's input as the deployed model feeds it: activations rounded.
-            with torch.no_grad():
-                for layer in layers:
-                    layer.observe_moment = True
-                for batch in calib.batches(CALIB_BATCH):
-                    sim(torch.from_numpy(batch))
+            for layer in layers:
+                layer.observe_moment = True
+            feed_calibration_set()
             for layer in layers:
                 layer.observe_moment = False
                 layer.round_weights()
