@@ -81,7 +81,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     g.add_argument("--allow-float-ops", action="store_true", help="accept float ops left in the integer model")
     g.add_argument("--bits", default="W8A8", help="weight and activation bits, e.g. W8A8, W4A8, W8A4 (sim)")
     g.add_argument("--act-range", default="", help="activation range method: minmax | mse | percentile | entropy")
-    g.add_argument("--percentile", type=float, default=99.99)
+    g.add_argument("--percentile", type=float, default=None,
+                   help="with --act-range percentile: the share of values inside the range "
+                        "(default 99.99; 99.999 for detectors on tensorrt-int8, their default method)")
     g.add_argument("--no-bias-correction", action="store_true",
                    help="keep the biases as trained (sim; by default it corrects weight rounding's mean shift)")
     g.add_argument("--weight-rounding", default="", choices=("", "gptq", "nearest"),

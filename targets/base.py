@@ -18,6 +18,8 @@ from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.loading import LoadedModel
 from dgh_deploy.runtime.base import Runner
 
+DEFAULT_PERCENTILE = 99.99  # of |x| (TensorRT) or of x's two tails (sim), when no target picks another
+
 
 @dataclass(frozen=True)
 class QuantConstraints:
@@ -60,7 +62,7 @@ class TargetOptions:
     weight_symmetric: bool = True
     power_of_two: bool = False
     act_range: str = ""  # "" = the target's default; minmax | mse | percentile | entropy
-    percentile: float = 99.99
+    percentile: float | None = None  # None = the target's default (see percentile_or)
     # Empirical bias correction (sim): subtract the mean shift that weight rounding causes, measured
     # on the calibration set. MCT's PTQ default; the real runtimes calibrate ranges only.
     bias_correction: bool = True
@@ -69,6 +71,10 @@ class TargetOptions:
     parity_atol: float = 0.0  # 0 = the target's default tolerance
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def percentile_or(self, default: float = DEFAULT_PERCENTILE) -> float:
+        """The user's ``--percentile``, else the target's default for this model."""
+        return default if self.percentile is None else self.percentile
 
 
 @dataclass

@@ -115,7 +115,7 @@ class SimTarget(Target):
                 layer.observe_mean = o.bias_correction and i == 0
             feed_calibration_set()
         for q in quantizers:
-            q.calibrate(method, o.percentile)
+            q.calibrate(method, o.percentile_or())
             q.mode = "quant"
         for layer in layers:
             layer.observe_mean = False

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import cast
+
 import numpy as np
 import pytest
 
 from dgh_deploy.calibration.entropy import MAX_BINS, NUM_BINS, AbsHistogram, canonical_act_range
 from dgh_deploy.errors import DGHError
+from dgh_deploy.loading import LoadedModel
+from dgh_deploy.targets import TargetOptions
+from dgh_deploy.targets.tensorrt_int8 import act_range_for
 
 
 def reference_kl(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,3 +156,18 @@ def test_non_finite_and_unknown_range_are_user_errors() -> None:
     assert canonical_act_range("") == "entropy" and canonical_act_range("MinMax") == "max"
     with pytest.raises(DGHError, match="entropy"):
         canonical_act_range("mse")
+
+
+@pytest.mark.parametrize(("task", "act_range", "percentile", "expected"), [
+    ("classify", "", None, "entropy"),
+    ("detect", "", None, "percentile 99.999"),
+    ("detect", "", 99.9, "percentile 99.9"),
+    ("detect", "max", None, "max"),
+    ("detect", "percentile", None, "percentile 99.999"),
+    ("classify", "percentile", None, "percentile 99.99"),
+    ("classify", "kl", 99.9, "entropy"),
+])
+def test_tensorrt_range_defaults_per_task(task: str, act_range: str, percentile: float | None, expected: str) -> None:
+    model = cast(LoadedModel, SimpleNamespace(task=task))
+    chosen = act_range_for(model, TargetOptions(act_range=act_range, percentile=percentile))
+    assert str(chosen) == expected
