@@ -25,6 +25,9 @@ from dgh_deploy.artifacts import atomic_path, write_json
 from dgh_deploy.errors import DGHError
 
 REPO = Path(__file__).resolve().parents[1]
+MODELS = "cifar_resnet20,cifar_resnet56,yolov5n"
+SOURCES = "dgh,bns,noise,real"
+TARGETS = "sim:W8A4,sim:W4A8,tflite-int8,tensorrt-int8"
 
 
 @dataclass(frozen=True)
@@ -154,12 +157,19 @@ def table(state: dict, models: list[str], sources: list[str], targets: list[str]
     return "\n".join(lines)
 
 
+def in_state(state: dict, part: int, order: str) -> list[str]:
+    """Every model (part 0), source (1) or target (2) the state has cells for, in ``order`` first."""
+    seen = dict.fromkeys(key.split("|")[part] for key in state["cells"])
+    first = [x for x in order.split(",") if x in seen]
+    return first + [x for x in seen if x not in first]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--assets", default=str(REPO.parent / "shared" / "assets"))
-    p.add_argument("--models", default="cifar_resnet20,cifar_resnet56,yolov5n")
-    p.add_argument("--sources", default="dgh,bns,noise,real")
-    p.add_argument("--targets", default="sim:W8A4,sim:W4A8,tflite-int8,tensorrt-int8",
+    p.add_argument("--models", default=MODELS)
+    p.add_argument("--sources", default=SOURCES)
+    p.add_argument("--targets", default=TARGETS,
                    help="targets; sim:W<bits>A<bits> picks the simulated bit widths")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "compare.md"))
@@ -193,7 +203,8 @@ def main() -> int:
         state["cells"][f"{model}|{source}|{target}"] = cell
         write_json(state_path, state)
         print(f"    {cell}", flush=True)
-    md = table(state, models, sources, targets)
+    # The file shows every cell in the state, not only this run's: a partial re-run keeps the table whole.
+    md = table(state, *(in_state(state, i, order) for i, order in enumerate((MODELS, SOURCES, TARGETS))))
     with atomic_path(args.out) as tmp:
         tmp.write_text(md + "\n")
     print(md)
