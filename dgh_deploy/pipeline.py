@@ -85,8 +85,9 @@ def _deploy(config: DeployConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     model = load_model(config.model, config.weights, config.task, config.imgsz)
     task = get_task(model.task)
+    target.check_options(model)  # before minutes of generation, not after
     if config.val_data:
-        task.check_val_data(config.val_data)  # before minutes of generation, not after
+        task.check_val_data(config.val_data)
     times["load"] = time.perf_counter() - t0
 
     from dgh_deploy.generation import default_budget, make_calibration_set

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.errors import DGHError
 from dgh_deploy.loading import LoadedModel
 from dgh_deploy.runtime.base import Runner
 
@@ -76,6 +77,12 @@ class TargetOptions:
         """The user's ``--percentile``, else the target's default for this model."""
         return default if self.percentile is None else self.percentile
 
+    def check_percentile_applies(self, method: str) -> None:
+        """A ``--percentile`` that the chosen range method would ignore is a mistake: say so."""
+        if self.percentile is not None and method != "percentile":
+            raise DGHError(f"--percentile {self.percentile:g} has no effect: activation ranges are by {method} here",
+                           "add --act-range percentile, or drop --percentile")
+
 
 @dataclass
 class BuildResult:
@@ -101,6 +108,11 @@ class Target(ABC):
     @abstractmethod
     def constraints(self) -> QuantConstraints:
         """The hardware constraints under the current options."""
+
+    @abstractmethod
+    def check_options(self, model: LoadedModel) -> None:
+        """Raise :class:`~dgh_deploy.errors.DGHError` for options this target cannot honour on
+        ``model``. The job calls it before generating, so a typo costs seconds, not minutes."""
 
     def missing_requirements(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]

@@ -64,7 +64,10 @@ class SimTarget(Target):
     def _weight_rounding(self) -> str:
         return self.options.weight_rounding or default_rounding(self.options.weight_bits)
 
-    def _check_options(self) -> tuple[str, str]:
+    def check_options(self, model: LoadedModel) -> None:
+        self._checked_options()
+
+    def _checked_options(self) -> tuple[str, str]:
         """(activation range method, weight rounding), each checked."""
         o = self.options
         for label, bits in (("weight", o.weight_bits), ("activation", o.act_bits)):
@@ -74,6 +77,7 @@ class SimTarget(Target):
         if method not in METHODS:
             raise DGHError(f"activation range method '{method}' not supported by the sim target",
                            f"use --act-range {' or '.join(METHODS)}")
+        o.check_percentile_applies(method)
         rounding = self._weight_rounding()
         if rounding not in ROUNDINGS:
             raise DGHError(f"weight rounding '{rounding}' not supported by the sim target",
@@ -83,7 +87,7 @@ class SimTarget(Target):
     def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
         from dgh_deploy.targets._sim_quant import QuantOutputs, act_quantizers, fold_batchnorm, quantize_layers
 
-        method, rounding = self._check_options()
+        method, rounding = self._checked_options()
         calib.check_fits(model.imgsz)
         o = self.options
         t0 = time.perf_counter()

@@ -71,16 +71,21 @@ class TensorRTInt8Target(Target):
                   "float I/O",
         )
 
-    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
-        import onnx
-
+    def check_options(self, model: LoadedModel) -> None:
         opts = self.options
-        act_range = act_range_for(model, opts)
         if opts.weight_bits != 8 or opts.act_bits != 8:
             raise DGHError(
                 f"TensorRT INT8 runs 8-bit weights and activations, not W{opts.weight_bits}A{opts.act_bits}",
-                "drop --weight-bits/--act-bits for this target",
+                "drop --bits for this target",
             )
+        act_range_for(model, opts)
+
+    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
+        import onnx
+
+        self.check_options(model)
+        opts = self.options
+        act_range = act_range_for(model, opts)
         workdir = Path(workdir)
         timings: dict[str, float] = {}
 
@@ -173,6 +178,7 @@ def act_range_for(model: LoadedModel, opts: TargetOptions) -> ActRange:
         method = canonical_act_range(opts.act_range)
     else:
         method = "percentile" if model.task == "detect" else canonical_act_range("")
+    opts.check_percentile_applies(method)
     if method != "percentile":
         return ActRange(method)
     return ActRange(method, opts.percentile_or(DETECTOR_PERCENTILE if model.task == "detect" else DEFAULT_PERCENTILE))

@@ -63,7 +63,7 @@ class TFLiteInt8Target(Target):
 
     # --- build -----------------------------------------------------------------------------
     def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
-        self._check_options()
+        self.check_options(model)
         TFLiteCalibrator(calib).check(model.imgsz)  # before the slow export and conversion
         scratch = Path(tempfile.mkdtemp(prefix="dgh-tflite-"))
         try:
@@ -111,7 +111,7 @@ class TFLiteInt8Target(Target):
 
         ``model`` is still the PyTorch reference the float conversion is checked against.
         """
-        self._check_options()
+        self.check_options(model)
         TFLiteCalibrator(calib).check(model.imgsz)
         scratch = Path(tempfile.mkdtemp(prefix="dgh-tflite-"))
         try:
@@ -175,7 +175,7 @@ class TFLiteInt8Target(Target):
         }
         return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
 
-    def _check_options(self) -> None:
+    def check_options(self, model: LoadedModel) -> None:
         """Refuse what a TFLite int8 model cannot be, rather than silently building something else."""
         o = self.options
         if o.io_dtype not in ("int8", "uint8"):
@@ -196,6 +196,7 @@ class TFLiteInt8Target(Target):
                 f"tflite-int8 calibrates activation ranges by min/max only, not '{o.act_range}'",
                 "drop --act-range for this target",
             )
+        o.check_percentile_applies("min/max")
 
 
 def _verbose(extra: dict[str, Any]) -> bool:

@@ -57,6 +57,33 @@ def test_deploy_bad_input(args: list[str], needles: list[str], tmp_path: Path,
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("target", "args", "needles"),
+    [
+        ("tflite-int8", ["--act-range", "mse"], ["by min/max only, not 'mse'"]),
+        ("tflite-int8", ["--percentile", "99.9"], ["--percentile 99.9 has no effect", "--act-range percentile"]),
+        ("tensorrt-int8", ["--percentile", "99.9"], ["ranges are by entropy here"]),
+        ("tensorrt-int8", ["--bits", "W4A8"], ["not W4A8", "drop --bits"]),
+        ("tensorrt-int8", ["--act-range", "mse"], ["'mse' is not available for TensorRT"]),
+        ("sim", ["--act-range", "entropy"], ["'entropy' not supported by the sim target"]),
+    ],
+)
+def test_target_options_are_refused_before_generation(target: str, args: list[str], needles: list[str],
+                                                       tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import dgh_deploy.generation
+
+    def no_generation(*_: object, **__: object) -> None:
+        raise AssertionError("generation started before the options were checked")
+
+    monkeypatch.setattr(dgh_deploy.generation, "make_calibration_set", no_generation)
+    out = tmp_path / "out"
+    code, _, err = run(["--target", target, *args, "--no-cache", "--out", str(out)], capsys)
+    assert code == 2
+    assert_one_line_error(err, *needles)
+    assert not out.exists()
+
+
 def test_corrupt_and_nan_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     corrupt = tmp_path / "corrupt.th"
     corrupt.write_bytes(b"\x00garbage")

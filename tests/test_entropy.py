@@ -165,9 +165,15 @@ def test_non_finite_and_unknown_range_are_user_errors() -> None:
     ("detect", "max", None, "max"),
     ("detect", "percentile", None, "percentile 99.999"),
     ("classify", "percentile", None, "percentile 99.99"),
-    ("classify", "kl", 99.9, "entropy"),
 ])
 def test_tensorrt_range_defaults_per_task(task: str, act_range: str, percentile: float | None, expected: str) -> None:
     model = cast(LoadedModel, SimpleNamespace(task=task))
     chosen = act_range_for(model, TargetOptions(act_range=act_range, percentile=percentile))
     assert str(chosen) == expected
+
+
+def test_a_percentile_the_range_method_ignores_is_refused() -> None:
+    model = cast(LoadedModel, SimpleNamespace(task="classify"))
+    with pytest.raises(DGHError, match=r"--percentile 99\.9 has no effect") as err:
+        act_range_for(model, TargetOptions(percentile=99.9))  # entropy, the classifier default
+    assert "--act-range percentile" in err.value.fix

@@ -1,0 +1,163 @@
+"""Calibration sources on a detector over seeds and picks: mAP50-95 per job and each source's mean.
+
+On YOLOv5n at 320 one 64-image job cannot rank calibration sources: two picks of the same real
+images differ by up to 1.8 points. This makes one 72-image set per (source, seed) (dgh, bns and
+noise as ``dgh-deploy generate`` makes them; real ones as 72-image windows of the real folder:
+seeds 0, 1, 2 start at its beginning, middle and end) and runs a full job on each of its picks
+(the set rotated by 8 images: another 64 to calibrate on, another 8 held out), for every target
+asked for. ``tensorrt-int8:max`` or ``tensorrt-int8:percentile`` picks TensorRT's range method;
+a plain target uses its default. Finished jobs are kept in ``--json``: stop and run it again to
+continue; sets are kept in ``--sets`` (copy sets made elsewhere there, named SOURCE_seedN.npz).
+
+    .venv/bin/python bench/detect_picks.py --targets tensorrt-int8:max,tensorrt-int8:percentile,tflite-int8 \
+        --json bench/results/picks_yolov5n_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed dgh_deploy wins
+from bench.compare import REPO, Case, cases, machine
+
+HOLDOUT = 8  # the job's default hold-out for 64 calibration images
+
+
+def set_path(folder: Path, source: str, seed: int) -> Path:
+    return folder / f"{source}_seed{seed}.npz"
+
+
+def make_set(case: Case, source: str, seed: int, n: int, iters: int, path: Path) -> None:
+    """One (source, seed) set of ``n`` images, saved atomically to ``path``."""
+    import dgh_deploy
+    from dgh_deploy.calibration import CalibrationSet
+
+    t0 = time.perf_counter()
+    if source == "real":
+        every = dgh_deploy.generate(case.model, weights=case.weights, imgsz=case.imgsz, calib=f"real:{case.real}",
+                                    n_images=_count_images(case.real), progress=False)
+        start = seed * (len(every) - n) // 2
+        calib = CalibrationSet(every.images[start:start + n], every.source,
+                               {**every.settings, "window_start": start, "n_images": n}, every.stats)
+        calib.save(path)
+    else:
+        dgh_deploy.generate(case.model, weights=case.weights, imgsz=case.imgsz, calib=source, n_images=n,
+                            iters=iters, seed=seed, out=str(path), progress=False)
+    print(f"made {path.name} in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def _count_images(folder: str) -> int:
+    from dgh_deploy.generation.baselines import list_images
+
+    return len(list_images(Path(folder)))
+
+
+def pick_path(folder: Path, source: str, seed: int, pick: int) -> Path:
+    """The set rotated by ``pick * HOLDOUT`` images (pick 0 is the set itself)."""
+    base = set_path(folder, source, seed)
+    if pick == 0:
+        return base
+    path = folder / f"{source}_seed{seed}_pick{pick}.npz"
+    if not path.is_file():
+        from dgh_deploy.calibration import CalibrationSet
+
+        cs = CalibrationSet.load(base)
+        CalibrationSet(np.roll(cs.images, pick * HOLDOUT, axis=0), cs.source,
+                       {**cs.settings, "rotated_by": pick * HOLDOUT}, cs.stats).save(path)
+    return path
+
+
+def run_job(case: Case, calib: Path, spec: str, work: Path, threads: int) -> tuple[float, float]:
+    """(int8, float) mAP50-95 of one full job."""
+    import dgh_deploy
+
+    target, _, act_range = spec.partition(":")
+    out = work / f"{calib.stem}-{spec.replace(':', '-')}"
+    report = dgh_deploy.deploy(target=target, model=case.model, weights=case.weights, imgsz=case.imgsz,
+                               calib=str(calib), val_data=case.val_data, out=str(out), threads=threads,
+                               human_report=False, progress=False, act_range=act_range)
+    shutil.rmtree(out, ignore_errors=True)  # ~10 MB of models a job; the number is what is kept
+    m = report["metrics"]
+    return float(m["quantized"][m["metric"]]), float(m["float"][m["metric"]])
+
+
+def summary(state: dict, specs: list[str], sources: list[str], seeds: list[int], picks: int) -> str:
+    lines = [f"Measured on {state['machine']}; {state['model']} at {state['imgsz']}, mAP50-95 on its validation "
+             f"data (float {state.get('float', float('nan')):.2f}); picks of one seed are separated by ',', "
+             "seeds by ';'.", ""]
+    for spec in specs:
+        values = {src: [[state["jobs"].get(f"{spec}|{src}|{s}|{k}") for k in range(picks)] for s in seeds]
+                  for src in sources}
+        done = {src: [v for seed in rows for v in seed if v is not None] for src, rows in values.items()}
+        means = {src: statistics.fmean(v) if v else None for src, v in done.items()}
+        real = means.get("real")
+        lines += [f"**{spec}**", "", "| source | picks | mean (jobs) | minus real |", "| --- | --- | --- | --- |"]
+        for src, rows in values.items():
+            picks_text = "; ".join(", ".join("-" if v is None else f"{v:.2f}" for v in seed) for seed in rows)
+            mean = means[src]
+            mean_text = "-" if mean is None else f"{mean:.2f} ({len(done[src])})"
+            diff = "-" if mean is None or real is None else f"{mean - real:+.2f}"
+            lines.append(f"| {src} | {picks_text} | {mean_text} | {diff} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    from dgh_deploy.artifacts import write_json
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--assets", default=str(REPO.parent / "shared" / "assets"))
+    p.add_argument("--model", default="yolov5n", help="a detector of bench/compare.py's cases")
+    p.add_argument("--sources", default="dgh,bns,noise,real")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--picks", type=int, default=3)
+    p.add_argument("--targets", default="tensorrt-int8:max,tensorrt-int8:percentile,tflite-int8")
+    p.add_argument("--n-images", type=int, default=64 + HOLDOUT)
+    p.add_argument("--iters", type=int, default=200, help="dgh and bns iterations (the CPU default)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--sets", default=str(REPO / "out" / "picks" / "sets"))
+    p.add_argument("--json", default=str(REPO / "bench" / "results" / "picks_yolov5n_cpu.json"))
+    args = p.parse_args()
+    assets = Path(args.assets)
+    if not assets.is_dir():
+        print(f"detect_picks: shared assets not found at {assets}; pass --assets", file=sys.stderr)
+        return 2
+    case = cases(assets)[args.model]
+    sources, specs = args.sources.split(","), args.targets.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    folder = Path(args.sets)
+    folder.mkdir(parents=True, exist_ok=True)
+    state_path = Path(args.json)
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"jobs": {}}
+    state.update(machine=machine(), model=case.model, imgsz=case.imgsz)
+
+    for src in sources:
+        for seed in seeds:
+            if not set_path(folder, src, seed).is_file():
+                make_set(case, src, seed, args.n_images, args.iters, set_path(folder, src, seed))
+    todo = [(spec, src, seed, k) for spec in specs for src in sources for seed in seeds for k in range(args.picks)
+            if f"{spec}|{src}|{seed}|{k}" not in state["jobs"]]
+    print(f"{len(todo)} jobs to do ({len(state['jobs'])} already in {state_path})", flush=True)
+    work = folder.parent / "jobs"
+    for i, (spec, src, seed, k) in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        value, state["float"] = run_job(case, pick_path(folder, src, seed, k), spec, work, args.threads)
+        state["jobs"][f"{spec}|{src}|{seed}|{k}"] = value
+        write_json(state_path, state)
+        print(f"[{i}/{len(todo)}] {spec} {src} seed {seed} pick {k}: {value:.2f} ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
+    print(summary(state, specs, sources, seeds, args.picks))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
