@@ -169,10 +169,10 @@ def act_range_for(model: LoadedModel, opts: TargetOptions) -> ActRange:
     Entropy clips each activation where the histogram's bulk ends. For a detector the tail it
     clips is the few strong responses that make a confident box: on YOLOv5n at 320 (64 coco128
     train images, 128 val images) entropy gave mAP50-95 25.95 against 27.37 float; max gave
-    27.91. Max, in turn, lets one outlying image set the range, and then the images hardly
-    matter: nine noise sets average 27.05, nine DGH sets 27.78. Percentile 99.999 keeps the
-    strong responses and drops the outliers: DGH 28.21, real 27.66, noise 26.46 (README,
-    "YOLOv5n"). A detector given ``--act-range percentile`` alone gets 99.999 too.
+    27.91. Max, in turn, lets a few outlying values set the range, and then the images matter
+    little: over nine picks each, noise 27.05, DGH 27.78, real 28.18. Percentile 99.999 keeps
+    the strong responses and drops the outliers: DGH 28.21, bns 27.83, real 27.74, noise 26.46
+    (``bench/detect_picks.py``). A detector given ``--act-range percentile`` alone gets 99.999 too.
     """
     if opts.act_range:
         method = canonical_act_range(opts.act_range)
