@@ -72,20 +72,22 @@ class TensorRTInt8Target(Target):
         )
 
     def check_options(self, model: LoadedModel) -> None:
+        self._checked_act_range(model)
+
+    def _checked_act_range(self, model: LoadedModel) -> ActRange:
         opts = self.options
         if opts.weight_bits != 8 or opts.act_bits != 8:
             raise DGHError(
                 f"TensorRT INT8 runs 8-bit weights and activations, not W{opts.weight_bits}A{opts.act_bits}",
                 "drop --bits for this target",
             )
-        act_range_for(model, opts)
+        return act_range_for(model, opts)
 
     def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
         import onnx
 
-        self.check_options(model)
+        act_range = self._checked_act_range(model)
         opts = self.options
-        act_range = act_range_for(model, opts)
         workdir = Path(workdir)
         timings: dict[str, float] = {}
 
