@@ -28,12 +28,9 @@ import numpy as np
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed dgh_deploy wins
 from bench.compare import REPO, Case, cases, machine
+from bench.seeds import set_path
 
 HOLDOUT = 8  # the job's default hold-out for 64 calibration images
-
-
-def set_path(folder: Path, source: str, seed: int) -> Path:
-    return folder / f"{source}_seed{seed}.npz"
 
 
 def make_set(case: Case, source: str, seed: int, n: int, iters: int, path: Path) -> None:

@@ -77,11 +77,16 @@ class TargetOptions:
         """The user's ``--percentile``, else the target's default for this model."""
         return default if self.percentile is None else self.percentile
 
-    def check_percentile_applies(self, method: str) -> None:
-        """A ``--percentile`` that the chosen range method would ignore is a mistake: say so."""
-        if self.percentile is not None and method != "percentile":
+    def check_percentile(self, method: str) -> None:
+        """Refuse a ``--percentile`` the range method would ignore, or one no range can be read at."""
+        if self.percentile is None:
+            return
+        if method != "percentile":
             raise DGHError(f"--percentile {self.percentile:g} has no effect: activation ranges are by {method} here",
                            "add --act-range percentile, or drop --percentile")
+        if not 50.0 < self.percentile <= 100.0:
+            raise DGHError(f"--percentile {self.percentile:g} is outside (50, 100]",
+                           "pass the share of values the range keeps, e.g. --percentile 99.99")
 
 
 @dataclass

@@ -77,7 +77,7 @@ class SimTarget(Target):
         if method not in METHODS:
             raise DGHError(f"activation range method '{method}' not supported by the sim target",
                            f"use --act-range {' or '.join(METHODS)}")
-        o.check_percentile_applies(method)
+        o.check_percentile(method)
         rounding = self._weight_rounding()
         if rounding not in ROUNDINGS:
             raise DGHError(f"weight rounding '{rounding}' not supported by the sim target",

@@ -180,7 +180,7 @@ def act_range_for(model: LoadedModel, opts: TargetOptions) -> ActRange:
         method = canonical_act_range(opts.act_range)
     else:
         method = "percentile" if model.task == "detect" else canonical_act_range("")
-    opts.check_percentile_applies(method)
+    opts.check_percentile(method)
     if method != "percentile":
         return ActRange(method)
     return ActRange(method, opts.percentile_or(DETECTOR_PERCENTILE if model.task == "detect" else DEFAULT_PERCENTILE))

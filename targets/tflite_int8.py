@@ -196,7 +196,7 @@ class TFLiteInt8Target(Target):
                 f"tflite-int8 calibrates activation ranges by min/max only, not '{o.act_range}'",
                 "drop --act-range for this target",
             )
-        o.check_percentile_applies("min/max")
+        o.check_percentile("min/max")
 
 
 def _verbose(extra: dict[str, Any]) -> bool:
