@@ -67,19 +67,25 @@ def test_staging_dir_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert json.loads((out / "report.json").read_text()) == {"a": 2}
 
 
-def test_cache_key_follows_the_generation_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_key_follows_the_generation_recipe() -> None:
     """A changed default recipe (here the input prior) must miss the cache, not reuse old images."""
     from dataclasses import replace
 
     from test_generation_models import as_loaded, tiny_bn_net
 
+    from dgh_deploy import __version__
     from dgh_deploy.calibration import cache
     from dgh_deploy.generation.config import default_recipe
 
     model = as_loaded(tiny_bn_net())
-    before = {s: cache.cache_key(model, s, 8, 10, 0, "cpu") for s in ("dgh", "bns", "noise")}
-    monkeypatch.setattr(cache, "default_recipe", lambda s: replace(default_recipe(s), input_prior="natural"))
-    after = {s: cache.cache_key(model, s, 8, 10, 0, "cpu") for s in ("dgh", "bns", "noise")}
+
+    def key(source: str, seed: int = 0, prior: str | None = None) -> str:
+        recipe = default_recipe(source) if prior is None else replace(default_recipe(source), input_prior=prior)
+        return cache.cache_key(model, source, 8, 10, seed, "cpu", version=__version__,
+                               recipe=recipe.hashed_settings())
+
+    before = {s: key(s) for s in ("dgh", "bns", "noise")}
+    after = {s: key(s, prior="natural") for s in ("dgh", "bns", "noise")}
     assert after["dgh"] != before["dgh"] and after["bns"] != before["bns"]
     assert after["noise"] == before["noise"]  # not generated: no recipe
-    assert cache.cache_key(model, "dgh", 8, 10, 1, "cpu") != before["dgh"]
+    assert key("dgh", seed=1) != before["dgh"]

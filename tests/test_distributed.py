@@ -22,8 +22,9 @@ from test_generation_models import as_loaded, tiny_bn_net
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.cli import main
 from dgh_deploy.errors import DGHError
-from dgh_deploy.generation import DGHConfig, distributed
-from dgh_deploy.generation.distributed import DistConfig, shard_of
+from dgh_deploy.generation import DGHConfig, collective, distributed
+from dgh_deploy.generation.collective import shard_of
+from dgh_deploy.generation.distributed import DistConfig
 from dgh_deploy.generation.engine import Generator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +100,7 @@ class _ThreadRanks:
         class Rank:
             rank, world_size, is_lead = r, ranks.world, r == 0
 
-            def shard(self, n: int) -> distributed.Shard:
+            def shard(self, n: int) -> collective.Shard:
                 return shard_of(n, r, ranks.world)
 
             def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
@@ -120,7 +121,7 @@ def test_each_shard_gets_the_whole_set_gradient(chunk: int, retain: bool) -> Non
     cfg = DGHConfig(output_loss_multiplier=1e-2)
     whole = Generator(model, 16, 5, seed=3, config=cfg, dtype=torch.float64, chunk=16)
     x = whole.initial_images().double().requires_grad_(True)
-    want = whole._compute_grads(x, iteration=2)
+    want = whole.compute_grads(x, iteration=2)
 
     ranks = _ThreadRanks(2)
     gens = [Generator(model, 16, 5, seed=3, config=cfg, dtype=torch.float64, chunk=chunk, retain=retain,
@@ -130,7 +131,7 @@ def test_each_shard_gets_the_whole_set_gradient(chunk: int, retain: bool) -> Non
     def work(r: int) -> None:
         xr = gens[r].initial_images().double().requires_grad_(True)
         try:
-            results[r] = (xr, gens[r]._compute_grads(xr, iteration=2))
+            results[r] = (xr, gens[r].compute_grads(xr, iteration=2))
         except BaseException as exc:  # surfaced below, not lost in the thread
             results[r] = exc
 

@@ -58,13 +58,13 @@ def test_chunked_gradient_equals_one_batch(chunk: int, retain: bool) -> None:
     grads, losses = [], []
     for gen in (whole, chunked):
         x = gen.initial_images().double().requires_grad_(True)
-        bn, out = gen._compute_grads(x, iteration=2)
+        bn, out = gen.compute_grads(x, iteration=2)
         grads.append(x.grad.clone())
         losses.append(bn + cfg.output_loss_multiplier * out)
 
     # Independent reference: the same augmented views through the untouched model.
     x = whole.initial_images().double().requires_grad_(True)
-    view = whole._view(x, 0, 16, whole._draws(2)).contiguous()
+    view = whole.train_view(x, 0, 16, whole.augment_draws(2)).contiguous()
     ref = _reference_loss(model.module, view, cfg.output_loss_multiplier)
     ref.backward()
     for g, loss in zip(grads, losses, strict=True):
@@ -89,8 +89,8 @@ def test_input_prior(normalised: bool, prior: str, natural: bool) -> None:
     assert np.allclose(x0.std((0, 2, 3)), target[1], rtol=0.03)
 
     x = x0.double().requires_grad_(True)
-    bn, _ = gen._compute_grads(x, iteration=0)
-    view = gen._view(x.detach(), 0, 64, gen._draws(0)).contiguous()
+    bn, _ = gen.compute_grads(x, iteration=0)
+    view = gen.train_view(x.detach(), 0, 64, gen.augment_draws(0)).contiguous()
     ref = _reference_loss(model.module, view, 0.0, input_target=target)
     assert bn == pytest.approx(ref.item(), rel=1e-9)
 
@@ -109,7 +109,7 @@ def test_joint_stats_differ_from_per_batch() -> None:
     grads = []
     for gen in (joint, per_batch):
         x = gen.initial_images().double().requires_grad_(True)
-        gen._compute_grads(x, 0)
+        gen.compute_grads(x, 0)
         grads.append(x.grad)
     assert not torch.allclose(grads[0], grads[1])
 
@@ -119,10 +119,10 @@ def test_augmentation_draws_depend_on_index_only() -> None:
     gen = Generator(model, 12, 3, seed=1)
     x = gen.initial_images()
     split = [draws.augment_draws(1, 7, np.arange(a, b), gen.pipeline.extra) for a, b in ((0, 5), (5, 12))]
-    for i, whole in enumerate(gen._draws(7)):
+    for i, whole in enumerate(gen.augment_draws(7)):
         assert torch.equal(torch.cat([part[i] for part in split]), whole)
-    view = gen._view(x, 0, 12, gen._draws(7))
-    assert not torch.equal(view, gen._view(x, 0, 12, gen._draws(8)))  # new draws each iteration
+    view = gen.train_view(x, 0, 12, gen.augment_draws(7))
+    assert not torch.equal(view, gen.train_view(x, 0, 12, gen.augment_draws(8)))  # new draws each iteration
     again = Generator(model, 20, 3, seed=1).initial_images()[:12]
     assert torch.equal(again, x)  # image i's noise depends on (seed, i), not on the set size
 
@@ -145,8 +145,8 @@ class _Interrupt:
     """Raises KeyboardInterrupt on the n-th gradient computation, as Ctrl-C would."""
 
     def __init__(self, gen: Generator, at: int) -> None:
-        self.inner, self.at, self.calls = gen._compute_grads, at, 0
-        gen._compute_grads = self  # type: ignore[method-assign]
+        self.inner, self.at, self.calls = gen.compute_grads, at, 0
+        gen.compute_grads = self  # type: ignore[method-assign]
 
     def __call__(self, images: torch.Tensor, iteration: int) -> tuple[float, float]:
         self.calls += 1
@@ -354,3 +354,28 @@ def test_freed_memory_is_kept_for_the_run_and_returned_after() -> None:
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["kept"] > 200, res
     assert res["after"] < 50, res
+
+
+def test_cache_key_is_the_generation_recipe_and_version() -> None:
+    """The cache takes the recipe and version from its caller (calibration sits below generation):
+    with the job's defaults the key is the one written before, so existing cache entries stay valid."""
+    import hashlib
+
+    from dgh_deploy import __version__
+    from dgh_deploy.calibration import cache
+    from dgh_deploy.generation.config import default_recipe
+
+    model = as_loaded(tiny_bn_net())
+    for source in ("dgh", "bns", "noise"):
+        settings = {"model": model.fingerprint(), "source": source, "n": 288, "iters": 500, "seed": 0,
+                    "device": "cpu", "version": __version__}
+        if source in cache.CACHED_SOURCES:
+            settings["recipe"] = default_recipe(source).hashed_settings()
+        before = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+        key = cache.cache_key(model, source, 288, 500, 0, "cpu", version=__version__,
+                              recipe=default_recipe(source).hashed_settings())
+        assert key == before
+    with pytest.raises(ValueError, match="needs its recipe"):
+        cache.cache_key(model, "dgh", 8, 10, 0, "cpu", version=__version__)
+    assert cache.cache_key(model, "noise", 8, 10, 0, "cpu", version=__version__) == cache.cache_key(
+        model, "noise", 8, 10, 0, "cpu", version=__version__, recipe={"lr": 1.0})  # not generated: no recipe

@@ -18,7 +18,7 @@ from pathlib import Path
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
 from dgh_deploy.generation.config import DGHConfig, bns_config, default_recipe
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 
 SOURCES = ("dgh", "bns", "noise", "real:PATH")
 

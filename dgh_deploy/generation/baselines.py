@@ -10,7 +10,7 @@ import torch
 
 from dgh_deploy.errors import DGHError
 from dgh_deploy.generation import draws
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.tasks.classify import IMAGE_SUFFIXES, evenly_spaced
 
 

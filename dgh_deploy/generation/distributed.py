@@ -16,6 +16,10 @@ any number of processes, including one.
 Backends: gloo on CPU; NCCL on CUDA (``cuda:LOCAL_RANK``), with a gloo side group for the
 CPU gathers of checkpoints and results. Collectives have a timeout, and a failed collective
 (a rank died, was killed or hangs) becomes a one-line :class:`DGHError` naming ``--resume``.
+
+Layers: this module is the torchrun driver, above the engine: it joins the job, builds the
+:class:`~dgh_deploy.generation.collective.Collective` (the shards and the collectives, below the
+engine) and runs a :class:`~dgh_deploy.generation.engine.Generator` on this rank's shard.
 """
 
 from __future__ import annotations
@@ -23,29 +27,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import signal
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from dgh_deploy.calibration import CalibrationSet
-from dgh_deploy.errors import DGHError, exc_reason
+from dgh_deploy.errors import DGHError
+from dgh_deploy.generation.collective import Collective, backend_reason
 from dgh_deploy.generation.config import DGHConfig
+from dgh_deploy.generation.engine import Generator
 from dgh_deploy.generation.preflight import check_device
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 
 log = logging.getLogger("dgh_deploy")
 
 TIMEOUT_ENV = "DGH_DIST_TIMEOUT_S"
-RESUME_HINT = "rerun the same torchrun command with --resume to continue from the last checkpoint"
 
 
 @dataclass(frozen=True)
@@ -84,180 +86,6 @@ def requested() -> bool:
     return world_size_from_env() > 1
 
 
-@dataclass(frozen=True)
-class Shard:
-    """The global image indices ``start .. stop-1`` that one rank optimises."""
-
-    rank: int
-    world_size: int
-    start: int
-    stop: int
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start
-
-
-def shard_of(n_images: int, rank: int, world_size: int) -> Shard:
-    """Contiguous blocks whose sizes differ by at most one, in rank order."""
-    return Shard(rank, world_size, n_images * rank // world_size, n_images * (rank + 1) // world_size)
-
-
-@dataclass(frozen=True)
-class _Rows:
-    """Stands for a per-image tensor while a checkpoint's small parts are broadcast."""
-
-    dtype: torch.dtype
-
-
-def _map_rows(obj: Any, is_rows: Callable[[torch.Tensor], bool], fn: Callable[[Any], Any]) -> Any:
-    """``obj`` with every per-image tensor (or :class:`_Rows`) replaced by ``fn(it)``, in a
-    traversal order that is the same on every rank (the collectives inside ``fn`` pair up)."""
-    if isinstance(obj, dict):
-        return {k: _map_rows(v, is_rows, fn) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_map_rows(v, is_rows, fn) for v in obj)
-    if isinstance(obj, _Rows) or (isinstance(obj, torch.Tensor) and is_rows(obj)):
-        return fn(obj)
-    return obj
-
-
-class Collective:
-    """This process's place in a torch.distributed job, and the few collectives generation uses."""
-
-    def __init__(self, rank: int, world_size: int, device: torch.device, side_group: Any = None) -> None:
-        self.rank, self.world_size, self.device = rank, world_size, device
-        self._cpu_group = side_group  # None: the default (gloo) group handles CPU tensors too
-        self.failed = False  # a collective failed: this rank is already on its way out
-
-    @property
-    def is_lead(self) -> bool:
-        return self.rank == 0
-
-    def shard(self, n_images: int) -> Shard:
-        return shard_of(n_images, self.rank, self.world_size)
-
-    @contextlib.contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except RuntimeError as exc:  # DistBackendError, gloo's IoException, timeouts
-            self.failed = True
-            raise DGHError(
-                f"generation rank {self.rank} of {self.world_size} lost the other processes during {what} "
-                f"(a rank died, was killed or stopped answering: {_reason(exc)})", RESUME_HINT,
-            ) from exc
-
-    def on_stop_signal(self, signum: int, _frame: Any) -> None:
-        """torchrun stops the surviving ranks with SIGTERM when one fails: say so in one line
-        instead of dying silently (unless this rank has already reported the failure)."""
-        if self.failed:
-            return
-        self.failed = True
-        raise DGHError(f"generation rank {self.rank} of {self.world_size} was stopped by the launcher "
-                       f"({signal.Signals(signum).name}: another rank failed or the job was cancelled)", RESUME_HINT)
-
-    # ---- every step ---------------------------------------------------------------------------
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        with self._guard("the statistics all-reduce"):
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
-
-    # ---- now and then -------------------------------------------------------------------------
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        out: list[Any] = [None] * self.world_size
-        with self._guard("a gather of run settings"):
-            dist.all_gather_object(out, obj, group=self._cpu_group)
-        return out
-
-    def gather_rows(self, local: torch.Tensor, n_images: int) -> torch.Tensor | None:
-        """The whole set's rows on rank 0 (in global index order), None on the other ranks."""
-        largest = -(-n_images // self.world_size)
-        padded = torch.zeros((largest, *local.shape[1:]), dtype=local.dtype)
-        padded[: len(local)] = local.detach().cpu()
-        bufs = [torch.empty_like(padded) for _ in range(self.world_size)] if self.is_lead else None
-        with self._guard("a gather to rank 0"):
-            dist.gather(padded, bufs, dst=0, group=self._cpu_group)
-        if bufs is None:
-            return None
-        return torch.cat([buf[: shard_of(n_images, r, self.world_size).size] for r, buf in enumerate(bufs)])
-
-    def scatter_rows(self, full: torch.Tensor | None, n_images: int, row_shape: tuple[int, ...],
-                     dtype: torch.dtype) -> torch.Tensor:
-        """This rank's rows of ``full`` (given on rank 0 only)."""
-        largest = -(-n_images // self.world_size)
-        parts = None
-        if full is not None:
-            parts = []
-            for r in range(self.world_size):
-                s = shard_of(n_images, r, self.world_size)
-                part = torch.zeros((largest, *row_shape), dtype=dtype)
-                part[: s.size] = full[s.start : s.stop]
-                parts.append(part)
-        out = torch.empty((largest, *row_shape), dtype=dtype)
-        with self._guard("a scatter from rank 0"):
-            dist.scatter(out, parts, src=0, group=self._cpu_group)
-        return out[: self.shard(n_images).size]
-
-    def gather_state(self, state: dict[str, Any], n_images: int, row_shape: tuple[int, ...]) -> dict[str, Any] | None:
-        """A checkpoint of the whole set on rank 0: this rank's ``state`` with every per-image
-        tensor (images, optimizer moments) gathered; None on the other ranks."""
-        local = (self.shard(n_images).size, *row_shape)
-        out = _map_rows(state, lambda t: tuple(t.shape) == local, lambda t: self.gather_rows(t, n_images))
-        return out if self.is_lead else None
-
-    def scatter_state(self, load: Callable[[], dict[str, Any] | None], n_images: int,
-                      row_shape: tuple[int, ...]) -> dict[str, Any] | None:
-        """Rank 0 runs ``load`` (a whole-set checkpoint, or None); every rank gets the small
-        parts and its own rows of the per-image tensors. Only rank 0 reads the file, so the
-        other ranks need not share its filesystem."""
-        full_shape = (n_images, *row_shape)
-        state, failure = None, None
-        if self.is_lead:
-            try:
-                state = load()
-            except DGHError as err:
-                failure = (err.problem, err.fix)
-        is_rows = lambda t: tuple(t.shape) == full_shape  # noqa: E731
-        skeleton = _map_rows(state, is_rows, lambda t: _Rows(t.dtype)) if state is not None else None
-        box = [(skeleton, failure)]
-        with self._guard("the checkpoint broadcast"):
-            dist.broadcast_object_list(box, src=0, group=self._cpu_group)
-        skeleton, failure = box[0]
-        if failure is not None:
-            raise DGHError(*failure)
-        if skeleton is None:
-            return None
-        full_rows = iter([]) if state is None else iter(_collect_rows(state, is_rows))
-        return _map_rows(skeleton, is_rows, lambda marker: self.scatter_rows(
-            next(full_rows) if self.is_lead else None, n_images, row_shape, marker.dtype))
-
-    def close(self, finished: bool = False) -> None:
-        """Leave the job. ``finished``: every rank got here without error, so wait for the others
-        first: a rank that tore its connections down while a peer was still finishing its last
-        collective could abort in gloo's teardown (seen now and then in this project's torchrun test)."""
-        if not dist.is_initialized():
-            return
-        if finished:
-            # The images are already gathered: a peer lost at this point costs nothing, so it is
-            # no error (the barrier only orders the teardown).
-            with contextlib.suppress(RuntimeError):
-                dist.barrier(group=self._cpu_group)
-        dist.destroy_process_group()
-
-
-def _reason(exc: BaseException) -> str:
-    """The gist of a backend error: gloo's first line without its source location, one sentence."""
-    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", exc_reason(exc, 10_000))
-    return text.split(". ")[0][:160].rstrip(".")
-
-
-def _collect_rows(state: Any, is_rows: Callable[[torch.Tensor], bool]) -> list[torch.Tensor]:
-    found: list[torch.Tensor] = []
-    _map_rows(state, is_rows, lambda t: found.append(t))
-    return found
-
-
 def init_from_env(device: str, config: DistConfig | None = None) -> Collective:
     """Join the torchrun job this process belongs to (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)."""
     config = config or DistConfig.from_env()
@@ -281,7 +109,7 @@ def init_from_env(device: str, config: DistConfig | None = None) -> Collective:
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
         side = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
     except (RuntimeError, ValueError) as exc:
-        raise DGHError(f"rank {rank} of {world} could not join the torchrun job ({backend}: {_reason(exc)})",
+        raise DGHError(f"rank {rank} of {world} could not join the torchrun job ({backend}: {backend_reason(exc)})",
                        "check MASTER_ADDR/MASTER_PORT (or --rdzv-endpoint) and that every node can reach it") from exc
     return Collective(rank, world, dev, side)
 
@@ -290,8 +118,6 @@ def generate(model: LoadedModel, source: str, n_images: int, iters: int, seed: i
              resume: bool = False, checkpoint: Path | None = None, config: DGHConfig | None = None,
              progress: bool = True) -> CalibrationSet | None:
     """:func:`make_calibration_set` for a torchrun job: the whole set on rank 0, None elsewhere."""
-    from dgh_deploy.generation.engine import Generator
-
     if source != "dgh":
         raise DGHError(f"torchrun runs DGH generation only, not --calib {source}",
                        "run --calib bns/noise/real:PATH without torchrun (they are per batch or instant)")

@@ -10,8 +10,9 @@ one batch, in one of two ways, both over chunks (the batch the device runs faste
   other chunks' sums detached, this chunk's with gradients). Memory is then one chunk's, not
   the image count's, at the cost of a second forward.
 
-In a torchrun job (``dist``, see :mod:`distributed`) this process holds one shard of the set,
-chunked the same way, and the global sums are the all-reduce of every rank's own.
+In a torchrun job (``dist``, a :class:`~dgh_deploy.generation.collective.Collective`; the job
+itself is :mod:`distributed`'s) this process holds one shard of the set, chunked the same way,
+and the global sums are the all-reduce of every rank's own.
 
 On one GPU either path's step is captured once as a CUDA graph and replayed (:mod:`cuda_graph`):
 nothing in a step reads a value back to the host until its losses are done.
@@ -23,9 +24,9 @@ import contextlib
 import copy
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from dgh_deploy.errors import DGHError
 from dgh_deploy.generation import draws
 from dgh_deploy.generation.augment import ImagePipeline
 from dgh_deploy.generation.checkpoint import load_checkpoint, save_checkpoint, settings_hash
+from dgh_deploy.generation.collective import Collective, shard_of
 from dgh_deploy.generation.config import DGHConfig, scaled_extra_pixels
 from dgh_deploy.generation.cuda_graph import GraphedStep
 from dgh_deploy.generation.draws import Draws
@@ -51,11 +53,8 @@ from dgh_deploy.generation.memory import (
 from dgh_deploy.generation.preflight import check_device, estimate_seconds, format_duration, probe_forward
 from dgh_deploy.generation.schedule import PlateauSchedule
 from dgh_deploy.generation.stats import BNInputRecorder, StatSums
-from dgh_deploy.loading import LoadedModel, require_batchnorm
+from dgh_deploy.loaded_model import LoadedModel, require_batchnorm
 from dgh_deploy.tasks import get_task
-
-if TYPE_CHECKING:
-    from dgh_deploy.generation.distributed import Collective
 
 log = logging.getLogger("dgh_deploy")
 
@@ -65,6 +64,23 @@ class GeneratedImages:
     images: np.ndarray  # this process's images: the whole set, or in a torchrun job its shard
     settings: dict[str, Any]
     stats: dict[str, Any]
+
+
+@dataclass
+class _Run:
+    """One run's changing state: what a checkpoint holds, and when this session's steps began."""
+
+    images: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    sched: PlateauSchedule
+    checkpoint: Path | None
+    key: str  # the settings hash a checkpoint must match
+    start: int = 0  # the first iteration of this session (after a resume, the checkpoint's)
+    curve: list[dict[str, float]] = field(default_factory=list)
+    elapsed: float = 0.0  # seconds of earlier sessions (a resumed run's)
+    t0: float = 0.0  # time.perf_counter() when this session's steps began
+    rank_layouts: list[Any] = field(default_factory=list)  # (chunk, retained) per process
+    updating: bool = False  # inside a step's update: the state is half-updated, not to be saved
 
 
 class Generator:
@@ -84,29 +100,16 @@ class Generator:
         self.model, self.n, self.iters, self.seed, self.source = model, n_images, iters, seed, source
         self.config = config or DGHConfig()
         self.dist = dist
-        self.offset, self.n_local = 0, n_images
-        if dist is not None:
-            if not self.config.joint_stats:
-                raise DGHError("per-batch statistics (--calib bns) are not distributed",
-                               "run it without torchrun")
-            shard = dist.shard(n_images)
-            if shard.size < 1:
-                raise DGHError(f"{n_images} images cannot be shared among {dist.world_size} processes",
-                               "pass --n-images at least the number of processes")
-            self.offset, self.n_local = shard.start, shard.size
+        self.offset, self.n_local = self._shard_bounds()
         self.device = check_device(device)
         self.dtype = dtype
         cfg = self.config
         self.task = get_task(model.task)
-        module = copy.deepcopy(self.task.prepare_for_generation(model)).eval().to(self.device, dtype)
-        for p in module.parameters():
-            p.requires_grad_(False)  # only the images are optimised: no weight gradients
-        self.channels_last = cfg.channels_last and self.device.type in ("cpu", "cuda") and dtype == torch.float32
-        if self.channels_last:
-            module = module.to(memory_format=torch.channels_last)
-        self.module = module
-        self.recorder = BNInputRecorder(module)
-        self.layer_names = probe_forward(model, module, self.recorder, self.task, self.device, dtype)
+        self.channels_last = (cfg.channels_last and self.device.type in ("cpu", "cuda")
+                              and dtype == torch.float32)  # faster convolutions (oneDNN, tensor cores)
+        self.module = self._prepare_module()
+        self.recorder = BNInputRecorder(self.module)
+        self.layer_names = probe_forward(model, self.module, self.recorder, self.task, self.device, dtype)
         self.input_stats = input_statistics(model.preprocessing, cfg.input_prior)
         self.bn_loss = BNAlignmentLoss(self.recorder.reference(self.layer_names, self.device, self.input_stats),
                                        cfg.std_eps)
@@ -116,22 +119,52 @@ class Generator:
             smoothing_sigma=cfg.smoothing_sigma, enabled=cfg.pipeline, clip=cfg.clip,
             channels_last=self.channels_last, device=self.device,
         )
+        self.chunk, self.retain = self._layout(chunk, retain)
+        self.settings = self._settings(extra)
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def _shard_bounds(self) -> tuple[int, int]:
+        """This process's first image and image count: the whole set, or in a torchrun job its
+        shard (refused when a shard would be empty, or for per-batch statistics)."""
+        if self.dist is None:
+            return 0, self.n
+        if not self.config.joint_stats:
+            raise DGHError("per-batch statistics (--calib bns) are not distributed",
+                           "run it without torchrun")
+        shard = self.dist.shard(self.n)
+        if shard.size < 1:
+            raise DGHError(f"{self.n} images cannot be shared among {self.dist.world_size} processes",
+                           "pass --n-images at least the number of processes")
+        return shard.start, shard.size
+
+    def _prepare_module(self) -> torch.nn.Module:
+        """A copy of the task's generation model on the device, frozen (the caller's model is
+        left as it was), in ``channels_last`` memory format when that is chosen."""
+        module = copy.deepcopy(self.task.prepare_for_generation(self.model)).eval().to(self.device, self.dtype)
+        for p in module.parameters():
+            p.requires_grad_(False)  # only the images are optimised: no weight gradients
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
+    def _layout(self, chunk: int | None, retain: bool | None) -> tuple[int, bool]:
+        """The chunk size and path (retained graphs or two passes), as given or chosen from the
+        memory one image's activations take and the device's budget (see :mod:`memory`)."""
+        cfg = self.config
         per_image = None
         if cfg.joint_stats and (chunk is None or retain is None):
-            per_image = saved_bytes_per_image(module, torch.zeros(2, 3, *model.imgsz, device=self.device,
-                                                                  dtype=dtype), self._forward_loss_probe)
-        if chunk is not None:
-            self.chunk = chunk
-        elif per_image is not None:
-            self.chunk = chunk_size(per_image, budget_bytes(self.device, cfg.memory_mb), self.n_local)
-        else:
-            self.chunk = min(cfg.batch_size, n_images)
+            probe = torch.zeros(2, 3, *self.model.imgsz, device=self.device, dtype=self.dtype)
+            per_image = saved_bytes_per_image(self.module, probe, self._forward_loss_probe)
+        if chunk is None:
+            if per_image is not None:
+                chunk = chunk_size(per_image, budget_bytes(self.device, cfg.memory_mb), self.n_local)
+            else:
+                chunk = min(cfg.batch_size, self.n)
         if retain is None:
             retain = per_image is not None and fits(per_image, retain_budget_bytes(self.device, cfg.memory_mb),
                                                     self.n_local)
         # One chunk is the retained path whatever the budget: its graph is all there is.
-        self.retain = cfg.joint_stats and (retain or self.chunk >= self.n_local)
-        self.settings = self._settings(extra)
+        return chunk, cfg.joint_stats and (retain or chunk >= self.n_local)
 
     # ---- settings --------------------------------------------------------------------------
     def _settings(self, extra: int) -> dict[str, Any]:
@@ -184,12 +217,14 @@ class Generator:
         log.info("generating %d %s images of %dx%d, %d iterations on %s: about %s", self.n, self.source, h, w,
                  self.iters, where, format_duration(self.estimated_seconds()))
 
-    def _draws(self, iteration: int) -> Draws:
-        """This process's images' flips and crop offsets for one iteration."""
+    def augment_draws(self, iteration: int) -> Draws:
+        """This process's images' flips and crop offsets for one iteration (by global image index,
+        so the same whatever the shard: the tests compare views across shards with it)."""
         index = np.arange(self.offset, self.offset + self.n_local)  # global: the same whatever the shard
         return draws.augment_draws(self.seed, iteration, index, self.pipeline.extra)
 
-    def _view(self, images: torch.Tensor, lo: int, hi: int, drawn: Draws) -> torch.Tensor:
+    def train_view(self, images: torch.Tensor, lo: int, hi: int, drawn: Draws) -> torch.Tensor:
+        """What the model sees of ``images[lo:hi]`` in a step with ``drawn``: crop, flip, smoothing."""
         flip, dy, dx = drawn
         return self.pipeline.train_view(images[lo:hi], flip[lo:hi], dy[lo:hi], dx[lo:hi])
 
@@ -203,9 +238,13 @@ class Generator:
         flat = self.dist.all_reduce_sum(flat)
         return sums.unflatten(flat[:-1]), flat[-1]
 
-    def _compute_grads(self, images: torch.Tensor, iteration: int) -> tuple[float, float]:
-        """Fill ``images.grad``; return the (bn, output) loss values of this iteration."""
-        return _values(self._loss_terms(images, self._draws(iteration)))
+    def compute_grads(self, images: torch.Tensor, iteration: int) -> tuple[float, float]:
+        """One eager step's gradient: accumulate into ``images.grad`` (this process's images: the
+        whole set, or its shard) and return the (bn, output) loss values of ``iteration``.
+
+        The run calls it each iteration unless the step is a replayed CUDA graph; the tests call
+        it to compare the chunked, two-pass and distributed gradients with one batch's."""
+        return _values(self._loss_terms(images, self.augment_draws(iteration)))
 
     def _loss_terms(self, images: torch.Tensor, drawn: Draws) -> tuple[torch.Tensor, torch.Tensor]:
         """Fill ``images.grad``; return the (bn, output) losses as tensors: no host sync, so
@@ -215,7 +254,7 @@ class Generator:
         if not self.config.joint_stats:
             bn_total = out_total = torch.zeros((), dtype=torch.float64, device=images.device)
             for lo, hi in bounds:  # each batch matches the statistics on its own (BNS / ablation)
-                sums, stretch = self._forward(self._view(images, lo, hi, drawn))
+                sums, stretch = self._forward(self.train_view(images, lo, hi, drawn))
                 bn = self.bn_loss(sums)
                 (bn + mult * stretch / (hi - lo)).backward()
                 bn_total = bn_total + bn.detach() * (hi - lo) / n
@@ -224,7 +263,7 @@ class Generator:
         if self.retain:
             # Every chunk's graph is kept: one forward with gradients and one backward. In a
             # torchrun job the graphs are kept through the all-reduce of the other shards' sums.
-            passes = [self._forward(self._view(images, lo, hi, drawn)) for lo, hi in bounds]
+            passes = [self._forward(self.train_view(images, lo, hi, drawn)) for lo, hi in bounds]
             sums, stretch = _total([p for p, _ in passes]), sum(s for _, s in passes)
             part = sums.detach()
             total, out_sum = self._global(part, stretch)
@@ -232,11 +271,11 @@ class Generator:
             (bn + mult * stretch / n).backward()
             return bn.detach(), out_sum / n
         with torch.no_grad():
-            passes = [self._forward(self._view(images, lo, hi, drawn)) for lo, hi in bounds]
+            passes = [self._forward(self.train_view(images, lo, hi, drawn)) for lo, hi in bounds]
         parts = [p for p, _ in passes]
         total, out_sum = self._global(_total(parts), sum(s for _, s in passes))
         for (lo, hi), part in zip(bounds, parts, strict=True):
-            sums, stretch = self._forward(self._view(images, lo, hi, drawn))
+            sums, stretch = self._forward(self.train_view(images, lo, hi, drawn))
             # Value of the global sums, gradient of this chunk's: the whole-set gradient, exactly.
             global_sums = (total - part) + sums
             (self.bn_loss(global_sums) + mult * stretch / n).backward()
@@ -248,7 +287,7 @@ class Generator:
 
     def _graphed_step(self, images: torch.Tensor, iteration: int) -> GraphedStep | None:
         try:
-            return GraphedStep(self._loss_terms, images, self._draws(iteration))
+            return GraphedStep(self._loss_terms, images, self.augment_draws(iteration))
         except RuntimeError as e:  # an op that cannot be captured: the eager step is the same math
             log.warning("CUDA graph capture failed, running the steps eagerly: %s", str(e).splitlines()[0])
             torch.cuda.synchronize(self.device)
@@ -283,108 +322,142 @@ class Generator:
         return chunk, chunk >= self.n_local
 
     def run(self, checkpoint: Path | None = None, resume: bool = False, progress: bool = True) -> GeneratedImages:
+        """Optimise the images and return them with the run's settings and statistics.
+
+        ``checkpoint``: saved every ``checkpoint_every`` iterations and at the end, and on Ctrl-C
+        (one process); ``resume``: continue from it when it was written for these settings."""
+        run = self._start(checkpoint, resume)
+        bar = _progress_bar(self.iters, run.start, progress and self.is_lead, self.source)
+        run.t0 = time.perf_counter()
+        # On CPU freed tensors stay in the heap for the run (see keep_freed_memory), but not on the
+        # two-pass path, taken because memory is short: there the kept heap fragmented, and 4096
+        # demo images peaked at 1.84 to 2.15 GB of RSS from run to run (1.52 to 1.78 GB without it).
+        keep = self.device.type == "cpu" and self.retain
+        allocator = keep_freed_memory() if keep else contextlib.nullcontext()
+        graphed = self._graphed_step(run.images, run.start) if self._graphable() and run.start < self.iters else None
+        with allocator:
+            try:
+                self._iterate(run, graphed, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+        self._save(run, self.iters)
+        elapsed = run.elapsed + time.perf_counter() - run.t0
+        final = self.finalize(run.images)
+        return self._result(run, final, elapsed, graphed is not None)
+
+    def _optimizer(self, images: torch.Tensor) -> tuple[torch.optim.Optimizer, PlateauSchedule]:
+        """The configured optimiser of the images and its learning-rate schedule."""
         cfg = self.config
-        images = self.initial_images().to(self.device, self.dtype).requires_grad_(True)
         opt_cls = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}.get(cfg.optimizer)
         if opt_cls is None:
             raise DGHError(f"unknown optimizer '{cfg.optimizer}'", "use radam or adam")
         optimizer = opt_cls([images], lr=cfg.lr)
         sched = PlateauSchedule(optimizer, cfg.lr_factor, self._patience(), cfg.min_lr,
                                 reset=cfg.scheduler == "plateau_reset")
-        key = settings_hash(self.settings)
-        start, curve, elapsed = 0, [], 0.0
-        state = self._load(checkpoint, key) if (checkpoint is not None and resume) else None
+        return optimizer, sched
+
+    def _start(self, checkpoint: Path | None, resume: bool) -> _Run:
+        """Fresh images and optimiser, or an interrupted run's state (``resume`` and a checkpoint
+        for these settings); then every process's chunk layout, which the checkpoints record."""
+        images = self.initial_images().to(self.device, self.dtype).requires_grad_(True)
+        optimizer, sched = self._optimizer(images)
+        run = _Run(images, optimizer, sched, checkpoint, settings_hash(self.settings))
+        state = self._load(checkpoint, run.key) if (checkpoint is not None and resume) else None
         if state is not None:
-            with torch.no_grad():
-                images.copy_(state["images"])
-            optimizer.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start, curve, elapsed = int(state["iteration"]), list(state["curve"]), float(state["elapsed_s"])
-            self.chunk, self.retain = self._saved_layout(state) or (self.chunk, self.retain)
-            if self.is_lead:
-                log.info("resuming generation from %s at iteration %d/%d", checkpoint, start, self.iters)
+            self._restore(run, state)
         layout = (self.chunk, self.retain)
-        rank_layouts = self.dist.all_gather_object(layout) if self.dist is not None else [layout]
+        run.rank_layouts = self.dist.all_gather_object(layout) if self.dist is not None else [layout]
+        return run
 
-        def save(iteration: int) -> None:
-            if checkpoint is None:
-                return
-            state: dict[str, Any] | None = {
-                "settings_hash": key, "iteration": iteration, "images": images.detach(),
-                "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "curve": curve,
-                "elapsed_s": elapsed + time.perf_counter() - t0,
-                "rank_layouts": [list(x) for x in rank_layouts],  # (chunk, retained) per process
-            }
-            if self.dist is not None:
-                # The whole set, gathered to rank 0 (alone in writing): resumable with any process count.
-                state = self.dist.gather_state({**state, "world_size": self.dist.world_size},
-                                               self.n, (3, *self.pipeline.stored_hw))
-            if state is not None:
-                save_checkpoint(checkpoint, state)
+    def _restore(self, run: _Run, state: dict[str, Any]) -> None:
+        """Continue where ``state`` (a loaded checkpoint) stopped: images, optimiser and schedule,
+        the loss curve and time so far, and the chunk layout when the processes are the same."""
+        with torch.no_grad():
+            run.images.copy_(state["images"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.sched.load_state_dict(state["scheduler"])
+        run.start, run.curve, run.elapsed = int(state["iteration"]), list(state["curve"]), float(state["elapsed_s"])
+        self.chunk, self.retain = self._saved_layout(state) or (self.chunk, self.retain)
+        if self.is_lead:
+            log.info("resuming generation from %s at iteration %d/%d", run.checkpoint, run.start, self.iters)
 
-        bar = _progress_bar(self.iters, start, progress and self.is_lead, self.source)
-        t0 = time.perf_counter()
-        it = start
-        updating = False
-        # On CPU freed tensors stay in the heap for the run (see keep_freed_memory), but not on the
-        # two-pass path, taken because memory is short: there the kept heap fragmented, and 4096
-        # demo images peaked at 1.84 to 2.15 GB of RSS from run to run (1.52 to 1.78 GB without it).
-        keep = self.device.type == "cpu" and self.retain
-        allocator = keep_freed_memory() if keep else contextlib.nullcontext()
-        graphed = self._graphed_step(images, start) if self._graphable() and start < self.iters else None
-        with allocator:
-            try:
-                for it in range(start, self.iters):
-                    if graphed is None:
-                        images.grad = None
-                        bn, out = self._compute_grads(images, it)
-                    else:  # replays the captured step; it overwrites images.grad in place
-                        bn, out = _values(graphed(self._draws(it)))
-                    total = bn + cfg.output_loss_multiplier * out
-                    updating = True  # from here to the end of the step the state is half-updated
-                    optimizer.step()
-                    sched.step(total)
-                    curve.append({"total": _round(total), "bn": _round(bn), "output": _round(out)})
-                    updating = False
-                    if bar is not None:
-                        bar.set_postfix(bn=f"{bn:.4f}", out=f"{out:.2f}", lr=f"{sched.lr:.3g}", refresh=False)
-                        bar.update(1)
-                    if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < self.iters:
-                        save(it + 1)
-            except KeyboardInterrupt:
-                # In a torchrun job the ranks are interrupted at different points, so a gathering
-                # save could not pair up: the last periodic checkpoint is what resume continues from.
-                if checkpoint is not None and not updating and self.dist is None:
-                    save(it)  # iteration ``it`` had not been applied: resume redoes it
-                    log.warning("generation interrupted; progress saved to %s (resume to continue)", checkpoint)
-                raise
-            finally:
-                if bar is not None:
-                    bar.close()
-        save(self.iters)
-        elapsed += time.perf_counter() - t0
-        final = self.finalize(images)
-        done = self.iters - start
+    def _iterate(self, run: _Run, graphed: GraphedStep | None, bar: Any) -> None:
+        """Iterations ``run.start .. iters - 1``, with a checkpoint every ``checkpoint_every``.
+        Ctrl-C saves the state before the interrupted step (unless it came mid-update), so that
+        resume redoes that step and ends with the uninterrupted images."""
+        cfg = self.config
+        it = run.start
+        try:
+            for it in range(run.start, self.iters):
+                self._step(run, it, graphed, bar)
+                if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < self.iters:
+                    self._save(run, it + 1)
+        except KeyboardInterrupt:
+            # In a torchrun job the ranks are interrupted at different points, so a gathering
+            # save could not pair up: the last periodic checkpoint is what resume continues from.
+            if run.checkpoint is not None and not run.updating and self.dist is None:
+                self._save(run, it)  # iteration ``it`` had not been applied: resume redoes it
+                log.warning("generation interrupted; progress saved to %s (resume to continue)", run.checkpoint)
+            raise
+
+    def _step(self, run: _Run, it: int, graphed: GraphedStep | None, bar: Any) -> None:
+        """Iteration ``it``: the gradient (eager, or the captured graph replayed), the optimiser
+        and schedule update, the loss curve and the progress bar."""
+        if graphed is None:
+            run.images.grad = None
+            bn, out = self.compute_grads(run.images, it)
+        else:  # replays the captured step; it overwrites images.grad in place
+            bn, out = _values(graphed(self.augment_draws(it)))
+        total = bn + self.config.output_loss_multiplier * out
+        run.updating = True  # from here to the end of the step the state is half-updated
+        run.optimizer.step()
+        run.sched.step(total)
+        run.curve.append({"total": _round(total), "bn": _round(bn), "output": _round(out)})
+        run.updating = False
+        if bar is not None:
+            bar.set_postfix(bn=f"{bn:.4f}", out=f"{out:.2f}", lr=f"{run.sched.lr:.3g}", refresh=False)
+            bar.update(1)
+
+    def _save(self, run: _Run, iteration: int) -> None:
+        """Checkpoint the state after ``iteration`` steps (nothing without a checkpoint path). In a
+        torchrun job every rank calls it: the whole set is gathered to rank 0, alone in writing,
+        so the checkpoint resumes with any process count."""
+        if run.checkpoint is None:
+            return
+        state: dict[str, Any] | None = {
+            "settings_hash": run.key, "iteration": iteration, "images": run.images.detach(),
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.sched.state_dict(), "curve": run.curve,
+            "elapsed_s": run.elapsed + time.perf_counter() - run.t0,
+            "rank_layouts": [list(x) for x in run.rank_layouts],  # (chunk, retained) per process
+        }
+        if self.dist is not None:
+            state = self.dist.gather_state({**state, "world_size": self.dist.world_size},
+                                           self.n, (3, *self.pipeline.stored_hw))
+        if state is not None:
+            save_checkpoint(run.checkpoint, state)
+
+    def _result(self, run: _Run, final: np.ndarray, elapsed: float, graphed: bool) -> GeneratedImages:
+        """This process's images with the run's settings and statistics; in a torchrun job the
+        statistics are the whole job's (every rank takes part in the gathers)."""
         peak = peak_memory_mb(self.device)
         stats = {
             "time_s": round(elapsed, 3),
-            "final_losses": dict(curve[-1]) if curve else {},
-            "loss_curve": curve,  # one {"total", "bn", "output"} per iteration
-            "image_iters_per_s": round(self.n * done / max(time.perf_counter() - t0, 1e-9), 2),
+            "final_losses": dict(run.curve[-1]) if run.curve else {},
+            "loss_curve": run.curve,  # one {"total", "bn", "output"} per iteration
+            "image_iters_per_s": round(self.n * (self.iters - run.start) / max(time.perf_counter() - run.t0, 1e-9), 2),
             "chunk": self.chunk,
             "chunks": -(-self.n // self.chunk),
             "retained_graphs": self.retain,  # one forward per step (True) or two (see the module doc)
-            "cuda_graph": graphed is not None,
+            "cuda_graph": graphed,
             "peak_memory_mb": round(peak, 1),
             "device": str(self.device),
         }
         settings = {**self.settings, "device": str(self.device), "chunk": self.chunk}
         if self.dist is not None:
-            from dgh_deploy.generation.distributed import shard_of
-
             world = self.dist.world_size
             sizes = [shard_of(self.n, r, world).size for r in range(world)]
-            stats["chunks"] = sum(-(-size // c) for size, (c, _) in zip(sizes, rank_layouts, strict=True))
+            stats["chunks"] = sum(-(-size // c) for size, (c, _) in zip(sizes, run.rank_layouts, strict=True))
             stats["peak_memory_mb"] = round(max(self.dist.all_gather_object(peak)), 1)  # per process
             stats["processes"] = settings["processes"] = world
         return GeneratedImages(final, settings, stats)

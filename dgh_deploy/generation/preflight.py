@@ -11,7 +11,7 @@ from torch import nn
 
 from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.generation.stats import BNInputRecorder
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 
 
 def check_device(device: str) -> torch.device:
