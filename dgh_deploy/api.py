@@ -57,16 +57,20 @@ def deploy(target: str = "tflite-int8", **kwargs: Any) -> dict[str, Any]:
     """Run the whole job (``dgh-deploy --target ...``) and return the report.
 
     Keyword arguments are the fields of :class:`~dgh_deploy.pipeline.DeployConfig`; target
-    options (``per_tensor``, ``io_dtype``, ``allow_float_ops``, ...) may be given flat too.
+    options (``per_tensor``, ``io_dtype``, ``allow_float_ops``, ...) may be given flat too, and so
+    may the target's own settings (its constructor's keywords, e.g. ``silu_floor`` for tflite-int8).
     """
     from dataclasses import fields
 
     from dgh_deploy.pipeline import deploy as run
 
     option_names = {f.name for f in fields(TargetOptions)}
+    config_names = {f.name for f in fields(DeployConfig)}
     options = kwargs.pop("options", None) or TargetOptions(
         **{k: kwargs.pop(k) for k in list(kwargs) if k in option_names}
     )
     if "device" in kwargs:
         options.device = kwargs["device"]
-    return run(DeployConfig(target=target, options=options, **kwargs))
+    settings = dict(kwargs.pop("target_settings", None) or {})
+    settings.update({k: kwargs.pop(k) for k in list(kwargs) if k not in config_names})
+    return run(DeployConfig(target=target, options=options, target_settings=settings, **kwargs))

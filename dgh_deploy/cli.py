@@ -93,7 +93,41 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     g.add_argument("--pot", action="store_true", help="power-of-two scales (sim; as Sony IMX500 requires)")
     g.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 8)),
                    help="runtime threads for verification")
+    _target_flags(p)
     return p
+
+
+def _target_flags(p: argparse.ArgumentParser) -> None:
+    """Each target's own options, in a group named after it (each target folder declares them)."""
+    from dgh_deploy.targets import all_targets
+
+    for name, cls in all_targets().items():
+        if not cls.flags:
+            continue
+        g = p.add_argument_group(f"{name} options")
+        for f in cls.flags:
+            if f.type is None:
+                g.add_argument(f.flag, dest=f.dest, action="store_const", const=True, default=None, help=f.help)
+            else:
+                g.add_argument(f.flag, dest=f.dest, type=f.type, choices=f.choices or None, default=None,
+                               help=f.help)
+
+
+def target_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The chosen target's own flags as constructor keywords; a flag of another target is refused."""
+    from dgh_deploy.targets import all_targets
+
+    settings: dict[str, Any] = {}
+    for name, cls in all_targets().items():
+        for f in cls.flags:
+            value = getattr(args, f.dest, None)
+            if value is None:
+                continue
+            if name != args.target:
+                raise DGHError(f"{f.flag} is an option of --target {name}, not of {args.target}",
+                               f"drop {f.flag}, or use --target {name}")
+            settings[f.dest] = value
+    return settings
 
 
 def parse_bits(text: str) -> tuple[int, int]:
@@ -131,7 +165,8 @@ def run_deploy(args: argparse.Namespace) -> int:
     )
     out = args.out or os.path.join("out", f"{_slug(args.model or 'demo')}-{args.target}")
     report = deploy(
-        target=args.target, model=args.model, weights=args.weights, task=args.task, imgsz=args.imgsz,
+        target=args.target, target_settings=target_settings(args), model=args.model, weights=args.weights,
+        task=args.task, imgsz=args.imgsz,
         calib=args.calib, n_images=args.n_images, iters=args.iters, holdout=args.holdout,
         val_data=args.val_data, val_limit=args.val_limit, out=out, device=args.device, seed=args.seed,
         resume=args.resume, max_drop=args.max_drop, junit=args.junit, use_cache=not args.no_cache,

@@ -12,52 +12,18 @@ Accepted forms of ``--model``:
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import importlib.util
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from dgh_deploy.errors import DGHError, exc_reason
+from dgh_deploy.checkpoints import check_finite, extract_state_dict, load_state, read_checkpoint
+from dgh_deploy.errors import DGHError
+from dgh_deploy.loaded_model import LoadedModel, check_accepts_images
 from dgh_deploy.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 TASKS = ("classify", "detect")
-
-
-@dataclass
-class LoadedModel:
-    """A float32 model in eval mode on the CPU, with everything needed to feed it."""
-
-    module: nn.Module
-    name: str
-    task: str
-    imgsz: tuple[int, int]
-    preprocessing: Preprocessing
-    weights: str | None = None
-    class_names: tuple[str, ...] | None = None
-    export_form: Callable[[nn.Module], nn.Module] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def fingerprint(self) -> str:
-        """Hash of the weights and input geometry: the key for cached calibration sets."""
-        h = hashlib.sha256(f"{self.name}|{self.task}|{self.imgsz}|{self.preprocessing}".encode())
-        for k, v in sorted(self.module.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
-
-    def for_export(self) -> nn.Module:
-        """A copy of the model with the export rewrites applied (the original stays untouched)."""
-        module = copy.deepcopy(self.module).eval()
-        return self.export_form(module) if self.export_form else module
-
-    def dummy_input(self, batch: int = 1) -> torch.Tensor:
-        return torch.zeros(batch, 3, *self.imgsz)
 
 
 def load_model(
@@ -104,77 +70,6 @@ def load_model(
     check_finite(loaded.module, loaded.weights or spec)
     check_accepts_images(loaded)
     return loaded
-
-
-def check_finite(module: nn.Module, source: str) -> None:
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise DGHError(
-                f"weights in {source} hold NaN or Inf values (first in '{name}')",
-                "re-export the checkpoint from a healthy training run",
-            )
-
-
-def check_accepts_images(model: LoadedModel) -> None:
-    """One forward pass on a blank image: catches non-image models and wrong sizes early."""
-    h, w = model.imgsz
-    if h < 1 or w < 1:
-        raise DGHError(f"image size {h}x{w} is not valid", "pass a positive --imgsz")
-    try:
-        with torch.no_grad():
-            model.module(model.dummy_input())
-    except Exception as exc:
-        reason = exc_reason(exc, 160)
-        raise DGHError(
-            f"model '{model.name}' does not take a 1x3x{h}x{w} image ({reason})",
-            "check --imgsz, or that the model is an image model with 3 input channels",
-        ) from exc
-
-
-def read_checkpoint(path: str) -> Any:
-    p = Path(path)
-    if not p.exists():
-        raise DGHError(f"weights file '{path}' not found", "check the --weights path")
-    if not p.is_file():
-        raise DGHError(f"weights path '{path}' is not a file", "pass the checkpoint file, not a folder")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = exc_reason(exc, 120)
-        raise DGHError(
-            f"cannot read weights file '{path}' ({reason})",
-            "pass a checkpoint saved with torch.save (a state_dict, or a dict holding 'state_dict')",
-        ) from exc
-
-
-def extract_state_dict(ckpt: Any, path: str) -> dict[str, torch.Tensor]:
-    if isinstance(ckpt, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if key in ckpt and isinstance(ckpt[key], dict):
-                ckpt = ckpt[key]
-                break
-        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            return {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in ckpt.items()}
-    raise DGHError(f"'{path}' holds no state_dict", "save the model with torch.save(model.state_dict(), path)")
-
-
-def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str, arch: str) -> None:
-    own = module.state_dict()
-    # Checkpoints from before PyTorch 0.4.1 lack BN's num_batches_tracked; it does not affect eval.
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or mismatched:
-        detail = "; ".join(
-            f"{label} {len(keys)} (e.g. {keys[0]})"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
-            if keys
-        )
-        raise DGHError(
-            f"weights '{path}' do not fit architecture '{arch}': {detail}",
-            "pass the checkpoint trained for this architecture, or the matching --model",
-        )
-    module.load_state_dict(state, strict=False)
 
 
 def _load_builtin(arch: Any, weights: str | None) -> LoadedModel:
@@ -246,17 +141,3 @@ def _load_factory(spec: str, weights: str | None) -> LoadedModel:
         module=net.float().eval(), name=f"{path.stem}:{func}", task=task, imgsz=imgsz,  # type: ignore[arg-type]
         preprocessing=pre, weights=weights,
     )
-
-
-def count_bn_layers(module: nn.Module) -> int:
-    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
-
-
-def require_batchnorm(model: LoadedModel, why: str) -> None:
-    if count_bn_layers(model.module) == 0:
-        raise DGHError(
-            f"model '{model.name}' has no BatchNorm layer, which {why} needs",
-            "use --calib real:PATH or --calib noise, or a model with BatchNorm (fold nothing before export)",
-        )
-
-

@@ -11,7 +11,7 @@ import torch
 
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.errors import DGHError, exc_reason
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 
 INPUT_NAME = "images"
 DEFAULT_OPSET = 17

@@ -9,14 +9,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dgh_deploy import __version__
 from dgh_deploy.artifacts import staging_dir, write_json
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.calibration.cache import cached
 from dgh_deploy.errors import DGHError, QualityGateFailed
-from dgh_deploy.loading import LoadedModel, load_model
+from dgh_deploy.loaded_model import LoadedModel
+from dgh_deploy.loading import load_model
 from dgh_deploy.reporting import REPORT_SCHEMA_VERSION, write_human_report, write_junit
 from dgh_deploy.runtime.base import TorchRunner
-from dgh_deploy.targets import TargetOptions, get_target
+from dgh_deploy.targets import BuildResult, Target, TargetOptions, get_target
 from dgh_deploy.tasks import get_task
 
 log = logging.getLogger("dgh_deploy")
@@ -46,12 +48,13 @@ class DeployConfig:
     human_report: bool = True  # report.md with pictures beside report.json
     progress: bool = True  # progress bar while generating (the CLI's --quiet turns it off)
     options: TargetOptions = field(default_factory=TargetOptions)
-
+    target_settings: dict[str, Any] = field(default_factory=dict)  # the target's own (see Target.flags)
 
 
 def default_holdout(n_images: int) -> int:
     """Images generated beyond the ``n_images`` calibration ones, held out for the data-free check."""
     return max(8, n_images // 8)
+
 
 def deploy(config: DeployConfig) -> dict[str, Any]:
     """Run the job and return the report (also written to ``OUT/report.json``).
@@ -71,53 +74,14 @@ def deploy(config: DeployConfig) -> dict[str, Any]:
 
 def _deploy(config: DeployConfig) -> dict[str, Any]:
     times: dict[str, float] = {}
-    if config.max_drop is not None and not config.val_data:
-        raise DGHError("--max-drop needs real labelled data to measure a drop", "pass --val-data")
-    target = get_target(config.target)
-    target.options = config.options
-    missing = target.missing_requirements()
-    if missing:
-        raise DGHError(
-            f"target '{target.name}' needs the Python packages {', '.join(missing)}",
-            target.install_hint or "run ./install.sh",
-        )
-
     t0 = time.perf_counter()
-    model = load_model(config.model, config.weights, config.task, config.imgsz)
-    task = get_task(model.task)
-    target.check_options(model)  # before minutes of generation, not after
-    if config.val_data:
-        task.check_val_data(config.val_data)
+    target, model, task = _checked_inputs(config)
     times["load"] = time.perf_counter() - t0
 
-    from dgh_deploy.generation import default_budget, make_calibration_set
-
-    budget = default_budget(model, config.device)
-    n_images = config.n_images or budget.n_images
-    iters = config.iters or budget.iters
-    holdout = config.holdout if config.holdout is not None else default_holdout(n_images)
-
     t0 = time.perf_counter()
-    hit = False
-    if config.calib.endswith(".npz"):
-        full = CalibrationSet.load(config.calib)
-    else:
-        checkpoint = Path(config.out).with_name(Path(config.out).name + ".generation.ckpt")
-
-        def make() -> CalibrationSet:
-            return make_calibration_set(
-                model, config.calib, n_images=n_images + holdout, iters=iters, seed=config.seed,
-                device=config.device, resume=config.resume, checkpoint=checkpoint, progress=config.progress,
-            )
-
-        if config.use_cache:
-            full, hit = cached(model, config.calib, n_images + holdout, iters, config.seed, config.device, make,
-                               Path(config.cache_dir) if config.cache_dir else None)
-        else:
-            full = make()
-        checkpoint.unlink(missing_ok=True)
+    full, hit = _calibration_images(config, model)
     full.check_fits(model.imgsz)
-    calib, held = full.split(holdout)
+    calib, held = full.split(_holdout(config, model))
     times["generation"] = time.perf_counter() - t0
 
     with staging_dir(config.out) as stage:
@@ -128,20 +92,7 @@ def _deploy(config: DeployConfig) -> dict[str, Any]:
         verification = verify(model, task, result.runner, held, config)
         times["verification"] = time.perf_counter() - t0
 
-        report = {
-            "schema_version": REPORT_SCHEMA_VERSION,
-            "model": {"name": model.name, "weights": model.weights, "task": model.task,
-                      "imgsz": list(model.imgsz), "fingerprint": model.fingerprint()},
-            "target": {"name": target.name, "runtime": target.runtime,
-                       "constraints": target.constraints.as_dict(), **result.info},
-            "calibration": {"source": calib.source, "images": len(calib), "held_out": len(held) if held else 0,
-                            "cached": hit, "settings": calib.settings, "stats": calib.stats},
-            "artifacts": {role: {"path": p.name, "bytes": p.stat().st_size} for role, p in result.artifacts.items()},
-            "metrics": verification,
-            "times_s": {k: round(v, 3) for k, v in times.items()},
-            "environment": environment(),
-            "config": _config_dict(config),
-        }
+        report = build_report(config, model, target, result, calib, held, hit, verification, times)
         verdict = gate_verdict(report, config.max_drop)
         if verdict is not None:
             report["gate"] = {"max_drop": config.max_drop, "passed": verdict[0], "verdict": verdict[1]}
@@ -154,6 +105,90 @@ def _deploy(config: DeployConfig) -> dict[str, Any]:
     if verdict is not None and not verdict[0]:
         raise QualityGateFailed(verdict[1], "calibrate with more or better images, or relax --max-drop")
     return report
+
+
+def _checked_inputs(config: DeployConfig) -> tuple[Target, LoadedModel, Any]:
+    """The target, the model and its task, every option checked: bad input fails here, in seconds."""
+    if config.max_drop is not None and not config.val_data:
+        raise DGHError("--max-drop needs real labelled data to measure a drop", "pass --val-data")
+    target = get_target(config.target, **config.target_settings)
+    target.options = config.options
+    missing = target.missing_requirements()
+    if missing:
+        raise DGHError(
+            f"target '{target.name}' needs the Python packages {', '.join(missing)}",
+            target.install_hint or "run ./install.sh",
+        )
+    model = load_model(config.model, config.weights, config.task, config.imgsz)
+    task = get_task(model.task)
+    target.check_options(model)  # before minutes of generation, not after
+    if config.val_data:
+        task.check_val_data(config.val_data)
+    return target, model, task
+
+
+def _budget(config: DeployConfig, model: LoadedModel) -> tuple[int, int]:
+    """(calibration images, iterations): the user's, else the task's default for the device."""
+    from dgh_deploy.generation import default_budget
+
+    budget = default_budget(model, config.device)
+    return config.n_images or budget.n_images, config.iters or budget.iters
+
+
+def _holdout(config: DeployConfig, model: LoadedModel) -> int:
+    n_images, _ = _budget(config, model)
+    return config.holdout if config.holdout is not None else default_holdout(n_images)
+
+
+def _calibration_images(config: DeployConfig, model: LoadedModel) -> tuple[CalibrationSet, bool]:
+    """The calibration images plus the held-out ones: from a file, the cache, or generated now.
+
+    Returns the set and whether it came from the cache.
+    """
+    from dgh_deploy.generation import make_calibration_set
+    from dgh_deploy.generation.config import default_recipe
+
+    if config.calib.endswith(".npz"):
+        return CalibrationSet.load(config.calib), False
+    n_images, iters = _budget(config, model)
+    total = n_images + _holdout(config, model)
+    checkpoint = Path(config.out).with_name(Path(config.out).name + ".generation.ckpt")
+
+    def make() -> CalibrationSet:
+        return make_calibration_set(
+            model, config.calib, n_images=total, iters=iters, seed=config.seed,
+            device=config.device, resume=config.resume, checkpoint=checkpoint, progress=config.progress,
+        )
+
+    hit = False
+    if config.use_cache:
+        full, hit = cached(model, config.calib, total, iters, config.seed, config.device, make,
+                           Path(config.cache_dir) if config.cache_dir else None,
+                           recipe=default_recipe(config.calib).hashed_settings(), version=__version__)
+    else:
+        full = make()
+    checkpoint.unlink(missing_ok=True)
+    return full, hit
+
+
+def build_report(config: DeployConfig, model: LoadedModel, target: Target, result: BuildResult,
+                 calib: CalibrationSet, held: CalibrationSet | None, cached_set: bool,
+                 verification: dict[str, Any], times: dict[str, float]) -> dict[str, Any]:
+    """report.json's content (the schema is ``dgh_deploy/reporting/report.schema.json``)."""
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "model": {"name": model.name, "weights": model.weights, "task": model.task,
+                  "imgsz": list(model.imgsz), "fingerprint": model.fingerprint()},
+        "target": {"name": target.name, "runtime": target.runtime,
+                   "constraints": target.constraints.as_dict(), **result.info},
+        "calibration": {"source": calib.source, "images": len(calib), "held_out": len(held) if held else 0,
+                        "cached": cached_set, "settings": calib.settings, "stats": calib.stats},
+        "artifacts": {role: {"path": p.name, "bytes": p.stat().st_size} for role, p in result.artifacts.items()},
+        "metrics": verification,
+        "times_s": {k: round(v, 3) for k, v in times.items()},
+        "environment": environment(),
+        "config": _config_dict(config),
+    }
 
 
 def verify(model: LoadedModel, task: Any, runner: Any, held: CalibrationSet | None,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from dgh_deploy.errors import DGHError
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.preprocessing import Preprocessing
 from dgh_deploy.tasks.detect_layout import DetectLayout
 
@@ -182,7 +182,7 @@ def load_ultralytics(spec: str, weights: str | None = None) -> LoadedModel:
         except Exception as exc:
             raise DGHError(f"cannot build a model from '{spec}' ({str(exc)[:120]})", "check the YAML") from exc
         if weights:
-            from dgh_deploy.loading import extract_state_dict, load_state, read_checkpoint
+            from dgh_deploy.checkpoints import extract_state_dict, load_state, read_checkpoint
 
             load_state(module, extract_state_dict(read_checkpoint(weights), weights), weights, spec)
     module = module.float().eval()

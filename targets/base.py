@@ -1,7 +1,9 @@
-"""The target interface: a target states its hardware's constraints and builds an artifact.
+"""What every target shares: the target interface, its constraints and options, the calibrator interface.
 
 As in torch.ao's PT2E quantizers, the target declares what the hardware can run
-(:class:`QuantConstraints`); the converter and runtime apply it. The shared pipeline
+(:class:`QuantConstraints`); the converter and runtime apply it. Every target calibrates through a
+:class:`Calibrator`, which observes the calibration set batch by batch and yields what that
+target's converter needs (ranges, or the converter's representative dataset). The shared pipeline
 (:mod:`dgh_deploy.pipeline`) then verifies whatever :meth:`Target.build` returns, the same way
 for every target.
 """
@@ -10,13 +12,16 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+import numpy as np
 
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.runtime.base import Runner
 
 DEFAULT_PERCENTILE = 99.99  # of |x| (TensorRT) or of x's two tails (sim), when no target picks another
@@ -71,7 +76,6 @@ class TargetOptions:
     threads: int = 2
     parity_atol: float = 0.0  # 0 = the target's default tolerance
     device: str = "cpu"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def percentile_or(self, default: float = DEFAULT_PERCENTILE) -> float:
         """The user's ``--percentile``, else the target's default for this model."""
@@ -87,6 +91,21 @@ class TargetOptions:
         if not 50.0 < self.percentile <= 100.0:
             raise DGHError(f"--percentile {self.percentile:g} is outside (50, 100]",
                            "pass the share of values the range keeps, e.g. --percentile 99.99")
+
+
+@dataclass(frozen=True)
+class TargetFlag:
+    """A command-line option only one target reads; its value reaches the target's constructor as ``dest``.
+
+    The CLI adds every target's flags in a group of its own and refuses a flag given for another
+    target, so ``--target X --flag-of-Y`` fails in the first second instead of being ignored.
+    """
+
+    flag: str  # e.g. "--npu"
+    dest: str  # the target constructor's keyword
+    help: str
+    type: Callable[[str], Any] | None = str  # None: a switch (present = True)
+    choices: tuple[str, ...] = ()
 
 
 @dataclass
@@ -105,6 +124,7 @@ class Target(ABC):
     runtime: ClassVar[str]  # what the verification runs on
     requires: ClassVar[tuple[str, ...]] = ()  # Python modules the build needs
     install_hint: ClassVar[str] = ""
+    flags: ClassVar[tuple[TargetFlag, ...]] = ()  # this target's own CLI options
 
     def __init__(self, options: TargetOptions | None = None) -> None:
         self.options = options or TargetOptions()
@@ -127,3 +147,52 @@ class Target(ABC):
         """Calibrate with ``calib``, convert ``model``, run the target's structural checks
         (float parity, integer-only ops...), and write artifacts under ``workdir``. Raise
         :class:`~dgh_deploy.errors.DGHError` for anything the user must fix."""
+
+
+Layout = Literal["NCHW", "NHWC"]
+CalibrationResult = TypeVar("CalibrationResult")
+
+
+class Calibrator(ABC, Generic[CalibrationResult]):
+    """Observes a calibration set and yields what one target's converter consumes.
+
+    Every target calibrates through :meth:`calibrate`, the same way: the set is checked once,
+    then fed batch by batch in the converter's ``layout``, ``passes`` times (a calibrator that
+    needs the ranges before it can histogram, or quantized ranges before it can round weights,
+    looks twice or more; :meth:`begin_pass` tells it which look this is), and :meth:`result`
+    turns what it saw into ranges or into the converter's input. No calibrator keeps a batch
+    past :meth:`observe` unless its converter needs the whole set (TFLite's representative data).
+    """
+
+    layout: ClassVar[Layout] = "NCHW"
+
+    def __init__(self, batch_size: int = 1, passes: int = 1) -> None:
+        self.batch_size = batch_size
+        self.passes = passes
+
+    def calibrate(self, calib: CalibrationSet) -> CalibrationResult:
+        self.check(calib)
+        for index in range(self.passes):
+            self.begin_pass(index)
+            for batch in calib.batches(self.batch_size, self.layout):
+                self.observe(batch)
+        return self.result()
+
+    def check(self, calib: CalibrationSet) -> None:
+        """Refuse a set no converter should calibrate on; subclasses add their converter's needs."""
+        if not np.isfinite(calib.images).all():
+            raise DGHError(
+                "calibration images hold NaN or Inf values",
+                "regenerate the calibration set (a diverged generation writes non-finite pixels)",
+            )
+
+    def begin_pass(self, index: int) -> None:
+        """Called before each look at the set (``index`` from 0 to ``passes - 1``)."""
+
+    @abstractmethod
+    def observe(self, batch: np.ndarray) -> None:
+        """See one batch (``layout``, float32, the model's input space)."""
+
+    @abstractmethod
+    def result(self) -> CalibrationResult:
+        """What the converter consumes, from everything observed."""

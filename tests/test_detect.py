@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dgh_deploy.errors import DGHError
-from dgh_deploy.loading import LoadedModel, load_model
+from dgh_deploy.loaded_model import LoadedModel
+from dgh_deploy.loading import load_model
 from dgh_deploy.runtime.base import Runner, TorchRunner
 from dgh_deploy.tasks.detect import DetectTask
 from dgh_deploy.tasks.detect_data import read_data_yaml

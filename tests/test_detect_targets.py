@@ -22,14 +22,15 @@ from torch import nn
 import dgh_deploy
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.cli import main
-from dgh_deploy.loading import LoadedModel, load_model
+from dgh_deploy.loaded_model import LoadedModel
+from dgh_deploy.loading import load_model
 from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.runtime.litert_runner import LiteRTRunner, open_interpreter
 from dgh_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from dgh_deploy.targets import get_target
-from dgh_deploy.targets._silu_floor import FlooredSiLU, floor_silu
-from dgh_deploy.verification.integer_ops import check_full_integer, io_dtypes, list_float_ops
-from dgh_deploy.verification.layer_sqnr import layer_sqnr
+from dgh_deploy.targets.tflite.integer_ops import check_full_integer, io_dtypes, list_float_ops
+from dgh_deploy.targets.tflite.layer_sqnr import layer_sqnr
+from dgh_deploy.targets.tflite.silu_floor import FlooredSiLU, floor_silu
 
 pytest.importorskip("onnx2tf", reason="the tflite extra (onnx2tf, tensorflow, ai-edge-litert) is not installed")
 
@@ -151,7 +152,7 @@ def test_silu_floor_is_dropped_when_it_would_move_the_outputs(v8: LoadedModel) -
     model = LoadedModel(module=net.eval(), name="deep-negative", task="classify", imgsz=(8, 8),
                         preprocessing=v8.preprocessing)
     target = get_target("tflite-int8")
-    module, info = target._export_module(model, CalibrationSet(np.zeros((2, 3, 8, 8), np.float32), "noise"))
+    module, info = target.export_module(model, CalibrationSet(np.zeros((2, 3, 8, 8), np.float32), "noise"))
     assert info["silu_floor"] is None and "too much" in info["reason"]
     assert not any(isinstance(m, FlooredSiLU) for m in module.modules())
     # ...and a model's shared nn.SiLU is replaced at every place it is applied.

@@ -8,11 +8,11 @@ from typing import cast
 import numpy as np
 import pytest
 
-from dgh_deploy.calibration.entropy import MAX_BINS, NUM_BINS, AbsHistogram, canonical_act_range
 from dgh_deploy.errors import DGHError
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.targets import TargetOptions
-from dgh_deploy.targets.tensorrt_int8 import act_range_for
+from dgh_deploy.targets.tensorrt.ranges import MAX_BINS, NUM_BINS, AbsHistogram, canonical_act_range
+from dgh_deploy.targets.tensorrt.target import act_range_for
 
 
 def reference_kl(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

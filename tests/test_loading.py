@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dgh_deploy.errors import DGHError
-from dgh_deploy.loading import count_bn_layers, load_model, require_batchnorm
+from dgh_deploy.loaded_model import count_bn_layers, require_batchnorm
+from dgh_deploy.loading import load_model
 from dgh_deploy.models import DEMO_WEIGHTS
 
 USER_MODELS = '''

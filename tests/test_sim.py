@@ -11,10 +11,10 @@ import torch
 from test_generation_models import as_loaded, tiny_bn_net
 
 from dgh_deploy.calibration import CalibrationSet
-from dgh_deploy.calibration.ranges import Histogram, QuantGrid, estimate_range, mse_range
 from dgh_deploy.errors import DGHError
 from dgh_deploy.targets import TargetOptions, get_target
-from dgh_deploy.targets._sim_quant import fold_batchnorm
+from dgh_deploy.targets.sim.fake_quant import fold_batchnorm
+from dgh_deploy.targets.sim.ranges import Histogram, QuantGrid, estimate_range, mse_range
 
 
 def test_w8_per_channel_error_bound() -> None:
@@ -141,7 +141,7 @@ def test_sim_resnet20_real_weights(r20_weights: str, assets: Path, tmp_path: Pat
 def test_bias_correction_is_the_mean_shift_of_weight_rounding(groups: int) -> None:
     """With no padding and spatially flat inputs the per-channel input mean gives the exact mean output
     shift (a kernel then sees every channel's mean at each tap), grouped convs too."""
-    from dgh_deploy.targets._sim_quant import QuantLayer
+    from dgh_deploy.targets.sim.fake_quant import QuantLayer
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 12, 3, groups=groups)
@@ -185,7 +185,7 @@ def test_gptq_lowers_the_output_error_on_the_grid(layer: torch.nn.Module) -> Non
     """GPTQ's weights sit on the same grid as round-to-nearest's and give a smaller output error on
     the inputs it saw; its input moment is laid out like the weight's columns (checked through the
     identity ||(W_q - W) X||^2 = tr(D H D^T))."""
-    from dgh_deploy.targets._gptq import InputMoment, gptq_round
+    from dgh_deploy.targets.sim.gptq import InputMoment, gptq_round
 
     torch.manual_seed(0)
     mix = torch.randn(6, 6) if isinstance(layer, torch.nn.Conv2d) else torch.randn(24, 24)

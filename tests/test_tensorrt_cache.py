@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from dgh_deploy.calibration import CalibrationSet
-from dgh_deploy.calibration import tensorrt as trtcal
 from dgh_deploy.errors import DGHError
+from dgh_deploy.targets.tensorrt import cache as trtcal
+from dgh_deploy.targets.tensorrt import implicit
 
 LINE = re.compile(r"^\S.*: [0-9a-f]{1,8}$")
 
@@ -66,16 +67,16 @@ def _calib(n: int = 10) -> CalibrationSet:
 
 def test_tensorrt_absent_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes "import tensorrt" fail
-    monkeypatch.setattr(trtcal, "_CALIBRATOR_CLASS", None)
+    monkeypatch.setattr(implicit, "_CALIBRATOR_CLASS", None)
     with pytest.raises(DGHError, match="TensorRT is not usable here"):
-        trtcal.TensorRTCalibrator(_calib()).trt_calibrator()
+        implicit.entropy_calibrator(_calib(), 16)
 
 
 def test_tensorrt_11_has_no_implicit_calibrator(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="11.4.0"))
-    monkeypatch.setattr(trtcal, "_CALIBRATOR_CLASS", None)
+    monkeypatch.setattr(implicit, "_CALIBRATOR_CLASS", None)
     with pytest.raises(DGHError, match="removed in 11"):
-        trtcal.entropy_calibrator2_class()
+        implicit.entropy_calibrator2_class()
 
 
 def test_calibrator_serves_full_batches_and_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,11 +86,11 @@ def test_calibrator_serves_full_batches_and_the_cache(tmp_path: Path, monkeypatc
 
     monkeypatch.setitem(sys.modules, "tensorrt",
                         types.SimpleNamespace(__version__="10.7.0", IInt8EntropyCalibrator2=FakeEntropyCalibrator2))
-    monkeypatch.setattr(trtcal, "_CALIBRATOR_CLASS", None)
+    monkeypatch.setattr(implicit, "_CALIBRATOR_CLASS", None)
     calib = _calib(10)
     cache = tmp_path / "model.cache"
     trtcal.write_calibration_cache(cache, {"images": 3.0})
-    calibrator = trtcal.TensorRTCalibrator(calib, batch_size=4).trt_calibrator(cache)
+    calibrator = implicit.entropy_calibrator(calib, 4, cache)
     assert isinstance(calibrator, FakeEntropyCalibrator2) and calibrator.base_initialised
     served: list[np.ndarray] = []
     monkeypatch.setattr(calibrator, "_to_device", lambda b: served.append(b.copy()) or 1000 + len(served))
@@ -102,4 +103,4 @@ def test_calibrator_serves_full_batches_and_the_cache(tmp_path: Path, monkeypatc
     assert calibrator.read_calibration_cache() == cache.read_bytes()
     calibrator.write_calibration_cache(memoryview(b"TRT-100700-EntropyCalibration2\nimages: 3c000000\n"))
     assert trtcal.read_calibration_cache(cache).scales["images"] == pytest.approx(2.0**-7)
-    monkeypatch.setattr(trtcal, "_CALIBRATOR_CLASS", None)  # do not leak the fake class
+    monkeypatch.setattr(implicit, "_CALIBRATOR_CLASS", None)  # do not leak the fake class

@@ -10,13 +10,14 @@ import pytest
 from onnx import numpy_helper
 
 from dgh_deploy.calibration import CalibrationSet
-from dgh_deploy.calibration.tensorrt import read_calibration_cache
-from dgh_deploy.loading import LoadedModel, load_model
+from dgh_deploy.loaded_model import LoadedModel
+from dgh_deploy.loading import load_model
 from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from dgh_deploy.targets import BuildResult, TargetOptions, all_targets, get_target
-from dgh_deploy.targets._tensorrt_build import can_build_here
-from dgh_deploy.targets._tensorrt_qdq import insert_qdq
+from dgh_deploy.targets.tensorrt.cache import read_calibration_cache
+from dgh_deploy.targets.tensorrt.engine import can_build_here
+from dgh_deploy.targets.tensorrt.qdq import insert_qdq
 from dgh_deploy.tasks.classify import ClassifyTask, evenly_spaced, list_image_folder
 
 pytestmark = pytest.mark.assets

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from dgh_deploy.calibration import CalibrationSet
-from dgh_deploy.calibration.tflite import TFLiteCalibrator
 from dgh_deploy.errors import DGHError
+from dgh_deploy.targets.tflite.calibrator import TFLiteCalibrator
 from dgh_deploy.verification.parity import compare_outputs
 
 
 def test_calibrator_writes_nhwc_with_identity_normalisation(tmp_path: Path) -> None:
     images = np.random.default_rng(0).normal(size=(5, 3, 6, 7)).astype(np.float32)
-    name, path, mean, std = TFLiteCalibrator(CalibrationSet(images, "noise")).feed(
-        path=tmp_path / "c.npy", imgsz=(6, 7), input_name="images")
+    name, path, mean, std = TFLiteCalibrator(tmp_path / "c.npy", (6, 7)).calibrate(
+        CalibrationSet(images, "noise")).as_onnx2tf_entry()
     data = np.load(path)
     assert name == "images" and data.shape == (5, 6, 7, 3) and data.dtype == np.float32
     np.testing.assert_array_equal(data, images.transpose(0, 2, 3, 1))
@@ -27,10 +27,10 @@ def test_calibrator_writes_nhwc_with_identity_normalisation(tmp_path: Path) -> N
 def test_calibrator_refuses_a_wrong_size_or_non_finite_set(tmp_path: Path) -> None:
     images = np.zeros((2, 3, 8, 8), np.float32)
     with pytest.raises(DGHError, match="8 x 8 but the model takes 3 x 32 x 32"):
-        TFLiteCalibrator(CalibrationSet(images, "noise")).feed(path=tmp_path / "c.npy", imgsz=(32, 32))
+        TFLiteCalibrator(tmp_path / "c.npy", (32, 32)).calibrate(CalibrationSet(images, "noise"))
     images[1, 0, 0, 0] = np.nan
     with pytest.raises(DGHError, match="NaN or Inf"):
-        TFLiteCalibrator(CalibrationSet(images, "noise")).check((8, 8))
+        TFLiteCalibrator(tmp_path / "c.npy", (8, 8)).calibrate(CalibrationSet(images, "noise"))
     assert not (tmp_path / "c.npy").exists()
 
 
@@ -53,7 +53,7 @@ def test_parity_counts_clear_top1_disagreements() -> None:
 
 
 def test_a_missing_int8_file_is_explained_from_the_log(tmp_path: Path) -> None:
-    from dgh_deploy.targets._tflite_convert import INT8_FAILED, _int8_failure
+    from dgh_deploy.targets.tflite.onnx2tf_converter import INT8_FAILED, int8_failure
 
     log = tmp_path / "onnx2tf.log"
     log.write_text(
@@ -63,6 +63,6 @@ def test_a_missing_int8_file_is_explained_from_the_log(tmp_path: Path) -> None:
         f"\x1b[33mWARNING:\x1b[0m {INT8_FAILED}.\n"
         "Integer quantization with int16 activations tflite output complete!\n"
     )
-    assert _int8_failure(log) == "RuntimeError: Quantization not yet supported for op: 'ERF'."
+    assert int8_failure(log) == "RuntimeError: Quantization not yet supported for op: 'ERF'."
     log.write_text("nothing useful\n")
-    assert _int8_failure(log) == "no reason logged"
+    assert int8_failure(log) == "no reason logged"

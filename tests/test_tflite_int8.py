@@ -21,15 +21,16 @@ from torch import nn
 
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
-from dgh_deploy.loading import LoadedModel, load_model
+from dgh_deploy.loaded_model import LoadedModel
+from dgh_deploy.loading import load_model
 from dgh_deploy.models.cifar_resnet import export_form
 from dgh_deploy.onnx_export import export_onnx
 from dgh_deploy.preprocessing import Preprocessing
 from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.runtime.litert_runner import open_interpreter
 from dgh_deploy.targets import TargetOptions, get_target
+from dgh_deploy.targets.tflite.integer_ops import check_full_integer, list_float_ops
 from dgh_deploy.tasks.classify import ClassifyTask, evenly_spaced, list_image_folder
-from dgh_deploy.verification.integer_ops import check_full_integer, list_float_ops
 
 pytest.importorskip("onnx2tf", reason="the tflite extra (onnx2tf, tensorflow, ai-edge-litert) is not installed")
 

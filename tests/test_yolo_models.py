@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from dgh_deploy.errors import DGHError
-from dgh_deploy.loading import LoadedModel, load_model
+from dgh_deploy.loaded_model import LoadedModel
+from dgh_deploy.loading import load_model
 from dgh_deploy.tasks import get_task
 from dgh_deploy.tasks.detect_layout import DetectLayout, infer_layout
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 
 
 def write_human_report(out_dir: Path, report: dict[str, Any], model: LoadedModel, calib: CalibrationSet,

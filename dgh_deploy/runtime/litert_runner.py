@@ -86,7 +86,7 @@ class LiteRTRunner(Runner):
                 f"'{self.path.name}' has {len(inputs)} inputs; the runner feeds one image tensor",
                 "export the model with a single image input",
             )
-        self.input = _tensor_io(inputs[0])
+        self.input = tensor_io(inputs[0])
         self.outputs = self._ordered_outputs()
         self._perms = [self._output_perm(o.shape, output_shapes[k] if output_shapes and k < len(output_shapes)
                                          else None) for k, o in enumerate(self.outputs)]
@@ -107,8 +107,8 @@ class LiteRTRunner(Runner):
             if m is not None and d["index"] in by_index:
                 numbered[int(m.group(1))] = by_index[d["index"]]
         if len(numbered) == len(details) and sorted(numbered) == list(range(len(details))):
-            return [_tensor_io(numbered[i], f"output{i}") for i in range(len(details))]
-        return [_tensor_io(d) for d in details]
+            return [tensor_io(numbered[i], f"output{i}") for i in range(len(details))]
+        return [tensor_io(d) for d in details]
 
     def _output_perm(self, shape: tuple[int, ...], expected: tuple[int, ...] | None) -> tuple[int, ...] | None:
         """The transposition that turns the file's output layout into PyTorch's, if any is needed."""
@@ -166,7 +166,7 @@ class LiteRTRunner(Runner):
         return outs
 
 
-def _tensor_io(d: dict[str, Any], name: str | None = None) -> TensorIO:
+def tensor_io(d: dict[str, Any], name: str | None = None) -> TensorIO:
     q = d.get("quantization_parameters", {})
     scales, zps = q.get("scales", np.zeros(0)), q.get("zero_points", np.zeros(0))
     return TensorIO(

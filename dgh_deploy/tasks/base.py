@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.runtime.base import Runner
 
 

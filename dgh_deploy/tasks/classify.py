@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from dgh_deploy.errors import DGHError
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.runtime.base import Runner, flatten_outputs
 from dgh_deploy.tasks.base import TaskAdapter
 
@@ -87,12 +87,12 @@ class ClassifyTask(TaskAdapter):
         err = cand - ref
         return {
             "top1_agreement": 100.0 * float((ref.argmax(1) == cand.argmax(1)).mean()),
-            "output_sqnr_db": _sqnr(ref, err),
+            "output_sqnr_db": sqnr_db(ref, err),
             "images": float(len(ref)),
         }
 
 
-def _sqnr(ref: np.ndarray, err: np.ndarray) -> float:
+def sqnr_db(ref: np.ndarray, err: np.ndarray) -> float:
     noise = float((err.astype(np.float64) ** 2).mean())
     signal = float((ref.astype(np.float64) ** 2).mean())
     return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)

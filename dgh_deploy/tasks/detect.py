@@ -16,11 +16,11 @@ from PIL import Image
 from torch import nn
 
 from dgh_deploy.errors import DGHError
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.preprocessing import letterbox
 from dgh_deploy.runtime.base import Runner, flatten_outputs
 from dgh_deploy.tasks.base import TaskAdapter
-from dgh_deploy.tasks.classify import _sqnr, evenly_spaced
+from dgh_deploy.tasks.classify import evenly_spaced, sqnr_db
 from dgh_deploy.tasks.detect_data import DetectionData, read_data_yaml
 from dgh_deploy.tasks.detect_layout import DetectLayout, infer_layout, layout_of
 from dgh_deploy.tasks.detect_postprocess import NMSConfig, nms, unletterbox
@@ -150,7 +150,7 @@ class DetectTask(TaskAdapter):
 
         layout = infer_layout(reference)
         ref_parts, cand_parts = layout.parts(reference), layout.parts(candidate)
-        out = {f"{name}_sqnr_db": _sqnr(np.asarray(ref_parts[name]), np.asarray(cand_parts[name]) -
+        out = {f"{name}_sqnr_db": sqnr_db(np.asarray(ref_parts[name]), np.asarray(cand_parts[name]) -
                                         np.asarray(ref_parts[name])) for name in layout.names}
         imgsz = (1, 1)  # boxes stay normalised: IoU does not change with per-axis scaling
         ref_det = nms(*layout.unpack(reference), imgsz, AGREEMENT_NMS)

@@ -2,7 +2,7 @@
 
 Every conv and linear input and the network output are quantized per tensor, weights per
 channel (or per tensor), BN folded into the convs first, as real integer targets do. Weights
-below 8 bits are rounded to their grid by GPTQ on the calibration set (``_gptq.py``; 8-bit
+below 8 bits are rounded to their grid by GPTQ on the calibration set (``gptq.py``; 8-bit
 weights, or ``--weight-rounding nearest``, round each weight alone), then the mean shift that
 rounding leaves is corrected on the calibration set (empirical bias correction, MCT's PTQ
 default; ``--no-bias-correction`` keeps the trained biases). It runs in seconds in PyTorch, so
@@ -14,21 +14,28 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from dgh_deploy.artifacts import write_json
 from dgh_deploy.calibration import CalibrationSet
-from dgh_deploy.calibration.ranges import METHODS, QuantGrid
 from dgh_deploy.errors import DGHError
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.runtime.base import TorchRunner, flatten_outputs
-from dgh_deploy.targets._gptq import ROUNDINGS
 from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target
+from dgh_deploy.targets.sim.calibrator import SimCalibration, SimCalibrator
+from dgh_deploy.targets.sim.fake_quant import (
+    ActQuant,
+    QuantLayer,
+    QuantOutputs,
+    fold_batchnorm,
+    quantize_layers,
+)
+from dgh_deploy.targets.sim.gptq import ROUNDINGS
+from dgh_deploy.targets.sim.ranges import METHODS, QuantGrid
 
 DEFAULT_ACT_RANGE = "mse"
-CALIB_BATCH = 64
 
 
 def default_rounding(weight_bits: int) -> str:
@@ -85,12 +92,28 @@ class SimTarget(Target):
         return method, rounding
 
     def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
-        from dgh_deploy.targets._sim_quant import QuantOutputs, act_quantizers, fold_batchnorm, quantize_layers
-
         method, rounding = self._checked_options()
         calib.check_fits(model.imgsz)
         o = self.options
         t0 = time.perf_counter()
+        sim, layers, folded = self._fake_quantized(model, rounding)
+        how = SimCalibration(method, o.percentile_or(), o.bias_correction, rounding)
+        quantizers = SimCalibrator(sim, layers, how).calibrate(calib)
+        seconds = time.perf_counter() - t0
+
+        path = workdir / "sim_scales.json"
+        write_json(path, self._scales(method, quantizers, layers))
+        info = {"quantized_layers": len(layers), "quantized_tensors": len(quantizers), "bn_folded": folded[0],
+                "bn_layers": folded[1], "act_range": method, "bias_correction": o.bias_correction,
+                "weight_rounding": rounding,
+                "calibration_images": len(calib)}
+        return BuildResult(artifacts={"model": path}, runner=SimRunner(sim), info=info,
+                           timings={"calibration": seconds})
+
+    def _fake_quantized(self, model: LoadedModel, rounding: str) -> tuple[QuantOutputs, list[QuantLayer],
+                                                                             tuple[int, int]]:
+        """The model with BN folded and every conv/linear layer and output fake-quantized, uncalibrated."""
+        o = self.options
         w_grid = QuantGrid(o.weight_bits, o.weight_symmetric, o.power_of_two, narrow=True)
         a_grid = QuantGrid(o.act_bits, o.act_symmetric, o.power_of_two)
         net, folded, n_bn = fold_batchnorm(model.module)
@@ -101,56 +124,13 @@ class SimTarget(Target):
                                  rounding=rounding)
         if not layers:
             raise DGHError(f"model '{model.name}' has no conv or linear layer to quantize", "pass an image model")
-        sim = QuantOutputs(net, a_grid, n_out).eval()
-        quantizers = list(act_quantizers(sim))
+        return QuantOutputs(net, a_grid, n_out).eval(), layers, (folded, n_bn)
 
-        @torch.no_grad()
-        def feed_calibration_set() -> None:
-            for batch in calib.batches(CALIB_BATCH):
-                sim(torch.from_numpy(batch))
-
-        # Ranges are calibrated on the float model, as TFLite and TensorRT do; the first pass also
-        # takes each layer's mean input for the bias correction.
-        passes = ["range"] if method == "minmax" else ["range", "counts"]
-        for i, mode in enumerate(passes):
-            for q in quantizers:
-                q.mode = mode
-            for layer in layers:
-                layer.observe_mean = o.bias_correction and i == 0
-            feed_calibration_set()
-        for q in quantizers:
-            q.calibrate(method, o.percentile_or())
-            q.mode = "quant"
-        for layer in layers:
-            layer.observe_mean = False
-        if rounding == "gptq":
-            # GPTQ sees each layer's input as the deployed model feeds it: activations rounded.
-            for layer in layers:
-                layer.observe_moment = True
-            feed_calibration_set()
-            for layer in layers:
-                layer.observe_moment = False
-                layer.round_weights()
-        for layer in layers:
-            layer.use_quant_weights(True)
-            if o.bias_correction:
-                layer.correct_bias()
-        seconds = time.perf_counter() - t0
-
-        scales = {
+    def _scales(self, method: str, quantizers: list[ActQuant], layers: list[QuantLayer]) -> dict[str, Any]:
+        """sim_scales.json: every activation's range, scale and zero point, and the weight scales."""
+        return {
             "format": "dgh-deploy sim scales v1", "weights": self.constraints.describe(), "act_range": method,
             "activations": {q.name: {"range": list(q.range or ()), "scale": float(q.qparams[0]),
                                      "zero_point": int(q.qparams[1])} for q in quantizers},
             "weight_scales": {layer.act.name: layer.w_qparams[0].flatten().tolist() for layer in layers},
         }
-        path = workdir / "sim_scales.json"
-        write_json(path, scales)
-        info = {"quantized_layers": len(layers), "quantized_tensors": len(quantizers), "bn_folded": folded,
-                "bn_layers": n_bn, "act_range": method, "bias_correction": o.bias_correction,
-                "weight_rounding": rounding,
-                "calibration_images": len(calib)}
-        return BuildResult(artifacts={"model": path}, runner=SimRunner(sim), info=info,
-                           timings={"calibration": seconds})
-
-
-TARGET = SimTarget

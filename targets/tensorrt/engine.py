@@ -92,7 +92,7 @@ def can_build_here() -> bool:
 
 def build_engine(qdq_path: Path, engine_path: Path, input_name: str, shape: tuple[int, ...]) -> Path:
     """Build the explicit-quantization engine from the Q/DQ model with Polygraphy (needs tensorrt + GPU)."""
-    from dgh_deploy.calibration.tensorrt import import_tensorrt
+    from dgh_deploy.targets.tensorrt.implicit import import_tensorrt
 
     trt = import_tensorrt()
     from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from dgh_deploy.calibration.tensorrt import amax_to_scale
 from dgh_deploy.errors import DGHError
+from dgh_deploy.targets.tensorrt.cache import amax_to_scale
 
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops that only move or select values: a Softmax seen through them still feeds the next layer.
@@ -61,6 +61,11 @@ class QdqPlan:
     layers: list[str] = field(default_factory=list)  # names of the quantized compute nodes
     act_slots: list[tuple[int, int]] = field(default_factory=list)  # (node, input) reading a DQ'd activation
     float_layers: dict[str, str] = field(default_factory=dict)  # compute nodes left in float -> why
+
+    def add_activation(self, node: int, slot: int, name: str) -> None:
+        self.act_slots.append((node, slot))
+        if name not in self.activations:
+            self.activations.append(name)
 
 
 @dataclass
@@ -131,76 +136,104 @@ def calibration_tensors(model: Any) -> list[str]:
     return names
 
 
-def plan_qdq(model: Any, per_channel: bool = True) -> QdqPlan:
-    facts = graph_facts(model)
-    plan = QdqPlan()
-    seen: set[str] = set()
-    nodes = list(model.graph.node)
-    producer = {out: n for n in nodes for out in n.output}
-    consumers: dict[str, list[int]] = {}
-    for i, node in enumerate(nodes):
-        for name in node.input:
-            consumers.setdefault(name, []).append(i)
+@dataclass
+class GraphIndex:
+    """Who produces and who consumes each tensor of a graph, by node position."""
 
-    def fed_by_softmax(name: str) -> bool:
-        node = producer.get(name)
+    nodes: list[Any]
+    producer: dict[str, Any]
+    consumers: dict[str, list[int]]
+
+    @classmethod
+    def of(cls, model: Any) -> GraphIndex:
+        nodes = list(model.graph.node)
+        consumers: dict[str, list[int]] = {}
+        for i, node in enumerate(nodes):
+            for name in node.input:
+                consumers.setdefault(name, []).append(i)
+        return cls(nodes, {out: n for n in nodes for out in n.output}, consumers)
+
+    def fed_by_softmax(self, name: str) -> bool:
+        """Whether ``name`` is a Softmax's output, seen through layout-only ops."""
+        node = self.producer.get(name)
         while node is not None and node.op_type in _LAYOUT_OPS:
-            node = producer.get(node.input[0])
+            node = self.producer.get(node.input[0])
         return node is not None and node.op_type == "Softmax"
 
-    compute = set()
-    for i, node in enumerate(nodes):
-        if node.op_type in QUANTIZED_OPS:
-            if node.input and fed_by_softmax(node.input[0]):
-                plan.float_layers[node.name or f"{node.op_type}_{i}"] = "fed by a Softmax (e.g. DFL box decoding)"
-            else:
-                compute.add(i)
-
-    def reaches_compute(start: int) -> bool:
+    def reaches(self, start: int, targets: set[int]) -> bool:
+        """Whether node ``start``'s result flows, through any path, into one of ``targets``."""
         todo, visited = [start], {start}
         while todo:
-            for out in nodes[todo.pop()].output:
-                for j in consumers.get(out, []):
-                    if j in compute:
+            for out in self.nodes[todo.pop()].output:
+                for j in self.consumers.get(out, []):
+                    if j in targets:
                         return True
                     if j not in visited:
                         visited.add(j)
                         todo.append(j)
         return False
 
-    def activation(node_idx: int, slot: int, name: str) -> None:
-        plan.act_slots.append((node_idx, slot))
-        if name not in seen:
-            seen.add(name)
-            plan.activations.append(name)
 
-    for i, node in enumerate(nodes):
-        ins = list(node.input)
-        if i in compute:
-            for slot in range(min(len(ins), 2)):
-                name = ins[slot]
-                if not name:
-                    continue
-                if name in facts.constants:
-                    axis = _weight_axis(node, slot, facts.constants[name]) if per_channel else None
-                    plan.weights.append(WeightSlot(i, slot, name, axis))
-                elif name in facts.float_tensors:
-                    activation(i, slot, name)
-            plan.layers.append(node.name or f"{node.op_type}_{i}")
-        elif node.op_type == "Add" and len(ins) == 2:
-            if all(n in facts.float_tensors and n not in facts.constants for n in ins):
-                if not reaches_compute(i):
-                    plan.float_layers[node.name or f"Add_{i}"] = "feeds no quantized layer (post-processing)"
-                    continue
-                for slot, name in enumerate(ins):
-                    activation(i, slot, name)
-                plan.layers.append(node.name or f"Add_{i}")
+def _node_name(node: Any, i: int) -> str:
+    return node.name or f"{node.op_type}_{i}"
+
+
+def plan_qdq(model: Any, per_channel: bool = True) -> QdqPlan:
+    facts = graph_facts(model)
+    index = GraphIndex.of(model)
+    plan = QdqPlan()
+    compute = _compute_layers(index, plan)
     if not compute:
         raise DGHError(
             "the model has no Conv, Gemm or MatMul layer to quantize for TensorRT INT8",
             "use a CNN or linear model, or another target",
         )
+    for i, node in enumerate(index.nodes):
+        if i in compute:
+            _plan_compute_layer(plan, facts, i, node, per_channel)
+        elif node.op_type == "Add" and len(node.input) == 2:
+            _plan_residual_add(plan, facts, index, compute, i, node)
     return plan
+
+
+def _compute_layers(index: GraphIndex, plan: QdqPlan) -> set[int]:
+    """Positions of the layers that compute in int8; the ones kept in float go to ``plan.float_layers``."""
+    compute = set()
+    for i, node in enumerate(index.nodes):
+        if node.op_type not in QUANTIZED_OPS:
+            continue
+        if node.input and index.fed_by_softmax(node.input[0]):
+            plan.float_layers[_node_name(node, i)] = "fed by a Softmax (e.g. DFL box decoding)"
+        else:
+            compute.add(i)
+    return compute
+
+
+def _plan_compute_layer(plan: QdqPlan, facts: GraphFacts, i: int, node: Any, per_channel: bool) -> None:
+    """Q/DQ on a compute layer's data input (per tensor) and weight (per channel where it can)."""
+    for slot, name in enumerate(list(node.input)[:2]):
+        if not name:
+            continue
+        if name in facts.constants:
+            axis = _weight_axis(node, slot, facts.constants[name]) if per_channel else None
+            plan.weights.append(WeightSlot(i, slot, name, axis))
+        elif name in facts.float_tensors:
+            plan.add_activation(i, slot, name)
+    plan.layers.append(_node_name(node, i))
+
+
+def _plan_residual_add(plan: QdqPlan, facts: GraphFacts, index: GraphIndex, compute: set[int], i: int,
+                       node: Any) -> None:
+    """Both inputs of a residual join quantized, so TensorRT fuses it into the conv before it."""
+    ins = list(node.input)
+    if not all(n in facts.float_tensors and n not in facts.constants for n in ins):
+        return
+    if not index.reaches(i, compute):
+        plan.float_layers[node.name or f"Add_{i}"] = "feeds no quantized layer (post-processing)"
+        return
+    for slot, name in enumerate(ins):
+        plan.add_activation(i, slot, name)
+    plan.layers.append(node.name or f"Add_{i}")
 
 
 def _weight_axis(node: Any, slot: int, value: np.ndarray) -> int | None:
@@ -231,54 +264,30 @@ def weight_amax(w: np.ndarray, axis: int | None) -> np.ndarray:
 def insert_qdq(model: Any, act_amax: dict[str, float], per_channel: bool = True) -> tuple[Any, QdqPlan]:
     """The float ``model`` with Q/DQ pairs on every quantized input; scales are ``amax / 127``."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < MIN_OPSET:
         raise DGHError(f"the ONNX model uses opset {opset}", f"export with opset {MIN_OPSET} or newer")
     model = constants_to_initializers(model)
     plan = plan_qdq(model, per_channel)
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    taken = {*inits, *(o for n in g.node for o in n.output), *(i.name for i in g.input)}
-
-    def fresh(name: str) -> str:
-        out, k = name, 1
-        while out in taken:
-            out, k = f"{name}_{k}", k + 1
-        taken.add(out)
-        return out
-
-    def qdq_pair(src: str, amax: np.ndarray, axis: int | None) -> tuple[list[Any], str]:
-        scale = amax_to_scale(amax)
-        s_name, z_name = fresh(f"{src}_scale"), fresh(f"{src}_zero_point")
-        g.initializer.append(numpy_helper.from_array(scale, s_name))
-        g.initializer.append(numpy_helper.from_array(np.zeros(scale.shape, np.int8), z_name))
-        q_out, dq_out = fresh(f"{src}_quantized"), fresh(f"{src}_dequantized")
-        kw = {"axis": axis} if axis is not None else {}
-        nodes = [
-            helper.make_node("QuantizeLinear", [src, s_name, z_name], [q_out],
-                             name=fresh(f"{src}_QuantizeLinear"), **kw),
-            helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],
-                             name=fresh(f"{src}_DequantizeLinear"), **kw),
-        ]
-        return nodes, dq_out
-
     missing = [t for t in plan.activations if t not in act_amax]
     if missing:
         raise DGHError(f"no calibrated range for tensor '{missing[0]}'", "calibrate every tensor the plan quantizes")
-
+    g = model.graph
+    pairs = QdqPairs(g)
     act_nodes: dict[str, list[Any]] = {}
     act_dq: dict[str, str] = {}
     for t in plan.activations:
-        act_nodes[t], act_dq[t] = qdq_pair(t, np.asarray(act_amax[t]), None)
+        act_nodes[t], act_dq[t] = pairs.make(t, np.asarray(act_amax[t]), None)
     head: list[Any] = []
     weight_dq: dict[tuple[str, int | None], str] = {}
+    inits = {t.name: t for t in g.initializer}
     for slot in plan.weights:
         key = (slot.name, slot.axis)
         if key not in weight_dq:
             w = numpy_helper.to_array(inits[slot.name])
-            nodes, weight_dq[key] = qdq_pair(slot.name, weight_amax(w, slot.axis), slot.axis)
+            nodes, weight_dq[key] = pairs.make(slot.name, weight_amax(w, slot.axis), slot.axis)
             head += nodes
 
     nodes = list(g.node)
@@ -286,10 +295,50 @@ def insert_qdq(model: Any, act_amax: dict[str, float], per_channel: bool = True)
         nodes[node_idx].input[slot_idx] = act_dq[nodes[node_idx].input[slot_idx]]
     for slot in plan.weights:
         nodes[slot.node].input[slot.input] = weight_dq[(slot.name, slot.axis)]
+    _reorder(g, head, nodes, act_nodes, plan.activations)
+    onnx.checker.check_model(model)
+    return model, plan
 
-    # Each activation's pair goes right after its producer (graph inputs: first), keeping topological order.
+
+class QdqPairs:
+    """Makes QuantizeLinear/DequantizeLinear pairs in a graph, with names no other tensor has."""
+
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+        self.taken = {*(t.name for t in graph.initializer), *(o for n in graph.node for o in n.output),
+                      *(i.name for i in graph.input)}
+
+    def fresh(self, name: str) -> str:
+        out, k = name, 1
+        while out in self.taken:
+            out, k = f"{name}_{k}", k + 1
+        self.taken.add(out)
+        return out
+
+    def make(self, src: str, amax: np.ndarray, axis: int | None) -> tuple[list[Any], str]:
+        """The two nodes quantizing ``src`` at ``amax / 127`` (per ``axis`` if given), and the DQ output."""
+        from onnx import helper, numpy_helper
+
+        scale = amax_to_scale(amax)
+        s_name, z_name = self.fresh(f"{src}_scale"), self.fresh(f"{src}_zero_point")
+        self.graph.initializer.append(numpy_helper.from_array(scale, s_name))
+        self.graph.initializer.append(numpy_helper.from_array(np.zeros(scale.shape, np.int8), z_name))
+        q_out, dq_out = self.fresh(f"{src}_quantized"), self.fresh(f"{src}_dequantized")
+        kw = {"axis": axis} if axis is not None else {}
+        nodes = [
+            helper.make_node("QuantizeLinear", [src, s_name, z_name], [q_out],
+                             name=self.fresh(f"{src}_QuantizeLinear"), **kw),
+            helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],
+                             name=self.fresh(f"{src}_DequantizeLinear"), **kw),
+        ]
+        return nodes, dq_out
+
+
+def _reorder(g: Any, head: list[Any], nodes: list[Any], act_nodes: dict[str, list[Any]],
+             activations: list[str]) -> None:
+    """Weight pairs first, each activation's pair right after its producer (graph inputs: first)."""
     graph_inputs = {i.name for i in g.input}
-    ordered = head + [n for t in plan.activations if t in graph_inputs for n in act_nodes[t]]
+    ordered = head + [n for t in activations if t in graph_inputs for n in act_nodes[t]]
     for node in nodes:
         ordered.append(node)
         for out in node.output:
@@ -297,8 +346,6 @@ def insert_qdq(model: Any, act_amax: dict[str, float], per_channel: bool = True)
                 ordered += act_nodes[out]
     del g.node[:]
     g.node.extend(ordered)
-    onnx.checker.check_model(model)
-    return model, plan
 
 
 def activation_bytes_per_image(model: Any, tensors: list[str]) -> int:

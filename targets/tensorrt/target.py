@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
-from dgh_deploy.calibration.entropy import AbsHistogram, canonical_act_range
-from dgh_deploy.calibration.tensorrt import TensorRTCalibrator, tensorrt_version, write_calibration_cache
 from dgh_deploy.errors import DGHError, exc_reason
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.onnx_export import INPUT_NAME, export_onnx
 from dgh_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
-from dgh_deploy.targets._tensorrt_build import (
+from dgh_deploy.targets.base import DEFAULT_PERCENTILE, BuildResult, QuantConstraints, Target, TargetOptions
+from dgh_deploy.targets.tensorrt.cache import tensorrt_version, write_calibration_cache
+from dgh_deploy.targets.tensorrt.calibrator import ActRange, TensorRTCalibrator
+from dgh_deploy.targets.tensorrt.engine import (
     EXPLICIT_ENGINE,
     EngineInputs,
     build_commands,
@@ -38,8 +39,8 @@ from dgh_deploy.targets._tensorrt_build import (
     can_build_here,
     write_build_script,
 )
-from dgh_deploy.targets._tensorrt_qdq import activation_bytes_per_image, calibration_tensors, insert_qdq
-from dgh_deploy.targets.base import DEFAULT_PERCENTILE, BuildResult, QuantConstraints, Target, TargetOptions
+from dgh_deploy.targets.tensorrt.qdq import activation_bytes_per_image, calibration_tensors, insert_qdq
+from dgh_deploy.targets.tensorrt.ranges import canonical_act_range
 
 log = logging.getLogger("dgh_deploy")
 
@@ -87,39 +88,53 @@ class TensorRTInt8Target(Target):
         import onnx
 
         act_range = self._checked_act_range(model)
-        opts = self.options
         workdir = Path(workdir)
         timings: dict[str, float] = {}
-
         t0 = time.perf_counter()
         float_path = export_onnx(model, workdir / FLOAT_MODEL, dynamic_batch=True)
         float_proto = onnx.load(str(float_path))
         timings["export"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        tensors = calibration_tensors(float_proto)
-        per_image = max(activation_bytes_per_image(float_proto, tensors), 1)
-        batch = int(min(MAX_COLLECTION_BATCH, max(1, COLLECTION_BYTES // per_image)))
-        hists = TensorRTCalibrator(calib, batch).collect(float_proto, tensors, opts.threads)
-        amax = {t: act_range.amax(h) for t, h in hists.items()}
+        amax = self._calibrate(float_proto, calib, act_range)
         timings["calibration"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        written, info = self._write_int8(model, float_proto, amax, calib, act_range, workdir)
+        artifacts = {"model": written.pop("model"), "float_model": float_path, **written}
+        timings["qdq"] = time.perf_counter() - t0
+        if can_build_here():
+            t0 = time.perf_counter()
+            self._build_engine(artifacts, info, (1, 3, *model.imgsz))
+            timings["engine"] = time.perf_counter() - t0
+        runner = OnnxRuntimeRunner(artifacts["model"], self.options.threads)
+        return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
+
+    def _calibrate(self, float_proto: Any, calib: CalibrationSet, act_range: ActRange) -> dict[str, float]:
+        """``tensor -> amax`` for every float activation, in batches sized to stay in memory."""
+        tensors = calibration_tensors(float_proto)
+        per_image = max(activation_bytes_per_image(float_proto, tensors), 1)
+        batch = int(min(MAX_COLLECTION_BATCH, max(1, COLLECTION_BYTES // per_image)))
+        return TensorRTCalibrator(float_proto, tensors, act_range, batch, self.options.threads).calibrate(calib)
+
+    def _write_int8(self, model: LoadedModel, float_proto: Any, amax: dict[str, float], calib: CalibrationSet,
+                    act_range: ActRange, workdir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+        """The Q/DQ model, the calibration cache and the build script, from one set of ranges."""
+        import onnx
+
+        opts = self.options
         qdq_proto, plan = insert_qdq(float_proto, amax, per_channel=not opts.per_tensor)
         qdq_path = workdir / QDQ_MODEL
         with atomic_path(qdq_path) as tmp:
             onnx.save(qdq_proto, str(tmp))
         cache_path = workdir / CACHE
         header = write_calibration_cache(cache_path, amax)
-        shape = (1, 3, *model.imgsz)
-        engine_inputs = EngineInputs(QDQ_MODEL, FLOAT_MODEL, CACHE, INPUT_NAME, shape)
+        engine_inputs = EngineInputs(QDQ_MODEL, FLOAT_MODEL, CACHE, INPUT_NAME, (1, 3, *model.imgsz))
         commands = build_commands(engine_inputs)
         about = (f"{model.name}: scales from {len(calib)} calibration images ({calib.source}), "
                  f"activation ranges by {act_range}, computed on the CPU.")
         script = write_build_script(workdir / BUILD_SCRIPT, engine_inputs, commands, about)
-        timings["qdq"] = time.perf_counter() - t0
-
-        artifacts = {"model": qdq_path, "float_model": float_path, "cache": cache_path, "build_script": script}
+        artifacts = {"model": qdq_path, "cache": cache_path, "build_script": script}
         info = {
             "tensorrt": tensorrt_version(),
             "act_range": act_range.method,
@@ -134,35 +149,19 @@ class TensorRTInt8Target(Target):
             "float_layers": plan.float_layers,
             "weights": "per-tensor" if opts.per_tensor else "per-channel",
         }
-        if can_build_here():
-            t0 = time.perf_counter()
-            try:
-                engine = build_engine(qdq_path, workdir / EXPLICIT_ENGINE, INPUT_NAME, shape)
-                artifacts["engine"] = engine
-                info["engine"] = engine.name
-            except Exception as exc:  # the CPU artifacts stay valid: report, and leave the commands
-                log.warning("TensorRT engine build failed (%s); build it with %s", exc, BUILD_SCRIPT)
-                info["engine_error"] = exc_reason(exc, 300)
-            timings["engine"] = time.perf_counter() - t0
+        return artifacts, info
 
-        runner = OnnxRuntimeRunner(qdq_path, opts.threads)
-        return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
-
-
-@dataclass(frozen=True)
-class ActRange:
-    """How activation ranges are read from the |x| histograms; ``percentile`` only with that method."""
-
-    method: str
-    percentile: float | None = None
-
-    def amax(self, hist: AbsHistogram) -> float:
-        if self.percentile is None:
-            return hist.compute_amax(self.method)
-        return hist.compute_amax(self.method, self.percentile)
-
-    def __str__(self) -> str:
-        return self.method if self.percentile is None else f"{self.method} {self.percentile:g}"
+    def _build_engine(self, artifacts: dict[str, Path], info: dict[str, Any], shape: tuple[int, ...]) -> None:
+        """The engine, where tensorrt and a GPU are here; a failure leaves the CPU artifacts valid."""
+        qdq_path = artifacts["model"]
+        try:
+            engine = build_engine(qdq_path, qdq_path.parent / EXPLICIT_ENGINE, INPUT_NAME, shape)
+        except Exception as exc:  # report, and leave the commands
+            log.warning("TensorRT engine build failed (%s); build it with %s", exc, BUILD_SCRIPT)
+            info["engine_error"] = exc_reason(exc, 300)
+            return
+        artifacts["engine"] = engine
+        info["engine"] = engine.name
 
 
 def act_range_for(model: LoadedModel, opts: TargetOptions) -> ActRange:
@@ -186,4 +185,4 @@ def act_range_for(model: LoadedModel, opts: TargetOptions) -> ActRange:
     return ActRange(method, opts.percentile_or(DETECTOR_PERCENTILE if model.task == "detect" else DEFAULT_PERCENTILE))
 
 
-TARGET = TensorRTInt8Target
+

@@ -1,4 +1,4 @@
-"""The TFLite calibrator: a CalibrationSet as onnx2tf's ``custom_input_op_name_np_data_path`` entry.
+"""The TFLite calibrator: a calibration set as onnx2tf's ``custom_input_op_name_np_data_path`` entry.
 
 onnx2tf feeds its representative dataset as ``(data - mean) / std``. Our images are already in the
 model's input space (the model's own normalisation applied), so the file holds them as they are
@@ -8,55 +8,72 @@ converter calibrates on exactly what the PyTorch model sees.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from dgh_deploy.artifacts import atomic_path
-from dgh_deploy.calibration.calibrator import Calibrator
+from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
+from dgh_deploy.targets.base import Calibrator, Layout
 
 
-class TFLiteCalibrator(Calibrator):
-    """Writes the calibration images as one N x H x W x C float32 ``.npy`` (onnx2tf works in NHWC)."""
+@dataclass(frozen=True)
+class RepresentativeData:
+    """One onnx2tf input's representative data: the .npy file and the (identity) normalisation."""
 
-    layout = "NHWC"
+    input_name: str
+    path: Path
+    mean: np.ndarray  # 1 x 1 x 1 x C, so it broadcasts against N x H x W x C as onnx2tf's own do
+    std: np.ndarray
 
-    def check(self, imgsz: tuple[int, int], channels: int = 3) -> None:
+    def as_onnx2tf_entry(self) -> list[Any]:
+        """``[input_name, path, mean, std]``, one item of ``custom_input_op_name_np_data_path``."""
+        return [self.input_name, str(self.path), self.mean, self.std]
+
+
+class TFLiteCalibrator(Calibrator[RepresentativeData]):
+    """Writes the calibration images as one N x H x W x C float32 ``.npy`` (onnx2tf works in NHWC).
+
+    The TFLite converter reads the whole representative set itself, so this calibrator keeps the
+    batches and writes them once, at the end.
+    """
+
+    layout: ClassVar[Layout] = "NHWC"
+
+    def __init__(self, path: Path, imgsz: tuple[int, int], input_name: str = "images", channels: int = 3) -> None:
+        super().__init__(batch_size=64)
+        self.path = Path(path)
+        self.imgsz = tuple(imgsz)
+        self.input_name = input_name
+        self.channels = channels
+        self._batches: list[np.ndarray] = []
+
+    def check(self, calib: CalibrationSet) -> None:
         """Refuse a set the converter would choke on (or silently calibrate wrongly with)."""
-        n, c, h, w = self.calib.images.shape
-        if (h, w) != tuple(imgsz) or c != channels:
+        n, c, h, w = calib.images.shape
+        if (h, w) != self.imgsz or c != self.channels:
             raise DGHError(
                 f"calibration images are {n} x {c} x {h} x {w} but the model takes "
-                f"{channels} x {imgsz[0]} x {imgsz[1]}",
+                f"{self.channels} x {self.imgsz[0]} x {self.imgsz[1]}",
                 "generate or load the calibration set at the model's input size",
             )
-        if not np.isfinite(self.calib.images).all():
-            raise DGHError(
-                "calibration images hold NaN or Inf values",
-                "regenerate the calibration set (a diverged generation writes non-finite pixels)",
-            )
+        super().check(calib)
 
-    def to_nhwc(self) -> np.ndarray:
-        return np.ascontiguousarray(self.calib.images.transpose(0, 2, 3, 1), dtype=np.float32)
+    def begin_pass(self, index: int) -> None:
+        self._batches = []
 
-    def feed(self, **kwargs: Any) -> list[Any]:
-        """Write ``path`` (keyword) and return ``[input_name, path, mean, std]`` for onnx2tf.
+    def observe(self, batch: np.ndarray) -> None:
+        self._batches.append(np.asarray(batch, dtype=np.float32))
 
-        Keywords: ``path`` (where the .npy goes), ``imgsz`` (the model's (h, w), checked first),
-        ``input_name`` (the ONNX input, default ``images``).
-        """
-        path = Path(kwargs["path"])
-        imgsz = kwargs.get("imgsz")
-        if imgsz is not None:
-            self.check(tuple(imgsz))
-        data = self.to_nhwc()
-        with atomic_path(path) as tmp:
+    def result(self) -> RepresentativeData:
+        data = np.ascontiguousarray(np.concatenate(self._batches))
+        self._batches = []
+        with atomic_path(self.path) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, data)
         channels = data.shape[-1]
-        # 4-D so that it broadcasts against N x H x W x C exactly as onnx2tf's own defaults do.
-        mean = np.zeros((1, 1, 1, channels), np.float32)
-        std = np.ones((1, 1, 1, channels), np.float32)
-        return [kwargs.get("input_name", "images"), str(path), mean, std]
+        return RepresentativeData(self.input_name, self.path, np.zeros((1, 1, 1, channels), np.float32),
+                                  np.ones((1, 1, 1, channels), np.float32))

@@ -33,10 +33,10 @@ class LayerError:
 
 def _run_all(path: str | Path, x: np.ndarray) -> tuple[dict[str, np.ndarray], list[tuple[int, str, dict[str, Any]]]]:
     """Every op output of ``path`` for ``x`` (N x 3 x H x W float32, one image at a time), dequantized."""
-    from dgh_deploy.runtime.litert_runner import _tensor_io, open_interpreter
+    from dgh_deploy.runtime.litert_runner import open_interpreter, tensor_io
 
     it = open_interpreter(path, preserve_all=True, delegates=False)
-    inp = _tensor_io(it.get_input_details()[0])
+    inp = tensor_io(it.get_input_details()[0])
     details = {t["index"]: t for t in it.get_tensor_details()}
     ops = it._get_ops_details()  # the public API has no op list
     values: dict[str, list[np.ndarray]] = {}

@@ -29,11 +29,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from dgh_deploy.errors import DGHError
+from dgh_deploy.targets.tflite.calibrator import RepresentativeData
 
 SAMPLE_DATA_NAME = "calibration_image_sample_data_20x128x128x3_float32.npy"
 INT8_FAILED = "Full INT8 Quantization tflite output failed"
@@ -66,19 +66,19 @@ def write_sample_data(folder: Path, nhwc: np.ndarray) -> Path:
     return path
 
 
-def convert(onnx_path: Path, scratch: Path, cind: list[Any], settings: ConversionSettings) -> Conversion:
+def convert(onnx_path: Path, scratch: Path, data: RepresentativeData, settings: ConversionSettings) -> Conversion:
     """Run onnx2tf on a copy of ``onnx_path`` inside ``scratch``; return the two .tflite files."""
     work = scratch / "onnx2tf"
     work.mkdir(parents=True, exist_ok=True)
     src = work / onnx_path.name
     shutil.copyfile(onnx_path, src)
-    write_sample_data(work, np.load(cind[1], mmap_mode="r")[:20])
+    write_sample_data(work, np.load(data.path, mmap_mode="r")[:20])
     out = work / "tflite"
     log_path = work / "onnx2tf.log"
     t0 = time.perf_counter()
     with _capture(log_path, enabled=not settings.verbose), _chdir(work), _onnxsim_on_path() as has_sim:
         try:
-            _run_onnx2tf(src, out, cind, settings)
+            _run_onnx2tf(src, out, data, settings)
         except SystemExit as exc:  # onnx2tf calls sys.exit(1) on inputs it refuses
             raise DGHError(
                 f"onnx2tf refused the model ({_last_error(log_path) or f'exit code {exc.code}'})",
@@ -98,14 +98,14 @@ def convert(onnx_path: Path, scratch: Path, cind: list[Any], settings: Conversio
         )
     if not int8_model.is_file():
         raise DGHError(
-            f"onnx2tf could not write the full-integer .tflite ({_int8_failure(log_path)})",
+            f"onnx2tf could not write the full-integer .tflite ({int8_failure(log_path)})",
             "replace the layer the reason names with an int8-friendly one; "
             f"full log: {_keep_log(log_path)}",
         )
     return Conversion(float_model, int8_model, seconds, has_sim)
 
 
-def _run_onnx2tf(src: Path, out: Path, cind: list[Any], settings: ConversionSettings) -> None:
+def _run_onnx2tf(src: Path, out: Path, data: RepresentativeData, settings: ConversionSettings) -> None:
     if not settings.verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only effective before TensorFlow's first import
     import tensorflow as tf
@@ -120,7 +120,7 @@ def _run_onnx2tf(src: Path, out: Path, cind: list[Any], settings: ConversionSett
         output_folder_path=str(out),
         output_integer_quantized_tflite=True,
         quant_type=settings.quant_type,
-        custom_input_op_name_np_data_path=[cind],
+        custom_input_op_name_np_data_path=[data.as_onnx2tf_entry()],
         input_quant_dtype=settings.io_dtype,
         output_quant_dtype=settings.io_dtype,
         verbosity="info" if settings.verbose else "warn",
@@ -188,7 +188,7 @@ def _last_error(log_path: Path) -> str:
     return lines[-1][6:].strip()[:200] if lines else ""
 
 
-def _int8_failure(log_path: Path) -> str:
+def int8_failure(log_path: Path) -> str:
     """The exception message of the traceback onnx2tf printed just before its int8 warning."""
     lines = _read_log(log_path)
     end = next((i for i in range(len(lines) - 1, -1, -1) if INT8_FAILED in lines[i]), len(lines))

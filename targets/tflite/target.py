@@ -5,7 +5,7 @@ with our calibration images) -> two files: ``*_float32.tflite`` and ``*_full_int
 Nothing is handed back until the float file agrees with PyTorch (so that any later accuracy loss
 is quantization, not conversion) and the int8 file is shown to run integer-only with integer I/O.
 
-One export rewrite is made for int8's sake: SiLU gets a floor on its input (:mod:`._silu_floor`),
+One export rewrite is made for int8's sake: SiLU gets a floor on its input (:mod:`.silu_floor`),
 which narrows the int8 range of every conv output that feeds a SiLU. It moves the float outputs
 by far less than an int8 step; it is measured on the calibration images against the original
 model and dropped if it moves them more than :data:`REWRITE_RTOL` of their scale.
@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,12 +28,18 @@ from torch import nn
 
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
-from dgh_deploy.calibration.tflite import TFLiteCalibrator
 from dgh_deploy.errors import DGHError
-from dgh_deploy.loading import LoadedModel
+from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.onnx_export import INPUT_NAME, export_onnx
 from dgh_deploy.runtime.base import TorchRunner
-from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target
+from dgh_deploy.runtime.litert_runner import LiteRTRunner
+from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetOptions
+from dgh_deploy.targets.tflite.calibrator import RepresentativeData, TFLiteCalibrator
+from dgh_deploy.targets.tflite.divergence import first_divergence
+from dgh_deploy.targets.tflite.integer_ops import check_full_integer
+from dgh_deploy.targets.tflite.onnx2tf_converter import Conversion, onnx2tf_version
+from dgh_deploy.targets.tflite.silu_floor import DEFAULT_FLOOR, floor_silu
+from dgh_deploy.verification.parity import ParityResult, check_float_parity, compare_outputs
 
 log = logging.getLogger("dgh_deploy")
 
@@ -40,6 +47,14 @@ PARITY_IMAGES = 32  # enough to see a broken layer (a wrong one moves every logi
 # An export rewrite may move each output by this much of its scale (max |output|): under half an
 # int8 step (1/255 of the range), so the quantized model cannot tell.
 REWRITE_RTOL = 2e-3
+
+
+@dataclass
+class StructuralChecks:
+    parity: ParityResult
+    float_ops: list[dict[str, Any]]
+    output_shapes: list[tuple[int, ...]]
+    timings: dict[str, float]
 
 
 class TFLiteInt8Target(Target):
@@ -61,45 +76,45 @@ class TFLiteInt8Target(Target):
                   "asymmetric per-tensor; min/max ranges from TFLiteConverter's calibration",
         )
 
+    def __init__(self, options: TargetOptions | None = None, silu_floor: float = DEFAULT_FLOOR,
+                 parity_images: int = PARITY_IMAGES) -> None:
+        super().__init__(options)
+        self.silu_floor = silu_floor  # 0 turns the SiLU-floor export rewrite off
+        self.parity_images = parity_images  # calibration images the float conversion is checked on
+
     # --- build -----------------------------------------------------------------------------
     def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
         self.check_options(model)
-        TFLiteCalibrator(calib).check(model.imgsz)  # before the slow export and conversion
-        scratch = Path(tempfile.mkdtemp(prefix="dgh-tflite-"))
-        try:
+        with tempfile.TemporaryDirectory(prefix="dgh-tflite-") as tmp:
+            scratch = Path(tmp)
+            calibrator = self._calibrator(model, scratch)
+            calibrator.check(calib)  # before the slow export and conversion
             t0 = time.perf_counter()
-            module, rewrites = self._export_module(model, calib)
+            module, rewrites = self.export_module(model, calib)
             onnx_path = export_onnx(model, scratch / f"{file_stem(model.name)}.onnx", module=module)
             export_s = time.perf_counter() - t0
             reference = module if rewrites.get("silu_floor") else None
-            result = self._build(model, onnx_path, calib, Path(workdir), scratch, reference)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            data = calibrator.calibrate(calib)
+            result = self._convert_and_check(model, onnx_path, calib, data, Path(workdir), scratch, reference)
         result.timings = {"export": export_s, **result.timings}
         result.info["export_rewrites"] = rewrites
         return result
 
-    def _export_module(self, model: LoadedModel, calib: CalibrationSet) -> tuple[nn.Module, dict[str, Any]]:
-        """The module to export: the model's export form, with floored SiLUs when that is harmless.
-
-        ``options.extra["silu_floor"]``: the floor (default 8); 0 turns the rewrite off.
-        """
-        from dgh_deploy.targets._silu_floor import DEFAULT_FLOOR, floor_silu
-        from dgh_deploy.verification.parity import compare_outputs
-
+    def export_module(self, model: LoadedModel, calib: CalibrationSet) -> tuple[nn.Module, dict[str, Any]]:
+        """The module to export: the model's export form, with floored SiLUs when that is harmless."""
         module = model.for_export()
-        floor = float(self.options.extra.get("silu_floor", DEFAULT_FLOOR))
-        if floor <= 0:
-            return module, {"silu_floor": None, "reason": "turned off (options.extra['silu_floor'] = 0)"}
+        if self.silu_floor <= 0:
+            return module, {"silu_floor": None, "reason": "turned off (silu_floor = 0)"}
         rewritten = copy.deepcopy(module)
-        count = floor_silu(rewritten, floor)
+        count = floor_silu(rewritten, self.silu_floor)
         if count == 0:
             return module, {"silu_floor": None, "reason": "the model has no nn.SiLU"}
-        images = calib.images[: int(self.options.extra.get("parity_images", PARITY_IMAGES))]
+        images = calib.images[: self.parity_images]
         dev = compare_outputs(TorchRunner(model.module).infer_all(images), TorchRunner(rewritten).infer_all(images),
                               rtol=REWRITE_RTOL)
-        info: dict[str, Any] = {"silu_floor": floor, "silu_layers": count, "max_abs_deviation": dev.max_abs_error,
-                                "tolerance": dev.tolerance, "images": dev.images}
+        info: dict[str, Any] = {"silu_floor": self.silu_floor, "silu_layers": count,
+                                "max_abs_deviation": dev.max_abs_error, "tolerance": dev.tolerance,
+                                "images": dev.images}
         if not dev.passed:
             log.warning("not flooring SiLU inputs for int8: it would move the outputs too much (%s)", dev.describe())
             return module, {**info, "silu_floor": None, "reason": f"moves the outputs too much: {dev.describe()}"}
@@ -112,49 +127,30 @@ class TFLiteInt8Target(Target):
         ``model`` is still the PyTorch reference the float conversion is checked against.
         """
         self.check_options(model)
-        TFLiteCalibrator(calib).check(model.imgsz)
-        scratch = Path(tempfile.mkdtemp(prefix="dgh-tflite-"))
-        try:
-            src = scratch / f"{file_stem(model.name)}.onnx"
+        with tempfile.TemporaryDirectory(prefix="dgh-tflite-") as tmp:
+            data = self._calibrator(model, Path(tmp)).calibrate(calib)
+            src = Path(tmp) / f"{file_stem(model.name)}.onnx"
             shutil.copyfile(onnx_path, src)
-            return self._build(model, src, calib, Path(workdir), scratch)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            return self._convert_and_check(model, src, calib, data, Path(workdir), Path(tmp))
 
-    def _build(self, model: LoadedModel, onnx_path: Path, calib: CalibrationSet, workdir: Path,
-               scratch: Path, reference: nn.Module | None = None) -> BuildResult:
-        """``reference``: the PyTorch module the ONNX file was exported from, if not ``model.module``."""
-        from dgh_deploy.runtime.litert_runner import LiteRTRunner
-        from dgh_deploy.targets._tflite_convert import ConversionSettings, convert, onnx2tf_version
-        from dgh_deploy.verification.integer_ops import check_full_integer
-        from dgh_deploy.verification.parity import check_float_parity
+    def _calibrator(self, model: LoadedModel, scratch: Path) -> TFLiteCalibrator:
+        return TFLiteCalibrator(scratch / "calibration_nhwc.npy", model.imgsz, INPUT_NAME)
+
+    def _convert_and_check(self, model: LoadedModel, onnx_path: Path, calib: CalibrationSet,
+                           data: RepresentativeData, workdir: Path, scratch: Path,
+                           reference: nn.Module | None = None) -> BuildResult:
+        """Convert with ``data`` (``calib`` as the converter reads it), then check the float file
+        against ``reference`` (the module the ONNX came from, if not ``model.module``)."""
+        from dgh_deploy.targets.tflite.onnx2tf_converter import ConversionSettings, convert
 
         o = self.options
-        timings: dict[str, float] = {}
-        cind = TFLiteCalibrator(calib).feed(path=scratch / "calibration_nhwc.npy", imgsz=model.imgsz,
-                                            input_name=INPUT_NAME)
         settings = ConversionSettings(quant_type="per-tensor" if o.per_tensor else "per-channel",
-                                      io_dtype=o.io_dtype, verbose=_verbose(o.extra),
+                                      io_dtype=o.io_dtype, verbose=log.isEnabledFor(logging.DEBUG),
                                       threads=o.threads)
         log.info("converting with onnx2tf (%s weights, %s I/O, %d calibration images)",
                  settings.quant_type, o.io_dtype, len(calib))
-        conv = convert(onnx_path, scratch, cind, settings)
-        timings["conversion"] = conv.seconds
-
-        t0 = time.perf_counter()
-        shapes = output_shapes(model)
-        parity = check_float_parity(
-            LiteRTRunner(conv.float_model, o.threads, shapes), TorchRunner(reference or model.module),
-            calib.images[: int(o.extra.get("parity_images", PARITY_IMAGES))],
-            classify=model.task == "classify", atol=o.parity_atol,
-            onnx_path=onnx_path, tflite_path=conv.float_model,
-        )
-        timings["parity"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        float_ops = check_full_integer(conv.int8_model, o.io_dtype, o.allow_float_ops)
-        timings["integer_check"] = time.perf_counter() - t0
-
+        conv = convert(onnx_path, scratch, data, settings)
+        checks = self._check(model, conv, calib, onnx_path, reference)
         # Only now do files reach the working folder: nothing there ever failed a check.
         stem = onnx_path.stem
         artifacts = {
@@ -162,18 +158,36 @@ class TFLiteInt8Target(Target):
             "float_model": _install(conv.float_model, workdir / f"{stem}_float32.tflite"),
             "onnx": _install(onnx_path, workdir / f"{stem}.onnx"),
         }
-        runner = LiteRTRunner(artifacts["model"], o.threads, shapes)
+        runner = LiteRTRunner(artifacts["model"], o.threads, checks.output_shapes)
         info: dict[str, Any] = {
-            "float_parity": {**parity.as_dict(), "inputs": "calibration images",
+            "float_parity": {**checks.parity.as_dict(), "inputs": "calibration images",
                              "reference": "PyTorch float32" + (" (as exported)" if reference is not None else "")},
-            "float_ops": float_ops,
+            "float_ops": checks.float_ops,
             "io": runner.io_details(),
             "quant_type": settings.quant_type,
             "calibration_images": len(calib),
             "onnx2tf_version": onnx2tf_version(),
             "onnxsim": conv.onnxsim,
         }
+        timings = {"conversion": conv.seconds, **checks.timings}
         return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
+
+    def _check(self, model: LoadedModel, conv: Conversion, calib: CalibrationSet, onnx_path: Path,
+               reference: nn.Module | None) -> StructuralChecks:
+        """The float file agrees with PyTorch, and the int8 file is integer-only with integer I/O."""
+        o = self.options
+        t0 = time.perf_counter()
+        shapes = output_shapes(model)
+        parity = check_float_parity(
+            LiteRTRunner(conv.float_model, o.threads, shapes), TorchRunner(reference or model.module),
+            calib.images[: self.parity_images], classify=model.task == "classify", atol=o.parity_atol,
+            diagnose=lambda x: _first_divergence(onnx_path, conv.float_model, x),
+        )
+        parity_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        float_ops = check_full_integer(conv.int8_model, o.io_dtype, o.allow_float_ops)
+        timings = {"parity": parity_s, "integer_check": time.perf_counter() - t0}
+        return StructuralChecks(parity, float_ops, shapes, timings)
 
     def check_options(self, model: LoadedModel) -> None:
         """Refuse what a TFLite int8 model cannot be, rather than silently building something else."""
@@ -199,9 +213,9 @@ class TFLiteInt8Target(Target):
         o.check_percentile("min/max")
 
 
-def _verbose(extra: dict[str, Any]) -> bool:
-    """onnx2tf's own log on the console: with options.extra["verbose"] or debug logging (--verbose)."""
-    return bool(extra.get("verbose")) or log.isEnabledFor(logging.DEBUG)
+def _first_divergence(onnx_path: Path, tflite_path: Path, x: np.ndarray) -> str | None:
+    div = first_divergence(onnx_path, tflite_path, x)
+    return div.describe() if div is not None else None
 
 
 def file_stem(name: str) -> str:
@@ -221,4 +235,4 @@ def _install(src: Path, dst: Path) -> Path:
     return dst
 
 
-TARGET = TFLiteInt8Target
+

@@ -1,0 +1,7 @@
+"""TensorRT INT8: target, CPU calibrator and ranges, Q/DQ insertion, calibration cache, engine build."""
+
+from dgh_deploy.targets.tensorrt.target import TensorRTInt8Target
+
+TARGET = TensorRTInt8Target
+
+__all__ = ["TARGET", "TensorRTInt8Target"]

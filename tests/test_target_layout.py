@@ -1,0 +1,155 @@
+"""The target house rules: one folder per target, found by the registry, calibrating through one interface."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dgh_deploy.targets as targets_pkg
+from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.errors import DGHError
+from dgh_deploy.targets import Calibrator, Target, all_targets, get_target
+
+TARGETS_DIR = Path(targets_pkg.__file__).parent
+
+
+def test_every_target_is_one_folder_with_its_calibrator() -> None:
+    found = all_targets()
+    assert set(found) >= {"tflite-int8", "tensorrt-int8", "sim"}
+    for name, cls in found.items():
+        package = cls.__module__.rsplit(".", 1)[0]
+        assert Path(inspect.getfile(cls)).parent.parent == TARGETS_DIR, f"{name} lives outside its own folder"
+        module = importlib.import_module(f"{package}.calibrator")
+        own = [c for _, c in inspect.getmembers(module, inspect.isclass)
+               if issubclass(c, Calibrator) and c.__module__ == module.__name__]
+        assert own, f"{name} has no Calibrator subclass in {package}.calibrator"
+    # Nothing but the shared base and the folders sits in targets/.
+    loose = sorted(p.name for p in TARGETS_DIR.glob("*.py") if p.name not in ("__init__.py", "base.py"))
+    assert loose == []
+
+
+TOY_TARGET = """
+from dgh_deploy.targets.base import QuantConstraints, Target, TargetFlag
+
+class ToyTarget(Target):
+    name = "toy"
+    summary = "a toy"
+    runtime = "none"
+    constraints = QuantConstraints()
+    flags = (TargetFlag("--toy-knob", "knob", "how far to turn it", int),
+             TargetFlag("--toy-strict", "strict", "a switch", None))
+
+    def __init__(self, options=None, knob: int = 1, strict: bool = False):
+        super().__init__(options)
+        self.knob, self.strict = knob, strict
+
+    def check_options(self, model):
+        pass
+
+    def build(self, model, calib, workdir):
+        raise NotImplementedError
+
+TARGET = ToyTarget
+"""
+
+
+@pytest.fixture
+def toy_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A target added the way every target is: one folder, nothing else touched."""
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "__init__.py").write_text(TOY_TARGET)
+    monkeypatch.setattr(targets_pkg, "__path__", [*targets_pkg.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "dgh_deploy.targets.toy", raising=False)
+    yield
+    sys.modules.pop("dgh_deploy.targets.toy", None)
+
+
+def test_a_new_folder_is_a_new_target(toy_target: None) -> None:
+    assert "toy" in all_targets() and isinstance(get_target("toy"), Target)
+    assert get_target("toy", knob=3).knob == 3  # the target's own typed settings reach it
+    with pytest.raises(DGHError, match=r"target 'toy' has no setting 'knobb'\. it takes: knob, strict"):
+        get_target("toy", knobb=3)
+    with pytest.raises(DGHError, match="unknown target 'nope'"):
+        get_target("nope")
+
+
+def test_a_target_brings_its_own_cli_flags(toy_target: None, capsys: pytest.CaptureFixture[str]) -> None:
+    from dgh_deploy import cli
+
+    args = cli.build_parser("deploy").parse_args(["--target", "toy", "--toy-knob", "5", "--toy-strict"])
+    assert cli.target_settings(args) == {"knob": 5, "strict": True}
+    assert cli.target_settings(cli.build_parser("deploy").parse_args(["--target", "toy"])) == {}
+    # Another target's flag is refused in the first second, before the model is even loaded.
+    assert cli.main(["--target", "sim", "--toy-knob", "5", "--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("dgh-deploy: error: --toy-knob is an option of --target toy, not of sim. "
+                   "drop --toy-knob, or use --target toy.")
+
+
+class Recorder(Calibrator[list[tuple[int, tuple[int, ...]]]]):
+    layout = "NHWC"
+
+    def __init__(self) -> None:
+        super().__init__(batch_size=3, passes=2)
+        self.seen: list[tuple[int, tuple[int, ...]]] = []
+        self.pass_index = -1
+
+    def begin_pass(self, index: int) -> None:
+        self.pass_index = index
+
+    def observe(self, batch: np.ndarray) -> None:
+        self.seen.append((self.pass_index, batch.shape))
+
+    def result(self) -> list[tuple[int, tuple[int, ...]]]:
+        return self.seen
+
+
+def test_the_calibrator_interface_feeds_every_batch_in_every_pass() -> None:
+    calib = CalibrationSet(np.zeros((7, 3, 4, 5), np.float32), "noise")
+    seen = Recorder().calibrate(calib)
+    shapes = [(3, 4, 5, 3), (3, 4, 5, 3), (1, 4, 5, 3)]
+    assert seen == [(0, s) for s in shapes] + [(1, s) for s in shapes]
+    calib.images[2, 0, 0, 0] = np.inf
+    with pytest.raises(DGHError, match="NaN or Inf"):
+        Recorder().calibrate(calib)
+
+
+def test_each_target_calibrates_the_same_set_through_the_interface(tmp_path: Path) -> None:
+    """The same CalibrationSet, one call each: TFLite's representative data, TensorRT's and sim's ranges."""
+    import torch
+    from test_generation_models import as_loaded
+    from torch import nn
+
+    from dgh_deploy.onnx_export import export_onnx
+    from dgh_deploy.targets.sim.calibrator import SimCalibration, SimCalibrator
+    from dgh_deploy.targets.sim.fake_quant import QuantOutputs, quantize_layers
+    from dgh_deploy.targets.sim.ranges import QuantGrid
+    from dgh_deploy.targets.tensorrt.calibrator import ActRange, TensorRTCalibrator
+    from dgh_deploy.targets.tensorrt.qdq import calibration_tensors
+    from dgh_deploy.targets.tflite.calibrator import TFLiteCalibrator
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    images = np.random.default_rng(0).normal(size=(6, 3, 8, 8)).astype(np.float32)
+    calib = CalibrationSet(images, "noise")
+
+    data = TFLiteCalibrator(tmp_path / "rep.npy", (8, 8)).calibrate(calib)
+    np.testing.assert_array_equal(np.load(data.path), images.transpose(0, 2, 3, 1))
+
+    onnx_path = export_onnx(as_loaded(net, (8, 8)), tmp_path / "m.onnx")
+    tensors = calibration_tensors(__import__("onnx").load(str(onnx_path)))
+    amax = TensorRTCalibrator(onnx_path, tensors, ActRange("max"), batch_size=4).calibrate(calib)
+    assert amax["images"] == pytest.approx(float(np.abs(images).max()), rel=1e-3)
+
+    grid = QuantGrid(8, symmetric=False)
+    layers = quantize_layers(net, QuantGrid(8, True, narrow=True), grid, per_channel=True, weight_method="mse")
+    sim = QuantOutputs(net, grid, 1).eval()
+    quantizers = SimCalibrator(sim, layers, SimCalibration("minmax", 99.99, False, "nearest")).calibrate(calib)
+    first = next(q for q in quantizers if q.range is not None)
+    assert first.range == pytest.approx((float(images.min()), float(images.max())))
