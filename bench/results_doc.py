@@ -1,0 +1,592 @@
+"""docs/results.md and the README's results table, generated from the files in bench/results/.
+
+    python bench/results_doc.py             # rewrite docs/results.md and the README's results block
+    python bench/results_doc.py --check     # exit 1 if either differs from what would be written
+    python -m bench.results_doc --check     # the same
+
+Every figure in docs/results.md, and between the README's ``<!-- results:begin -->`` and
+``<!-- results:end -->`` markers, is read from a JSON file that a bench script wrote: nobody types
+a result by hand. After a bench script writes or updates a file in bench/results/, run this and
+commit all three. Each table names the machine its file records; where a file records none, the
+machine is named from the file name (``_cpu``, ``_h100``) and the table says so. A file no section
+knows is still shown, as its flattened keys and values, under "Other result files".
+
+Standard library only: the test that runs ``--check`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+DOC = REPO / "docs" / "results.md"
+README = REPO / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+# Machines named from a file's name, for files that record none.
+SUFFIX_MACHINES = {"cpu": "the 2-core CPU", "h100": "the H100"}
+# Models named from a file's name, for files that record none.
+NAME_MODELS = {"r20": "cifar_resnet20", "r56": "cifar_resnet56", "yolov5n": "yolov5n"}
+SOURCE_ORDER = ("dgh", "bns", "noise", "real", "mct")
+TARGET_ORDER = ("sim:W8A4", "sim:W4A8", "tflite-int8", "tensorrt-int8")
+MODEL_ORDER = ("cifar_resnet20", "cifar_resnet56", "yolov5n")
+VARIANT_LABELS = {
+    "dgh": "DGH",
+    "per-batch-stats": "per-batch statistics instead of the whole set's",
+    "no-pipeline": "no image pipeline (no extra pixels, flip, crop or smoothing)",
+    "no-output-loss": "no output (stretching) loss",
+    "bns": "bns (ZeroQ-style: per batch, no pipeline, no output loss)",
+    "noise": "noise",
+    "real": "real images",
+}
+# What a file's JSON does not say about how it was made: prose only, never a figure.
+FILE_NOTES = {
+    "detect_mct_state.json": "`python bench/compare.py --models yolov5n --sources mct,dgh,real --targets "
+    "tflite-int8` with this file as `--state`: Sony MCT's own DGH images (source `mct`, its defaults) beside ours "
+    "and real images. Made before YOLO models got the natural-image input prior, so its `dgh` set is an older one "
+    "than `compare_state.json`'s.",
+    "ablation_r20_cpu.json": "W4A8 here rounds weights to nearest: the file predates GPTQ as the `sim` default "
+    "below 8-bit weights.",
+    "ablation_r20_h100.json": "An earlier run, scored on part of the test set (`--val-limit`) and before the `sim` "
+    "target corrected biases: its figures do not compare with the other files'.",
+    "seeds_r56_seed1.json": "`python bench/ablation.py --model cifar_resnet56 --variants dgh,noise --seed 1`; "
+    "W4A8 rounds weights to nearest (made before GPTQ became the `sim` default).",
+    "seeds_r56_seed2.json": "`python bench/ablation.py --model cifar_resnet56 --variants dgh,noise --seed 2`; "
+    "W4A8 rounds weights to nearest (made before GPTQ became the `sim` default).",
+    "generation_r20_h100.json": "One fresh process, our generator first: its start-up (first use of each cuDNN "
+    "kernel, model probes, capture of the CUDA graph) is inside its time. `gpu_check_h100.json` has warm runs.",
+    "generation_r20_100_cpu.json": "Made before the flip and crop became one gather (same images; the current "
+    "code's rate is a little higher).",
+    "generation_r20_100_mct_keep_freed_cpu.json": "Made before the flip and crop became one gather (same images; "
+    "the current code's rate is a little higher).",
+    "generation_yolov5n_cpu.json": "Made before the flip and crop became one gather (same images; the current "
+    "code's rate is a little higher).",
+    "generation_yolov5n_30_mct_keep_freed_cpu.json": "Made before the flip and crop became one gather (same "
+    "images; the current code's rate is a little higher). A short run weighs our fixed start-up more.",
+    "gpu_check_h100.json": "`python bench/_gpu_check.py WEIGHTS`: the runs in the order listed, one process (the "
+    "first run includes start-up). `eager`: CUDA graph off; `bf16`: bfloat16 autocast; `256MiB`: "
+    "`DGHConfig(memory_mb=256)`, which takes the two-pass path.",
+}
+
+# The same, shortened for the README's results block.
+README_NOTES = {"generation_r20_h100.json": "one fresh process, start-up included"}
+
+Table = tuple[list[str], list[list[str]]]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def num(value: Any, digits: int = 2) -> str:
+    """A figure as the tables print it: fixed decimals for floats, '-' for a missing value."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def signed(value: float) -> str:
+    return f"{value:+.2f}"
+
+
+def markdown(table: Table) -> list[str]:
+    header, rows = table
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def ordered(items: Iterable[str], preferred: Iterable[str]) -> list[str]:
+    """``items`` once each, those in ``preferred`` first and in its order, the rest as they come."""
+    seen = list(dict.fromkeys(items))
+    first = [x for x in preferred if x in seen]
+    return first + [x for x in seen if x not in first]
+
+
+def name_parts(name: str) -> list[str]:
+    return Path(name).stem.split("_")
+
+
+def machine_from_name(name: str) -> str:
+    """The machine a file name says (``..._cpu.json``), marked as named from the file name."""
+    for part in reversed(name_parts(name)):
+        if part in SUFFIX_MACHINES:
+            return f"{SUFFIX_MACHINES[part]} (named from the file name: the file records no machine)"
+    return "not recorded"
+
+
+def model_from_name(name: str) -> str:
+    for part in name_parts(name):
+        if part in NAME_MODELS:
+            return NAME_MODELS[part]
+    return Path(name).stem
+
+
+def machine_of(name: str, data: dict) -> str:
+    """The machine as the file records it (``machine``, else ``device``), else from its name."""
+    for key in ("machine", "device"):
+        if isinstance(data.get(key), str):
+            return f"{data[key]} (the file's `{key}`)"
+    return machine_from_name(name)
+
+
+def file_line(name: str, about: str) -> str:
+    note = FILE_NOTES.get(name)
+    return f"- `bench/results/{name}`: {about}" + (f". {note}" if note else "")
+
+
+def bits_weight(bits: str) -> int | None:
+    m = re.fullmatch(r"W(\d+)A(\d+)", bits)
+    return int(m.group(1)) if m else None
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def compare_tables(state: dict) -> list[tuple[str, Table]]:
+    """One table per model of a ``bench/compare.py`` state: sources x targets, quantized (minus float)."""
+    cells = {k: v for k, v in state["cells"].items() if "error" not in v}
+    keys = [k.split("|") for k in state["cells"]]
+    models = ordered((k[0] for k in keys), MODEL_ORDER)
+    sources = ordered((k[1] for k in keys), SOURCE_ORDER)
+    targets = ordered((k[2] for k in keys), TARGET_ORDER)
+    out = []
+    for model in models:
+        first = next((v for k, v in cells.items() if k.startswith(model + "|")), None)
+        if first is None:
+            continue
+        model_targets = [t for t in targets if any(k.startswith(model + "|") and k.endswith("|" + t) for k in cells)]
+        rows = []
+        for source in sources:
+            row = []
+            for target in model_targets:
+                cell = state["cells"].get(f"{model}|{source}|{target}")
+                if cell is None:
+                    row.append("-")
+                elif "error" in cell:
+                    row.append("error")
+                else:
+                    row.append(f"{cell['quantized']:.2f} ({signed(-cell['drop'])})")
+            if any(c != "-" for c in row):
+                rows.append([source, *row])
+        title = f"**{model}**: {first['metric']}, float {first['float']:.2f}"
+        out.append((title, (["calibration", *model_targets], rows)))
+    return out
+
+
+def rounding_table(files: dict[str, dict]) -> Table:
+    """``bench/sim_rounding.py`` files (keys ``BITS/ROUNDING/SOURCE``): rows model x bits x rounding."""
+    sources = ordered((k.split("/")[2] for data in files.values() for k in data), SOURCE_ORDER)
+    rows = []
+    for name, data in files.items():
+        combos = list(dict.fromkeys(tuple(k.split("/")[:2]) for k in data))
+        for bits, rounding in sorted(combos, key=lambda c: (c[0] != "W4A8", c[0], c[1] != "nearest")):
+            w = bits_weight(bits)
+            default = w is not None and (rounding == "gptq") == (w < 8)
+            label = f"{rounding} (default)" if default else rounding
+            rows.append([model_from_name(name), bits, label, *(num(data.get(f"{bits}/{rounding}/{s}"))
+                                                                 for s in sources)])
+    return ["model", "bits", "weight rounding", *sources], rows
+
+
+def seeds_table(files: dict[str, dict]) -> Table:
+    """``bench/seeds.py`` files (``top1`` keys ``BITS/SOURCE/SEED``, ``BITS/SOURCE/mean``, ``BITS/real``)."""
+    keys = [k.split("/") for data in files.values() for k in data["top1"]]
+    sources = ordered((k[1] for k in keys if len(k) == 3), SOURCE_ORDER)
+    seeds = ordered((k[2] for k in keys if len(k) == 3 and k[2] != "mean"), ())
+    header = ["model, bits"]
+    for s in sources:
+        header += [f"{s}, seeds {' / '.join(seeds)}", f"{s} mean"]
+    has_real = any(len(k) == 2 and k[1] == "real" for k in keys)
+    header += ["real"] if has_real else []
+    rows = []
+    for data in files.values():
+        top = data["top1"]
+        for bits in ordered((k.split("/")[0] for k in top), ("W8A4", "W4A8")):
+            row = [f"{data.get('model', '?')} {bits}"]
+            for s in sources:
+                per_seed = " / ".join(num(top.get(f"{bits}/{s}/{seed}")) for seed in seeds)
+                row += [per_seed, num(top.get(f"{bits}/{s}/mean"))]
+            if has_real:
+                row.append(num(top.get(f"{bits}/real")))
+            rows.append(row)
+    return header, rows
+
+
+def seeds_time_table(files: dict[str, dict]) -> Table:
+    rows = []
+    for data in files.values():
+        per_seed = data.get("generated", {}).get("wall_s_per_seed_0_1_2", {})
+        for source, times in per_seed.items():
+            rows.append([data.get("model", "?"), source, " / ".join(num(t, 1) for t in times)])
+    return ["model", "source", "seconds per set, seeds 0 / 1 / 2"], rows
+
+
+def variant_runs_table(files: dict[str, dict], with_seed: bool = False) -> Table:
+    """``bench/ablation.py`` files: one row per variant, top-1 at each bit width and generation time."""
+    bits = ordered((b for data in files.values() for v in data["variants"].values() for b in v if b != "generation_s"),
+                   ("W8A4", "W4A8"))
+    header = ["model", *(["seed"] if with_seed else []), "variant", *bits, "generation, s"]
+    rows = []
+    for name, data in files.items():
+        seed = re.search(r"seed(\d+)", name)
+        for variant, row in data["variants"].items():
+            rows.append([data.get("model", "?"), *([seed.group(1) if seed else "?"] if with_seed else []),
+                         VARIANT_LABELS.get(variant, variant), *(num(row.get(b)) for b in bits),
+                         num(row.get("generation_s"), 1)])
+    return header, rows
+
+
+def picks_summary(state: dict) -> dict[str, dict[str, dict[str, Any]]]:
+    """``bench/detect_picks.py`` state (jobs ``SPEC|SOURCE|SEED|PICK``) -> per spec and source: the
+    values per seed, their mean, count, lowest and highest."""
+    jobs = {tuple(k.split("|")): v for k, v in state["jobs"].items()}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for spec in ordered((k[0] for k in jobs), ()):
+        mine = {k[1:]: v for k, v in jobs.items() if k[0] == spec}
+        out[spec] = {}
+        for source in ordered((k[0] for k in mine), SOURCE_ORDER):
+            values = [v for k, v in mine.items() if k[0] == source]
+            seeds = ordered((k[1] for k in mine if k[0] == source), ())
+            out[spec][source] = {
+                "per_seed": [[v for k, v in mine.items() if k[0] == source and k[1] == seed] for seed in seeds],
+                "mean": statistics.fmean(values), "n": len(values), "lo": min(values), "hi": max(values)}
+    return out
+
+
+def picks_tables(state: dict) -> list[tuple[str, Table]]:
+    """One table per target spec of a ``bench/detect_picks.py`` state."""
+    out = []
+    for spec, by_source in picks_summary(state).items():
+        real = by_source.get("real", {}).get("mean")
+        rows = []
+        for source, r in by_source.items():
+            picks = "; ".join(", ".join(f"{v:.2f}" for v in seed) for seed in r["per_seed"])
+            rows.append([source, picks, f"{r['mean']:.2f} ({r['n']})", f"{r['lo']:.2f} to {r['hi']:.2f}",
+                         "-" if real is None or source == "real" else signed(r["mean"] - real)])
+        header = ["source", "picks (seeds split by ';')", "mean (jobs)", "lowest to highest", "mean minus real"]
+        out.append((f"**{spec}**", (header, rows)))
+    return out
+
+
+def generation_table(files: dict[str, dict]) -> Table:
+    """``bench/generation.py`` files: ours against MCT, one row per file."""
+    rows = []
+    for name, data in files.items():
+        ours, mct = data.get("ours", {}), data.get("mct") or {}
+        keep = mct.get("keep_freed_memory")
+        rows.append([
+            f"`{name}`", data.get("model", "?"), f"{data.get('n_images')} x {data.get('iters')}",
+            data.get("device", "?"),
+            num(ours.get("rate"), 1), num(mct.get("rate"), 1),
+            f"{data['speedup']:.2f}x" if "speedup" in data else "-",
+            f"{num(ours.get('wall_s'), 1)} / {num(mct.get('wall_s'), 1)}",
+            f"{num(ours.get('peak_mb'), 0)} / {num(mct.get('peak_mb'), 0)}",
+            "not recorded" if mct and keep is None else num(keep) if mct else "-",
+            num(data.get("ceiling_rate"), 0),
+        ])
+    header = ["file", "model", "images x iterations", "device", "ours, image-iterations/s",
+              "MCT, image-iterations/s", "ratio", "seconds, ours / MCT", "peak MiB, ours / MCT",
+              "MCT under our allocator setting", "ceiling, images/s"]
+    return header, rows
+
+
+def generation_quality_table(data: dict) -> Table:
+    top = data["top1"]
+    bits = ordered((b for row in top.values() for b in row), ("W8A4", "W4A8"))
+    return ["calibration", *bits], [[label, *(num(row.get(b)) for b in bits)] for label, row in top.items()]
+
+
+def gpu_runs_table(data: dict) -> Table:
+    rows = []
+    for label, row in data.items():
+        if not label.startswith("r20_"):
+            continue
+        if not isinstance(row, dict):
+            rows.append([f"`{label}`", str(row), *["-"] * 6])
+            continue
+        rows.append([f"`{label}`", f"{row.get('n')} x {row.get('iters')}", num(row.get("cuda_graph")),
+                     num(row.get("wall_s")), num(row.get("rate"), 0), num(row.get("peak_mb"), 1),
+                     num(row.get("chunk")), f"{row['final_bn']:g}" if "final_bn" in row else "-"])
+    return ["run", "images x iterations", "CUDA graph", "seconds", "image-iterations/s", "peak MiB", "chunk",
+            "final BN loss"], rows
+
+
+def flat_table(data: Any, prefix: str = "") -> Table:
+    """Any JSON as key/value rows, for a file no section knows."""
+    rows: list[list[str]] = []
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list) and not all(isinstance(v, (int, float, str)) for v in value):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        else:
+            text = ", ".join(num(v) for v in value) if isinstance(value, list) else num(value)
+            rows.append([f"`{key}`", text])
+
+    walk(data, prefix)
+    return ["key", "value"], rows
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+def section_compare(files: dict[str, dict]) -> list[str]:
+    lines = ["Every cell is one full `dgh-deploy` job (generate, calibrate, convert, verify on the target's "
+             "runtime) with the model's default generation budget: the quantized metric on the model's real "
+             "validation data, and in brackets quantized minus float. `sim:WxAy` is the `sim` target at those "
+             "bit widths (MSE activation ranges, bias correction, GPTQ weights below 8 bits). "
+             "`python bench/compare.py` runs the missing cells of its state file and rewrites "
+             "`bench/results/compare.md` from it.", ""]
+    for name, state in files.items():
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, state)}.", ""]
+        if name in FILE_NOTES:
+            lines += [FILE_NOTES[name], ""]
+        for title, table in compare_tables(state):
+            lines += [title, "", *markdown(table), ""]
+    return lines
+
+
+def section_rounding(files: dict[str, dict]) -> list[str]:
+    lines = ["Top-1 of the `sim` target with weights rounded by GPTQ or to nearest, per calibration source "
+             "(`python bench/sim_rounding.py`): the job's cached seed-0 DGH and bns sets, noise (seed 0) and real "
+             "images; per-channel weights, MSE activation ranges, bias correction on. \"(default)\" marks the "
+             "rounding the `sim` target uses at those bits.", "", *markdown(rounding_table(files)), ""]
+    lines += [file_line(n, f"{model_from_name(n)} (named from the file name), measured on {machine_of(n, d)}")
+              for n, d in files.items()]
+    return [*lines, ""]
+
+
+def section_seeds(files: dict[str, dict]) -> list[str]:
+    sets = {n: d for n, d in files.items() if "top1" in d}
+    runs = {n: d for n, d in files.items() if "variants" in d}
+    lines: list[str] = []
+    if sets:
+        lines += ["One DGH and one bns set per seed (`python bench/seeds.py`), each scored by the `sim` target "
+                  "(GPTQ weights at W4A8, nearest at W8A4) beside real calibration images.", "",
+                  *markdown(seeds_table(sets)), "", "Generation time of each set:", "",
+                  *markdown(seeds_time_table(sets)), ""]
+        for n, d in sets.items():
+            where = d.get("generated", {}).get("where", machine_from_name(n))
+            lines.append(file_line(n, f"sets generated on {where}; scored by the {d.get('scored', 'not recorded')}"))
+        lines.append("")
+    if runs:
+        lines += ["More seeds in `bench/ablation.py`'s format (one DGH and one noise set per seed):", "",
+                  *markdown(variant_runs_table(runs, with_seed=True)), ""]
+        lines += [file_line(n, f"measured on {machine_of(n, d)}, float top-1 {num(d.get('float_top1'))}")
+                  for n, d in runs.items()]
+        lines.append("")
+    return lines
+
+
+def section_picks(files: dict[str, dict]) -> list[str]:
+    lines = ["A detector's calibration sources over seeds and picks (`python bench/detect_picks.py`): one set per "
+             "source and seed (dgh and bns as `dgh-deploy generate` makes them, noise, and windows of the real "
+             "image folder), and a full job on each pick of a set (the set rotated: other images to calibrate "
+             "on, others held out). A `tensorrt-int8:METHOD` column is that target with `--act-range METHOD`; "
+             "percentile is its detector default. The cells are mAP50-95 on the data's validation split.", ""]
+    for name, state in files.items():
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, state)}: {state.get('model', '?')} at "
+                  f"{state.get('imgsz', '?')}, float {num(state.get('float'))}.", ""]
+        for title, table in picks_tables(state):
+            lines += [title, "", *markdown(table), ""]
+    return lines
+
+
+def section_generation(files: dict[str, dict]) -> list[str]:
+    versions = sorted({d["mct"]["version"] for d in files.values() if d.get("mct", {}).get("version")})
+    lines = [f"Our generator and Sony MCT {', '.join(versions) or ''}'s `pytorch_data_generation_experimental` "
+             "(its defaults) on the same model, image count, iterations, device and threads, one after the other in "
+             "one process (`python bench/generation.py`). The device column is the file's `device`. Peak memory is "
+             "RSS on a CPU and GPU memory on a GPU; the ceiling is the model's bare forward and backward to the "
+             "input, in images per second at our chunk size. On CPU our generator keeps freed memory in the heap; "
+             "MCT runs as shipped unless the allocator column says yes (`--mct-keep-freed-memory`).", "",
+             *markdown(generation_table(files)), ""]
+    notes = [f"- `bench/results/{n}`: {FILE_NOTES[n]}" for n in files if n in FILE_NOTES]
+    lines += [*notes, ""] if notes else []
+    for name, data in files.items():
+        if "top1" in data:
+            lines += [f"Top-1 of the `sim` target on each image set of `bench/results/{name}` ({data.get('model')}, "
+                      f"{data.get('n_images')} x {data.get('iters')}, float {num(data.get('float_top1'))}; "
+                      f"{data.get('device')}):", "", *markdown(generation_quality_table(data)), ""]
+    return lines
+
+
+def section_ablation(files: dict[str, dict]) -> list[str]:
+    lines = ["Each DGH component off in turn (`python bench/ablation.py`), judged by the `sim` target's top-1, with "
+             "the references beside.", ""]
+    for name, data in files.items():
+        lines += [file_line(name, f"{data.get('model')}, {data.get('n_images')} images x {data.get('iters')} "
+                                  f"iterations, float top-1 {num(data.get('float_top1'))}, measured on "
+                                  f"{machine_of(name, data)}"), "", *markdown(variant_runs_table({name: data})), ""]
+    return lines
+
+
+def section_gpu(files: dict[str, dict]) -> list[str]:
+    lines = ["The generator on a GPU (`python bench/_gpu_check.py`): cifar_resnet20 runs with and without the CUDA "
+             "graph, and the exactness of chunked statistics.", ""]
+    for name, data in files.items():
+        rel = data.get("exactness_rel_err")
+        exact = ", ".join(f"{v:.1e}" for v in rel) if isinstance(rel, list) else num(rel)
+        lines += [file_line(name, f"measured on {machine_of(name, data)}, torch {data.get('torch', '?')}"), "",
+                  "DGH's gradient (float64) with the set in chunks, and on the CPU, against one batch on the GPU, "
+                  f"relative error: {exact}.", "",
+                  *markdown(gpu_runs_table(data)), ""]
+    return lines
+
+
+def section_other(files: dict[str, dict]) -> list[str]:
+    lines = ["Files no section above reads, shown as they are."]
+    for name, data in files.items():
+        machine = machine_of(name, data) if isinstance(data, dict) else machine_from_name(name)
+        lines += ["", f"`bench/results/{name}`, measured on {machine}:", "", *markdown(flat_table(data))]
+    return [*lines, ""]
+
+
+Section = tuple[str, Callable[[str], bool], Callable[[dict[str, dict]], list[str]]]
+SECTIONS: list[Section] = [
+    ("Calibration sources x targets", lambda n: n.endswith("_state.json"), section_compare),
+    ("`sim` weight rounding: GPTQ against round-to-nearest", lambda n: n.startswith("sim_rounding_"),
+     section_rounding),
+    ("Three seeds per source", lambda n: n.startswith("seeds_"), section_seeds),
+    ("YOLOv5n over seeds and picks", lambda n: n.startswith("picks_"), section_picks),
+    ("Generation speed against MCT", lambda n: n.startswith("generation_"), section_generation),
+    ("Ablation", lambda n: n.startswith("ablation_"), section_ablation),
+    ("GPU check", lambda n: n.startswith("gpu_check"), section_gpu),
+]
+
+
+def load_results(folder: Path) -> dict[str, Any]:
+    return {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+def build_doc(results: dict[str, Any]) -> str:
+    lines = ["# Results", "",
+             "<!-- generated by bench/results_doc.py from bench/results/*.json: edit that script, not this file -->",
+             "",
+             "Every table here is built by `python bench/results_doc.py` from a file in `bench/results/` that a "
+             "bench script wrote; nothing is typed by hand, and the tests fail when this page and the files "
+             "disagree. Each table names the machine its file records. Where a file records none, the machine is "
+             "named from the file name (`_cpu`: the 2-core CPU, a 2-vCPU AMD EPYC VM, this project's machine; "
+             "`_h100`: a lent NVIDIA H100 machine) and the table says so. Top-1 is on the CIFAR-10 test images, "
+             "mAP on coco128's validation split. How it is built: [design.md](design.md).", ""]
+    claimed: set[str] = set()
+    for title, match, build in SECTIONS:
+        files = {n: d for n, d in results.items() if n not in claimed and match(n)}
+        if not files:
+            continue
+        claimed |= set(files)
+        lines += [f"## {title}", "", *build(files)]
+    rest = {n: d for n, d in results.items() if n not in claimed}
+    if rest:
+        lines += ["## Other result files", "", *section_other(rest)]
+    while lines and lines[-1] == "":
+        lines.pop()
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- README block
+
+
+def readme_block(results: dict[str, Any]) -> str:
+    """The README's short results table: DGH against real calibration on every target, plus two lines."""
+    lines = [BEGIN, "<!-- generated by bench/results_doc.py from bench/results/*.json: do not edit by hand -->"]
+    state = results.get("compare_state.json")
+    if state:
+        cells = state["cells"]
+        targets = ("tflite-int8", "tensorrt-int8", "sim:W8A4", "sim:W4A8")
+        rows = []
+        for title, _ in compare_tables(state):
+            model = title.split("**")[1]
+            first = next(v for k, v in cells.items() if k.startswith(model + "|") and "error" not in v)
+            for i, source in enumerate(("dgh", "real")):
+                label = f"{model}, {first['metric']} (float {first['float']:.2f})" if i == 0 else ""
+                row = [label, "DGH" if source == "dgh" else "real images"]
+                for t in targets:
+                    c = cells.get(f"{model}|{source}|{t}")
+                    row.append("-" if c is None or "error" in c else f"{c['quantized']:.2f}")
+                rows.append(row)
+        lines += ["", f"Full jobs, int8 metric on each model's real validation data, measured on "
+                      f"{state.get('machine', 'a machine not recorded')} (`bench/results/compare_state.json`):", "",
+                  *markdown((["model, metric (float)", "calibration", *targets], rows))]
+    picks = results.get("picks_yolov5n_cpu.json")
+    if picks:
+        summary = {spec: v for spec, v in picks_summary(picks).items() if spec != "tensorrt-int8:max"}
+        shapes = sorted({(len(r["per_seed"]), max(map(len, r["per_seed"])), r["n"])
+                         for v in summary.values() for r in v.values()})
+        over = " or ".join(f"{n} jobs, {s} seeds x {k} picks" for s, k, n in shapes)
+        text = "; ".join(f"`{spec}` DGH {v['dgh']['mean']:.2f}, real {v['real']['mean']:.2f}"
+                         for spec, v in summary.items() if "dgh" in v and "real" in v)
+        where = ("same machine" if state and picks.get("machine") == state.get("machine")
+                 else f"measured on {picks.get('machine', 'a machine not recorded')}")
+        lines += ["", f"{picks.get('model')} at {picks.get('imgsz')}, mAP50-95, mean of {over} "
+                      f"(`bench/results/picks_yolov5n_cpu.json`, {where}): {text}."]
+    speed = [(n, results[n]) for n in ("generation_r20_cpu.json", "generation_r20_h100.json") if n in results]
+    if speed:
+        text = "; ".join(f"{d['speedup']:.2f}x on {d['device']}"
+                         + (f" ({README_NOTES[n]})" if n in README_NOTES else "")
+                         for n, d in speed if "speedup" in d)
+        d0 = speed[0][1]
+        lines += ["", f"Generation speed, ours over MCT {d0.get('mct', {}).get('version', '')}'s with the same "
+                      f"settings ({d0['model']}, {d0['n_images']} images x {d0['iters']} iterations): {text} "
+                      f"({', '.join(f'`bench/results/{n}`' for n, _ in speed)})."]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str) -> str:
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README has no {BEGIN} ... {END} block")
+    return text[:start] + block + text[end + len(END):]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs from what "
+                                                        "would be written")
+    p.add_argument("--results", default=str(RESULTS), help="folder of result JSON files")
+    p.add_argument("--doc", default=str(DOC), help="the generated page")
+    p.add_argument("--readme", default=str(README), help="the README whose results block is rewritten")
+    args = p.parse_args(argv)
+    results = load_results(Path(args.results))
+    doc_path, readme_path = Path(args.doc), Path(args.readme)
+    try:
+        readme_text = readme_path.read_text()
+        wanted = {doc_path: build_doc(results), readme_path: replace_block(readme_text, readme_block(results))}
+    except (OSError, ValueError) as err:
+        print(f"results_doc: {err}", file=sys.stderr)
+        return 2
+    stale = [path for path, text in wanted.items() if not path.is_file() or path.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"results_doc: {path} is not what bench/results/ gives; run python bench/results_doc.py",
+                  file=sys.stderr)
+        return 1 if stale else 0
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(wanted[path])
+        print(f"wrote {path}")
+    if not stale:
+        print("docs/results.md and the README's results block are up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
