@@ -4,23 +4,19 @@ Variants: full DGH; per-batch statistics instead of the exact joint ones (batche
 image pipeline off (no extra pixels, crop, flip or smoothing); output (stretching) loss off;
 plus the references noise, bns and 256 real images.
 
-    .venv/bin/python bench/ablation.py                          # ResNet-20, 256 x 500, 2 threads
+    .venv/bin/python -m bench.ablation                          # ResNet-20, 256 x 500, 2 threads
     .venv/bin/python bench/ablation.py --iters 100 --val-limit 2000 --variants dgh,no-output-loss
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
-import torch
-
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed dgh_deploy wins
-from bench._generation_eval import add_run_arguments, load_val, sim_top1, top1
+from bench import common
+from bench.evaluation import float_top1, load_val, sim_top1
 
 VARIANTS = ("dgh", "per-batch-stats", "no-pipeline", "no-output-loss", "bns", "noise", "real")
 
@@ -37,28 +33,21 @@ def variant_config(name: str) -> object:
     }[name]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(ap)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
+def run(args: argparse.Namespace, variants: list[str]) -> dict:
+    """Every variant's top-1 at W8A4 and W4A8; written to ``--json`` after each variant (a stopped
+    run keeps what it measured)."""
+    common.set_threads(args.threads)
     from dgh_deploy.generation import make_calibration_set
     from dgh_deploy.loading import load_model
-    from dgh_deploy.runtime.base import TorchRunner
 
     model = load_model(args.model, args.weights, imgsz=args.imgsz)
     val = load_val(model, args.val_data, args.val_limit)
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
-    res: dict = {"model": model.name, "n_images": args.n_images, "iters": args.iters, "device": device,
-                 "float_top1": top1(TorchRunner(model.module), val), "variants": {}}
+    res: dict = {"model": model.name, "n_images": args.n_images, "iters": args.iters,
+                 "device": common.device_label(args.device, args.threads),
+                 "float_top1": float_top1(model, val), "variants": {}}
     print(f"# {model.name}: {args.n_images} images x {args.iters} iterations; float top-1 {res['float_top1']:.2f} "
           f"on {len(val.labels)} test images")
-    for name in args.variants.split(","):
-        if name not in VARIANTS:
-            raise SystemExit(f"unknown variant '{name}' (one of {', '.join(VARIANTS)})")
+    for name in variants:
         t0 = time.perf_counter()
         if name == "real":
             images = make_calibration_set(model, f"real:{args.real_calib}", args.n_images, 0).images
@@ -73,10 +62,26 @@ def main(argv: list[str] | None = None) -> dict:
         res["variants"][name] = {**row, "generation_s": round(gen_s, 1)}
         print(f"  {name:16s} " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()) + f"   ({gen_s:.0f} s)",
               flush=True)
-        if args.json:  # after every variant: a stopped run keeps what it measured
-            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        if args.json:
+            common.write_result(args.json, res, indent=2)
     return res
 
 
+def main(argv: list[str] | None = None) -> int:
+    ap = common.BenchParser("ablation", __doc__)
+    ap.add_generation_run()
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_json(help="write the results here (JSON), after every variant")
+    args = ap.parse(argv)
+    variants = common.split_list(args.variants)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:  # before anything runs (it used to stop at the first unknown one, after the others ran)
+        return ap.fail(f"unknown variant '{unknown[0]}' (one of {', '.join(VARIANTS)})")
+    if rc := ap.check_assets(args.weights, args.val_data, args.real_calib if "real" in variants else None):
+        return rc
+    run(args, variants)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

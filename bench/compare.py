@@ -1,7 +1,7 @@
 """Calibration sources x targets on the shared models, as one Markdown table.
 
     python bench/compare.py                                  # the README's table (all models)
-    python bench/compare.py --models cifar_resnet20 --targets sim:W8A4,tflite-int8
+    python -m bench.compare --models cifar_resnet20 --targets sim:W8A4,tflite-int8
 
 Every cell is a full ``dgh-deploy`` run (generate, calibrate, convert, verify on the target's
 runtime). Generated sets are cached, so each (model, source) is generated once for all targets.
@@ -13,56 +13,16 @@ Finished cells are kept in ``--state`` (JSON): stop it any time and run it again
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from dgh_deploy.artifacts import atomic_path, write_json
-from dgh_deploy.errors import DGHError
+from bench import common
+from bench.common import Case
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS = "cifar_resnet20,cifar_resnet56,yolov5n"
 SOURCES = "dgh,bns,noise,real"
 TARGETS = "sim:W8A4,sim:W4A8,tflite-int8,tensorrt-int8"
-
-
-@dataclass(frozen=True)
-class Case:
-    model: str
-    weights: str
-    val_data: str
-    real: str
-    imgsz: int | None = None
-    n_images: int | None = None
-
-
-def cases(assets: Path) -> dict[str, Case]:
-    c10 = assets / "cifar10"
-    return {
-        "cifar_resnet20": Case("cifar_resnet20", str(c10 / "resnet20-12fca82f.th"), str(c10 / "test"),
-                               str(c10 / "calib")),
-        "cifar_resnet56": Case("cifar_resnet56", str(c10 / "resnet56-4bfd9763.th"), str(c10 / "test"),
-                               str(c10 / "calib")),
-        "yolov5n": Case("yolov5n", str(assets / "yolov5n" / "yolov5n-coco-v6.1.pt"),
-                        str(assets / "coco128" / "coco128.yaml"), str(assets / "coco128" / "images" / "train2017"),
-                        imgsz=320, n_images=64),
-    }
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core CPU ({cpu}), Python {platform.python_version()}"
 
 
 def split_spec(spec: str) -> tuple[str, dict[str, int]]:
@@ -77,6 +37,7 @@ def split_spec(spec: str) -> tuple[str, dict[str, int]]:
 
 
 def run_cell(case: Case, source: str, spec: str, out_root: Path, threads: int) -> dict:
+    """One full ``dgh-deploy`` job: its float and quantized metric, drop and times."""
     import dgh_deploy
 
     target, options = split_spec(spec)
@@ -105,21 +66,20 @@ def mct_set(case: Case, out_root: Path, threads: int) -> Path:
     path = out_root / f"{case.model}-mct.npz"
     if path.is_file():
         return path
-    import torch
+    from dgh_deploy.errors import DGHError
 
     try:
         import model_compression_toolkit  # noqa: F401
     except ImportError as exc:
         raise DGHError("source 'mct' needs Sony MCT 2.6.1, which is not installed",
                        "pip install -e '.[bench]' (./install.sh installs it), or leave mct out of --sources") from exc
-    sys.path.append(str(REPO))
     from bench.generation import run_mct
     from dgh_deploy.calibration import CalibrationSet
     from dgh_deploy.generation import default_budget
     from dgh_deploy.loading import load_model
     from dgh_deploy.pipeline import default_holdout
 
-    torch.set_num_threads(threads)
+    common.set_threads(threads)
     model = load_model(case.model, case.weights, imgsz=case.imgsz)
     budget = default_budget(model, "cpu")
     n = case.n_images or budget.n_images
@@ -134,8 +94,8 @@ def mct_set(case: Case, out_root: Path, threads: int) -> Path:
 
 
 def table(state: dict, models: list[str], sources: list[str], targets: list[str]) -> str:
-    lines = [f"Measured on {state.get('machine', machine())}. Each cell: quantized metric (quantized minus float) "
-             "on the model's real validation data.", ""]
+    lines = [f"Measured on {state.get('machine', common.machine())}. Each cell: quantized metric "
+             "(quantized minus float) on the model's real validation data.", ""]
     for model in models:
         first = next((v for k, v in state["cells"].items() if k.startswith(model + "|") and "error" not in v), None)
         if first is None:
@@ -164,36 +124,16 @@ def in_state(state: dict, part: int, order: str) -> list[str]:
     return first + [x for x in seen if x not in first]
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--assets", default=str(REPO.parent / "shared" / "assets"))
-    p.add_argument("--models", default=MODELS)
-    p.add_argument("--sources", default=SOURCES)
-    p.add_argument("--targets", default=TARGETS,
-                   help="targets; sim:W<bits>A<bits> picks the simulated bit widths")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--out", default=str(REPO / "bench" / "results" / "compare.md"))
-    p.add_argument("--state", default=str(REPO / "bench" / "results" / "compare_state.json"))
-    p.add_argument("--work", default=str(REPO / "out" / "compare"))
-    p.add_argument("--merge", action="append", default=[],
-                   help="add the cells of another state file (a run of other models in parallel)")
-    p.add_argument("--table-only", action="store_true", help="write the table from the state; run nothing")
-    args = p.parse_args()
-    assets = Path(args.assets)
-    if not assets.is_dir():
-        print(f"compare: shared assets not found at {assets}; pass --assets", file=sys.stderr)
-        return 2
-    all_cases = cases(assets)
-    models, sources, targets = (s.split(",") for s in (args.models, args.sources, args.targets))
-    state_path = Path(args.state)
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {"cells": {}}
-    for other in args.merge:
-        state["cells"].update(json.loads(Path(other).read_text())["cells"])
-    state["machine"] = machine()
+def run(args: argparse.Namespace, state: dict, models: list[str], sources: list[str], targets: list[str]) -> str:
+    """Every cell not in ``state`` yet (``state`` is saved to ``--state`` after each), then the table."""
+    from dgh_deploy.errors import DGHError
+
+    all_cases = common.cases(args.assets)
+    state["machine"] = common.machine()
     todo = [(m, s, t) for m in models for s in sources for t in targets if f"{m}|{s}|{t}" not in state["cells"]]
     if args.table_only:
         todo = []
-    print(f"{len(todo)} runs to do ({len(state['cells'])} already in {state_path})", flush=True)
+    print(f"{len(todo)} runs to do ({len(state['cells'])} already in {args.state})", flush=True)
     for i, (model, source, target) in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {model} {source} {target}", flush=True)
         try:
@@ -201,12 +141,39 @@ def main() -> int:
         except DGHError as err:
             cell = {"error": str(err)}
         state["cells"][f"{model}|{source}|{target}"] = cell
-        write_json(state_path, state)
+        common.write_result(args.state, state, indent=2)
         print(f"    {cell}", flush=True)
     # The file shows every cell in the state, not only this run's: a partial re-run keeps the table whole.
-    md = table(state, *(in_state(state, i, order) for i, order in enumerate((MODELS, SOURCES, TARGETS))))
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(md + "\n")
+    return table(state, *(in_state(state, i, order) for i, order in enumerate((MODELS, SOURCES, TARGETS))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.BenchParser("compare", __doc__)
+    p.add_argument("--models", default=MODELS)
+    p.add_argument("--sources", default=SOURCES)
+    p.add_argument("--targets", default=TARGETS,
+                   help="targets; sim:W<bits>A<bits> picks the simulated bit widths")
+    p.add_threads(None)
+    p.add_argument("--out", default=str(common.RESULTS / "compare.md"), help="the Markdown table")
+    p.add_argument("--state", default=str(common.RESULTS / "compare_state.json"),
+                   help="finished cells (JSON): a second run continues from them")
+    p.add_argument("--work", default=str(common.WORK / "compare"))
+    p.add_argument("--merge", action="append", default=[],
+                   help="add the cells of another state file (a run of other models in parallel)")
+    p.add_argument("--table-only", action="store_true", help="write the table from the state; run nothing")
+    args = p.parse(argv)
+    models, sources, targets = (common.split_list(s) for s in (args.models, args.sources, args.targets))
+    state = common.read_state(args.state, {"cells": {}})
+    for other in args.merge:
+        if not Path(other).is_file():
+            return p.fail(f"--merge {other}: no such state file")
+        state["cells"].update(common.read_state(other, {"cells": {}})["cells"])
+    if not args.table_only:
+        todo_models = [m for m in models if any(f"{m}|{s}|{t}" not in state["cells"] for s in sources for t in targets)]
+        if rc := common.check_cases(p, common.cases(args.assets), todo_models, real="real" in sources):
+            return rc
+    md = run(args, state, models, sources, targets)
+    common.write_text(args.out, md + "\n")
     print(md)
     return 0
 

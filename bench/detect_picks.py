@@ -9,15 +9,13 @@ asked for. ``tensorrt-int8:max`` or ``tensorrt-int8:percentile`` picks TensorRT'
 a plain target uses its default. Finished jobs are kept in ``--json``: stop and run it again to
 continue; sets are kept in ``--sets`` (copy sets made elsewhere there, named SOURCE_seedN.npz).
 
-    .venv/bin/python bench/detect_picks.py --targets tensorrt-int8:max,tensorrt-int8:percentile,tflite-int8 \
+    .venv/bin/python bench/detect_picks.py --targets tensorrt-int8:max,tensorrt-int8:percentile,tflite-int8 \\
         --json bench/results/picks_yolov5n_cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import statistics
 import sys
@@ -26,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed dgh_deploy wins
-from bench.compare import REPO, Case, cases, machine
-from bench.seeds import set_path
+from bench import common
+from bench.common import Case, set_path
 
 HOLDOUT = 8  # the job's default hold-out for 64 calibration images
 
@@ -41,7 +38,7 @@ def make_set(case: Case, source: str, seed: int, n: int, iters: int, path: Path)
     t0 = time.perf_counter()
     if source == "real":
         every = dgh_deploy.generate(case.model, weights=case.weights, imgsz=case.imgsz, calib=f"real:{case.real}",
-                                    n_images=_count_images(case.real), progress=False)
+                                    n_images=count_images(case.real), progress=False)
         start = seed * (len(every) - n) // 2
         calib = CalibrationSet(every.images[start:start + n], every.source,
                                {**every.settings, "window_start": start, "n_images": n}, every.stats)
@@ -52,7 +49,7 @@ def make_set(case: Case, source: str, seed: int, n: int, iters: int, path: Path)
     print(f"made {path.name} in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def _count_images(folder: str) -> int:
+def count_images(folder: str) -> int:
     from dgh_deploy.generation.baselines import list_images
 
     return len(list_images(Path(folder)))
@@ -108,34 +105,14 @@ def summary(state: dict, specs: list[str], sources: list[str], seeds: list[int],
     return "\n".join(lines)
 
 
-def main() -> int:
-    from dgh_deploy.artifacts import write_json
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--assets", default=str(REPO.parent / "shared" / "assets"))
-    p.add_argument("--model", default="yolov5n", help="a detector of bench/compare.py's cases")
-    p.add_argument("--sources", default="dgh,bns,noise,real")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--picks", type=int, default=3)
-    p.add_argument("--targets", default="tensorrt-int8:max,tensorrt-int8:percentile,tflite-int8")
-    p.add_argument("--n-images", type=int, default=64 + HOLDOUT)
-    p.add_argument("--iters", type=int, default=200, help="dgh and bns iterations (the CPU default)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--sets", default=str(REPO / "out" / "picks" / "sets"))
-    p.add_argument("--json", default=str(REPO / "bench" / "results" / "picks_yolov5n_cpu.json"))
-    args = p.parse_args()
-    assets = Path(args.assets)
-    if not assets.is_dir():
-        print(f"detect_picks: shared assets not found at {assets}; pass --assets", file=sys.stderr)
-        return 2
-    case = cases(assets)[args.model]
-    sources, specs = args.sources.split(","), args.targets.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
+def run(args: argparse.Namespace, case: Case) -> dict:
+    """Make the missing sets, run every job not in ``--json`` yet (saved after each); the state."""
+    sources, specs = common.split_list(args.sources), common.split_list(args.targets)
+    seeds = common.parse_seeds(args.seeds)
     folder = Path(args.sets)
     folder.mkdir(parents=True, exist_ok=True)
-    state_path = Path(args.json)
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {"jobs": {}}
-    state.update(machine=machine(), model=case.model, imgsz=case.imgsz)
+    state = common.read_state(args.json, {"jobs": {}})
+    state.update(machine=common.machine(), model=case.model, imgsz=case.imgsz)
 
     for src in sources:
         for seed in seeds:
@@ -143,16 +120,37 @@ def main() -> int:
                 make_set(case, src, seed, args.n_images, args.iters, set_path(folder, src, seed))
     todo = [(spec, src, seed, k) for spec in specs for src in sources for seed in seeds for k in range(args.picks)
             if f"{spec}|{src}|{seed}|{k}" not in state["jobs"]]
-    print(f"{len(todo)} jobs to do ({len(state['jobs'])} already in {state_path})", flush=True)
+    print(f"{len(todo)} jobs to do ({len(state['jobs'])} already in {args.json})", flush=True)
     work = folder.parent / "jobs"
     for i, (spec, src, seed, k) in enumerate(todo, 1):
         t0 = time.perf_counter()
         value, state["float"] = run_job(case, pick_path(folder, src, seed, k), spec, work, args.threads)
         state["jobs"][f"{spec}|{src}|{seed}|{k}"] = value
-        write_json(state_path, state)
+        common.write_result(args.json, state, indent=2)
         print(f"[{i}/{len(todo)}] {spec} {src} seed {seed} pick {k}: {value:.2f} ({time.perf_counter() - t0:.0f} s)",
               flush=True)
     print(summary(state, specs, sources, seeds, args.picks))
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.BenchParser("detect_picks", __doc__)
+    p.add_argument("--model", default="yolov5n", help="a detector of bench.common's cases")
+    p.add_argument("--sources", default="dgh,bns,noise,real")
+    p.add_seeds()
+    p.add_argument("--picks", type=int, default=3)
+    p.add_argument("--targets", default="tensorrt-int8:max,tensorrt-int8:percentile,tflite-int8")
+    p.add_argument("--n-images", type=int, default=64 + HOLDOUT)
+    p.add_argument("--iters", type=int, default=200, help="dgh and bns iterations (the CPU default)")
+    p.add_threads(None)
+    p.add_argument("--sets", default=str(common.WORK / "picks" / "sets"))
+    p.add_json(str(common.RESULTS / "picks_yolov5n_cpu.json"),
+               help="finished jobs (JSON): a second run continues from them")
+    args = p.parse(argv)
+    all_cases = common.cases(args.assets)
+    if rc := common.check_cases(p, all_cases, [args.model], real="real" in common.split_list(args.sources)):
+        return rc
+    run(args, all_cases[args.model])
     return 0
 
 

@@ -5,38 +5,41 @@ other in this process, and prints image-iterations per second, their ratio, peak
 the raw forward+backward-to-input rate of the model (the ceiling), and the ``sim`` target's
 top-1 at W8A4 and W4A8 for each image set beside 256 real calibration images.
 
-    .venv/bin/python bench/generation.py                       # ResNet-20, 256 x 500, CPU, 2 threads
+    .venv/bin/python -m bench.generation                       # ResNet-20, 256 x 500, CPU, 2 threads
     .venv/bin/python bench/generation.py --iters 50 --val-limit 2000 --skip-mct
     python bench/generation.py --device cuda --threads 8 --mct-path /path/to/wheels
-    .venv/bin/python bench/generation.py --model yolov5n --weights ../shared/assets/yolov5n/yolov5n-coco-v6.1.pt \
+    .venv/bin/python bench/generation.py --model yolov5n --weights ../shared/assets/yolov5n/yolov5n-coco-v6.1.pt \\
         --imgsz 320 --n-images 64 --iters 200                   # a detector (speed only)
 
 MCT runs with its own defaults (batch 32, 32 extra pixels, fp16 autocast on CUDA) except
 for the image count and iterations. On CPU our generator keeps freed memory in the heap while
 it runs (``dgh_deploy.generation.memory.keep_freed_memory``); MCT runs without it unless
-``--mct-keep-freed-memory`` is given.
+``--mct-keep-freed-memory`` is given. ``--mct-path`` puts a folder of the user's (an MCT
+checkout or unpacked wheels) first on ``sys.path``; nothing else in bench/ edits ``sys.path``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import importlib.util
 import sys
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+from bench import common
+from bench.evaluation import PeakMemory, float_top1, load_val, sim_top1
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed dgh_deploy wins
-from bench._generation_eval import PeakMemory, add_run_arguments, load_val, sim_top1, top1
+if TYPE_CHECKING:
+    import torch
 
 
 def ceiling_rate(module: torch.nn.Module, imgsz: tuple[int, int], batch: int, device: str,
                  channels_last: bool, repeats: int = 5) -> float:
     """Images/s of forward + backward to the input alone: no statistics, no augmentation."""
     import copy
+
+    import torch
 
     net = copy.deepcopy(module).eval().to(device)
     for p in net.parameters():
@@ -62,6 +65,8 @@ def ceiling_rate(module: torch.nn.Module, imgsz: tuple[int, int], batch: int, de
 def warm_up(device: str) -> None:
     """Start the device's libraries (CUDA context, cuDNN, cuBLAS) before anything is timed:
     whichever generator ran first would otherwise pay it (seconds on a GPU)."""
+    import torch
+
     x = torch.randn(8, 3, 32, 32, device=device, requires_grad=True)
     conv = torch.nn.Conv2d(3, 8, 3).to(device)
     conv(x).sum().backward()
@@ -71,6 +76,8 @@ def warm_up(device: str) -> None:
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
+        import torch
+
         torch.cuda.synchronize()
 
 
@@ -85,11 +92,20 @@ def run_ours(model: object, n: int, iters: int, device: str, seed: int) -> dict:
             "chunk": cs.stats["chunk"], "final_bn_loss": cs.stats["final_losses"].get("bn")}
 
 
+def add_mct_path(mct_path: str | None) -> None:
+    """``--mct-path``: put the user's folder (an MCT checkout or unpacked wheels) first on sys.path.
+    This is a user option for an external package, not an import hack; the bench modules
+    themselves are importable through the editable install and never edit sys.path."""
+    if mct_path and mct_path not in sys.path:
+        sys.path.insert(0, mct_path)
+
+
 def run_mct(model: object, n: int, iters: int, device: str, mct_path: str | None,
             keep_freed_memory: bool = False) -> dict:
-    if mct_path:
-        sys.path.insert(0, mct_path)
+    """Sony MCT's DGH images for ``model`` (its defaults but ``n`` and ``iters``), timed."""
+    add_mct_path(mct_path)
     import model_compression_toolkit as mct
+    import torch
 
     from dgh_deploy.tasks import get_task
 
@@ -110,26 +126,15 @@ def run_mct(model: object, n: int, iters: int, device: str, mct_path: str | None
             "version": getattr(mct, "__version__", "?")}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(ap)
-    ap.add_argument("--skip-mct", action="store_true", help="only this project's generator")
-    ap.add_argument("--mct-path", default=None, help="a folder to put on sys.path for model_compression_toolkit")
-    ap.add_argument("--skip-quality", action="store_true", help="speed only")
-    ap.add_argument("--mct-keep-freed-memory", action="store_true",
-                    help="run MCT under the allocator setting our generator uses on CPU (keep_freed_memory), "
-                         "to show what of the ratio that setting makes")
-    ap.add_argument("--json", default=None, help="also write the results here")
-    args = ap.parse_args(argv)
+def run(args: argparse.Namespace) -> dict:
+    import torch
 
-    torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     from dgh_deploy.generation import make_calibration_set
     from dgh_deploy.loading import load_model
-    from dgh_deploy.runtime.base import TorchRunner
 
     model = load_model(args.model, args.weights, imgsz=args.imgsz)
-    dev = torch.device(args.device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {args.threads} threads"
+    name = common.device_label(args.device, args.threads)
     print(f"# {model.name}, {args.n_images} images x {args.iters} iterations on {name}, torch {torch.__version__}")
 
     res: dict = {"model": model.name, "n_images": args.n_images, "iters": args.iters, "device": name}
@@ -155,21 +160,42 @@ def main(argv: list[str] | None = None) -> dict:
         real = make_calibration_set(model, f"real:{args.real_calib}", 256, 0, progress=False).images
         sets["real (256)"] = real
         sets["noise"] = make_calibration_set(model, "noise", args.n_images, 0, seed=args.seed).images
-        res["float_top1"] = top1(TorchRunner(model.module), val)
+        res["float_top1"] = float_top1(model, val)
         print(f"top-1 on {len(val.labels)} test images: float {res['float_top1']:.2f}")
         res["top1"] = {}
         for label, images in sets.items():
             row = {f"W{w}A{a}": sim_top1(model, images, val, w, a) for w, a in ((8, 4), (4, 8))}
             res["top1"][label] = row
             print(f"  {label:12s} " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2, default=_json) + "\n")
     return res
 
 
-def _json(o: object) -> object:
-    return o.item() if isinstance(o, np.generic) else str(o)
+def main(argv: list[str] | None = None) -> int:
+    ap = common.BenchParser("generation", __doc__)
+    ap.add_generation_run()
+    ap.add_argument("--skip-mct", action="store_true", help="only this project's generator")
+    ap.add_argument("--mct-path", default=None, help="a folder to put on sys.path for model_compression_toolkit")
+    ap.add_argument("--skip-quality", action="store_true", help="speed only")
+    ap.add_argument("--mct-keep-freed-memory", action="store_true",
+                    help="run MCT under the allocator setting our generator uses on CPU (keep_freed_memory), "
+                         "to show what of the ratio that setting makes")
+    ap.add_json()
+    args = ap.parse(argv)
+    # The test images and real calibration images matter for classifiers only (a detector's run
+    # is speed only), but a wrong path should stop the run before minutes of generation, not after.
+    quality = not args.skip_quality
+    if rc := ap.check_assets(args.weights, args.val_data if quality else None, args.real_calib if quality else None):
+        return rc
+    if not args.skip_mct:
+        add_mct_path(args.mct_path)
+        if importlib.util.find_spec("model_compression_toolkit") is None:
+            return ap.fail("Sony MCT (model_compression_toolkit) is not installed: pip install -e '.[bench]' "
+                           "(./install.sh installs it), pass --mct-path, or --skip-mct")
+    res = run(args)
+    if args.json:
+        common.write_result(args.json, res, indent=2)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -71,7 +71,7 @@ FILE_NOTES = {
     "code's rate is a little higher).",
     "generation_yolov5n_30_mct_keep_freed_cpu.json": "Made before the flip and crop became one gather (same "
     "images; the current code's rate is a little higher). A short run weighs our fixed start-up more.",
-    "gpu_check_h100.json": "`python bench/_gpu_check.py WEIGHTS`: the runs in the order listed, one process (the "
+    "gpu_check_h100.json": "`python -m bench.gpu_check WEIGHTS`: the runs in the order listed, one process (the "
     "first run includes start-up). `eager`: CUDA graph off; `bf16`: bfloat16 autocast; `256MiB`: "
     "`DGHConfig(memory_mb=256)`, which takes the two-pass path.",
 }
@@ -439,7 +439,7 @@ def section_ablation(files: dict[str, dict]) -> list[str]:
 
 
 def section_gpu(files: dict[str, dict]) -> list[str]:
-    lines = ["The generator on a GPU (`python bench/_gpu_check.py`): cifar_resnet20 runs with and without the CUDA "
+    lines = ["The generator on a GPU (`python -m bench.gpu_check`): cifar_resnet20 runs with and without the CUDA "
              "graph, and the exactness of chunked statistics.", ""]
     for name, data in files.items():
         rel = data.get("exactness_rel_err")

@@ -5,34 +5,28 @@ generates each (source, seed) set once into ``--sets`` (kept: a second run, or o
 machine, evaluates what is there), then scores every set with the ``sim`` target beside 256 real
 images, and prints the per-seed results with their mean.
 
-    .venv/bin/python bench/seeds.py --model cifar_resnet56 --weights ../shared/assets/cifar10/resnet56-4bfd9763.th \
+    .venv/bin/python bench/seeds.py --model cifar_resnet56 --weights ../shared/assets/cifar10/resnet56-4bfd9763.th \\
         --seeds 0,1,2 --sets out/seeds_r56 --json bench/results/seeds_r56.json
-    python bench/seeds.py ... --device cuda --skip-eval      # generate on a GPU, score elsewhere
+    python -m bench.seeds ... --device cuda --skip-eval       # generate on a GPU, score elsewhere
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed dgh_deploy wins
-from bench._generation_eval import ASSETS, load_val, sim_top1
-
-
-def set_path(folder: Path, source: str, seed: int) -> Path:
-    return folder / f"{source}_seed{seed}.npz"
+from bench import common
+from bench.common import set_path
+from bench.evaluation import load_val, sim_top1
 
 
 def generate(model: object, sources: list[str], seeds: list[int], n: int, iters: int, device: str,
              folder: Path) -> dict:
-    from dgh_deploy.artifacts import atomic_path
     from dgh_deploy.generation import make_calibration_set
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,7 +40,7 @@ def generate(model: object, sources: list[str], seeds: list[int], n: int, iters:
             cs = make_calibration_set(model, src, n, iters if src in ("dgh", "bns") else 0, seed=seed,  # type: ignore[arg-type]
                                       device=device, progress=False)
             wall = time.perf_counter() - t0
-            with atomic_path(path) as tmp, tmp.open("wb") as f:  # a handle: savez would append .npz
+            with common.atomic_open(path, "wb") as f:  # a handle: savez would append .npz to a name
                 np.savez_compressed(f, images=cs.images)
             made[f"{src}/{seed}"] = {"wall_s": round(wall, 2), "final_bn": cs.stats.get("final_losses", {}).get("bn"),
                                     "device": device}
@@ -54,13 +48,13 @@ def generate(model: object, sources: list[str], seeds: list[int], n: int, iters:
     return made
 
 
-def evaluate(model: object, sources: list[str], seeds: list[int], bits: list[str], folder: Path) -> dict:
+def evaluate(model: object, sources: list[str], seeds: list[int], bits: list[str], folder: Path,
+             val_data: str, real_calib: str) -> dict:
     from dgh_deploy.cli import parse_bits
     from dgh_deploy.generation import make_calibration_set
 
-    cifar = ASSETS / "cifar10"
-    val = load_val(model, str(cifar / "test"), None)
-    real = make_calibration_set(model, f"real:{cifar / 'calib'}", 256, 0, progress=False).images  # type: ignore[arg-type]
+    val = load_val(model, val_data, None)
+    real = make_calibration_set(model, f"real:{real_calib}", 256, 0, progress=False).images  # type: ignore[arg-type]
     out: dict = {}
     for b in bits:
         wb, ab = parse_bits(b)
@@ -78,36 +72,46 @@ def evaluate(model: object, sources: list[str], seeds: list[int], bits: list[str
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="cifar_resnet56")
-    ap.add_argument("--weights", default=str(ASSETS / "cifar10" / "resnet56-4bfd9763.th"))
-    ap.add_argument("--sources", default="dgh,bns,noise")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--n-images", type=int, default=256)
-    ap.add_argument("--iters", type=int, default=500)
-    ap.add_argument("--bits", default="W4A8,W8A4")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sets", required=True, help="folder of generated sets (made if missing, reused if there)")
-    ap.add_argument("--skip-eval", action="store_true", help="generate only")
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
+def run(args: argparse.Namespace) -> dict:
+    common.set_threads(args.threads)
     from dgh_deploy.loading import load_model
 
     model = load_model(args.model, args.weights)
-    sources, seeds = args.sources.split(","), [int(s) for s in args.seeds.split(",")]
+    sources, seeds = common.split_list(args.sources), common.parse_seeds(args.seeds)
     folder = Path(args.sets)
     res: dict = {"model": model.name, "n_images": args.n_images, "iters": args.iters}
     res["generated"] = generate(model, sources, seeds, args.n_images, args.iters, args.device, folder)
     if not args.skip_eval:
-        res["top1"] = evaluate(model, sources, seeds, args.bits.split(","), folder)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+        res["top1"] = evaluate(model, sources, seeds, common.split_list(args.bits), folder, args.val_data,
+                               args.real_calib)
     return res
 
 
+def main(argv: list[str] | None = None) -> int:
+    ap = common.BenchParser("seeds", __doc__)
+    ap.add_model("cifar_resnet56", common.R56_WEIGHTS)
+    ap.add_argument("--sources", default="dgh,bns,noise")
+    ap.add_seeds()
+    ap.add_argument("--n-images", type=int, default=256)
+    ap.add_argument("--iters", type=int, default=500)
+    ap.add_argument("--bits", default="W4A8,W8A4")
+    ap.add_device()
+    ap.add_threads()
+    ap.add_asset_argument("--val-data", common.CIFAR_TEST, "labelled test images (ImageFolder)")
+    ap.add_asset_argument("--real-calib", common.CIFAR_CALIB, "the 256 real calibration images' folder")
+    ap.add_argument("--sets", required=True, help="folder of generated sets (made if missing, reused if there)")
+    ap.add_argument("--skip-eval", action="store_true", help="generate only")
+    ap.add_json()
+    args = ap.parse(argv)
+    evaluating = not args.skip_eval
+    if rc := ap.check_assets(args.weights, args.val_data if evaluating else None,
+                             args.real_calib if evaluating else None):
+        return rc
+    res = run(args)
+    if args.json:
+        common.write_result(args.json, res, indent=1)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

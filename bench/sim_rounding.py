@@ -1,6 +1,6 @@
 """The ``sim`` target's weight rounding, GPTQ against round-to-nearest, per calibration source.
 
-    .venv/bin/python bench/sim_rounding.py --model cifar_resnet56 \
+    .venv/bin/python -m bench.sim_rounding --model cifar_resnet56 \\
         --weights ../shared/assets/cifar10/resnet56-4bfd9763.th --json bench/results/sim_rounding_r56_cpu.json
 
 The DGH and bns sets are the job's cached ones (256 + 32 held out x 500 iterations, seed 0: run
@@ -10,54 +10,73 @@ The DGH and bns sets are the job's cached ones (256 + 32 held out x 500 iteratio
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import torch
+from bench import common
+from bench.evaluation import load_val, sim_top1
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed dgh_deploy wins
-from bench._generation_eval import ASSETS, load_val, sim_top1
+CACHED = ("dgh", "bns")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="cifar_resnet20")
-    ap.add_argument("--weights", default=str(ASSETS / "cifar10" / "resnet20-12fca82f.th"))
-    ap.add_argument("--bits", default="W4A8,W8A4")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
+def cached_set_path(model: object, source: str) -> Path:
+    """The job's cache file of ``source``'s default CPU set (256 + 32 held out, 500 iterations, seed 0)."""
+    from dgh_deploy import __version__
     from dgh_deploy.calibration import cache
-    from dgh_deploy.calibration.calibration_set import CalibrationSet
+    from dgh_deploy.generation.config import default_recipe
+
+    key = cache.cache_key(model, source, 288, 500, 0, "cpu", version=__version__,  # type: ignore[arg-type]
+                          recipe=default_recipe(source).hashed_settings())
+    return cache.default_cache_dir() / f"{model.name}-{source}-{key}.npz"  # type: ignore[attr-defined]
+
+
+def run(args: argparse.Namespace, model: object) -> dict:
+    from dgh_deploy.calibration import CalibrationSet
     from dgh_deploy.cli import parse_bits
     from dgh_deploy.generation import make_calibration_set
-    from dgh_deploy.loading import load_model
 
-    cifar = ASSETS / "cifar10"
-    model = load_model(args.model, args.weights)
-    val = load_val(model, str(cifar / "test"), None)
+    val = load_val(model, args.val_data, None)
     sets = {}
-    for src in ("dgh", "bns"):
-        path = cache.default_cache_dir() / f"{model.name}-{src}-{cache.cache_key(model, src, 288, 500, 0, 'cpu')}.npz"
-        sets[src] = CalibrationSet.load(path).split(32)[0].images
+    for src in CACHED:
+        sets[src] = CalibrationSet.load(cached_set_path(model, src)).split(32)[0].images
     sets["noise"] = make_calibration_set(model, "noise", 256, 0, seed=0, progress=False).images
-    sets["real"] = make_calibration_set(model, f"real:{cifar / 'calib'}", 256, 0, progress=False).images
+    sets["real"] = make_calibration_set(model, f"real:{args.real_calib}", 256, 0, progress=False).images
     out: dict = {}
-    for bits in args.bits.split(","):
+    for bits in common.split_list(args.bits):
         wb, ab = parse_bits(bits)
         for rounding in ("gptq", "nearest"):
             for src, images in sets.items():
                 t0 = time.time()
                 out[f"{bits}/{rounding}/{src}"] = top = sim_top1(model, images, val, wb, ab, src, rounding)
                 print(f"{model.name} {bits} {rounding:8s} {src:6s} {top:.2f}  ({time.time() - t0:.0f} s)", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
     return out
 
 
+def main(argv: list[str] | None = None) -> int:
+    ap = common.BenchParser("sim_rounding", __doc__)
+    ap.add_model()
+    ap.add_argument("--bits", default="W4A8,W8A4")
+    ap.add_threads()
+    ap.add_asset_argument("--val-data", common.CIFAR_TEST, "labelled test images (ImageFolder)")
+    ap.add_asset_argument("--real-calib", common.CIFAR_CALIB, "the 256 real calibration images' folder")
+    ap.add_json()
+    args = ap.parse(argv)
+    if rc := ap.check_assets(args.weights, args.val_data, args.real_calib):
+        return rc
+    common.set_threads(args.threads)
+    from dgh_deploy.loading import load_model
+
+    model = load_model(args.model, args.weights)
+    missing = [str(p) for p in (cached_set_path(model, src) for src in CACHED) if not p.is_file()]
+    if missing:
+        return ap.fail(f"no cached set {', '.join(missing)}: run bench/compare.py or a 'dgh-deploy' job on "
+                       f"{model.name} (CPU defaults) once first")
+    out = run(args, model)
+    if args.json:
+        common.write_result(args.json, out, indent=1)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,18 +1,24 @@
-"""What the generation benchmarks share: timing, peak memory, and sim-target top-1."""
+"""What the generation benches share: timing, peak memory, and the ``sim`` target's top-1.
+
+Also a script: score saved image sets (``.npz`` files with an ``images`` array, as
+``bench/seeds.py`` and ``bench/gpu_check.py`` write them) with the ``sim`` target's top-1,
+beside the float model's, on a classifier's test images.
+
+    python -m bench.evaluation out/seeds_r56/dgh_seed0.npz --model cifar_resnet56 \\
+        --weights ../shared/assets/cifar10/resnet56-4bfd9763.th --bits W8A4,W4A8
+"""
 
 from __future__ import annotations
 
-import argparse
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-REPO = Path(__file__).resolve().parents[1]
-ASSETS = REPO.parent / "shared" / "assets"
+from bench import common
 
 
 class PeakMemory:
@@ -25,6 +31,8 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         if self.cuda:
+            import torch
+
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         else:
@@ -39,6 +47,8 @@ class PeakMemory:
 
     def __exit__(self, *exc: object) -> None:
         if self.cuda:
+            import torch
+
             torch.cuda.synchronize()
             self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
         else:
@@ -76,6 +86,13 @@ def top1(runner: object, val: ValSet, batch: int = 500) -> float:
     return 100.0 * float((logits.argmax(1) == val.labels).mean())
 
 
+def float_top1(model: object, val: ValSet) -> float:
+    """Top-1 of the float model itself."""
+    from dgh_deploy.runtime import TorchRunner
+
+    return top1(TorchRunner(model.module), val)  # type: ignore[attr-defined]
+
+
 def sim_top1(model: object, images: np.ndarray, val: ValSet, weight_bits: int, act_bits: int,
              source: str = "images", rounding: str = "") -> float:
     """Top-1 of the ``sim`` target (per-channel weights, mse activation ranges, ``rounding`` of the
@@ -93,16 +110,37 @@ def sim_top1(model: object, images: np.ndarray, val: ValSet, weight_bits: int, a
         return top1(result.runner, val)
 
 
-def add_run_arguments(ap: argparse.ArgumentParser) -> None:
-    """The model, budget and data options every generation bench shares."""
-    ap.add_argument("--model", default="cifar_resnet20")
-    ap.add_argument("--weights", default=str(ASSETS / "cifar10" / "resnet20-12fca82f.th"))
-    ap.add_argument("--imgsz", type=int, default=None, help="input size (default: the model's own)")
-    ap.add_argument("--n-images", type=int, default=256)
-    ap.add_argument("--iters", type=int, default=500)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--val-data", default=str(ASSETS / "cifar10" / "test"))
-    ap.add_argument("--real-calib", default=str(ASSETS / "cifar10" / "calib"))
+def main(argv: list[str] | None = None) -> int:
+    ap = common.BenchParser("evaluation", __doc__)
+    ap.add_argument("sets", nargs="+", help=".npz files with an 'images' array (N x 3 x H x W, model input space)")
+    ap.add_model()
+    ap.add_asset_argument("--val-data", common.CIFAR_TEST)
     ap.add_argument("--val-limit", type=int, default=None, help="evaluate on this many test images (spread evenly)")
+    ap.add_argument("--bits", default="W8A4,W4A8")
+    ap.add_threads()
+    ap.add_json()
+    args = ap.parse(argv)
+    if rc := ap.check_assets(args.weights, args.val_data, *args.sets):
+        return rc
+    common.set_threads(args.threads)
+    from dgh_deploy.cli import parse_bits
+    from dgh_deploy.loading import load_model
+
+    model = load_model(args.model, args.weights)
+    val = load_val(model, args.val_data, args.val_limit)
+    res: dict = {"model": model.name, "float_top1": float_top1(model, val), "top1": {}}
+    print(f"# {model.name}: float top-1 {res['float_top1']:.2f} on {len(val.labels)} test images")
+    for path in args.sets:
+        images = np.load(path)["images"]
+        row = {}
+        for bits in common.split_list(args.bits):
+            row[bits] = sim_top1(model, images, val, *parse_bits(bits))
+        res["top1"][path] = row
+        print(f"  {Path(path).name:24s} " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+    if args.json:
+        common.write_result(args.json, res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
