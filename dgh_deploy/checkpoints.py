@@ -29,11 +29,22 @@ def read_checkpoint(path: str) -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = exc_reason(exc, 120)
         raise DGHError(
-            f"cannot read weights file '{path}' ({reason})",
+            f"cannot read weights file '{path}' ({checkpoint_problem(exc)})",
             "pass a checkpoint saved with torch.save (a state_dict, or a dict holding 'state_dict')",
         ) from exc
+
+
+def checkpoint_problem(exc: BaseException) -> str:
+    """What torch.load's failure means for the user, in a few words (its own message runs to a page)."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        if "Unsupported global" in text or "GLOBAL" in text:
+            return "it holds Python objects besides tensors, which a safe load refuses"
+        return "it is not a PyTorch checkpoint, or it is damaged"
+    if isinstance(exc, EOFError) or "zip archive" in text or "central directory" in text:
+        return "the file is truncated or damaged"
+    return exc_reason(exc, 120)
 
 
 def extract_state_dict(ckpt: Any, path: str) -> dict[str, torch.Tensor]:

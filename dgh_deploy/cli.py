@@ -12,16 +12,30 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from dgh_deploy.errors import DGHError
 
 SUBCOMMANDS = ("deploy", "generate", "targets", "models")
 EXIT_INTERNAL = 1
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so generation saves its checkpoint the same way."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error (not usage + message)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}. see '{self.prog} --help'.", file=sys.stderr)
+        sys.exit(2)
 
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:
@@ -49,16 +63,16 @@ def _verbosity(p: argparse.ArgumentParser) -> None:
 def build_parser(command: str) -> argparse.ArgumentParser:
     prog = "dgh-deploy" if command == "deploy" else f"dgh-deploy {command}"
     if command == "generate":
-        p = argparse.ArgumentParser(prog=prog, description="Generate a calibration set (DGH or a baseline).")
+        p = Parser(prog=prog, description="Generate a calibration set (DGH or a baseline).")
         _common_model_args(p)
         p.add_argument("--out", required=True, help="output .npz: array 'images' (N x 3 x H x W float32, model "
                                                     "input space) and JSON 'metadata'")
         return p
     if command in ("targets", "models"):
-        p = argparse.ArgumentParser(prog=prog, description=f"List the {command}.")
+        p = Parser(prog=prog, description=f"List the {command}.")
         _verbosity(p)
         return p
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=prog, description="Generate calibration data, quantize for a hardware target, verify, report.",
         epilog="Other commands: 'dgh-deploy generate', 'dgh-deploy targets', 'dgh-deploy models'.",
     )
@@ -141,9 +155,19 @@ def parse_bits(text: str) -> tuple[int, int]:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Our log lines on stderr; third-party chatter (TensorFlow, Ultralytics, warnings) only with --verbose."""
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    if args.verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read when TensorFlow is first imported
+    os.environ.setdefault("YOLO_VERBOSE", "False")  # Ultralytics' settings banner and validator tables
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def run_deploy(args: argparse.Namespace) -> int:
@@ -240,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "deploy"
     args = build_parser(command).parse_args(argv)
     _setup_logging(args)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[command](args)
     except DGHError as err:
@@ -247,10 +272,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"dgh-deploy: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("dgh-deploy: interrupted; progress was checkpointed: rerun the same command with --resume",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"dgh-deploy: {what}; the output folder is unchanged. an interrupted generation continues "
+              "where it stopped: rerun the same command with --resume", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    except OSError as exc:  # a file the user named or a disk they chose: theirs to fix
+        if args.verbose:
+            traceback.print_exc()
+        where = f" '{exc.filename}'" if exc.filename else ""
+        print(f"dgh-deploy: error: cannot use{where} ({exc.strerror or type(exc).__name__}). "
+              "check the path, its permissions and the free disk space.", file=sys.stderr)
+        return 2
     except Exception as exc:
         if args.verbose:
             traceback.print_exc()

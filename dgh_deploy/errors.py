@@ -25,6 +25,18 @@ class QualityGateFailed(DGHError):
 
 
 def exc_reason(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (or its type), short enough for a one-line error."""
+    """The first line of an exception's message (or its type), short enough for a one-line error.
+
+    A long line is cut at its last full sentence within ``limit``, else at a word, never mid-word.
+    """
     text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0].strip()
+    if len(line) <= limit:
+        return line
+    head = line[:limit]
+    end = head.rfind(". ")
+    if end > limit // 3:
+        return head[: end + 1]
+    return head[: head.rfind(" ")].rstrip(",;:") + "..." if " " in head else head + "..."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import time
@@ -9,11 +10,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dgh_deploy import __version__
-from dgh_deploy.artifacts import staging_dir, write_json
+from dgh_deploy.artifacts import check_output_folder, staging_dir, write_json
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.calibration.cache import cached
 from dgh_deploy.errors import DGHError, QualityGateFailed
+from dgh_deploy.job_checks import (
+    check_calibration_source,
+    check_exists,
+    check_free_space,
+    check_numbers,
+    check_writable_folder,
+    job_bytes,
+)
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.loading import load_model
 from dgh_deploy.reporting import REPORT_SCHEMA_VERSION, write_human_report, write_junit
@@ -67,7 +78,8 @@ def deploy(config: DeployConfig) -> dict[str, Any]:
         report = _deploy(config)
     except DGHError as err:
         if config.junit and not isinstance(err, QualityGateFailed):
-            write_junit(config.junit, None, config.max_drop, error=str(err))
+            with contextlib.suppress(DGHError):  # an unwritable --junit must not hide the first error
+                write_junit(config.junit, None, config.max_drop, error=str(err))
         raise
     return report
 
@@ -80,7 +92,7 @@ def _deploy(config: DeployConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     full, hit = _calibration_images(config, model)
-    full.check_fits(model.imgsz)
+    check_calibration_images(full, model)
     calib, held = full.split(_holdout(config, model))
     times["generation"] = time.perf_counter() - t0
 
@@ -109,8 +121,7 @@ def _deploy(config: DeployConfig) -> dict[str, Any]:
 
 def _checked_inputs(config: DeployConfig) -> tuple[Target, LoadedModel, Any]:
     """The target, the model and its task, every option checked: bad input fails here, in seconds."""
-    if config.max_drop is not None and not config.val_data:
-        raise DGHError("--max-drop needs real labelled data to measure a drop", "pass --val-data")
+    check_config(config)
     target = get_target(config.target, **config.target_settings)
     target.options = config.options
     missing = target.missing_requirements()
@@ -124,7 +135,33 @@ def _checked_inputs(config: DeployConfig) -> tuple[Target, LoadedModel, Any]:
     target.check_options(model)  # before minutes of generation, not after
     if config.val_data:
         task.check_val_data(config.val_data)
+    _check_disk(config, model)
     return target, model, task
+
+
+def check_config(config: DeployConfig) -> None:
+    """Numbers, paths and the output folder, before anything loads."""
+    imgsz = config.imgsz if config.imgsz is None or isinstance(config.imgsz, int) else min(config.imgsz)
+    check_numbers({"n_images": config.n_images, "iters": config.iters, "imgsz": imgsz, "holdout": config.holdout,
+                   "val_limit": config.val_limit, "threads": config.options.threads, "seed": config.seed,
+                   "max_drop": config.max_drop})
+    if config.max_drop is not None and not config.val_data:
+        raise DGHError("--max-drop needs real labelled data to measure a drop", "pass --val-data")
+    check_calibration_source(config.calib)
+    if config.val_data:
+        check_exists(config.val_data, "--val-data")
+    check_output_folder(config.out)
+    check_writable_folder(config.out, "--out")
+    if config.junit:
+        check_writable_folder(Path(config.junit).parent, "--junit")
+
+
+def _check_disk(config: DeployConfig, model: LoadedModel) -> None:
+    """Room for the generation checkpoint beside ``--out`` and the artifacts in it."""
+    n_images, _ = _budget(config, model)
+    generated = 0 if config.calib.endswith(".npz") else n_images + _holdout(config, model)
+    images, artifacts = job_bytes(generated, model.imgsz, sum(p.numel() for p in model.module.parameters()))
+    check_free_space(config.out, images + artifacts, "the calibration set and the artifacts", "--out")
 
 
 def _budget(config: DeployConfig, model: LoadedModel) -> tuple[int, int]:
@@ -169,6 +206,18 @@ def _calibration_images(config: DeployConfig, model: LoadedModel) -> tuple[Calib
         full = make()
     checkpoint.unlink(missing_ok=True)
     return full, hit
+
+
+def check_calibration_images(calib: CalibrationSet, model: LoadedModel, probe: int = 8) -> None:
+    """The set fits the model, holds finite pixels, and the model's outputs on it are finite."""
+    calib.check_fits(model.imgsz)
+    if not np.isfinite(calib.images).all():
+        raise DGHError("the calibration images hold NaN or Inf values",
+                       "generate the set again (--no-cache), or pass another --calib")
+    outputs = TorchRunner(model.module).infer_all(calib.images[:probe])
+    if not all(np.isfinite(o).all() for o in outputs):
+        raise DGHError(f"the model's outputs are NaN or Inf on the calibration images ('{model.name}')",
+                       "check the weights for extreme values, or calibrate with --calib real:PATH to compare")
 
 
 def build_report(config: DeployConfig, model: LoadedModel, target: Target, result: BuildResult,

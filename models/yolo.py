@@ -14,6 +14,7 @@ v8, 11: :class:`UltralyticsDetector`) and the classic anchor-based YOLOv5 head
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dgh_deploy.errors import DGHError
+from dgh_deploy.checkpoints import checkpoint_problem, extract_state_dict, load_state, read_checkpoint
+from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.preprocessing import Preprocessing
 from dgh_deploy.tasks.detect_layout import DetectLayout
@@ -163,13 +165,16 @@ def load_ultralytics(spec: str, weights: str | None = None) -> LoadedModel:
         path = Path(spec)
         if not path.is_file():
             raise DGHError(f"model file '{spec}' not found", "check the --model path")
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip; anything else would reach pickle
+            raise DGHError(f"cannot read Ultralytics checkpoint '{spec}' (it is not a PyTorch checkpoint)",
+                           "pass a .pt saved by Ultralytics (model.save / a training run)")
         from ultralytics.nn.tasks import load_checkpoint
 
         try:
             module, _ = load_checkpoint(str(path), device="cpu", inplace=True, fuse=False)
         except Exception as exc:
             raise DGHError(
-                f"cannot read Ultralytics checkpoint '{spec}' ({type(exc).__name__}: {str(exc)[:120]})",
+                f"cannot read Ultralytics checkpoint '{spec}' ({checkpoint_problem(exc)})",
                 "pass a .pt saved by Ultralytics (model.save / a training run)",
             ) from exc
     else:
@@ -180,10 +185,8 @@ def load_ultralytics(spec: str, weights: str | None = None) -> LoadedModel:
         try:
             module = DetectionModel(cfg=spec, verbose=False)
         except Exception as exc:
-            raise DGHError(f"cannot build a model from '{spec}' ({str(exc)[:120]})", "check the YAML") from exc
+            raise DGHError(f"cannot build a model from '{spec}' ({exc_reason(exc, 120)})", "check the YAML") from exc
         if weights:
-            from dgh_deploy.checkpoints import extract_state_dict, load_state, read_checkpoint
-
             load_state(module, extract_state_dict(read_checkpoint(weights), weights), weights, spec)
     module = module.float().eval()
     task = getattr(module, "task", "detect")

@@ -16,15 +16,19 @@ the caller, which chose the recipe, passes its hashed settings and the package v
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from dgh_deploy.calibration.calibration_set import CalibrationSet
+from dgh_deploy.errors import DGHError
+from dgh_deploy.job_checks import usable_cache_dir
 from dgh_deploy.loaded_model import LoadedModel
 
 log = logging.getLogger("dgh_deploy")
@@ -56,22 +60,60 @@ def cached(model: LoadedModel, source: str, n_images: int, iters: int, seed: int
            make: Callable[[], CalibrationSet], cache_dir: Path | None = None, *, version: str,
            recipe: Mapping[str, Any] | None = None) -> tuple[CalibrationSet, bool]:
     """Return the cached set for these settings, or make, store and return it. Second value: hit.
-    ``version`` and ``recipe`` as for :func:`cache_key` (the recipe ``make`` generates with)."""
+    ``version`` and ``recipe`` as for :func:`cache_key` (the recipe ``make`` generates with).
+
+    Two jobs on the same key do not both generate: the second waits for the first's lock, then
+    reuses its entry. A corrupt entry is reported, deleted and made again, never used; a cache
+    folder that cannot be written costs one warning, and the job runs uncached.
+    """
     if source not in CACHED_SOURCES:
         return make(), False
-    folder = cache_dir or default_cache_dir()
+    folder = usable_cache_dir(cache_dir or default_cache_dir())
+    if folder is None:
+        return make(), False
     key = cache_key(model, source, n_images, iters, seed, device, version=version, recipe=recipe)
     path = folder / f"{model.name}-{source}-{key}.npz"
-    if path.is_file():
-        try:
-            hit = CalibrationSet.load(path)
+    with entry_lock(path):
+        hit = _read_entry(path)
+        if hit is not None:
             log.info("reusing cached calibration set %s", path)
             return hit, True
-        except Exception:
-            log.warning("cache entry %s is unreadable; generating again", path)
-    calib = make()
+        calib = make()
+        try:
+            calib.save(path)
+        except DGHError as err:  # a full or read-only disk must not fail the job: the set is in memory
+            log.warning("dgh-deploy: warning: could not cache the calibration set: %s", err.problem)
+        return calib, False
+
+
+def _read_entry(path: Path) -> CalibrationSet | None:
+    """The entry at ``path``; None if absent, or if corrupt (then it is deleted, with one warning)."""
+    if not path.is_file():
+        return None
     try:
-        calib.save(path)
-    except OSError as exc:  # a read-only home must not fail the job
-        log.warning("could not cache the calibration set at %s (%s)", path, exc)
-    return calib, False
+        return CalibrationSet.load(path)
+    except DGHError as err:
+        log.warning("dgh-deploy: warning: cache entry %s is corrupt (%s); deleted, generating it again",
+                    path, err.problem)
+        path.unlink(missing_ok=True)
+        return None
+
+
+@contextlib.contextmanager
+def entry_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path``'s entry for the time a job reads or makes it (advisory, per host)."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # no lock file possible: go on unlocked rather than fail the job
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another job is generating this calibration set (%s); waiting for it", path.name)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ class CalibrationSet:
 
     def save(self, path: str | Path) -> None:
         meta = {"format_version": FORMAT_VERSION, "source": self.source, "settings": self.settings,
-                "stats": self.stats}
+                "stats": self.stats, "images_sha256": images_digest(self.images)}
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, images=self.images, metadata=np.array(json.dumps(meta, default=str)))
@@ -76,9 +77,18 @@ class CalibrationSet:
             with np.load(p, allow_pickle=False) as z:
                 images = z["images"]
                 meta = json.loads(str(z["metadata"])) if "metadata" in z else {}
-        except Exception as exc:
+        except Exception as exc:  # truncated, not a zip, not our arrays: unusable either way
             raise DGHError(
                 f"cannot read calibration file '{path}' ({type(exc).__name__})",
                 "pass an .npz written by 'dgh-deploy generate'",
             ) from exc
+        digest = meta.get("images_sha256")
+        if digest is not None and digest != images_digest(images):
+            raise DGHError(f"calibration file '{path}' is corrupt (its images do not match their checksum)",
+                           "generate it again")
         return cls(images, meta.get("source", "file"), meta.get("settings", {}), meta.get("stats", {}))
+
+
+def images_digest(images: np.ndarray) -> str:
+    """SHA-256 of the image bytes: a flipped bit in a stored set is found, not calibrated on."""
+    return hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,6 +411,11 @@ class Generator:
         else:  # replays the captured step; it overwrites images.grad in place
             bn, out = _values(graphed(self.augment_draws(it)))
         total = bn + self.config.output_loss_multiplier * out
+        if not math.isfinite(total):  # stepping on would write NaN images: stop, and say where
+            raise DGHError(
+                f"generation diverged at iteration {it + 1}: the loss is {total} (BN {bn}, output {out})",
+                "check the model's weights and BN statistics for extreme values, or lower DGHConfig.lr",
+            )
         run.updating = True  # from here to the end of the step the state is half-updated
         run.optimizer.step()
         run.sched.step(total)
