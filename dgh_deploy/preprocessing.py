@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+from dgh_deploy.errors import DGHError, exc_reason
+from dgh_deploy.ultralytics_quiet import quiet_ultralytics
+
+EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera sets instead of turning the pixels
+# Pillow's own opener, kept before anything imports Ultralytics: Ultralytics replaces Image.open
+# process-wide with one that, for a file Pillow cannot identify, tries to pip-install a HEIF plugin.
+_pillow_open = Image.open
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,10 +66,56 @@ class Preprocessing:
         left, top = (new[0] - w) // 2, (new[1] - h) // 2
         return np.asarray(image.crop((left, top, left + w, top + h)))
 
-    def load(self, path: str, size: tuple[int, int]) -> np.ndarray:
-        """An image file -> 3 x H x W float32 model input."""
-        with Image.open(path) as im:
-            return self.normalise(self.resize_image(im, size))
+    def load(self, path: str | Path, size: tuple[int, int]) -> np.ndarray:
+        """An image file -> 3 x H x W float32 model input, upright as Ultralytics reads it."""
+        return self.normalise(self.resize_image(open_image(path), size))
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """An image file -> an RGB image, turned by its EXIF orientation exactly when Ultralytics turns it.
+
+    The one reader of image files (classification, detection, real-image calibration). Ultralytics'
+    loaders decode with OpenCV, which applies the EXIF orientation for some formats and not others
+    (OpenCV 4.11: JPEG, PNG and TIFF yes, WebP no); reading a phone photo any other way would score
+    other pixels against the same labels than ``yolo val`` does. Pixels are decoded by Pillow, as
+    before (bit-identical to OpenCV on JPEG and PNG); only the turn follows Ultralytics.
+    """
+    try:
+        with quiet_ultralytics(), _pillow_open(path) as im:
+            if _orientation(im) not in (0, 1) and ultralytics_turns(im.format, Path(path).suffix):
+                return ImageOps.exif_transpose(im).convert("RGB")
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, ImportError, Image.DecompressionBombError) as exc:
+        raise DGHError(f"cannot read image '{path}' ({exc_reason(exc)})", "remove or replace the file") from exc
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # a damaged EXIF block: as stored (Ultralytics' exif_size also ignores it)
+        return 1
+
+
+@functools.cache
+def ultralytics_turns(image_format: str | None, suffix: str) -> bool:
+    """Whether Ultralytics' image reader applies the EXIF orientation to a file of this format and suffix.
+
+    Asked of the installed Ultralytics and OpenCV once, on a 2 x 1 image tagged "rotate 90": which
+    formats OpenCV turns changes between its versions, and the answer must be the validator's own.
+    """
+    from ultralytics.utils.patches import imread
+
+    probe = Image.new("RGB", (2, 1))
+    exif = probe.getexif()
+    exif[EXIF_ORIENTATION] = 6
+    with tempfile.TemporaryDirectory() as tmp, quiet_ultralytics():
+        f = Path(tmp) / f"probe{suffix}"
+        try:
+            probe.save(f, format=image_format, exif=exif)
+        except (OSError, ValueError, KeyError):
+            return True  # cannot probe: turned, as by OpenCV's JPEG reader and Ultralytics' Pillow fallback (HEIC)
+        decoded = imread(str(f))
+    return decoded is not None and decoded.shape[:2] == (2, 1)
 
 
 def letterbox(

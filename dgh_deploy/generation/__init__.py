@@ -6,7 +6,9 @@
   MCT 2.6.1's PyTorch defaults (:class:`DGHConfig`), the whole set optimised jointly;
 * ``bns``: plain BN-statistics matching, ZeroQ-style (per batch, no pipeline, no output loss);
 * ``noise``: Gaussian noise in the input space, clipped to the valid pixel range;
-* ``real:PATH``: real images from a folder, preprocessed as the model's input.
+* ``real:PATH``: real images, preprocessed as the model's input: from a folder (spread evenly over
+  its sorted files), or, for ``real:DATA.yaml``, a seeded random pick from an Ultralytics data
+  YAML's train split.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dgh_deploy.errors import DGHError
 from dgh_deploy.generation.config import DGHConfig, bns_config, default_recipe
 from dgh_deploy.loaded_model import LoadedModel
 
-SOURCES = ("dgh", "bns", "noise", "real:PATH")
+SOURCES = ("dgh", "bns", "noise", "real:DIR", "real:DATA.yaml")
 
 
 @dataclass(frozen=True)
@@ -74,13 +76,24 @@ def make_calibration_set(
         images, stats = noise_images(model, n_images, seed)
         return CalibrationSet(images, source, _plain_settings(model, source, n_images, seed), stats)
     if source.startswith("real:"):
-        from dgh_deploy.generation.baselines import real_images
-
-        folder = source.split(":", 1)[1]
-        images, stats, files = real_images(model, folder, n_images)
-        settings = {**_plain_settings(model, source, n_images, seed), "folder": folder, "files": files}
-        return CalibrationSet(images, source, settings, stats)
+        return _real_set(model, source, n_images, seed)
     raise DGHError(f"unknown calibration source '{source}'", f"use one of: {', '.join(SOURCES)}, or FILE.npz")
+
+
+def _real_set(model: LoadedModel, source: str, n_images: int, seed: int) -> CalibrationSet:
+    """``real:DIR`` (images spread over the sorted files) or ``real:DATA.yaml`` (a seeded random
+    pick from the YAML's train split, as Ultralytics resolves it)."""
+    from dgh_deploy.generation.baselines import is_data_yaml, real_images, real_images_from_data
+
+    target = source.split(":", 1)[1]
+    settings = _plain_settings(model, source, n_images, seed)
+    if is_data_yaml(target):
+        images, stats, files = real_images_from_data(model, target, n_images, seed)
+        settings.update(data=target, split="train", files=files)
+    else:
+        images, stats, files = real_images(model, target, n_images)
+        settings.update(folder=target, files=files)
+    return CalibrationSet(images, source, settings, stats)
 
 
 def _plain_settings(model: LoadedModel, source: str, n_images: int, seed: int) -> dict:

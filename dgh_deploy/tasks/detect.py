@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
-from dgh_deploy.preprocessing import letterbox
+from dgh_deploy.preprocessing import letterbox, open_image
 from dgh_deploy.runtime.base import Runner, flatten_outputs
 from dgh_deploy.tasks.base import TaskAdapter
 from dgh_deploy.tasks.classify import evenly_spaced, sqnr_db
@@ -127,11 +126,7 @@ class DetectTask(TaskAdapter):
             canvases = np.empty((len(index), *model.imgsz, 3), np.uint8)  # uint8: a quarter of float32
             geometry = []
             for n, k in enumerate(index):
-                try:
-                    with Image.open(data.images[k]) as im:
-                        rgb = np.asarray(im.convert("RGB"))
-                except OSError as exc:
-                    raise DGHError(f"cannot read image '{data.images[k]}' ({exc})", "remove or replace it") from exc
+                rgb = np.asarray(open_image(data.images[k]))  # upright as yolo val reads it: labels follow EXIF
                 canvases[n], ratio, pad = letterbox(rgb, model.imgsz, pre.pad_value)
                 geometry.append((ratio, pad, rgb.shape[:2]))
             self._loaded = {key: (data, index, canvases, geometry)}  # keep one set: they can be large
