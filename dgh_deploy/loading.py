@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from dgh_deploy.checkpoints import check_finite, extract_state_dict, load_state, read_checkpoint
-from dgh_deploy.errors import DGHError
+from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.loaded_model import LoadedModel, check_accepts_images
 from dgh_deploy.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
@@ -122,11 +122,16 @@ def _load_factory(spec: str, weights: str | None) -> LoadedModel:
     try:
         module_spec.loader.exec_module(mod)
     except Exception as exc:
-        raise DGHError(f"importing '{file}' failed ({type(exc).__name__}: {exc})", "fix the model file") from exc
+        raise DGHError(f"importing '{file}' failed ({type(exc).__name__}: {exc_reason(exc, 160)})",
+                       "fix the model file") from exc
     factory = getattr(mod, func, None)
     if not callable(factory):
         raise DGHError(f"'{file}' has no function '{func}'", "name a function that returns an nn.Module")
-    net = factory()
+    try:
+        net = factory()
+    except Exception as exc:  # the user's code: its failure is theirs to fix, in one line
+        raise DGHError(f"'{spec}' raised {type(exc).__name__}: {exc_reason(exc, 160)}",
+                       "fix the factory function") from exc
     if not isinstance(net, nn.Module):
         raise DGHError(f"'{spec}' returned {type(net).__name__}, not an nn.Module", "return the model")
     if weights is not None:

@@ -8,12 +8,15 @@ from dgh_deploy.loading import load_model
 from dgh_deploy.runtime import TorchRunner
 from dgh_deploy.tasks.classify import ClassifyTask
 
+DEMO_TOP1 = 87.71  # measured on the 10,000 CIFAR-10 JPEG test images (8,771 right); the README states it
 
-def test_demo_reaches_80_percent(assets: Path) -> None:
+
+def test_demo_top1_is_the_stated_figure(assets: Path) -> None:
+    """The bundled weights give exactly the stated top-1: a changed file or preprocessing shows here."""
     model = load_model()
     result = ClassifyTask().evaluate(TorchRunner(model.module), model, str(assets / "cifar10" / "test"))
     assert result["images"] == 10_000
-    assert result["top1"] >= 80.0, result  # README states the measured figure (87.71%)
+    assert result["top1"] == DEMO_TOP1, result
 
 
 def test_pretrained_resnet20_matches_its_published_figure(assets: Path, r20_weights: str) -> None:

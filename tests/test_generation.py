@@ -100,18 +100,28 @@ def test_unknown_input_prior_is_refused() -> None:
         Generator(as_loaded(tiny_bn_net()), 4, 1, config=DGHConfig(input_prior="imagenet"))
 
 
-def test_joint_stats_differ_from_per_batch() -> None:
-    """The ablation switch really changes the gradient (per-batch statistics are not global)."""
+def test_per_batch_statistics_are_each_batchs_own() -> None:
+    """The ablation switch (``joint_stats=False``): each batch of 4 matches the BN statistics on
+    its own, exactly the plain one-batch loss per batch, and so not the whole-set gradient."""
     model = as_loaded(tiny_bn_net().double())
-    joint = Generator(model, 16, 5, config=DGHConfig(), dtype=torch.float64)
-    per_batch = Generator(model, 16, 5, config=replace(DGHConfig(), joint_stats=False, batch_size=4),
-                          dtype=torch.float64)
-    grads = []
-    for gen in (joint, per_batch):
-        x = gen.initial_images().double().requires_grad_(True)
-        gen.compute_grads(x, 0)
-        grads.append(x.grad)
-    assert not torch.allclose(grads[0], grads[1])
+    cfg = replace(DGHConfig(output_loss_multiplier=1e-2), joint_stats=False, batch_size=4)
+    per_batch = Generator(model, 16, 5, seed=3, config=cfg, dtype=torch.float64)
+    x = per_batch.initial_images().double().requires_grad_(True)
+    bn, out = per_batch.compute_grads(x, iteration=2)
+    got = x.grad.clone()
+
+    ref_x = per_batch.initial_images().double().requires_grad_(True)
+    drawn = per_batch.augment_draws(2)
+    batch_losses = [_reference_loss(model.module, per_batch.train_view(ref_x, lo, lo + 4, drawn).contiguous(),
+                                    cfg.output_loss_multiplier) for lo in range(0, 16, 4)]
+    sum(batch_losses).backward()
+    assert torch.allclose(got, ref_x.grad, rtol=1e-5, atol=1e-5 * ref_x.grad.abs().max().item())
+    assert bn + cfg.output_loss_multiplier * out == pytest.approx(float(sum(batch_losses).detach()) / 4, rel=1e-9)
+
+    joint = Generator(model, 16, 5, seed=3, config=replace(cfg, joint_stats=True), dtype=torch.float64)
+    y = joint.initial_images().double().requires_grad_(True)
+    joint.compute_grads(y, iteration=2)
+    assert not torch.allclose(got, y.grad, rtol=1e-3)
 
 
 def test_augmentation_draws_depend_on_index_only() -> None:

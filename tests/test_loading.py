@@ -70,9 +70,21 @@ def test_factory_carries_its_preprocessing(user_file: Path) -> None:
     assert m.imgsz == (16, 16) and m.preprocessing.mean == (0.5, 0.5, 0.5)
 
 
-def test_ultralytics_yaml_builds_offline() -> None:
+def test_ultralytics_yaml_builds_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No socket may connect while the model is built: a YAML needs no download."""
+    import socket
+
+    attempts: list[object] = []
+
+    def blocked(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", blocked)
+    monkeypatch.setattr(socket.socket, "connect_ex", blocked)
     m = load_model("yolov8n.yaml", imgsz=64)
     assert m.task == "detect" and m.imgsz == (64, 64) and m.preprocessing.resize == "letterbox"
+    assert attempts == []
 
 
 @pytest.mark.parametrize(

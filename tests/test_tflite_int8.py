@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -290,10 +291,26 @@ def test_calibration_of_the_wrong_size_fails_before_converting(r20: LoadedModel,
     assert not (tmp_path / "work").exists()
 
 
-@pytest.mark.parametrize("options", [TargetOptions(weight_bits=4), TargetOptions(power_of_two=True),
-                                     TargetOptions(io_dtype="float32"), TargetOptions(act_range="mse")])
-def test_options_tflite_cannot_honour_are_refused(options: TargetOptions, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("options", "message"), [
+    (TargetOptions(weight_bits=4), "quantizes to 8 bits, not W4A8"),
+    (TargetOptions(power_of_two=True), "follows the TFLite int8 spec"),
+    (TargetOptions(io_dtype="float32"), "has no 'float32' I/O"),
+    (TargetOptions(act_range="mse"), "by min/max only, not 'mse'"),
+])
+def test_options_tflite_cannot_honour_are_refused(options: TargetOptions, message: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused by the option check itself, before any export: a model that converts fine, and a
+    converter that fails the test if it is ever reached."""
+    import dgh_deploy.targets.tflite.target as tflite_target
+
+    def no_export(*_: object, **__: object) -> None:
+        raise AssertionError("the export started: the option was not refused")
+
+    monkeypatch.setattr(tflite_target, "export_onnx", no_export)
     target = get_target("tflite-int8")
     target.options = options
-    with pytest.raises(DGHError):
-        target.build(tiny_model("sin_net", SinNet()), noise_calib(), tmp_path)
+    model = tiny_model("three_maps", ThreeMaps())
+    with pytest.raises(DGHError, match=re.escape(message)):
+        target.check_options(model)
+    with pytest.raises(DGHError, match=re.escape(message)):
+        target.build(model, noise_calib(), tmp_path)
