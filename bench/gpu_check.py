@@ -17,47 +17,11 @@ import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bench import common
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from dgh_deploy.loaded_model import LoadedModel
+from bench.tiny_models import as_loaded, tiny_bn_net
 
 DEV = "cuda"
-
-
-# The two tiny-model helpers below are copies of tests/test_generation_models.py's (bench code
-# does not import from tests/).
-def tiny_bn_net(seed: int = 0, with_bn: bool = True) -> nn.Module:
-    """Conv-BN-ReLU x2 with a residual-free head; BN running stats set away from (0, 1)."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(seed)
-    bn = (lambda c: nn.BatchNorm2d(c)) if with_bn else (lambda c: nn.Identity())
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), bn(8), nn.ReLU(),
-        nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False), bn(12), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 10),
-    )
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return net.eval()
-
-
-def as_loaded(module: nn.Module, imgsz: tuple[int, int] = (16, 16), name: str = "tiny") -> LoadedModel:
-    from dgh_deploy.loaded_model import LoadedModel
-    from dgh_deploy.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-
-    return LoadedModel(module=module.eval(), name=name, task="classify", imgsz=imgsz,
-                       preprocessing=Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD))
 
 
 def run_check(results: dict, name: str, fn: Callable[[], None]) -> bool:
@@ -120,7 +84,7 @@ def timings() -> list[tuple[str, int, int, object, str | None]]:
     return [
         ("r20_256x500_eager_fp32", 256, 500, replace(DGHConfig(), cuda_graphs=False), None),
         ("r20_256x500_graph_fp32", 256, 500, DGHConfig(), "r20_dgh_256x500_h100.npz"),
-        ("r20_256x500_graph_bf16", 256, 500, replace(DGHConfig(), amp=True), None),
+        ("r20_256x500_graph_bf16", 256, 500, replace(DGHConfig(), precision="bf16"), None),
         ("r20_1024x100_graph_fp32", 1024, 100, DGHConfig(), None),
         ("r20_4096x20_256MiB_graph_fp32", 4096, 20, replace(DGHConfig(), memory_mb=256), None),
     ]
