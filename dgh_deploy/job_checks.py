@@ -117,11 +117,14 @@ def job_bytes(images: int, imgsz: tuple[int, int], parameters: int) -> tuple[int
 
 
 def usable_cache_dir(folder: Path) -> Path | None:
-    """``folder`` if the cache can be written there, else None with one warning (the job runs uncached)."""
+    """``folder``, created if need be, if the cache can be written there; else None with one
+    warning (the job runs uncached)."""
     try:
         check_writable_folder(folder, "--cache-dir")
-    except DGHError as err:
-        log.warning("dgh-deploy: warning: not caching the calibration set: %s", err.problem)
+        folder.mkdir(parents=True, exist_ok=True)
+    except (DGHError, OSError) as err:
+        reason = err.problem if isinstance(err, DGHError) else f"cannot create '{folder}' ({err.strerror})"
+        log.warning("dgh-deploy: warning: not caching the calibration set: %s", reason)
         return None
     return folder
 
