@@ -56,6 +56,7 @@ def _markdown(report: dict[str, Any], pictures: list[str]) -> str:
     if "data_free" in m:
         lines += ["Data-free check (float against quantized on held-out calibration images): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in m["data_free"].items()), ""]
+    lines += _device_lines(m, tgt) + _npu_lines(tgt.get("ethos_u"))
     if "gate" in report:
         lines += [f"Quality gate: {report['gate']['verdict']}", ""]
     lines += ["| stage | seconds |", "| --- | --- |"]
@@ -69,6 +70,52 @@ def _markdown(report: dict[str, Any], pictures: list[str]) -> str:
     for name in pictures:
         lines += [f"## {captions[name]}", "", f"![{captions[name]}]({name})", ""]
     return "\n".join(lines)
+
+
+def _device_lines(m: dict[str, Any], tgt: dict[str, Any]) -> list[str]:
+    """The same file on the device's runtime (TFLite Micro), beside the desktop runtime."""
+    dev = m.get("device")
+    if not dev:
+        return []
+    metric, name, desk = m["metric"], dev["runtime"], dev["desktop_runtime"]
+    arena = (tgt.get("tflite_micro") or {}).get("arena_bytes")
+    lines = [f"## On the device's runtime: {name}", ""]
+    if arena:
+        lines += [f"Tensor arena (RAM besides the weights): {arena:,} bytes ({arena / 1024:.1f} KiB).", ""]
+    if "quantized" in dev:
+        n = int(dev["quantized"].get("images", 0))
+        lines += [f"| runtime | {metric} on the same {n} real images |", "| --- | --- |",
+                  f"| float (PyTorch) | {dev['float'][metric]:.2f} |", f"| {desk} | {dev['desktop'][metric]:.2f} |",
+                  f"| {name} | {dev['quantized'][metric]:.2f} |", ""]
+    held = "held-out calibration images"
+    for key, against, what in (("data_free", "float (PyTorch)", held), ("data_free_agreement", desk, held),
+                               ("agreement", desk, "real images")):
+        if dev.get(key):
+            lines += [f"{name} against {against} on {int(dev[key].get('images', 0))} {what}: "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in dev[key].items() if k != "images"), ""]
+    return lines
+
+
+def _npu_lines(npu: dict[str, Any] | None) -> list[str]:
+    """Vela's placement and estimates for an Ethos-U NPU."""
+    if not npu:
+        return []
+    total = npu["npu_ops"] + npu["cpu_ops"]
+    capacity = npu.get("sram_capacity_kib")
+    fits = "-" if capacity is None else f"{'fits' if npu.get('fits_sram') else 'does not fit'} in {capacity:.0f} KiB"
+    lines = [f"## Ethos-U: {npu['accelerator']}, {npu['system_config']}, {npu['memory_mode']} (Vela "
+             f"{npu.get('vela_version', '')})", "",
+             "| NPU ops | SRAM, KiB | flash, KiB | DRAM, KiB | SRAM of the memory mode | ms per inference "
+             "(estimate) | cycles | MACs |", "|" + " --- |" * 8,
+             f"| {npu['npu_ops']} of {total} | {npu['sram_kib']:.1f} | {npu['flash_kib']:.1f} | "
+             f"{npu.get('dram_kib', 0.0):.1f} | {fits} | {npu['inference_ms']:.3f} | {npu['cycles_total']:,} | "
+             f"{npu['macs']:,} |", ""]
+    if npu["cpu_fallback"]:
+        lines += ["Ops Vela leaves to the CPU:", "", "| op | output tensor | Vela's reason |", "| --- | --- | --- |"]
+        lines += [f"| {op['op']} | `{op['name']}` | {op['reason']} {op.get('constraint', '')} |"
+                  for op in npu["cpu_fallback"]]
+        lines.append("")
+    return lines
 
 
 def _describe(c: dict[str, Any]) -> str:

@@ -4,6 +4,8 @@ The runner hides everything a TFLite model does differently from PyTorch: NHWC l
 transposes images and feature maps), integer I/O (quantize with the input tensor's own scale and
 zero point, dequantize each output with its own), and the order of outputs (onnx2tf may reorder
 them; the signature keeps the ONNX names ``output0``, ``output_0``... which map them back).
+The mapping (:func:`file_layout`, :func:`file_input`, :func:`torch_output`) is shared with the
+TFLite Micro runner, which runs the same files.
 """
 
 from __future__ import annotations
@@ -71,99 +73,127 @@ class LiteRTRunner(Runner):
     undo onnx2tf's channel-last transposition of outputs; without it outputs come back as the
     file has them. Images run one at a time: onnx2tf bakes batch 1 into reshapes, so resizing
     the input is not safe in general, and XNNPACK runs a batch-1 ResNet-20 in under a millisecond.
+    ``device_runner`` is the same file on the device's own runtime (TFLite Micro), when the
+    target verifies on it too: the job scores both.
     """
 
     name = "litert"
+    device_runner: Runner | None = None
 
     def __init__(self, path: str | Path, num_threads: int = 2,
                  output_shapes: list[tuple[int, ...]] | None = None) -> None:
         self.path = Path(path)
         self.num_threads = num_threads
         self._it = open_interpreter(self.path, num_threads)
-        inputs = self._it.get_input_details()
-        if len(inputs) != 1:
-            raise DGHError(
-                f"'{self.path.name}' has {len(inputs)} inputs; the runner feeds one image tensor",
-                "export the model with a single image input",
-            )
-        self.input = tensor_io(inputs[0])
-        self.outputs = self._ordered_outputs()
-        self._perms = [self._output_perm(o.shape, output_shapes[k] if output_shapes and k < len(output_shapes)
-                                         else None) for k, o in enumerate(self.outputs)]
+        layout = file_layout(self._it, self.path, output_shapes)
+        self.input, self.outputs, self._perms = layout.input, layout.outputs, layout.perms
         self.name = f"litert-{np.dtype(self.input.dtype).name}"
-
-    # --- structure -------------------------------------------------------------------------
-    def _ordered_outputs(self) -> list[TensorIO]:
-        """The outputs in PyTorch's order: by the ONNX output index kept in the signature names."""
-        details = self._it.get_output_details()
-        try:
-            sig = self._it.get_signature_runner().get_output_details()
-        except (ValueError, RuntimeError):  # a file without signatures: keep the file's order
-            sig = {}
-        by_index = {d["index"]: d for d in details}
-        numbered: dict[int, dict[str, Any]] = {}
-        for key, d in sig.items():
-            m = _OUTPUT_INDEX.search(key)
-            if m is not None and d["index"] in by_index:
-                numbered[int(m.group(1))] = by_index[d["index"]]
-        if len(numbered) == len(details) and sorted(numbered) == list(range(len(details))):
-            return [tensor_io(numbered[i], f"output{i}") for i in range(len(details))]
-        return [tensor_io(d) for d in details]
-
-    def _output_perm(self, shape: tuple[int, ...], expected: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        """The transposition that turns the file's output layout into PyTorch's, if any is needed."""
-        if expected is None or len(shape) < 3:
-            return None
-        want = tuple(expected)
-        channel_first = (0, len(shape) - 1, *range(1, len(shape) - 1))
-        # onnx2tf emits feature maps channel-last: prefer that reading when both fit (square maps).
-        if tuple(shape[i] for i in channel_first)[1:] == want:
-            return channel_first
-        if tuple(shape[1:]) == want:
-            return None
-        raise DGHError(
-            f"'{self.path.name}' has an output of shape {list(shape)} that matches no PyTorch output "
-            f"(expected N x {' x '.join(map(str, want))})",
-            "the conversion changed the output layout: re-export the model with plain NCHW outputs",
-        )
 
     def io_details(self) -> dict[str, Any]:
         return {"input": self.input.describe(), "outputs": [o.describe() for o in self.outputs]}
 
-    # --- inference -------------------------------------------------------------------------
-    def _to_input(self, x: np.ndarray) -> np.ndarray:
-        """NCHW float32 -> the file's layout and dtype, one image (batch 1) at a time."""
-        shape = self.input.shape
-        if x.ndim != 4 or len(x) == 0:
-            raise DGHError(f"runner input has shape {x.shape}, not N x C x H x W with N > 0",
-                           "pass a non-empty batch of images")
-        if tuple(shape[1:]) == (x.shape[2], x.shape[3], x.shape[1]):
-            x = x.transpose(0, 2, 3, 1)
-        elif tuple(shape[1:]) != tuple(x.shape[1:]):
-            raise DGHError(
-                f"images of shape {list(x.shape[1:])} do not fit the model input {list(shape)}",
-                "resize the images to the model's --imgsz",
-            )
-        if self.input.quantized:
-            info = np.iinfo(self.input.dtype)
-            q = np.rint(x / self.input.scale) + self.input.zero_point
-            return np.clip(q, info.min, info.max).astype(self.input.dtype)
-        return np.ascontiguousarray(x, dtype=self.input.dtype)
-
     def infer(self, x: np.ndarray) -> list[np.ndarray]:
-        x = self._to_input(np.asarray(x, dtype=np.float32))
+        x = file_input(x, self.input, self.path)
         results: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for i in range(len(x)):
             self._it.set_tensor(self.input.index, x[i : i + 1])
             self._it.invoke()
             for k, o in enumerate(self.outputs):
                 results[k].append(self._it.get_tensor(o.index).copy())
-        outs = []
-        for o, perm, chunks in zip(self.outputs, self._perms, results, strict=True):
-            y = np.concatenate(chunks)
-            y = (y.astype(np.float32) - o.zero_point) * o.scale if o.quantized else y.astype(np.float32)
-            outs.append(np.ascontiguousarray(y.transpose(perm)) if perm is not None else y)
-        return outs
+        return [torch_output(np.concatenate(chunks), o, perm)
+                for o, perm, chunks in zip(self.outputs, self._perms, results, strict=True)]
+
+
+# --- what every runner of a .tflite file shares (LiteRT, TFLite Micro) ---------------------------------
+
+
+@dataclass(frozen=True)
+class FileLayout:
+    """How a .tflite file's tensors map onto the PyTorch model's: its input, its outputs in PyTorch's
+    order, where each sits among the file's outputs, and the transposition back to PyTorch's layout."""
+
+    input: TensorIO
+    outputs: list[TensorIO]  # in PyTorch's order
+    positions: list[int]  # each output's place in the file's output list (how TFLite Micro numbers them)
+    perms: list[tuple[int, ...] | None]
+
+
+def file_layout(it: Any, path: Path, output_shapes: list[tuple[int, ...]] | None = None) -> FileLayout:
+    """The layout of the file ``it`` (a LiteRT interpreter) has loaded; see :class:`FileLayout`."""
+    inputs = it.get_input_details()
+    if len(inputs) != 1:
+        raise DGHError(
+            f"'{path.name}' has {len(inputs)} inputs; the runner feeds one image tensor",
+            "export the model with a single image input",
+        )
+    details = it.get_output_details()
+    outputs = _ordered_outputs(it, details)
+    file_order = [d["index"] for d in details]
+    perms = [_output_perm(path, o.shape, output_shapes[k] if output_shapes and k < len(output_shapes) else None)
+             for k, o in enumerate(outputs)]
+    return FileLayout(tensor_io(inputs[0]), outputs, [file_order.index(o.index) for o in outputs], perms)
+
+
+def _ordered_outputs(it: Any, details: list[dict[str, Any]]) -> list[TensorIO]:
+    """The outputs in PyTorch's order: by the ONNX output index kept in the signature names."""
+    try:
+        sig = it.get_signature_runner().get_output_details()
+    except (ValueError, RuntimeError):  # a file without signatures: keep the file's order
+        sig = {}
+    by_index = {d["index"]: d for d in details}
+    numbered: dict[int, dict[str, Any]] = {}
+    for key, d in sig.items():
+        m = _OUTPUT_INDEX.search(key)
+        if m is not None and d["index"] in by_index:
+            numbered[int(m.group(1))] = by_index[d["index"]]
+    if len(numbered) == len(details) and sorted(numbered) == list(range(len(details))):
+        return [tensor_io(numbered[i], f"output{i}") for i in range(len(details))]
+    return [tensor_io(d) for d in details]
+
+
+def _output_perm(path: Path, shape: tuple[int, ...], expected: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """The transposition that turns the file's output layout into PyTorch's, if any is needed."""
+    if expected is None or len(shape) < 3:
+        return None
+    want = tuple(expected)
+    channel_first = (0, len(shape) - 1, *range(1, len(shape) - 1))
+    # onnx2tf emits feature maps channel-last: prefer that reading when both fit (square maps).
+    if tuple(shape[i] for i in channel_first)[1:] == want:
+        return channel_first
+    if tuple(shape[1:]) == want:
+        return None
+    raise DGHError(
+        f"'{path.name}' has an output of shape {list(shape)} that matches no PyTorch output "
+        f"(expected N x {' x '.join(map(str, want))})",
+        "the conversion changed the output layout: re-export the model with plain NCHW outputs",
+    )
+
+
+def file_input(x: np.ndarray, io: TensorIO, path: Path) -> np.ndarray:
+    """NCHW float32 images -> the file's input layout and dtype (quantized with the input's own scale)."""
+    x = np.asarray(x, dtype=np.float32)
+    shape = io.shape
+    if x.ndim != 4 or len(x) == 0:
+        raise DGHError(f"runner input has shape {x.shape}, not N x C x H x W with N > 0",
+                       "pass a non-empty batch of images")
+    if tuple(shape[1:]) == (x.shape[2], x.shape[3], x.shape[1]):
+        x = x.transpose(0, 2, 3, 1)
+    elif tuple(shape[1:]) != tuple(x.shape[1:]):
+        raise DGHError(
+            f"images of shape {list(x.shape[1:])} do not fit the model input {list(shape)} of '{path.name}'",
+            "resize the images to the model's --imgsz",
+        )
+    if io.quantized:
+        info = np.iinfo(io.dtype)
+        q = np.rint(x / io.scale) + io.zero_point
+        return np.clip(q, info.min, info.max).astype(io.dtype)
+    return np.ascontiguousarray(x, dtype=io.dtype)
+
+
+def torch_output(y: np.ndarray, io: TensorIO, perm: tuple[int, ...] | None) -> np.ndarray:
+    """One output batch as the file has it -> float32 in PyTorch's layout (dequantized with its own scale)."""
+    y = (y.astype(np.float32) - io.zero_point) * io.scale if io.quantized else y.astype(np.float32)
+    return np.ascontiguousarray(y.transpose(perm)) if perm is not None else y
 
 
 def tensor_io(d: dict[str, Any], name: str | None = None) -> TensorIO:

@@ -14,6 +14,7 @@ model and dropped if it moves them more than :data:`REWRITE_RTOL` of their scale
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 import re
 import shutil
@@ -31,7 +32,7 @@ from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.onnx_export import INPUT_NAME, export_onnx
-from dgh_deploy.runtime.base import TorchRunner
+from dgh_deploy.runtime.base import Runner, TorchRunner
 from dgh_deploy.runtime.litert_runner import LiteRTRunner
 from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetOptions
 from dgh_deploy.targets.tflite.calibrator import RepresentativeData, TFLiteCalibrator
@@ -60,7 +61,7 @@ class StructuralChecks:
 class TFLiteInt8Target(Target):
     name: ClassVar[str] = "tflite-int8"
     summary: ClassVar[str] = "full-integer INT8 .tflite (int8/uint8 I/O) via onnx2tf, verified on LiteRT"
-    runtime: ClassVar[str] = "LiteRT interpreter (ai_edge_litert)"
+    runtime: ClassVar[str] = "LiteRT interpreter (ai_edge_litert), and TFLite Micro's reference kernels (tflite-micro)"
     requires: ClassVar[tuple[str, ...]] = ("onnx2tf", "tensorflow", "ai_edge_litert")
     install_hint: ClassVar[str] = "pip install 'dgh-deploy[tflite]'"
 
@@ -159,6 +160,7 @@ class TFLiteInt8Target(Target):
             "onnx": _install(onnx_path, workdir / f"{stem}.onnx"),
         }
         runner = LiteRTRunner(artifacts["model"], o.threads, checks.output_shapes)
+        runner.device_runner, micro = micro_runner(artifacts["model"], checks.output_shapes)
         info: dict[str, Any] = {
             "float_parity": {**checks.parity.as_dict(), "inputs": "calibration images",
                              "reference": "PyTorch float32" + (" (as exported)" if reference is not None else "")},
@@ -168,6 +170,7 @@ class TFLiteInt8Target(Target):
             "calibration_images": len(calib),
             "onnx2tf_version": onnx2tf_version(),
             "onnxsim": conv.onnxsim,
+            "tflite_micro": micro,
         }
         timings = {"conversion": conv.seconds, **checks.timings}
         return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
@@ -216,6 +219,22 @@ class TFLiteInt8Target(Target):
 def _first_divergence(onnx_path: Path, tflite_path: Path, x: np.ndarray) -> str | None:
     div = first_divergence(onnx_path, tflite_path, x)
     return div.describe() if div is not None else None
+
+
+def micro_runner(path: Path, shapes: list[tuple[int, ...]]) -> tuple[Runner | None, dict[str, Any]]:
+    """The int8 file on TFLite Micro (what a microcontroller runs), for the job to verify on as well,
+    and what the report says about it. A file TFLite Micro cannot run is reported, not fatal: LiteRT
+    still verifies it."""
+    if importlib.util.find_spec("tflite_micro") is None:
+        return None, {"skipped": "tflite-micro is not installed (pip install 'dgh-deploy[tflite]')"}
+    from dgh_deploy.runtime.tflite_micro_runner import TFLiteMicroRunner
+
+    try:
+        runner = TFLiteMicroRunner(path, shapes)
+    except DGHError as err:
+        log.warning("not verifying on TFLite Micro: %s", err)
+        return None, {"error": str(err)}
+    return runner, runner.describe()
 
 
 def file_stem(name: str) -> str:

@@ -1,0 +1,197 @@
+"""A .tflite model on TFLite Micro (``tflite-micro``'s Python interpreter), behind the common Runner interface.
+
+TFLite Micro is what a microcontroller runs: its reference kernels (CMSIS-NN's are meant to match
+them bit for bit) and a fixed tensor arena, the RAM the model needs besides its weights. LiteRT's
+XNNPACK kernels round some int8 ops differently, so the same int8 file can give slightly other
+answers on the device than on the desktop; this runner lets the job score the file where it ships.
+
+The file is the one LiteRT runs, so the input quantization, the output order and the layout back
+to PyTorch's come from the LiteRT runner's shared functions (:func:`file_layout`): TFLite Micro
+numbers outputs by their place in the file, which the layout records. The interpreter prints its
+diagnostics from C++ to the process's stderr; they are captured, so a failure becomes one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from dgh_deploy.errors import DGHError, exc_reason
+from dgh_deploy.runtime.base import Runner
+from dgh_deploy.runtime.litert_runner import file_input, file_layout, open_interpreter, torch_output
+
+# Real images scored on TFLite Micro at most (spread evenly, like --val-limit): its reference
+# kernels take about 30 ms per image for ResNet-20 at 32x32 and 1 s for YOLOv5n at 320 on one
+# core, so 2,000 images cost a minute for the first and half an hour for the second.
+IMAGE_LIMIT = 2000
+ARENA_LIMIT = 1 << 30  # the arena is grown up to this many bytes before the model is given up on
+UNSUPPORTED_FIX = "the model has an op or a layout TFLite Micro's kernels lack: replace it in the model"
+_ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
+
+
+class TFLiteMicroRunner(Runner):
+    """Runs a .tflite file on TFLite Micro: NCHW float32 in, float32 outputs in PyTorch's layout out.
+
+    ``arena_bytes`` is the tensor arena the model used (TFLite Micro's recording allocator,
+    measured after one inference): the RAM to reserve on the device besides the weights.
+    ``image_limit`` caps the real images the job scores on it (the interpreter is slow).
+    """
+
+    name = "tflite-micro"
+
+    def __init__(self, path: str | Path, output_shapes: list[tuple[int, ...]] | None = None,
+                 image_limit: int | None = IMAGE_LIMIT) -> None:
+        self.path = Path(path)
+        self.image_limit = image_limit
+        layout = file_layout(open_interpreter(self.path, delegates=False), self.path, output_shapes)
+        self.input, self.outputs, self._perms = layout.input, layout.outputs, layout.perms
+        self._positions = layout.positions
+        self._it = _open(self.path)
+        self.arena_bytes = self._measure_arena()
+
+    def _measure_arena(self) -> int | None:
+        """The arena TFLite Micro's recording allocator reports after one inference (None if it says nothing).
+        The inference also shows, before any image is scored, that every kernel runs."""
+        with captured_stderr() as log:
+            try:
+                self._it.set_input(np.zeros(self.input.shape, self.input.dtype), 0)
+                self._it.invoke()
+            except RuntimeError as exc:
+                said = log.read().strip().splitlines()
+                reason = said[0][:200] if said else exc_reason(exc)
+                raise DGHError(f"TFLite Micro cannot run '{self.path.name}' ({reason})", UNSUPPORTED_FIX) from exc
+            self._it.print_allocations()
+        m = _ARENA_TOTAL.search(log.text)
+        return int(m.group(1)) if m else None
+
+    def describe(self) -> dict[str, Any]:
+        """What the report says about this runtime."""
+        return {"runtime": self.name, "version": micro_version(), "arena_bytes": self.arena_bytes,
+                "image_limit": self.image_limit}
+
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        x = file_input(x, self.input, self.path)
+        results: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for i in range(len(x)):
+            self._it.set_input(x[i : i + 1], 0)
+            self._it.invoke()
+            for k, position in enumerate(self._positions):
+                results[k].append(np.array(self._it.get_output(position)))
+        return [torch_output(np.concatenate(chunks), o, perm)
+                for o, perm, chunks in zip(self.outputs, self._perms, results, strict=True)]
+
+
+# Opens the file and runs one inference on zeros, in a child process: TFLite Micro aborts the whole
+# process (C++ abort, no exception) on some files, e.g. an op it cannot prepare.
+_PROBE = """
+import sys
+import numpy as np
+from tflite_micro.python.tflite_micro import runtime
+it = runtime.Interpreter.from_file(sys.argv[1], arena_size=int(sys.argv[2]))
+d = it.get_input_details(0)
+it.set_input(np.zeros(d["shape"], d["dtype"]), 0)
+it.invoke()
+"""
+
+
+def probe(path: Path, arena: int) -> None:
+    """Raise DGHError if TFLite Micro crashes on ``path``, instead of taking the job down with it."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(arena)], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode < 0:
+        said = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith((" ", "Traceback"))]
+        reason = said[-1][:200] if said else f"the interpreter aborted (signal {-proc.returncode})"
+        raise DGHError(f"TFLite Micro cannot run '{path.name}' ({reason})", UNSUPPORTED_FIX)
+
+
+def _open(path: Path) -> Any:
+    """A TFLite Micro interpreter with an arena large enough (grown from 10x the file's size)."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    arena = max(1 << 20, 10 * path.stat().st_size)
+    probe(path, ARENA_LIMIT)
+    while True:
+        with captured_stderr() as log:
+            try:
+                return runtime.Interpreter.from_file(str(path), arena_size=arena)
+            except RuntimeError as exc:
+                said = log.read().strip().splitlines()
+                if arena < ARENA_LIMIT and any("allocate" in line for line in said):
+                    arena *= 4
+                    continue
+                reason = said[0][:200] if said else exc_reason(exc)
+        raise DGHError(f"TFLite Micro cannot run '{path.name}' ({reason})", UNSUPPORTED_FIX)
+
+
+class Captured:
+    """Text a block wrote to file descriptor 2: ``text`` so far, all of it once the block is left."""
+
+    def __init__(self, file: IO[str]) -> None:
+        self._file = file
+        self.text = ""
+
+    def read(self) -> str:
+        self._file.seek(0)
+        self.text = self._file.read()
+        return self.text
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[Captured]:
+    """Capture what native code writes to file descriptor 2 inside the block (TFLite Micro's C++ diagnostics)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+") as file:
+        captured = Captured(file)
+        os.dup2(file.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.read()
+
+
+def micro_version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version("tflite-micro")
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+class RecordingRunner(Runner):
+    """Another runner's outputs, kept as they pass (up to ``keep_bytes``), so two runtimes scored on
+    the same images can be compared image by image afterwards without running either again."""
+
+    def __init__(self, runner: Runner, keep_bytes: int = 512 << 20) -> None:
+        self.runner = runner
+        self.name = runner.name
+        self.keep_bytes = keep_bytes
+        self.kept: list[list[np.ndarray]] = []
+        self._bytes = 0
+
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        out = self.runner.infer(x)
+        size = sum(o.nbytes for o in out)
+        if self._bytes + size <= self.keep_bytes:
+            self.kept.append(out)
+            self._bytes += size
+        return out
+
+    def outputs(self, n: int | None = None) -> list[np.ndarray]:
+        """The kept outputs, concatenated per output (the first ``n`` images if given)."""
+        if not self.kept:
+            return []
+        return [np.concatenate([batch[k] for batch in self.kept])[:n] for k in range(len(self.kept[0]))]

@@ -1,0 +1,279 @@
+"""The ethos-u target: Vela's placement, memory and time in the report, --require-npu, its own flags.
+
+One small classifier ending in log_softmax (TFLite's LOG_SOFTMAX, an op Vela cannot place on the
+NPU) goes through the whole job once, with --require-npu: exit 3, the report and every file kept.
+The bundled demo is held at 100% NPU ops. The rest needs no conversion: option checks (before
+anything is generated), the report parser on Vela's own output, and the gate.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dgh_deploy.cli import main
+from dgh_deploy.errors import DGHError
+from dgh_deploy.pipeline import gate_verdict
+from dgh_deploy.reporting import validate_report
+from dgh_deploy.targets import get_target
+from dgh_deploy.targets.ethos_u.vela import (
+    ACCELERATORS,
+    VelaSettings,
+    compile_model,
+    installed_accelerators,
+    parse_report,
+    read_summary,
+    sram_capacity_kib,
+    sram_only_mode,
+)
+
+LOG_SOFTMAX_NET = '''
+import torch
+from torch import nn
+
+
+class LogSoftmaxNet(nn.Module):
+    input_size = 16
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        return torch.log_softmax(self.fc(x.mean((2, 3))), dim=1)
+
+
+def net():
+    torch.manual_seed(0)
+    return LogSoftmaxNet()
+'''
+
+
+def no_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dgh_deploy.generation
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("generation started before the options were checked")
+
+    monkeypatch.setattr(dgh_deploy.generation, "make_calibration_set", refuse)
+
+
+# --- options: refused in the first seconds ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--npu", "ethos-u99-128"], "Vela 5.2.0 has no accelerator configuration 'ethos-u99-128'. use --npu with one "
+                                 "of: ethos-u55-32,"),
+    (["--memory-mode", "Sram_Only_1KB"], "Vela's configuration files have no memory mode 'Sram_Only_1KB'. use "
+                                         "--memory-mode with one of:"),
+    (["--system-config", "Nope"], "no system config 'Nope'"),
+    (["--io-dtype", "uint8"], "ethos-u takes int8 model I/O, not uint8"),
+])
+def test_bad_options_are_refused_before_generation(flags: list[str], message: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    no_generation(monkeypatch)
+    assert main(["--target", "ethos-u", *flags, "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0
+
+
+def test_an_ethos_u_flag_is_refused_on_another_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    no_generation(monkeypatch)
+    assert main(["--target", "tflite-int8", "--require-npu", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == ("dgh-deploy: error: --require-npu is an option of --target ethos-u, "
+                                               "not of tflite-int8. drop --require-npu, or use --target ethos-u.")
+
+
+def test_missing_vela_is_the_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from dgh_deploy.targets.ethos_u import EthosUTarget
+
+    no_generation(monkeypatch)
+    monkeypatch.setattr(EthosUTarget, "requires", ("ethosu_not_installed",))
+    assert main(["--target", "ethos-u", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "dgh-deploy: error: target 'ethos-u' needs the Python packages ethosu_not_installed. pip install "
+        "'dgh-deploy[tflite]' (it brings ethos-u-vela and tflite-micro).")
+
+
+def test_the_flags_reach_the_target() -> None:
+    target = get_target("ethos-u", npu="ethos-u65-256", memory_mode="Sram_Only_512KB", require_npu=True)
+    assert target.vela == VelaSettings("ethos-u65-256", "", "Sram_Only_512KB") and target.require_npu
+    assert target.vela.resolved() == VelaSettings("ethos-u65-256", "Ethos_U65_Client_Server", "Sram_Only_512KB")
+    assert set(ACCELERATORS) == set(installed_accelerators())  # the CLI help lists what Vela knows
+
+
+def test_targets_lists_ethos_u_with_vela_and_its_constraints(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    block = out[out.index("ethos-u "):].split("\n")[:4]
+    assert "W8 sym per-channel, A8 asym per-tensor, I/O int8" in block[1]
+    assert "Vela 5.2.0: int8 weights, symmetric (zero point 0) per channel" in block[2]
+    assert "TFLite ops can run on the Ethos-U55/U65 NPU" in block[2] and "TFLite Micro" in block[3]
+
+
+def test_our_sram_only_mode_is_512_kib_of_sram() -> None:
+    assert sram_only_mode("Sram_Only_512KB") and sram_only_mode("Sram_Only")
+    assert not sram_only_mode("Shared_Sram") and not sram_only_mode("Dedicated_Sram_384KB")
+    assert sram_capacity_kib("Sram_Only_512KB") == 512 and sram_capacity_kib("Shared_Sram") is None
+
+
+# --- Vela's output, parsed ----------------------------------------------------------------------------
+
+VELA_LOG = """TfLiteReader: Built-in options type 'LogSoftmaxOptions' is not yet implemented and will be ignored.
+
+Warning (supported operators) operator: LOG_SOFTMAX, ofm: 'PartitionedCall:0'
+Reason: Unsupported opType
+
+Warning (supported operators) operator: QUANTIZE, ofm: 'tfl.quantize'
+Reason: Operation has tensor with unsupported DataType Float32 (model/Floor)
+Feature-map dataTypes must be one of {"INT16", "INT32", "INT64", "INT8", "UINT8"}
+
+Network summary for net
+CPU operators = 2 (28.6%)
+NPU operators = 5 (71.4%)
+"""
+SUMMARY = {"system_config": "Ethos_U55_High_End_Embedded", "memory_mode": "Sram_Only_512KB", "core_clock": "5e8",
+           "inference_time": "0.00123", "sram_memory_used": "50.5", "on_chip_flash_memory_used": "253.0",
+           "off_chip_flash_memory_used": "0.0", "dram_memory_used": "0.0", "nn_macs": "40817280",
+           "cycles_total": "616482", "cycles_npu": "543374"}
+
+
+def test_the_report_reads_placement_reasons_memory_and_time() -> None:
+    r = parse_report(VELA_LOG, SUMMARY, VelaSettings("ethos-u55-128", "", "Sram_Only_512KB").resolved())
+    assert (r.npu_ops, r.cpu_ops, round(r.npu_share, 1)) == (5, 2, 71.4)
+    assert [(op.op, op.name, op.reason) for op in r.cpu_fallback] == [
+        ("LOG_SOFTMAX", "PartitionedCall:0", "Unsupported opType"),
+        ("QUANTIZE", "tfl.quantize", "Operation has tensor with unsupported DataType Float32 (model/Floor)")]
+    assert r.cpu_fallback[1].constraint.startswith("Feature-map dataTypes must be one of")
+    # SRAM only: the weights Vela reports as on-chip flash sit in the same 512 KiB SRAM.
+    assert (r.sram_kib, r.flash_kib, r.sram_capacity_kib, r.fits_sram) == (303.5, 0.0, 512, True)
+    assert (r.inference_ms, r.macs, r.cycles_total, r.core_clock_mhz) == (1.23, 40817280, 616482, 500.0)
+
+
+# --- the gate -----------------------------------------------------------------------------------------
+
+
+def npu_report(cpu_fallback: list[dict[str, str]], require: bool = True, device: bool = False) -> dict[str, Any]:
+    metrics: dict[str, Any] = {"metric": "top1", "float": {"top1": 80.0}, "quantized": {"top1": 79.0}, "drop": 1.0}
+    if device:
+        metrics["device"] = {"runtime": "tflite-micro", "float": {"top1": 80.0},
+                             "quantized": {"top1": 76.0, "images": 9}, "drop": 4.0}
+    npu = {"accelerator": "ethos-u55-128", "system_config": "S", "memory_mode": "M", "npu_ops": 9,
+           "cpu_ops": len(cpu_fallback), "cpu_fallback": cpu_fallback, "require_npu": require}
+    return {"target": {"ethos_u": npu}, "metrics": metrics}
+
+
+def test_require_npu_fails_on_any_cpu_op_and_names_it() -> None:
+    op = {"op": "LOG_SOFTMAX", "name": "PartitionedCall:0", "reason": "Unsupported opType"}
+    assert gate_verdict(npu_report([op], require=False), None) is None
+    passed, verdict = gate_verdict(npu_report([op]), None)
+    assert not passed and verdict.startswith("FAIL: 1 of 10 ops fall back to the CPU of ethos-u55-128 (S, M), against "
+                                             "--require-npu: LOG_SOFTMAX 'PartitionedCall:0' (Unsupported opType)")
+    assert gate_verdict(npu_report([]), None) == (True, "PASS: all 9 ops on the NPU of ethos-u55-128 (S, M), as "
+                                                        "--require-npu asks")
+
+
+def test_max_drop_reads_the_device_runtime() -> None:
+    passed, verdict = gate_verdict(npu_report([], require=False, device=True), 2.0)
+    assert not passed and verdict == ("FAIL: top1 80.00 float -> 76.00 quantized on tflite-micro (9 images), drop 4.00 "
+                                      "points, more than --max-drop 2.0")
+    assert gate_verdict(npu_report([], require=False), 2.0)[0]  # LiteRT's drop when no device metric
+
+
+# --- the whole job ------------------------------------------------------------------------------------
+
+
+def image_folder(root: Path, classes: int = 10, per_class: int = 2) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fallback_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path]:
+    """The log_softmax classifier with --require-npu: (exit code, stderr, output folder)."""
+    import contextlib
+    import io
+
+    tmp = tmp_path_factory.mktemp("ethos-u")
+    (tmp / "logsm.py").write_text(LOG_SOFTMAX_NET)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["--target", "ethos-u", "--model", f"{tmp / 'logsm.py'}:net", "--calib", "noise", "--n-images", "8",
+                     "--holdout", "4", "--val-data", str(image_folder(tmp / "val")), "--require-npu",
+                     "--out", str(tmp / "out"), "--quiet"])
+    return code, err.getvalue(), tmp / "out"
+
+
+def test_require_npu_fails_the_job_after_writing_everything(fallback_job: tuple[int, str, Path]) -> None:
+    code, err, out = fallback_job
+    assert code == 3
+    line = [ln for ln in err.splitlines() if ln.startswith("dgh-deploy: error:")]
+    assert len(line) == 1 and "FAIL: 1 of 5 ops fall back to the CPU of ethos-u55-128" in line[0]
+    assert "LOG_SOFTMAX 'PartitionedCall:0' (Unsupported opType)" in line[0]
+    report = json.loads((out / "report.json").read_text())
+    validate_report(report)
+    assert report["gate"]["passed"] is False and report["gate"]["verdict"] in line[0]
+    for role in ("model", "vela_model", "vela_summary", "vela_log"):
+        assert (out / report["artifacts"][role]["path"]).stat().st_size > 0
+    assert report["artifacts"]["vela_model"]["path"] == "logsm_net_full_integer_quant_vela.tflite"
+    assert "| LOG_SOFTMAX | `PartitionedCall:0` | Unsupported opType" in (out / "report.md").read_text()
+
+
+def test_the_report_has_vela_s_figures(fallback_job: tuple[int, str, Path]) -> None:
+    npu = json.loads((fallback_job[2] / "report.json").read_text())["target"]["ethos_u"]
+    assert (npu["accelerator"], npu["system_config"], npu["memory_mode"]) == (
+        "ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram")
+    assert (npu["npu_ops"], npu["cpu_ops"], npu["vela_version"], npu["require_npu"]) == (4, 1, "5.2.0", True)
+    assert npu["cpu_fallback"] == [{"op": "LOG_SOFTMAX", "name": "PartitionedCall:0", "reason": "Unsupported opType",
+                                    "constraint": ""}]
+    assert npu["sram_kib"] > 0 and npu["flash_kib"] > 0 and npu["inference_ms"] > 0
+    assert npu["macs"] > 0 and npu["cycles_total"] >= npu["cycles_npu"] > 0
+
+
+def test_the_job_verifies_on_tflite_micro(fallback_job: tuple[int, str, Path]) -> None:
+    report = json.loads((fallback_job[2] / "report.json").read_text())
+    micro, dev = report["target"]["tflite_micro"], report["metrics"]["device"]
+    assert micro["arena_bytes"] > 0 and dev["runtime"] == "tflite-micro" and dev["desktop_runtime"] == "litert-int8"
+    assert dev["data_free_agreement"]["images"] == 4 and dev["quantized"]["images"] == 20
+    assert dev["agreement"]["top1_agreement"] >= 90 and dev["agreement"]["images"] == 20
+    assert abs(dev["desktop_minus_device"]) <= 10  # 20 images: one disagreement is 5 points
+
+
+def test_another_memory_mode_compiles_the_same_file(fallback_job: tuple[int, str, Path], tmp_path: Path) -> None:
+    out = fallback_job[2]
+    model = out / json.loads((out / "report.json").read_text())["artifacts"]["model"]["path"]
+    r = compile_model(model, VelaSettings("ethos-u65-256", "", "Sram_Only_512KB"), tmp_path).report
+    assert (r.accelerator, r.memory_mode, r.sram_capacity_kib, r.fits_sram) == ("ethos-u65-256", "Sram_Only_512KB",
+                                                                              512, True)
+    summary = read_summary(next(tmp_path.rglob("*.csv")))  # SRAM only: the weights count as SRAM
+    assert r.flash_kib == 0 and r.sram_kib == round(float(summary["sram_memory_used"])
+                                                    + float(summary["on_chip_flash_memory_used"]), 2)
+    with pytest.raises(DGHError, match=r"Vela could not compile 'missing\.tflite'"):
+        compile_model(tmp_path / "missing.tflite", VelaSettings(), tmp_path)
+
+
+@pytest.mark.slow
+def test_the_demo_runs_every_op_on_the_npu(tmp_path: Path) -> None:
+    import dgh_deploy
+
+    report = dgh_deploy.deploy(target="ethos-u", calib="noise", n_images=8, holdout=4, out=str(tmp_path / "demo"),
+                               human_report=False, require_npu=True)
+    npu = report["target"]["ethos_u"]
+    assert npu["cpu_ops"] == 0 and npu["npu_ops"] > 30 and report["gate"]["passed"]
+    assert report["metrics"]["device"]["data_free_agreement"]["top1_agreement"] >= 75
