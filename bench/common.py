@@ -149,6 +149,15 @@ def machine() -> str:
     return f"{os.cpu_count()}-core CPU ({cpu}), Python {platform.python_version()}"
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (Linux /proc/loadavg), noted beside a timing on a shared machine;
+    None elsewhere."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def json_default(obj: object) -> object:
     """numpy scalars and arrays as numbers and lists, paths as strings, anything else as its ``str``."""
     if hasattr(obj, "tolist"):

@@ -3,11 +3,17 @@
 One DGH or bns set per seed says little when two sources differ by a few test images; this
 generates each (source, seed) set once into ``--sets`` (kept: a second run, or one on another
 machine, evaluates what is there), then scores every set with the ``sim`` target beside 256 real
-images, and prints the per-seed results with their mean.
+images, and prints the per-seed results with their mean and spread.
+
+``--precisions fp32,bf16`` adds a precision axis for the generated sources (dgh, bns): each set
+is made once per precision, interleaved (seed by seed, fp32 then bf16), and labelled
+``SOURCE-bf16`` (fp32 keeps the plain label and file name, so earlier sets stay valid).
 
     .venv/bin/python bench/seeds.py --model cifar_resnet56 --weights ../shared/assets/cifar10/resnet56-4bfd9763.th \\
         --seeds 0,1,2 --sets out/seeds_r56 --json bench/results/seeds_r56.json
     python -m bench.seeds ... --device cuda --skip-eval       # generate on a GPU, score elsewhere
+    .venv/bin/python -m bench.seeds --model cifar_resnet20 --weights ../shared/assets/cifar10/resnet20-12fca82f.th \\
+        --sources dgh --precisions fp32,bf16 --sets out/precision_r20 --json bench/results/precision_r20_cpu.json
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,52 +31,75 @@ from bench import common
 from bench.common import set_path
 from bench.evaluation import load_val, sim_top1
 
+GENERATED = ("dgh", "bns")
+
+
+def label(source: str, precision: str) -> str:
+    """A set's name in files and results: the source, with ``-bf16`` for a bf16 set."""
+    return source if precision == "fp32" else f"{source}-{precision}"
+
+
+def runs(sources: list[str], precisions: list[str]) -> list[tuple[str, str]]:
+    """(source, precision) per set of one seed: generated sources once per precision, the others once."""
+    return [(src, p) for src in sources for p in (precisions if src in GENERATED else ["fp32"])]
+
 
 def generate(model: object, sources: list[str], seeds: list[int], n: int, iters: int, device: str,
-             folder: Path) -> dict:
+             folder: Path, precisions: list[str] | None = None) -> dict:
     from dgh_deploy.generation import make_calibration_set
+    from dgh_deploy.generation.config import default_recipe
 
     folder.mkdir(parents=True, exist_ok=True)
     made = {}
     for seed in seeds:
-        for src in sources:
-            path = set_path(folder, src, seed)
+        for src, precision in runs(sources, precisions or ["fp32"]):
+            name = label(src, precision)
+            path = set_path(folder, name, seed)
             if path.exists():
                 continue
+            generated = src in GENERATED
+            config = replace(default_recipe(src), precision=precision) if generated else None
+            load = common.load_average()
             t0 = time.perf_counter()
-            cs = make_calibration_set(model, src, n, iters if src in ("dgh", "bns") else 0, seed=seed,  # type: ignore[arg-type]
-                                      device=device, progress=False)
+            cs = make_calibration_set(model, src, n, iters if generated else 0, seed=seed,  # type: ignore[arg-type]
+                                      device=device, config=config, progress=False)
             wall = time.perf_counter() - t0
             with common.atomic_open(path, "wb") as f:  # a handle: savez would append .npz to a name
                 np.savez_compressed(f, images=cs.images)
-            made[f"{src}/{seed}"] = {"wall_s": round(wall, 2), "final_bn": cs.stats.get("final_losses", {}).get("bn"),
-                                    "device": device}
-            print(f"generated {src} seed {seed}: {wall:.1f} s on {device}", flush=True)
+            made[f"{name}/{seed}"] = {"wall_s": round(wall, 2), "final_bn": cs.stats.get("final_losses", {}).get("bn"),
+                                      "device": device, "precision": cs.settings.get("precision"),
+                                      "rate": round(n * iters / wall, 1) if generated else None, "load": load}
+            print(f"generated {name} seed {seed}: {wall:.1f} s on {device} (load {load})", flush=True)
     return made
 
 
-def evaluate(model: object, sources: list[str], seeds: list[int], bits: list[str], folder: Path,
-             val_data: str, real_calib: str) -> dict:
+def evaluate(model: object, labels: list[str], seeds: list[int], bits: list[str], folder: Path,
+             val_data: str, real_calib: str) -> tuple[dict, dict]:
+    """``top1`` (``BITS/LABEL/SEED``, ``BITS/LABEL/mean``, ``BITS/real``) and each label's spread
+    over the seeds (``BITS/LABEL``: sample standard deviation, lowest, highest)."""
     from dgh_deploy.cli import parse_bits
     from dgh_deploy.generation import make_calibration_set
 
     val = load_val(model, val_data, None)
     real = make_calibration_set(model, f"real:{real_calib}", 256, 0, progress=False).images  # type: ignore[arg-type]
     out: dict = {}
+    spread: dict = {}
     for b in bits:
         wb, ab = parse_bits(b)
         out[f"{b}/real"] = sim_top1(model, real, val, wb, ab)
         print(f"{b} real {out[f'{b}/real']:.2f}", flush=True)
-        for src in sources:
+        for name in labels:
             tops = []
             for seed in seeds:
-                images = np.load(set_path(folder, src, seed))["images"]
+                images = np.load(set_path(folder, name, seed))["images"]
                 tops.append(sim_top1(model, images, val, wb, ab))
-                out[f"{b}/{src}/{seed}"] = tops[-1]
-            out[f"{b}/{src}/mean"] = statistics.fmean(tops)
-            print(f"{b} {src:6s} " + " ".join(f"{t:.2f}" for t in tops) + f"  mean {out[f'{b}/{src}/mean']:.2f}",
-                  flush=True)
-    return out
+                out[f"{b}/{name}/{seed}"] = tops[-1]
+            out[f"{b}/{name}/mean"] = statistics.fmean(tops)
+            spread[f"{b}/{name}"] = {"std": statistics.stdev(tops) if len(tops) > 1 else 0.0,
+                                     "min": min(tops), "max": max(tops)}
+            print(f"{b} {name:10s} " + " ".join(f"{t:.2f}" for t in tops) + f"  mean {out[f'{b}/{name}/mean']:.2f}"
+                  f"  sd {spread[f'{b}/{name}']['std']:.2f}", flush=True)
+    return out, spread
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -78,12 +108,17 @@ def run(args: argparse.Namespace) -> dict:
 
     model = load_model(args.model, args.weights)
     sources, seeds = common.split_list(args.sources), common.parse_seeds(args.seeds)
+    precisions = common.split_list(args.precisions)
     folder = Path(args.sets)
-    res: dict = {"model": model.name, "n_images": args.n_images, "iters": args.iters}
-    res["generated"] = generate(model, sources, seeds, args.n_images, args.iters, args.device, folder)
+    res: dict = {"model": model.name, "n_images": args.n_images, "iters": args.iters,
+                 "machine": common.machine(), "device": common.device_label(args.device, args.threads)}
+    if precisions != ["fp32"]:
+        res["precisions"] = precisions
+    res["generated"] = generate(model, sources, seeds, args.n_images, args.iters, args.device, folder, precisions)
     if not args.skip_eval:
-        res["top1"] = evaluate(model, sources, seeds, common.split_list(args.bits), folder, args.val_data,
-                               args.real_calib)
+        labels = [label(src, p) for src, p in runs(sources, precisions)]
+        res["top1"], res["spread"] = evaluate(model, labels, seeds, common.split_list(args.bits), folder,
+                                              args.val_data, args.real_calib)
     return res
 
 
@@ -91,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = common.BenchParser("seeds", __doc__)
     ap.add_model("cifar_resnet56", common.R56_WEIGHTS)
     ap.add_argument("--sources", default="dgh,bns,noise")
+    ap.add_argument("--precisions", default="fp32",
+                    help="generation precisions of dgh and bns, e.g. fp32,bf16 (bf16 needs native bfloat16)")
     ap.add_seeds()
     ap.add_argument("--n-images", type=int, default=256)
     ap.add_argument("--iters", type=int, default=500)

@@ -368,22 +368,24 @@ def test_freed_memory_is_kept_for_the_run_and_returned_after() -> None:
 
 def test_cache_key_is_the_generation_recipe_and_version() -> None:
     """The cache takes the recipe and version from its caller (calibration sits below generation):
-    with the job's defaults the key is the one written before, so existing cache entries stay valid."""
+    the key is the hash of the job's recipe as it runs (``job_recipe``: the precision resolved, as
+    the pipeline passes it), so it names fp32 or bf16, never ``auto``."""
     import hashlib
 
     from dgh_deploy import __version__
     from dgh_deploy.calibration import cache
-    from dgh_deploy.generation.config import default_recipe
+    from dgh_deploy.generation.config import job_recipe
 
     model = as_loaded(tiny_bn_net())
     for source in ("dgh", "bns", "noise"):
+        recipe = job_recipe(source, None, "cpu").hashed_settings()
+        assert recipe["precision"] in ("fp32", "bf16")
         settings = {"model": model.fingerprint(), "source": source, "n": 288, "iters": 500, "seed": 0,
                     "device": "cpu", "version": __version__}
         if source in cache.CACHED_SOURCES:
-            settings["recipe"] = default_recipe(source).hashed_settings()
+            settings["recipe"] = recipe
         before = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
-        key = cache.cache_key(model, source, 288, 500, 0, "cpu", version=__version__,
-                              recipe=default_recipe(source).hashed_settings())
+        key = cache.cache_key(model, source, 288, 500, 0, "cpu", version=__version__, recipe=recipe)
         assert key == before
     with pytest.raises(ValueError, match="needs its recipe"):
         cache.cache_key(model, "dgh", 8, 10, 0, "cpu", version=__version__)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
-from dgh_deploy.generation.config import DGHConfig, bns_config, default_recipe
+from dgh_deploy.generation.config import DGHConfig, bns_config, default_recipe, job_recipe
+from dgh_deploy.generation.precision import PRECISIONS
 from dgh_deploy.loaded_model import LoadedModel
 
 SOURCES = ("dgh", "bns", "noise", "real:DIR", "real:DATA.yaml")
@@ -100,4 +101,5 @@ def _plain_settings(model: LoadedModel, source: str, n_images: int, seed: int) -
     return {"source": source, "n_images": n_images, "seed": seed, "imgsz": list(model.imgsz), "model": model.name}
 
 
-__all__ = ["SOURCES", "Budget", "DGHConfig", "bns_config", "default_budget", "make_calibration_set"]
+__all__ = ["PRECISIONS", "SOURCES", "Budget", "DGHConfig", "bns_config", "default_budget", "job_recipe",
+           "make_calibration_set"]

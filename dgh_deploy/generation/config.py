@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from dgh_deploy.generation.precision import DEFAULT_PRECISION, resolve_precision
+
 # Settings that change how fast or how often, never which images come out: left out of the
 # checkpoint's settings hash so that a resumed run may use another memory budget.
 RUNTIME_ONLY = ("memory_mb", "checkpoint_every", "cuda_graphs")
@@ -38,7 +40,10 @@ class DGHConfig:
     batch_size: int = 32  # only when joint_stats is False
     std_eps: float = 1e-6
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores
-    amp: bool = False  # bfloat16 autocast on CUDA (statistics stay float32/float64)
+    # fp32 | bf16 | auto: bfloat16 autocast of the model's forward and backward (the images, the
+    # optimiser, the statistics and the losses stay float32/float64); auto is bf16 where the
+    # device has native bf16 (precision.py). Resolved before a run: settings record fp32 or bf16.
+    precision: str = DEFAULT_PRECISION
     memory_mb: int | None = None  # activation memory a run may hold; None: chosen for the device
     checkpoint_every: int = 50  # iterations between checkpoints
     # On one GPU, capture a step's forward and backward once as a CUDA graph and replay it: at
@@ -50,6 +55,11 @@ class DGHConfig:
 
     def hashed_settings(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in RUNTIME_ONLY}
+
+    def resolved(self, device: str) -> DGHConfig:
+        """This recipe as it runs on ``device``: ``precision`` fp32 or bf16, never auto, so that
+        the settings, the checkpoint hash and the cache key say what actually ran."""
+        return replace(self, precision=resolve_precision(self.precision, device))
 
 
 def bns_config() -> DGHConfig:
@@ -69,3 +79,10 @@ def scaled_extra_pixels(imgsz: tuple[int, int]) -> int:
 def default_recipe(source: str) -> DGHConfig:
     """The settings a job generates ``source`` (dgh or bns) with."""
     return DGHConfig() if source == "dgh" else bns_config()
+
+
+def job_recipe(source: str, precision: str | None, device: str) -> DGHConfig:
+    """The recipe a job runs on ``device``: :func:`default_recipe` with ``precision`` (None: the
+    default), resolved. The same object builds the images and the cache key."""
+    recipe = default_recipe(source)
+    return (recipe if precision is None else replace(recipe, precision=precision)).resolved(device)

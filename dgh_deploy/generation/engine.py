@@ -25,7 +25,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from dgh_deploy.generation.memory import (
     retain_budget_bytes,
     saved_bytes_per_image,
 )
+from dgh_deploy.generation.precision import autocast
 from dgh_deploy.generation.preflight import check_device, estimate_seconds, format_duration, probe_forward
 from dgh_deploy.generation.schedule import PlateauSchedule
 from dgh_deploy.generation.stats import BNInputRecorder, StatSums
@@ -99,10 +100,10 @@ class Generator:
                            "pass --n-images >= 1 and --iters >= 0")
         require_batchnorm(model, "DGH" if source == "dgh" else f"--calib {source}")
         self.model, self.n, self.iters, self.seed, self.source = model, n_images, iters, seed, source
-        self.config = config or DGHConfig()
+        self.device = check_device(device)
+        self.config = _run_config(config or DGHConfig(), self.device, dtype)
         self.dist = dist
         self.offset, self.n_local = self._shard_bounds()
-        self.device = check_device(device)
         self.dtype = dtype
         cfg = self.config
         self.task = get_task(model.task)
@@ -187,9 +188,8 @@ class Generator:
     # ---- one forward ------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor) -> tuple[StatSums, torch.Tensor]:
         """Statistics sums and the output-stretch sum of one chunk of (augmented) inputs."""
-        use_amp = self.config.amp and self.device.type == "cuda"
-        self.recorder.start(x)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp, cache_enabled=False):
+        self.recorder.start(x)  # the input's statistics: float32, outside autocast
+        with autocast(self.config.precision, self.device):
             out = self.module(x)
         sums = self.recorder.take(self.layer_names)
         stretch = output_stretch_sum(self.task.stretch_outputs(out)) if self.config.output_loss_multiplier else None
@@ -215,8 +215,8 @@ class Generator:
             return
         h, w = self.model.imgsz
         where = str(self.device) if self.dist is None else f"{self.dist.world_size} processes ({self.device.type})"
-        log.info("generating %d %s images of %dx%d, %d iterations on %s: about %s", self.n, self.source, h, w,
-                 self.iters, where, format_duration(self.estimated_seconds()))
+        log.info("generating %d %s images of %dx%d, %d iterations on %s (%s): about %s", self.n, self.source, h, w,
+                 self.iters, where, self.config.precision, format_duration(self.estimated_seconds()))
 
     def augment_draws(self, iteration: int) -> Draws:
         """This process's images' flips and crop offsets for one iteration (by global image index,
@@ -476,6 +476,14 @@ class Generator:
 
     def close(self) -> None:
         self.recorder.remove()
+
+
+def _run_config(config: DGHConfig, device: torch.device, dtype: torch.dtype) -> DGHConfig:
+    """``config`` as it runs: precision resolved (fp32 or bf16). Autocast lowers float32 only, so
+    a model kept in another dtype (the tests' float64) runs in that dtype and records fp32."""
+    if dtype != torch.float32:
+        config = replace(config, precision="fp32")
+    return config.resolved(str(device))
 
 
 def _total(parts: list[StatSums]) -> StatSums:

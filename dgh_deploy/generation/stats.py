@@ -23,6 +23,7 @@ from torch import nn
 
 INPUT = "<input>"  # the model input counts as a layer; its reference comes from input_prior.py
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+LOW_PRECISION = (torch.float16, torch.bfloat16)  # autocast activations: statistics in float32, then float64
 
 
 @dataclass
@@ -79,7 +80,7 @@ def _sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # into chunks or torchrun shards; a float32 sum over the batch did, and DGH's optimiser
     # amplifies that rounding (1e-7 after one step, 2e-3 after 20) into visibly other images.
     dims = list(range(2, x.ndim))
-    if x.dtype in (torch.float16, torch.bfloat16):  # autocast: accumulate in float32
+    if x.dtype in LOW_PRECISION:  # autocast: accumulate in float32
         x = x.float()
     if not dims:
         return x.double().sum(0), (x * x).double().sum(0)
@@ -87,11 +88,18 @@ def _sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _sums_backward(x: torch.Tensor, gs: torch.Tensor | None, gq: torch.Tensor | None) -> torch.Tensor:
-    """Gradient of (sum, sum of squares) per channel: ``gs + 2 * gq * x``, in one pass."""
-    gs_b = _bcast(gs, x) if gs is not None else torch.zeros((), dtype=x.dtype, device=x.device)
+    """Gradient of (sum, sum of squares) per channel: ``gs + 2 * gq * x``, in one pass; in
+    float32 for a bf16 (autocast) ``x``, which the caller rounds to ``x``'s dtype once, at the end.
+
+    Not in bf16: ``gs`` and ``2 * gq * x`` nearly cancel where a channel's mean is large beside
+    its spread, and bf16 coefficients would leave an error of 2^-9 of the mean's size in every
+    element's gradient. Not mixed bf16 x float32 either: with a per-channel operand broadcast over
+    channels-last images, torch's CPU kernels take a scalar path 10x slower than converting ``x``."""
+    work = x.float() if x.dtype in LOW_PRECISION else x
+    gs_b = _bcast(gs, work) if gs is not None else torch.zeros((), dtype=work.dtype, device=x.device)
     if gq is None:
-        return gs_b.expand_as(x).clone(memory_format=torch.preserve_format)
-    return torch.addcmul(gs_b, x, _bcast(2 * gq, x))
+        return gs_b.expand_as(work).clone(memory_format=torch.preserve_format)
+    return torch.addcmul(gs_b, work, _bcast(2 * gq, work))
 
 
 class _ChannelSums(torch.autograd.Function):
@@ -103,7 +111,7 @@ class _ChannelSums(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gs: torch.Tensor | None, gq: torch.Tensor | None) -> torch.Tensor | None:
         (x,) = ctx.saved_tensors
-        return _sums_backward(x, gs, gq)
+        return _sums_backward(x, gs, gq).to(x.dtype)
 
 
 class _AffineWithSums(torch.autograd.Function):
@@ -121,8 +129,8 @@ class _AffineWithSums(torch.autograd.Function):
         x, scale = ctx.saved_tensors
         gx = _sums_backward(x, gs, gq)
         if gy is not None:
-            gx.addcmul_(gy, _bcast(scale, x))  # the BN path, accumulated in place
-        return gx, None, None
+            gx.addcmul_(gy.to(gx.dtype), _bcast(scale, gx))  # the BN path, accumulated in place
+        return gx.to(x.dtype), None, None
 
 
 def channel_sums(x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:

@@ -1,0 +1,106 @@
+"""The number format a generation step computes in: float32, or bfloat16 autocast where the
+hardware has native bfloat16 arithmetic.
+
+``fp32``: no autocast. ``bf16``: the model's convolutions and matrix products run under
+``torch.autocast(device, torch.bfloat16)``; the images, their gradient, the optimiser state, the
+image pipeline, the BN-input statistics (float64 sums) and the losses stay float32/float64.
+``auto``: bf16 where the device computes it natively, else fp32.
+
+bf16 is never emulated: oneDNN would run it on any AVX-512 CPU by converting in software, slower
+than fp32. On a CPU it needs AVX512-BF16 or AMX-BF16 (x86: Zen 4, Sapphire Rapids and later) or
+the BF16 extension (Arm); on a GPU compute capability 8.0 (Ampere) or later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from dgh_deploy.errors import DGHError
+
+PRECISIONS = ("fp32", "bf16", "auto")
+DEFAULT_PRECISION = "fp32"  # see DGHConfig.precision
+# CPU capability names (torch.cpu.get_capabilities() and /proc/cpuinfo flags) of native bf16
+# arithmetic: x86 AVX512-BF16 and AMX-BF16, Arm's BF16 (FEAT_BF16) and SVE-BF16.
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16", "svebf16")
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """``fp32`` or ``bf16``: what ``precision`` means on ``device`` (``auto`` decided here).
+
+    An explicit ``bf16`` where the device has no native bf16 is refused (one line naming the fix)."""
+    if precision not in PRECISIONS:
+        raise DGHError(f"unknown precision '{precision}'", f"use one of: {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return "fp32"
+    native = native_bf16(torch.device(device))
+    if precision == "auto":
+        return "bf16" if native else "fp32"
+    if not native:
+        raise DGHError(f"--precision bf16 asked for, but {_why_not_bf16(torch.device(device))}",
+                       "use --precision fp32, or auto (bf16 only where the hardware has it)")
+    return "bf16"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        return cpu_has_bf16()
+    return False
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 (x86), BF16 (Arm): from torch's CPU capabilities, or where this
+    torch has no such query, from the CPU flags Linux lists in /proc/cpuinfo."""
+    caps = _torch_cpu_capabilities()
+    if caps is not None:
+        return any(bool(caps.get(flag)) for flag in _CPU_BF16_FLAGS)
+    return bool(_proc_cpu_flags() & set(_CPU_BF16_FLAGS))
+
+
+def _torch_cpu_capabilities() -> Mapping[str, Any] | None:
+    query = getattr(torch.cpu, "get_capabilities", None)  # torch 2.9 and later
+    if query is None:
+        return None
+    try:
+        return query()
+    except RuntimeError:
+        return None
+
+
+def _proc_cpu_flags() -> set[str]:
+    """The ``flags`` (x86) or ``Features`` (Arm) of the first CPU in /proc/cpuinfo; empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def _why_not_bf16(device: torch.device) -> str:
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "PyTorch sees no CUDA GPU"
+    if device.type == "cuda":
+        return (f"GPU '{torch.cuda.get_device_name(device)}' has no native bfloat16 arithmetic (compute capability "
+                "8.0 and later have it)")
+    if device.type == "cpu":
+        return ("this CPU has no native bfloat16 arithmetic (AVX512-BF16, AMX-BF16 or Arm BF16): torch would "
+                "emulate it, slower than fp32")
+    return f"device '{device}' has no bfloat16 autocast here"
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast context of a resolved ``precision`` (disabled for fp32). The weight cache is
+    off: a CUDA graph must not capture casts it would reuse, and the weights are frozen anyway."""
+    kind = device.type if device.type in ("cpu", "cuda") else "cpu"
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
