@@ -451,6 +451,81 @@ def section_gpu(files: dict[str, dict]) -> list[str]:
     return lines
 
 
+def precision_pairs(data: dict) -> list[tuple[str, str]]:
+    """(fp32 label, bf16 label) of each generated source in a ``bench/seeds.py --precisions`` file."""
+    labels = ordered((k.split("/")[1] for k in data["top1"] if k.count("/") == 2), SOURCE_ORDER)
+    return [(label, f"{label}-bf16") for label in labels if f"{label}-bf16" in labels]
+
+
+def precision_quality_table(data: dict) -> Table:
+    """Top-1 per seed, mean and sample standard deviation of fp32 and bf16 sets side by side."""
+    top, spread = data["top1"], data.get("spread", {})
+    seeds = ordered((k.split("/")[2] for k in top if k.count("/") == 2 and not k.endswith("/mean")), ())
+    pairs = precision_pairs(data)
+    header = ["bits"]
+    for source, _ in pairs:
+        header += [f"{source} fp32, seeds {' / '.join(seeds)}", "fp32 mean (sd)", f"{source} bf16, seeds",
+                   "bf16 mean (sd)", "bf16 minus fp32"]
+    header.append("real")
+    rows = []
+    for bits in ordered((k.split("/")[0] for k in top), ("W8A4", "W4A8")):
+        row = [bits]
+        for pair in pairs:
+            for label in pair:
+                row += [" / ".join(num(top.get(f"{bits}/{label}/{seed}")) for seed in seeds),
+                        f"{num(top.get(f'{bits}/{label}/mean'))} ({num(spread.get(f'{bits}/{label}', {}).get('std'))})"]
+            row.append(signed(top[f"{bits}/{pair[1]}/mean"] - top[f"{bits}/{pair[0]}/mean"]))
+        row.append(num(top.get(f"{bits}/real")))
+        rows.append(row)
+    return header, rows
+
+
+def precision_time_table(data: dict) -> Table:
+    """Each generated set: seconds, image-iterations per second and the load average when it started."""
+    rows = [[key.split("/")[0], key.split("/")[1], num(run.get("wall_s"), 1), num(run.get("rate"), 0),
+             num(run.get("load"))] for key, run in data.get("generated", {}).items()]
+    return ["set", "seed", "seconds", "image-iterations/s", "load average at start"], rows
+
+
+def precision_speed_table(data: dict) -> Table:
+    """A ``bench/generation.py`` file with bf16 rows: ours fp32, ours bf16 and MCT, with the ratios."""
+    fp32, mct = data.get("ours", {}), data.get("mct") or {}
+    rows = []
+    named = (("ours, fp32", fp32), ("ours, bf16", data.get("ours_bf16")), (f"MCT {mct.get('version', '')}", mct))
+    for label, run in named:
+        if not run:
+            continue
+        each = run.get("runs", [run])
+        rates = " / ".join(f"{r['rate']:,.0f} (load {num(r.get('load_before'))})" for r in each)
+        over_fp32 = f"{run['rate'] / fp32['rate']:.2f}x" if fp32 else "-"
+        over_mct = f"{run['rate'] / mct['rate']:.2f}x" if mct else "-"
+        rows.append([label, num(run.get("rate"), 0), rates, num(run.get("peak_mb"), 0), over_fp32, over_mct])
+    return ["generator", "image-iterations/s (median)", "each run, in order (load average at its start)",
+            "peak MiB", "over ours fp32", "over MCT"], rows
+
+
+def section_precision(files: dict[str, dict]) -> list[str]:
+    lines = ["bfloat16 autocast for generation (`--precision bf16`, `generation/precision.py`) against float32, on "
+             "the same machine: the model's convolutions in bf16, the images, the optimiser, the BN statistics "
+             "(float64 sums) and the losses in float32/float64.", ""]
+    for name, data in files.items():
+        where = f"measured on {data.get('machine') or machine_of(name, data)}, {data.get('device', '?')}"
+        budget = f"{data.get('model')}, {data.get('n_images')} images x {data.get('iters')} iterations"
+        if "top1" in data:
+            lines += [file_line(name, f"{budget}, {where}: three seeds per precision (`python -m bench.seeds "
+                                      "--precisions fp32,bf16`), each set scored by the `sim` target (GPTQ weights "
+                                      "at W4A8, nearest at W8A4), top-1 on the CIFAR-10 test images; sd is the "
+                                      "seeds' sample standard deviation."), "",
+                      *markdown(precision_quality_table(data)), "", "Generation of each set, interleaved by seed "
+                      "(the machine is shared: the load average is beside each time):", "",
+                      *markdown(precision_time_table(data)), ""]
+        elif "ours" in data:
+            lines += [file_line(name, f"{budget}, {where}, torch {data.get('torch', '?')}: `python -m "
+                                      "bench.generation` with fp32 and bf16 runs interleaved in one process, then "
+                                      "MCT."), "", *markdown(precision_speed_table(data)), ""]
+    return lines
+
+
 def section_other(files: dict[str, dict]) -> list[str]:
     lines = ["Files no section above reads, shown as they are."]
     for name, data in files.items():
@@ -458,6 +533,117 @@ def section_other(files: dict[str, dict]) -> list[str]:
         lines += ["", f"`bench/results/{name}`, measured on {machine}:", "", *markdown(flat_table(data))]
     return [*lines, ""]
 
+
+def npu_config(row: dict) -> str:
+    return f"{row['accelerator']} ({row['system_config']}, {row['memory_mode']})"
+
+
+def edge_vela_table(model: dict) -> Table:
+    """``bench/edge.py``: one row per Ethos-U configuration Vela compiled the model's int8 file for."""
+    rows = []
+    for e in model["ethos_u"]:
+        capacity = e.get("sram_capacity_kib")
+        fits = "-" if capacity is None else f"{'yes' if e['fits_sram'] else 'no'} ({capacity:,.0f} KiB)"
+        rows.append([npu_config(e), f"{e['npu_ops']} of {e['npu_ops'] + e['cpu_ops']}", num(e["sram_kib"], 1),
+                     num(e["flash_kib"], 1), num(e["dram_kib"], 1), fits, num(e["inference_ms"], 2),
+                     num(e["macs"] / 1e6, 1)])
+    return ["Ethos-U configuration", "NPU ops", "SRAM, KiB", "flash, KiB", "DRAM, KiB", "fits the SRAM",
+            "ms per inference (Vela's estimate)", "MMACs"], rows
+
+
+def edge_runtime_table(model: dict) -> Table:
+    metric = model["metric"]
+    rows = [["float (PyTorch)", num(model["float"])], ["LiteRT (XNNPACK kernels)", num(model["litert"])],
+            ["TFLite Micro (reference kernels)", num(model["tflite_micro"])]]
+    return ["runtime", f"{metric} on {model['images']:,} images"], rows
+
+
+def edge_agreement(model: dict) -> str:
+    """TFLite Micro against LiteRT image by image, as one sentence."""
+    shown = {k: v for k, v in model["agreement"].items() if k != "images"}
+    text = ", ".join(f"{k} {num(v)}" for k, v in shown.items())
+    arena = model.get("arena_bytes")
+    return (f"TFLite Micro against LiteRT on the same {int(model['agreement'].get('images', 0)):,} images: {text}. "
+            + (f"TFLite Micro's tensor arena: {arena / 1024:,.1f} KiB." if arena else ""))
+
+
+def edge_fallback(model: dict) -> list[str]:
+    """The ops Vela left to the CPU in any configuration, with its reason."""
+    seen = {(op["op"], op["name"], op["reason"]) for e in model["ethos_u"] for op in e["cpu_fallback"]}
+    return [f"- `{op}` (`{name}`): {reason}" for op, name, reason in sorted(seen)]
+
+
+def section_edge(files: dict[str, dict]) -> list[str]:
+    lines = ["Per model, one `dgh-deploy --target ethos-u` job with its default DGH budget "
+             "(`python -m bench.edge`): the int8 .tflite compiled by Arm's Vela for each Ethos-U configuration "
+             "(placement, memory and time are Vela's estimates: no Ethos-U silicon ran), and the same int8 file "
+             "scored on LiteRT and on TFLite Micro, the runtime a microcontroller runs, on the same images. Flash "
+             "is the weights read from flash; in the SRAM-only mode (an Ethos-U55 with 512 KiB of SRAM and "
+             "nothing else) the weights count as SRAM.", ""]
+    for name, data in files.items():
+        v = data.get("versions", {})
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; Vela "
+                  f"{v.get('ethos-u-vela', '?')}, tflite-micro {v.get('tflite-micro', '?')}.", ""]
+        for key in ordered(data["models"], ("demo", *MODEL_ORDER)):
+            m = data["models"][key]
+            cal = m["calibration"]
+            size = "x".join(map(str, m["imgsz"]))
+            lines += [f"**{key}** at {size} (calibration: {cal['source']}, {cal['images']} images"
+                      + (f" x {cal['iters']} iterations" if cal.get("iters") else "") + "):", "",
+                      *markdown(edge_vela_table(m)), ""]
+            fallback = edge_fallback(m)
+            lines += (["Ops Vela leaves to the CPU:", "", *fallback, ""] if fallback
+                      else ["Every op on the NPU in every configuration.", ""])
+            lines += [*markdown(edge_runtime_table(m)), "", edge_agreement(m), ""]
+    return lines
+
+
+def readme_edge(results: dict[str, Any]) -> list[str]:
+    """One short table of the edge figures for the README: the first configuration, both runtimes."""
+    name = next((n for n in sorted(results) if n.startswith("edge_")), None)
+    if name is None:
+        return []
+    data = results[name]
+    rows = []
+    for key in ordered(data["models"], ("demo", *MODEL_ORDER)):
+        m = data["models"][key]
+        e = m["ethos_u"][0]
+        rows.append([f"{key} ({m['metric']})", f"{e['npu_ops']} of {e['npu_ops'] + e['cpu_ops']}",
+                     num(e["sram_kib"], 1), num(e["flash_kib"], 1), num(e["inference_ms"], 2), num(m["litert"]),
+                     num(m["tflite_micro"]), num((m.get("arena_bytes") or 0) / 1024, 1)])
+    first = data["models"][next(iter(data["models"]))]["ethos_u"][0]
+    return ["", f"Edge: Vela's placement and estimates on {npu_config(first)}, and the int8 metric on LiteRT and "
+                f"TFLite Micro, measured on {data.get('machine', 'a machine not recorded')} "
+                f"(`bench/results/{name}`; more configurations in docs/results.md):", "",
+            *markdown((["model", "NPU ops", "SRAM, KiB", "flash, KiB", "ms (estimate)", "LiteRT", "TFLite Micro",
+                        "arena, KiB"], rows))]
+
+
+
+def section_reliability(files: dict[str, dict]) -> list[str]:
+    lines = ["Real `dgh-deploy` processes on the bundled demo (`python -m bench.reliability`): two jobs started "
+             "together on one cache key, then jobs interrupted by SIGINT or SIGTERM at uniformly random moments "
+             "of their run, each followed by a check that `--out` holds a complete result (the previous one), no "
+             "staging folder or partial file is left, every cache entry passes its checksum, and the exit code is "
+             "130 or 143. The stage is read off the uninterrupted run's per-stage times (a loaded machine runs "
+             "slower, so late kills may land in a later stage than named).", ""]
+    for name, data in files.items():
+        conc, kills, resume = data["concurrent"], data["kills"], data["resume"]
+        by_stage: dict[str, int] = {}
+        for k in kills:
+            by_stage[k["stage"]] = by_stage.get(k["stage"], 0) + 1
+        rows = [[stage, str(n)] for stage, n in by_stage.items()]
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; job `{data['job']}`.", "",
+                  f"- concurrent jobs: exit codes {conc['exit_codes']}, {conc['generated']} generated, "
+                  f"{conc['cache_entries']} cache entry, problems: {len(conc['cache_problems'])}",
+                  f"- {len(kills)} kills ({sum(k['signal'] == 'SIGINT' for k in kills)} SIGINT, "
+                  f"{sum(k['signal'] == 'SIGTERM' for k in kills)} SIGTERM): "
+                  f"{data['corrupt_after_kills']} left anything corrupt; exit codes "
+                  f"{sorted({k['exit_code'] for k in kills})}",
+                  f"- SIGTERM in generation, then `--resume`: checkpoint written {resume['checkpoint_written']}, "
+                  f"resumed exit code {resume['resumed_exit_code']}, problems: {len(resume['problems'])}", "",
+                  *markdown((["stage at the kill", "kills"], rows)), ""]
+    return lines
 
 Section = tuple[str, Callable[[str], bool], Callable[[dict[str, dict]], list[str]]]
 SECTIONS: list[Section] = [
@@ -467,8 +653,12 @@ SECTIONS: list[Section] = [
     ("Three seeds per source", lambda n: n.startswith("seeds_"), section_seeds),
     ("YOLOv5n over seeds and picks", lambda n: n.startswith("picks_"), section_picks),
     ("Generation speed against MCT", lambda n: n.startswith("generation_"), section_generation),
+    ("bfloat16 generation against float32", lambda n: n.startswith("precision_"), section_precision),
     ("Ablation", lambda n: n.startswith("ablation_"), section_ablation),
     ("GPU check", lambda n: n.startswith("gpu_check"), section_gpu),
+    ("Edge: Ethos-U NPUs (Vela) and TFLite Micro", lambda n: n.startswith("edge_"), section_edge),
+    ("Reliability: concurrent jobs and kills at random moments", lambda n: n.startswith("reliability_"),
+     section_reliability),
 ]
 
 
@@ -546,6 +736,7 @@ def readme_block(results: dict[str, Any]) -> str:
         lines += ["", f"Generation speed, ours over MCT {d0.get('mct', {}).get('version', '')}'s with the same "
                       f"settings ({d0['model']}, {d0['n_images']} images x {d0['iters']} iterations): {text} "
                       f"({', '.join(f'`bench/results/{n}`' for n, _ in speed)})."]
+    lines += readme_edge(results)
     lines += ["", END]
     return "\n".join(lines)
 

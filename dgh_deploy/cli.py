@@ -50,6 +50,9 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-images", type=int, help="calibration images (default: 256 classify; detect 64 CPU, 128 GPU)")
     g.add_argument("--iters", type=int, help="DGH iterations (default 500; detect on CPU 200)")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to generate (default cpu)")
+    g.add_argument("--precision", choices=("fp32", "bf16", "auto"),
+                   help="generation arithmetic: bf16 autocast (statistics and images stay float32/64) where "
+                        "the CPU or GPU has native bfloat16; auto picks it there (default fp32)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--resume", action="store_true", help="continue an interrupted generation from its checkpoint")
     _verbosity(p)
@@ -191,7 +194,7 @@ def run_deploy(args: argparse.Namespace) -> int:
     report = deploy(
         target=args.target, target_settings=target_settings(args), model=args.model, weights=args.weights,
         task=args.task, imgsz=args.imgsz,
-        calib=args.calib, n_images=args.n_images, iters=args.iters, holdout=args.holdout,
+        calib=args.calib, precision=args.precision, n_images=args.n_images, iters=args.iters, holdout=args.holdout,
         val_data=args.val_data, val_limit=args.val_limit, out=out, device=args.device, seed=args.seed,
         resume=args.resume, max_drop=args.max_drop, junit=args.junit, use_cache=not args.no_cache,
         cache_dir=args.cache_dir, human_report=not args.no_human_report, progress=not args.quiet, options=options,
@@ -202,7 +205,9 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 def summarise(report: dict[str, Any], out: str) -> str:
     m = report["metrics"]
-    lines = [f"wrote {os.path.join(out, report['artifacts']['model']['path'])} and {os.path.join(out, 'report.json')}"]
+    files = [report["artifacts"][role]["path"] for role in ("model", "vela_model") if role in report["artifacts"]]
+    paths = [os.path.join(out, name) for name in [*files, "report.json"]]
+    lines = [f"wrote {', '.join(paths[:-1])} and {paths[-1]}"]
     metric = m["metric"]
     if "float" in m:
         lines.append(f"{metric}: float {m['float'][metric]:.2f}, quantized {m['quantized'][metric]:.2f} "
@@ -210,6 +215,22 @@ def summarise(report: dict[str, Any], out: str) -> str:
     if "data_free" in m:
         df = ", ".join(f"{k} {v:.2f}" for k, v in m["data_free"].items() if k != "images")
         lines.append(f"data-free check on {int(m['data_free']['images'])} held-out calibration images: {df}")
+    npu = report["target"].get("ethos_u")
+    if npu:  # the Ethos-U target: where Vela put the ops, and what it costs
+        memory = f"flash {npu['flash_kib']:.1f} KiB" + (f", DRAM {npu['dram_kib']:.1f} KiB" if npu["dram_kib"] else "")
+        lines.append(f"{npu['accelerator']} ({npu['system_config']}, {npu['memory_mode']}): {npu['npu_ops']} of "
+                     f"{npu['npu_ops'] + npu['cpu_ops']} ops on the NPU, SRAM {npu['sram_kib']:.1f} KiB, {memory}, "
+                     f"{npu['inference_ms']:.2f} ms per inference (Vela's estimate)")
+        lines += [f"  on the CPU: {op['op']} '{op['name']}': {op['reason']}" for op in npu["cpu_fallback"]]
+    dev, micro = m.get("device"), report["target"].get("tflite_micro") or {}
+    if dev:  # the same file on the device's runtime (TFLite Micro)
+        parts = [f"tensor arena {micro['arena_bytes'] / 1024:.1f} KiB"] if micro.get("arena_bytes") else []
+        if "quantized" in dev:
+            parts.append(f"{metric} {dev['quantized'][metric]:.2f} on {int(dev['quantized'].get('images', 0))} real "
+                         f"images ({dev['desktop_runtime']} {dev['desktop'][metric]:.2f} on the same)")
+        agree = dev.get("agreement") or dev.get("data_free_agreement") or {}
+        parts += [f"{k} with {dev['desktop_runtime']} {v:.2f}" for k, v in agree.items() if k.endswith("agreement")]
+        lines.append(f"{dev['runtime']}: {'; '.join(parts)}")
     return "\n".join(lines)
 
 
@@ -225,7 +246,7 @@ def run_generate(args: argparse.Namespace) -> int:
     calib = generate(
         model=args.model, weights=args.weights, n_images=args.n_images, iters=args.iters, imgsz=args.imgsz,
         task=args.task, calib=args.calib, device=args.device, seed=args.seed, out=args.out, resume=args.resume,
-        progress=not args.quiet,
+        progress=not args.quiet, precision=args.precision,
     )
     if calib is None:
         return 0  # a torchrun rank other than 0: rank 0 writes and reports
@@ -241,8 +262,11 @@ def run_targets(args: argparse.Namespace) -> int:
         target = cls()
         missing = target.missing_requirements()
         state = f"  [needs: {', '.join(missing)}]" if missing else ""
+        constraints = target.constraints
         print(f"{name:15s} {cls.summary}{state}")
-        print(f"{'':15s} constraints: {target.constraints.describe()}")
+        print(f"{'':15s} constraints: {constraints.describe()}")
+        if constraints.notes:
+            print(f"{'':15s} notes: {constraints.notes}")
         print(f"{'':15s} verified on: {cls.runtime}")
     return 0
 
@@ -262,7 +286,10 @@ COMMANDS = {"deploy": run_deploy, "generate": run_generate, "targets": run_targe
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "deploy"
-    args = build_parser(command).parse_args(argv)
+    try:
+        args = build_parser(command).parse_args(argv)
+    except SystemExit as stop:  # --help, or a usage error already printed on one line
+        return int(stop.code or 0)
     _setup_logging(args)
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -17,6 +17,8 @@ from dgh_deploy.artifacts import check_output_folder, staging_dir, write_json
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.calibration.cache import cached
 from dgh_deploy.errors import DGHError, QualityGateFailed
+from dgh_deploy.generation.config import job_recipe
+from dgh_deploy.generation.preflight import check_device
 from dgh_deploy.job_checks import (
     check_calibration_source,
     check_exists,
@@ -43,6 +45,7 @@ class DeployConfig:
     task: str | None = None
     imgsz: int | None = None
     calib: str = "dgh"  # dgh | bns | noise | real:PATH | FILE.npz
+    precision: str | None = None  # fp32 | bf16 | auto for generation; None: DGHConfig's default
     n_images: int | None = None  # None: the task's default for the device
     iters: int | None = None
     holdout: int | None = None  # images held out of calibration for the data-free check
@@ -148,6 +151,9 @@ def check_config(config: DeployConfig) -> None:
     if config.max_drop is not None and not config.val_data:
         raise DGHError("--max-drop needs real labelled data to measure a drop", "pass --val-data")
     check_calibration_source(config.calib)
+    if not config.calib.endswith(".npz"):
+        check_device(config.device)
+        job_recipe(config.calib, config.precision, config.device)  # bf16 where the device lacks it: refused now
     if config.val_data:
         check_exists(config.val_data, "--val-data")
     check_output_folder(config.out)
@@ -183,25 +189,27 @@ def _calibration_images(config: DeployConfig, model: LoadedModel) -> tuple[Calib
     Returns the set and whether it came from the cache.
     """
     from dgh_deploy.generation import make_calibration_set
-    from dgh_deploy.generation.config import default_recipe
 
     if config.calib.endswith(".npz"):
         return CalibrationSet.load(config.calib), False
     n_images, iters = _budget(config, model)
     total = n_images + _holdout(config, model)
     checkpoint = Path(config.out).with_name(Path(config.out).name + ".generation.ckpt")
+    # One recipe, precision resolved (auto -> fp32 or bf16), makes the images and the cache key.
+    recipe = job_recipe(config.calib, config.precision, config.device)
 
     def make() -> CalibrationSet:
         return make_calibration_set(
             model, config.calib, n_images=total, iters=iters, seed=config.seed,
-            device=config.device, resume=config.resume, checkpoint=checkpoint, progress=config.progress,
+            device=config.device, resume=config.resume, checkpoint=checkpoint, config=recipe,
+            progress=config.progress,
         )
 
     hit = False
     if config.use_cache:
         full, hit = cached(model, config.calib, total, iters, config.seed, config.device, make,
                            Path(config.cache_dir) if config.cache_dir else None,
-                           recipe=default_recipe(config.calib).hashed_settings(), version=__version__)
+                           recipe=recipe.hashed_settings(), version=__version__)
     else:
         full = make()
     checkpoint.unlink(missing_ok=True)
@@ -242,35 +250,112 @@ def build_report(config: DeployConfig, model: LoadedModel, target: Target, resul
 
 def verify(model: LoadedModel, task: Any, runner: Any, held: CalibrationSet | None,
            config: DeployConfig) -> dict[str, Any]:
-    """Float against quantized: on real labelled data when given, and data-free on held-out images."""
+    """Float against quantized: on real labelled data when given, and data-free on held-out images.
+
+    When the runner's file also runs on the device's own runtime (``runner.device_runner``:
+    TFLite Micro for the .tflite targets), the same checks run there too, with its agreement with
+    the desktop runtime, under ``device``.
+    """
     out: dict[str, Any] = {"metric": task.metric}
     float_runner = TorchRunner(model.module)
+    held_out: tuple[list[Any], list[Any]] | None = None
     if held is not None and len(held):
         ref = float_runner.infer_all(held.images)
         cand = runner.infer_all(held.images)
         out["data_free"] = task.agreement(ref, cand)
+        held_out = (ref, cand)
     if config.val_data:
         f = task.evaluate(float_runner, model, config.val_data, config.val_limit)
         q = task.evaluate(runner, model, config.val_data, config.val_limit)
         out["float"] = f
         out["quantized"] = q
         out["drop"] = round(f[task.metric] - q[task.metric], 4)
+    device = getattr(runner, "device_runner", None)
+    if device is not None:
+        out["device"] = _verify_on_device(model, task, runner, device, held, held_out, config, out)
     return out
 
 
+def _verify_on_device(model: LoadedModel, task: Any, runner: Any, device: Any, held: CalibrationSet | None,
+                      held_out: tuple[list[Any], list[Any]] | None, config: DeployConfig,
+                      desktop: dict[str, Any]) -> dict[str, Any]:
+    """verify()'s checks on the device runtime: data-free against float and against the desktop
+    runtime's outputs, and the real metric on at most the runtime's ``image_limit`` images."""
+    out: dict[str, Any] = {"runtime": device.name, "desktop_runtime": runner.name}
+    if held is not None and held_out is not None:
+        ref, cand = held_out
+        dev = device.infer_all(held.images)
+        out["data_free"] = task.agreement(ref, dev)
+        out["data_free_agreement"] = task.agreement(cand, dev)
+    if config.val_data:
+        out.update(_score_on_device(model, task, runner, device, config, desktop))
+    return out
+
+
+def _score_on_device(model: LoadedModel, task: Any, runner: Any, device: Any, config: DeployConfig,
+                     desktop: dict[str, Any]) -> dict[str, Any]:
+    """The metric on the device runtime and, on the same images, on the desktop one (the two are
+    compared image by image too); float again only if the device saw fewer images than the job."""
+    from dgh_deploy.runtime.tflite_micro_runner import RecordingRunner
+
+    metric = task.metric
+    cap = getattr(device, "image_limit", None)
+    limit = min(n for n in (config.val_limit, cap) if n) if (config.val_limit or cap) else None
+    on_device, on_desktop = RecordingRunner(device), RecordingRunner(runner)
+    q = task.evaluate(on_device, model, config.val_data, limit)
+    d = task.evaluate(on_desktop, model, config.val_data, limit)
+    f = desktop["float"]
+    if q["images"] != f["images"]:
+        f = task.evaluate(TorchRunner(model.module), model, config.val_data, limit)
+    dev_out, desk_out = on_device.outputs(), on_desktop.outputs()
+    n = min(len(dev_out[0]), len(desk_out[0])) if dev_out and desk_out else 0  # what both kept
+    agreement = task.agreement([o[:n] for o in desk_out], [o[:n] for o in dev_out]) if n else {}
+    return {"image_limit": cap, "float": f, "quantized": q, "desktop": d, "agreement": agreement,
+            "drop": round(f[metric] - q[metric], 4), "desktop_minus_device": round(d[metric] - q[metric], 4)}
+
+
 def gate_verdict(report: dict[str, Any], max_drop: float | None) -> tuple[bool, str] | None:
-    """(passed, one-line verdict) for ``--max-drop``, or None when no gate was asked for."""
-    if max_drop is None:
+    """(passed, one-line verdict) for ``--max-drop`` and ``--require-npu``, or None when neither was asked for.
+
+    ``--max-drop`` reads the device runtime's metric (TFLite Micro) when the job measured one.
+    """
+    npu = report["target"].get("ethos_u", {})
+    verdicts = []
+    if npu.get("require_npu"):
+        verdicts.append(_npu_verdict(npu))
+    if max_drop is not None:
+        verdicts.append(_drop_verdict(report["metrics"], max_drop))
+    if not verdicts:
         return None
-    m = report["metrics"]
+    failed = [text for passed, text in verdicts if not passed]
+    return not failed, "; ".join(failed or [text for _, text in verdicts])
+
+
+def _drop_verdict(m: dict[str, Any], max_drop: float) -> tuple[bool, str]:
     if "drop" not in m:
         raise DGHError("--max-drop needs real labelled data to measure a drop", "pass --val-data")
-    metric = m["metric"]
-    detail = (f"{metric} {m['float'][metric]:.2f} float -> {m['quantized'][metric]:.2f} quantized, "
-              f"drop {m['drop']:.2f} points")
-    if m["drop"] > max_drop:
+    metric, scores, where = m["metric"], m, ""
+    if "drop" in m.get("device", {}):
+        scores = m["device"]
+        where = f" on {scores['runtime']} ({int(scores['quantized'].get('images', 0))} images)"
+    detail = (f"{metric} {scores['float'][metric]:.2f} float -> {scores['quantized'][metric]:.2f} quantized{where}, "
+              f"drop {scores['drop']:.2f} points")
+    if scores["drop"] > max_drop:
         return False, f"FAIL: {detail}, more than --max-drop {max_drop}"
     return True, f"PASS: {detail}, within --max-drop {max_drop}"
+
+
+def _npu_verdict(npu: dict[str, Any]) -> tuple[bool, str]:
+    """--require-npu: every op Vela compiled on the NPU, or the ops it left to the CPU, and why."""
+    total = npu["npu_ops"] + npu["cpu_ops"]
+    where = f"{npu['accelerator']} ({npu['system_config']}, {npu['memory_mode']})"
+    if npu["cpu_ops"] == 0:
+        return True, f"PASS: all {total} ops on the NPU of {where}, as --require-npu asks"
+    shown = [f"{op['op']} '{op['name'][:60]}' ({op['reason']})" for op in npu["cpu_fallback"][:3]]
+    more = len(npu["cpu_fallback"]) - len(shown)
+    named = ", ".join(shown) + (f" and {more} more" if more > 0 else "") if shown else "Vela named none"
+    return False, (f"FAIL: {npu['cpu_ops']} of {total} ops fall back to the CPU of {where}, against --require-npu: "
+                   f"{named} (report.json lists them; change the model so Vela can place them, or drop --require-npu)")
 
 
 def environment() -> dict[str, Any]:
