@@ -205,7 +205,10 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 def summarise(report: dict[str, Any], out: str) -> str:
     m = report["metrics"]
-    files = [report["artifacts"][role]["path"] for role in ("model", "vela_model") if role in report["artifacts"]]
+    from dgh_deploy.targets import get_target
+
+    target = get_target(report["target"]["name"])
+    files = [report["artifacts"][role]["path"] for role in target.summary_artifacts if role in report["artifacts"]]
     paths = [os.path.join(out, name) for name in [*files, "report.json"]]
     lines = [f"wrote {', '.join(paths[:-1])} and {paths[-1]}"]
     metric = m["metric"]
@@ -215,13 +218,7 @@ def summarise(report: dict[str, Any], out: str) -> str:
     if "data_free" in m:
         df = ", ".join(f"{k} {v:.2f}" for k, v in m["data_free"].items() if k != "images")
         lines.append(f"data-free check on {int(m['data_free']['images'])} held-out calibration images: {df}")
-    npu = report["target"].get("ethos_u")
-    if npu:  # the Ethos-U target: where Vela put the ops, and what it costs
-        memory = f"flash {npu['flash_kib']:.1f} KiB" + (f", DRAM {npu['dram_kib']:.1f} KiB" if npu["dram_kib"] else "")
-        lines.append(f"{npu['accelerator']} ({npu['system_config']}, {npu['memory_mode']}): {npu['npu_ops']} of "
-                     f"{npu['npu_ops'] + npu['cpu_ops']} ops on the NPU, SRAM {npu['sram_kib']:.1f} KiB, {memory}, "
-                     f"{npu['inference_ms']:.2f} ms per inference (Vela's estimate)")
-        lines += [f"  on the CPU: {op['op']} '{op['name']}': {op['reason']}" for op in npu["cpu_fallback"]]
+    lines += target.summary_lines(report)
     dev, micro = m.get("device"), report["target"].get("tflite_micro") or {}
     if dev:  # the same file on the device's runtime (TFLite Micro)
         parts = [f"tensor arena {micro['arena_bytes'] / 1024:.1f} KiB"] if micro.get("arena_bytes") else []

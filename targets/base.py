@@ -125,6 +125,7 @@ class Target(ABC):
     requires: ClassVar[tuple[str, ...]] = ()  # Python modules the build needs
     install_hint: ClassVar[str] = ""
     flags: ClassVar[tuple[TargetFlag, ...]] = ()  # this target's own CLI options
+    summary_artifacts: ClassVar[tuple[str, ...]] = ("model",)  # the files the CLI's last lines name
 
     def __init__(self, options: TargetOptions | None = None) -> None:
         self.options = options or TargetOptions()
@@ -138,6 +139,10 @@ class Target(ABC):
     def check_options(self, model: LoadedModel) -> None:
         """Raise :class:`~dgh_deploy.errors.DGHError` for options this target cannot honour on
         ``model``. The job calls it before generating, so a typo costs seconds, not minutes."""
+
+    def summary_lines(self, report: dict[str, Any]) -> list[str]:
+        """What this target adds to the CLI's closing lines, read from its part of ``report``."""
+        return []
 
     def missing_requirements(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]

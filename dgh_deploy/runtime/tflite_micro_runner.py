@@ -9,6 +9,8 @@ The file is the one LiteRT runs, so the input quantization, the output order and
 to PyTorch's come from the LiteRT runner's shared functions (:func:`file_layout`): TFLite Micro
 numbers outputs by their place in the file, which the layout records. The interpreter prints its
 diagnostics from C++ to the process's stderr; they are captured, so a failure becomes one line.
+Some files make it abort the process outright (the int8 YOLOv8 anchor-free head does, while
+preparing its ops), so each file is first opened and run once in a child process (:func:`probe`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
@@ -65,6 +65,18 @@ class EthosUTarget(TFLiteInt8Target):
         TargetFlag("--require-npu", "require_npu",
                    "fail the job (exit 3, after writing the report) if Vela leaves any op to the CPU", None),
     )
+    summary_artifacts: ClassVar[tuple[str, ...]] = ("model", "vela_model")
+
+    def summary_lines(self, report: dict[str, Any]) -> list[str]:
+        """Where Vela put the ops, and what the NPU costs."""
+        npu = report["target"].get("ethos_u")
+        if not npu:
+            return []
+        memory = f"flash {npu['flash_kib']:.1f} KiB" + (f", DRAM {npu['dram_kib']:.1f} KiB" if npu["dram_kib"] else "")
+        lines = [f"{npu['accelerator']} ({npu['system_config']}, {npu['memory_mode']}): {npu['npu_ops']} of "
+                 f"{npu['npu_ops'] + npu['cpu_ops']} ops on the NPU, SRAM {npu['sram_kib']:.1f} KiB, {memory}, "
+                 f"{npu['inference_ms']:.2f} ms per inference (Vela's estimate)"]
+        return lines + [f"  on the CPU: {op['op']} '{op['name']}': {op['reason']}" for op in npu["cpu_fallback"]]
 
     def __init__(self, options: TargetOptions | None = None, npu: str = DEFAULT_ACCELERATOR, system_config: str = "",
                  memory_mode: str = "", require_npu: bool = False, silu_floor: float = DEFAULT_FLOOR,
