@@ -43,8 +43,9 @@ if TYPE_CHECKING:
 
 
 def ceiling_rate(module: torch.nn.Module, imgsz: tuple[int, int], batch: int, device: str,
-                 channels_last: bool, repeats: int = 5) -> float:
-    """Images/s of forward + backward to the input alone: no statistics, no augmentation."""
+                 channels_last: bool, repeats: int = 5, precision: str = "fp32") -> float:
+    """Images/s of forward + backward to the input alone: no statistics, no augmentation (under
+    bf16 autocast for ``precision`` bf16)."""
     import copy
 
     import torch
@@ -58,7 +59,8 @@ def ceiling_rate(module: torch.nn.Module, imgsz: tuple[int, int], batch: int, de
 
     def step() -> None:
         x.grad = None
-        out = net(x)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = net(x)
         sum(o.float().sum() for o in (out if isinstance(out, (list, tuple)) else [out])).backward()
 
     step()
@@ -195,8 +197,11 @@ def run(args: argparse.Namespace) -> dict:
     precisions = usable_precisions(common.split_list(args.precisions), args.device)
     ours_by = run_ours_interleaved(model, args, precisions)
     first = ours_by[precisions[0]]
-    res["ceiling_rate"] = ceiling_rate(model.module, model.imgsz, first["chunk"], args.device, channels_last=True)
-    print(f"ceiling (fwd+bwd to input, batch {first['chunk']}): {res['ceiling_rate']:.0f} images/s")
+    for p in precisions:
+        key = "ceiling_rate" if p == "fp32" else f"ceiling_rate_{p}"
+        res[key] = ceiling_rate(model.module, model.imgsz, first["chunk"], args.device, channels_last=True,
+                                precision=p)
+        print(f"ceiling {p} (fwd+bwd to input, batch {first['chunk']}): {res[key]:.0f} images/s")
     sets = {}
     for p, ours in ours_by.items():
         res[ours_key(p)] = {k: v for k, v in ours.items() if k != "images"}

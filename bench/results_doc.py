@@ -491,17 +491,20 @@ def precision_speed_table(data: dict) -> Table:
     """A ``bench/generation.py`` file with bf16 rows: ours fp32, ours bf16 and MCT, with the ratios."""
     fp32, mct = data.get("ours", {}), data.get("mct") or {}
     rows = []
-    named = (("ours, fp32", fp32), ("ours, bf16", data.get("ours_bf16")), (f"MCT {mct.get('version', '')}", mct))
-    for label, run in named:
+    named = (("ours, fp32", fp32, data.get("ceiling_rate")), ("ours, bf16", data.get("ours_bf16"),
+                                                              data.get("ceiling_rate_bf16")),
+             (f"MCT {mct.get('version', '')}", mct, None))
+    for label, run, ceiling in named:
         if not run:
             continue
         each = run.get("runs", [run])
         rates = " / ".join(f"{r['rate']:,.0f} (load {num(r.get('load_before'))})" for r in each)
         over_fp32 = f"{run['rate'] / fp32['rate']:.2f}x" if fp32 else "-"
         over_mct = f"{run['rate'] / mct['rate']:.2f}x" if mct else "-"
-        rows.append([label, num(run.get("rate"), 0), rates, num(run.get("peak_mb"), 0), over_fp32, over_mct])
+        rows.append([label, num(run.get("rate"), 0), rates, num(run.get("peak_mb"), 0), over_fp32, over_mct,
+                     num(ceiling, 0)])
     return ["generator", "image-iterations/s (median)", "each run, in order (load average at its start)",
-            "peak MiB", "over ours fp32", "over MCT"], rows
+            "peak MiB", "over ours fp32", "over MCT", "ceiling, images/s"], rows
 
 
 def section_precision(files: dict[str, dict]) -> list[str]:
