@@ -33,6 +33,7 @@ from dgh_deploy.reporting import REPORT_SCHEMA_VERSION, write_human_report, writ
 from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.targets import BuildResult, Target, TargetOptions, get_target
 from dgh_deploy.tasks import get_task
+from dgh_deploy.verification.gate import gate_verdict
 
 log = logging.getLogger("dgh_deploy")
 
@@ -110,15 +111,15 @@ def _deploy(config: DeployConfig) -> dict[str, Any]:
         report = build_report(config, model, target, result, calib, held, hit, verification, times)
         verdict = gate_verdict(report, config.max_drop)
         if verdict is not None:
-            report["gate"] = {"max_drop": config.max_drop, "passed": verdict[0], "verdict": verdict[1]}
+            report["gate"] = verdict.as_dict(config.max_drop)
         write_json(stage / "report.json", report)
         if config.human_report:
             real = task.sample_inputs(model, config.val_data, 256) if config.val_data else None
             write_human_report(stage, report, model, calib, real)
     if config.junit:
         write_junit(config.junit, report, config.max_drop)
-    if verdict is not None and not verdict[0]:
-        raise QualityGateFailed(verdict[1], "calibrate with more or better images, or relax --max-drop")
+    if verdict is not None and not verdict.passed:
+        raise QualityGateFailed(verdict.verdict, verdict.fix)
     return report
 
 
@@ -312,50 +313,6 @@ def _score_on_device(model: LoadedModel, task: Any, runner: Any, device: Any, co
     agreement = task.agreement([o[:n] for o in desk_out], [o[:n] for o in dev_out]) if n else {}
     return {"image_limit": cap, "float": f, "quantized": q, "desktop": d, "agreement": agreement,
             "drop": round(f[metric] - q[metric], 4), "desktop_minus_device": round(d[metric] - q[metric], 4)}
-
-
-def gate_verdict(report: dict[str, Any], max_drop: float | None) -> tuple[bool, str] | None:
-    """(passed, one-line verdict) for ``--max-drop`` and ``--require-npu``, or None when neither was asked for.
-
-    ``--max-drop`` reads the device runtime's metric (TFLite Micro) when the job measured one.
-    """
-    npu = report["target"].get("ethos_u", {})
-    verdicts = []
-    if npu.get("require_npu"):
-        verdicts.append(_npu_verdict(npu))
-    if max_drop is not None:
-        verdicts.append(_drop_verdict(report["metrics"], max_drop))
-    if not verdicts:
-        return None
-    failed = [text for passed, text in verdicts if not passed]
-    return not failed, "; ".join(failed or [text for _, text in verdicts])
-
-
-def _drop_verdict(m: dict[str, Any], max_drop: float) -> tuple[bool, str]:
-    if "drop" not in m:
-        raise DGHError("--max-drop needs real labelled data to measure a drop", "pass --val-data")
-    metric, scores, where = m["metric"], m, ""
-    if "drop" in m.get("device", {}):
-        scores = m["device"]
-        where = f" on {scores['runtime']} ({int(scores['quantized'].get('images', 0))} images)"
-    detail = (f"{metric} {scores['float'][metric]:.2f} float -> {scores['quantized'][metric]:.2f} quantized{where}, "
-              f"drop {scores['drop']:.2f} points")
-    if scores["drop"] > max_drop:
-        return False, f"FAIL: {detail}, more than --max-drop {max_drop}"
-    return True, f"PASS: {detail}, within --max-drop {max_drop}"
-
-
-def _npu_verdict(npu: dict[str, Any]) -> tuple[bool, str]:
-    """--require-npu: every op Vela compiled on the NPU, or the ops it left to the CPU, and why."""
-    total = npu["npu_ops"] + npu["cpu_ops"]
-    where = f"{npu['accelerator']} ({npu['system_config']}, {npu['memory_mode']})"
-    if npu["cpu_ops"] == 0:
-        return True, f"PASS: all {total} ops on the NPU of {where}, as --require-npu asks"
-    shown = [f"{op['op']} '{op['name'][:60]}' ({op['reason']})" for op in npu["cpu_fallback"][:3]]
-    more = len(npu["cpu_fallback"]) - len(shown)
-    named = ", ".join(shown) + (f" and {more} more" if more > 0 else "") if shown else "Vela named none"
-    return False, (f"FAIL: {npu['cpu_ops']} of {total} ops fall back to the CPU of {where}, against --require-npu: "
-                   f"{named} (report.json lists them; change the model so Vela can place them, or drop --require-npu)")
 
 
 def environment() -> dict[str, Any]:

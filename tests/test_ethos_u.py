@@ -17,7 +17,7 @@ import pytest
 
 from dgh_deploy.cli import main
 from dgh_deploy.errors import DGHError
-from dgh_deploy.pipeline import gate_verdict
+from dgh_deploy.verification.gate import gate_verdict
 from dgh_deploy.reporting import validate_report
 from dgh_deploy.targets import get_target
 from dgh_deploy.targets.ethos_u.vela import (
@@ -176,18 +176,33 @@ def npu_report(cpu_fallback: list[dict[str, str]], require: bool = True, device:
 def test_require_npu_fails_on_any_cpu_op_and_names_it() -> None:
     op = {"op": "LOG_SOFTMAX", "name": "PartitionedCall:0", "reason": "Unsupported opType"}
     assert gate_verdict(npu_report([op], require=False), None) is None
-    passed, verdict = gate_verdict(npu_report([op]), None)
-    assert not passed and verdict.startswith("FAIL: 1 of 10 ops fall back to the CPU of ethos-u55-128 (S, M), against "
-                                             "--require-npu: LOG_SOFTMAX 'PartitionedCall:0' (Unsupported opType)")
-    assert gate_verdict(npu_report([]), None) == (True, "PASS: all 9 ops on the NPU of ethos-u55-128 (S, M), as "
-                                                        "--require-npu asks")
+    gate = gate_verdict(npu_report([op]), None)
+    assert gate is not None and not gate.passed
+    assert gate.verdict.startswith("FAIL: 1 of 10 ops fall back to the CPU of ethos-u55-128 (S, M), against "
+                                   "--require-npu: LOG_SOFTMAX 'PartitionedCall:0' (Unsupported opType)")
+    assert "drop --require-npu" in gate.fix and "--max-drop" not in gate.fix  # the failed check's own fix
+    gate = gate_verdict(npu_report([]), None)
+    assert gate is not None and gate.passed
+    assert gate.verdict == "PASS: all 9 ops on the NPU of ethos-u55-128 (S, M), as --require-npu asks"
 
 
 def test_max_drop_reads_the_device_runtime() -> None:
-    passed, verdict = gate_verdict(npu_report([], require=False, device=True), 2.0)
-    assert not passed and verdict == ("FAIL: top1 80.00 float -> 76.00 quantized on tflite-micro (9 images), drop 4.00 "
-                                      "points, more than --max-drop 2.0")
-    assert gate_verdict(npu_report([], require=False), 2.0)[0]  # LiteRT's drop when no device metric
+    gate = gate_verdict(npu_report([], require=False, device=True), 2.0)
+    assert gate is not None and not gate.passed
+    assert gate.verdict == ("FAIL: top1 80.00 float -> 76.00 quantized on tflite-micro (9 images), drop 4.00 "
+                            "points, more than --max-drop 2.0")
+    assert "relax --max-drop" in gate.fix
+    gate = gate_verdict(npu_report([], require=False), 2.0)
+    assert gate is not None and gate.passed  # LiteRT's drop when no device metric
+
+
+def test_each_gate_check_is_judged_and_reported_on_its_own() -> None:
+    op = {"op": "LOG_SOFTMAX", "name": "x", "reason": "Unsupported opType"}
+    gate = gate_verdict(npu_report([op], device=True), 5.0)  # NPU fails, the drop (4.0) passes
+    assert gate is not None and [c.name for c in gate.failed] == ["require_npu"]
+    assert gate.verdict.startswith("FAIL: 1 of 10") and "max-drop" not in gate.verdict
+    checks = gate.as_dict(5.0)["checks"]
+    assert [(c["name"], c["passed"]) for c in checks] == [("require_npu", False), ("max_drop[5.0]", True)]
 
 
 # --- the whole job ------------------------------------------------------------------------------------
@@ -216,7 +231,7 @@ def fallback_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Pa
     with contextlib.redirect_stderr(err):
         code = main(["--target", "ethos-u", "--model", f"{tmp / 'logsm.py'}:net", "--calib", "noise", "--n-images", "8",
                      "--holdout", "4", "--val-data", str(image_folder(tmp / "val")), "--require-npu",
-                     "--out", str(tmp / "out"), "--quiet"])
+                     "--out", str(tmp / "out"), "--junit", str(tmp / "out.xml"), "--quiet"])
     return code, err.getvalue(), tmp / "out"
 
 
@@ -233,6 +248,18 @@ def test_require_npu_fails_the_job_after_writing_everything(fallback_job: tuple[
         assert (out / report["artifacts"][role]["path"]).stat().st_size > 0
     assert report["artifacts"]["vela_model"]["path"] == "logsm_net_full_integer_quant_vela.tflite"
     assert "| LOG_SOFTMAX | `PartitionedCall:0` | Unsupported opType" in (out / "report.md").read_text()
+    assert "drop --require-npu" in line[0] and "--max-drop" not in line[0]  # the hint of the check that failed
+
+
+def test_require_npu_is_a_junit_case(fallback_job: tuple[int, str, Path]) -> None:
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(fallback_job[2].with_suffix(".xml")).getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "1"
+    failed = [c for c in suite.iter("testcase") if c.find("failure") is not None]
+    assert [c.get("name") for c in failed] == ["require_npu"]
+    message = failed[0].find("failure").get("message")  # type: ignore[union-attr]
+    assert message.startswith("FAIL: 1 of 5 ops fall back to the CPU")
 
 
 def test_the_report_has_vela_s_figures(fallback_job: tuple[int, str, Path]) -> None:
