@@ -33,7 +33,13 @@ def int8_tflite(path: Path, body: str = "two_heads") -> Path:
     if body == "six_d":  # a rank-6 transpose: TFLite has it, TFLite Micro's kernels stop at rank 5
         x = tf.keras.layers.Lambda(lambda t: tf.reshape(tf.transpose(tf.reshape(t, (1, 6, 2, 6, 2, 8)),
                                                                      (0, 1, 3, 2, 4, 5)), (1, IMGSZ, IMGSZ, 8)))(x)
-    feature = tf.keras.layers.Conv2D(4, 1, name="output_1")(x)  # N x H x W x 4: transposed back to N x 4 x H x W
+    if body == "collapsed":  # the difference of two equal constants: an int8 range of one value, as in an
+        # untrained YOLOv8 head's DFL box distances; TFLite Micro's SUB aborts preparing its rescale
+        ten = tf.keras.initializers.Constant(10.0)
+        same = [tf.keras.layers.Conv2D(4, 1, kernel_initializer="zeros", bias_initializer=ten)(x) for _ in range(2)]
+        feature = tf.keras.layers.Subtract(name="output_1")(same)
+    else:
+        feature = tf.keras.layers.Conv2D(4, 1, name="output_1")(x)  # N x H x W x 4: back to N x 4 x H x W
     logits = tf.keras.layers.Dense(10, name="output_0")(tf.keras.layers.GlobalAveragePooling2D()(x))
     model = tf.keras.Model(inp, {"output_0": logits, "output_1": feature})
     rng = np.random.default_rng(0)
@@ -90,6 +96,18 @@ def test_a_file_tflite_micro_cannot_run_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(DGHError, match=r"TFLite Micro cannot run 'six_d.tflite' \(.*Transpose") as err:
         TFLiteMicroRunner(path, SHAPES)
     assert "\n" not in str(err.value)
+
+
+def test_an_abort_on_a_collapsed_range_names_the_tensor(tmp_path: Path) -> None:
+    from dgh_deploy.runtime.tflite_micro_runner import TFLiteMicroRunner, collapsed_ranges
+
+    path = int8_tflite(tmp_path / "collapsed.tflite", "collapsed")
+    assert [name for name, _ in collapsed_ranges(path)] == ["StatefulPartitionedCall_1:1"]  # the SUB's output only
+    with pytest.raises(DGHError, match=r"\(the interpreter aborted \(signal 6\)\): the int8 tensor "
+                                       r"'StatefulPartitionedCall_1:1' has a collapsed range \(scale .*e-0\d") as err:
+        TFLiteMicroRunner(path, SHAPES)
+    assert "\n" not in str(err.value) and "calibrate on images" in str(err.value)
+    assert collapsed_ranges(int8_tflite(tmp_path / "fine.tflite")) == []
 
 
 def test_the_tflite_targets_attach_tflite_micro(two_heads: Path) -> None:

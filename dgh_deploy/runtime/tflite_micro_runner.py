@@ -9,8 +9,11 @@ The file is the one LiteRT runs, so the input quantization, the output order and
 to PyTorch's come from the LiteRT runner's shared functions (:func:`file_layout`): TFLite Micro
 numbers outputs by their place in the file, which the layout records. The interpreter prints its
 diagnostics from C++ to the process's stderr; they are captured, so a failure becomes one line.
-Some files make it abort the process outright (the int8 YOLOv8 anchor-free head does, while
-preparing its ops), so each file is first opened and run once in a child process (:func:`probe`).
+Some files make it abort the process outright, so each file is first opened and run once in a
+child process (:func:`probe`). The one cause seen so far is an int8 tensor whose calibration values
+were all equal (an untrained YOLOv8 head's DFL box distances): its scale collapses to ~1e-8 and
+TFLite Micro's SUB cannot express the rescale while preparing; the abort is reported with that
+tensor's name (:func:`collapsed_ranges`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ from dgh_deploy.runtime.litert_runner import file_input, file_layout, open_inter
 IMAGE_LIMIT = 2000
 ARENA_LIMIT = 1 << 30  # the arena is grown up to this many bytes before the model is given up on
 UNSUPPORTED_FIX = "the model has an op or a layout TFLite Micro's kernels lack: replace it in the model"
+COLLAPSED_FIX = ("calibrate on images that vary that tensor (a trained model's DGH images do), or check the "
+                 "weights: a tensor that is the same for every image is computed, not learnt")
+# An int8 scale this small means the calibration range was empty: every value the same.
+COLLAPSED_SCALE = 1e-6
 _ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 
 
@@ -113,7 +120,28 @@ def probe(path: Path, arena: int) -> None:
     if proc.returncode < 0:
         said = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith((" ", "Traceback"))]
         reason = said[-1][:200] if said else f"the interpreter aborted (signal {-proc.returncode})"
+        collapsed = collapsed_ranges(path)
+        if collapsed:
+            name, scale = collapsed[0]
+            more = f" (and {len(collapsed) - 1} after it)" if len(collapsed) > 1 else ""
+            raise DGHError(f"TFLite Micro cannot run '{path.name}' ({reason}): the int8 tensor '{name[:80]}'{more} "
+                           f"has a collapsed range (scale {scale:.1e}: every calibration value was the same)",
+                           COLLAPSED_FIX)
         raise DGHError(f"TFLite Micro cannot run '{path.name}' ({reason})", UNSUPPORTED_FIX)
+
+
+def collapsed_ranges(path: Path) -> list[tuple[str, float]]:
+    """(name, scale) of every op output in ``path``, in graph order, whose per-tensor int8 scale is
+    under :data:`COLLAPSED_SCALE`: the first is where the collapse starts."""
+    it = open_interpreter(path, delegates=False)
+    outputs = [i for op in it._get_ops_details() for i in op["outputs"] if i >= 0]  # the only op list LiteRT has
+    found = []
+    for index in dict.fromkeys(outputs):
+        d = it._get_tensor_details(index, 0)
+        scales = d["quantization_parameters"]["scales"]
+        if len(scales) == 1 and 0 < scales[0] < COLLAPSED_SCALE:
+            found.append((d["name"], float(scales[0])))
+    return found
 
 
 def _open(path: Path) -> Any:
