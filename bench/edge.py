@@ -1,6 +1,6 @@
 """Edge figures: Ethos-U placement, memory and time (Vela), and LiteRT against TFLite Micro.
 
-    python -m bench.edge                                       # demo, cifar_resnet20, yolov5n at 320
+    python -m bench.edge                                       # demo, cifar_resnet20, yolov5n, yolov8n at 320
     python -m bench.edge --models demo --val-limit 500 --json /tmp/edge.json
 
 Per model, one ``dgh-deploy --target ethos-u`` job on one DGH set at the job's default budget
@@ -10,6 +10,9 @@ two runtimes compared image by image. The job's int8 .tflite is then compiled by
 ``--configs`` (``NPU[/MEMORY_MODE[/SYSTEM_CONFIG]]``, Vela's defaults for the rest). Results go to
 ``--json`` (``bench/results/edge_cpu.json``), a model at a time: stop it and run it again to go on.
 ``python bench/results_doc.py`` renders them into docs/results.md.
+
+``yolov8n`` (Ultralytics' anchor-free head, built from its yaml) has no trained weights here: its
+job shows placement, memory and time only (noise calibration; no metric, no TFLite Micro run).
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from typing import Any
 
 from bench import common
 
-MODELS = "demo,cifar_resnet20,yolov5n"
+MODELS = "demo,cifar_resnet20,yolov5n,yolov8n"
+# Models with no trained weights here: (model, input size). Vela's placement, memory and time
+# depend on the graph alone, so these are compiled from noise-calibrated untrained weights.
+PLACEMENT_ONLY = {"yolov8n": ("yolov8n.yaml", 320)}
 CONFIGS = "ethos-u55-128,ethos-u65-256,ethos-u55-128/Sram_Only_512KB"
 # The classifiers are scored on 2,000 test images (TFLite Micro's reference kernels take about
 # 30 ms per ResNet-20 image); coco128 has 128.
@@ -60,6 +66,26 @@ def run_job(case: common.Case, calib: Path, out: Path, val_limit: int | None, th
     return dgh_deploy.deploy(target="ethos-u", model=case.model, weights=case.weights or None, imgsz=case.imgsz,
                              calib=str(calib), n_images=case.n_images, val_data=case.val_data, val_limit=val_limit,
                              out=str(out), threads=threads, human_report=False)
+
+
+def placement_job(model: str, imgsz: int, out: Path, threads: int) -> dict[str, Any]:
+    """An ethos-u job on untrained ``model`` at ``imgsz``, noise-calibrated: its report."""
+    import dgh_deploy
+
+    return dgh_deploy.deploy(target="ethos-u", model=model, imgsz=imgsz, calib="noise", n_images=16, out=str(out),
+                             threads=threads, human_report=False)
+
+
+def placement_result(report: dict[str, Any], out: Path, configs: list[str], seconds: float) -> dict[str, Any]:
+    """What the results file keeps of a placement-only job: the model and Vela per configuration."""
+    return {
+        "model": report["model"]["name"], "imgsz": report["model"]["imgsz"], "placement_only": True,
+        "calibration": {"source": "noise (untrained weights)", "images": report["calibration"]["images"]},
+        "int8_bytes": report["artifacts"]["model"]["bytes"],
+        "ethos_u": vela_rows(out / report["artifacts"]["model"]["path"], configs),
+        "tflite_micro_error": report["target"].get("tflite_micro", {}).get("error"),
+        "job_seconds": round(seconds, 1), "times_s": report["times_s"], "machine": common.machine(),
+    }
 
 
 def vela_rows(int8: Path, configs: list[str]) -> list[dict[str, Any]]:
@@ -126,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse(argv)
     models, configs = common.split_list(args.models), common.split_list(args.configs)
     cases = edge_cases(args.assets)
-    unknown = [m for m in models if m not in cases]
+    unknown = [m for m in models if m not in cases and m not in PLACEMENT_ONLY]
     if unknown:
-        return p.fail(f"unknown model {', '.join(unknown)} (one of {', '.join(cases)})")
-    if rc := p.check_assets(*(f for m in models for f in cases[m].files(real=False) if f)):
+        return p.fail(f"unknown model {', '.join(unknown)} (one of {', '.join([*cases, *PLACEMENT_ONLY])})")
+    if rc := p.check_assets(*(f for m in models if m in cases for f in cases[m].files(real=False) if f)):
         return rc
     common.set_threads(args.threads)
     state = common.read_state(args.json, {"models": {}})
@@ -138,8 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         if name in state["models"] and not args.rerun:
             print(f"{name}: in {args.json} already (--rerun to run it again)")
             continue
-        case, out = cases[name], Path(args.work) / name
-        t0 = time.perf_counter()
+        out, t0 = Path(args.work) / name, time.perf_counter()
+        if name in PLACEMENT_ONLY:
+            report = placement_job(*PLACEMENT_ONLY[name], out, args.threads)
+            state["models"][name] = placement_result(report, out, configs, time.perf_counter() - t0)
+            common.write_result(args.json, state)
+            print(f"{name}: " + "; ".join(f"{e['config']}: {e['npu_ops']}/{e['npu_ops'] + e['cpu_ops']} NPU ops"
+                                          for e in state["models"][name]["ethos_u"]))
+            continue
+        case = cases[name]
         limit = args.val_limit if name != "yolov5n" else None
         report = run_job(case, dgh_set(case, Path(args.work) / f"{name}_dgh.npz"), out, limit, args.threads)
         state["models"][name] = model_result(report, out, configs, time.perf_counter() - t0)

@@ -37,7 +37,7 @@ SUFFIX_MACHINES = {"cpu": "the 2-core CPU", "h100": "the H100"}
 NAME_MODELS = {"r20": "cifar_resnet20", "r56": "cifar_resnet56", "yolov5n": "yolov5n"}
 SOURCE_ORDER = ("dgh", "bns", "noise", "real", "mct")
 TARGET_ORDER = ("sim:W8A4", "sim:W4A8", "tflite-int8", "tensorrt-int8")
-MODEL_ORDER = ("cifar_resnet20", "cifar_resnet56", "yolov5n")
+MODEL_ORDER = ("cifar_resnet20", "cifar_resnet56", "yolov5n", "yolov8n")
 VARIANT_LABELS = {
     "dgh": "DGH",
     "per-batch-stats": "per-batch statistics instead of the whole set's",
@@ -597,8 +597,16 @@ def section_edge(files: dict[str, dict]) -> list[str]:
             fallback = edge_fallback(m)
             lines += (["Ops Vela leaves to the CPU:", "", *fallback, ""] if fallback
                       else ["Every op on the NPU in every configuration.", ""])
-            lines += [*markdown(edge_runtime_table(m)), "", edge_agreement(m), ""]
+            lines += edge_placement_note(m) if m.get("placement_only") else [
+                *markdown(edge_runtime_table(m)), "", edge_agreement(m), ""]
     return lines
+
+
+def edge_placement_note(model: dict) -> list[str]:
+    """A model compiled for placement only (no trained weights here): why there is no metric."""
+    said = model.get("tflite_micro_error")
+    return [f"No trained weights here: placement, memory and time only (they depend on the graph, not the "
+            f"weights); no metric." + (f" TFLite Micro on these untrained weights: {said}" if said else ""), ""]
 
 
 def readme_edge(results: dict[str, Any]) -> list[str]:
@@ -611,9 +619,10 @@ def readme_edge(results: dict[str, Any]) -> list[str]:
     for key in ordered(data["models"], ("demo", *MODEL_ORDER)):
         m = data["models"][key]
         e = m["ethos_u"][0]
-        rows.append([f"{key} ({m['metric']})", f"{e['npu_ops']} of {e['npu_ops'] + e['cpu_ops']}",
-                     num(e["sram_kib"], 1), num(e["flash_kib"], 1), num(e["inference_ms"], 2), num(m["litert"]),
-                     num(m["tflite_micro"]), num((m.get("arena_bytes") or 0) / 1024, 1)])
+        label = f"{key} (untrained: placement only)" if m.get("placement_only") else f"{key} ({m['metric']})"
+        rows.append([label, f"{e['npu_ops']} of {e['npu_ops'] + e['cpu_ops']}",
+                     num(e["sram_kib"], 1), num(e["flash_kib"], 1), num(e["inference_ms"], 2), num(m.get("litert")),
+                     num(m.get("tflite_micro")), num((m.get("arena_bytes") or 0) / 1024 or None, 1)])
     first = data["models"][next(iter(data["models"]))]["ethos_u"][0]
     return ["", f"Edge: Vela's placement and estimates on {npu_config(first)}, and the int8 metric on LiteRT and "
                 f"TFLite Micro, measured on {data.get('machine', 'a machine not recorded')} "

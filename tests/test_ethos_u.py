@@ -304,3 +304,15 @@ def test_the_demo_runs_every_op_on_the_npu(tmp_path: Path) -> None:
     npu = report["target"]["ethos_u"]
     assert npu["cpu_ops"] == 0 and npu["npu_ops"] > 30 and report["gate"]["passed"]
     assert report["metrics"]["device"]["data_free_agreement"]["top1_agreement"] >= 75
+
+
+@pytest.mark.slow
+def test_the_anchor_free_head_runs_every_op_on_the_npu(tmp_path: Path) -> None:
+    """Ultralytics' YOLOv8n from its yaml (the anchor-free head: DFL softmax, box decoding): placement
+    depends on the graph, not the weights, so untrained weights and noise calibration show it."""
+    import dgh_deploy
+
+    report = dgh_deploy.deploy(target="ethos-u", model="yolov8n.yaml", imgsz=64, calib="noise", n_images=8, holdout=4,
+                               out=str(tmp_path / "v8"), human_report=False, require_npu=True)
+    npu = report["target"]["ethos_u"]
+    assert npu["cpu_ops"] == 0 and npu["npu_ops"] > 300 and report["gate"]["passed"], npu["cpu_fallback"]
