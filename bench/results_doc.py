@@ -605,8 +605,8 @@ def section_edge(files: dict[str, dict]) -> list[str]:
 def edge_placement_note(model: dict) -> list[str]:
     """A model compiled for placement only (no trained weights here): why there is no metric."""
     said = model.get("tflite_micro_error")
-    return [f"No trained weights here: placement, memory and time only (they depend on the graph, not the "
-            f"weights); no metric." + (f" TFLite Micro on these untrained weights: {said}" if said else ""), ""]
+    return ["No trained weights here: placement, memory and time only (they depend on the graph, not the "
+            "weights); no metric." + (f" TFLite Micro on these untrained weights: {said}" if said else ""), ""]
 
 
 def readme_edge(results: dict[str, Any]) -> list[str]:
@@ -761,7 +761,8 @@ def replace_block(text: str, block: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.results_doc", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs from what "
                                                         "would be written")
     p.add_argument("--results", default=str(RESULTS), help="folder of result JSON files")

@@ -17,7 +17,6 @@ import pytest
 
 from dgh_deploy.cli import main
 from dgh_deploy.errors import DGHError
-from dgh_deploy.verification.gate import gate_verdict
 from dgh_deploy.reporting import validate_report
 from dgh_deploy.targets import get_target
 from dgh_deploy.targets.ethos_u.vela import (
@@ -30,6 +29,7 @@ from dgh_deploy.targets.ethos_u.vela import (
     sram_capacity_kib,
     sram_only_mode,
 )
+from dgh_deploy.verification.gate import gate_verdict
 
 LOG_SOFTMAX_NET = '''
 import torch
