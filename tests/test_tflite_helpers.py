@@ -52,17 +52,13 @@ def test_parity_counts_clear_top1_disagreements() -> None:
     assert res.top1_agreement == 0.0 and res.top1_disagreements == 1 and not res.passed
 
 
-def test_a_missing_int8_file_is_explained_from_the_log(tmp_path: Path) -> None:
-    from dgh_deploy.targets.tflite.onnx2tf_converter import INT8_FAILED, int8_failure
+def test_a_quantizer_failure_is_its_telling_line() -> None:
+    from dgh_deploy.targets.tflite.onnx2tf_converter import int8_failure
 
-    log = tmp_path / "onnx2tf.log"
-    log.write_text(
-        "Traceback (most recent call last):\n"
-        '  File "x.py", line 1, in convert\n'
-        "RuntimeError: Quantization not yet supported for op: 'ERF'.\n"
-        f"\x1b[33mWARNING:\x1b[0m {INT8_FAILED}.\n"
-        "Integer quantization with int16 activations tflite output complete!\n"
-    )
-    assert int8_failure(log) == "RuntimeError: Quantization not yet supported for op: 'ERF'."
-    log.write_text("nothing useful\n")
-    assert int8_failure(log) == "no reason logged"
+    nested = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 1, in convert\n"
+                          "RuntimeError: Quantization not yet supported for op: 'ERF'.\n")
+    assert int8_failure(nested) == "RuntimeError: Quantization not yet supported for op: 'ERF'."
+    mlir = ValueError("<unknown>:0: note: see current operation\n<unknown>:0: error: 'tfl.erf' op is neither a "
+                      "custom op nor a flex op\n")
+    assert int8_failure(mlir) == "ValueError: <unknown>:0: error: 'tfl.erf' op is neither a custom op nor a flex op"
+    assert int8_failure(RuntimeError("")) == "RuntimeError: no reason given"
