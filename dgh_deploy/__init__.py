@@ -8,6 +8,7 @@ Python API (mirrors the CLI)::
     import dgh_deploy
     calib = dgh_deploy.generate("cifar_resnet20", weights="resnet20.th", n_images=256)
     report = dgh_deploy.deploy(target="tflite-int8", model="cifar_resnet20", weights="resnet20.th")
+    result = dgh_deploy.deploy(model=YOLO("best.pt"), imgsz=(384, 640), layout="ultralytics")
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from dgh_deploy.api import DeployResult
     from dgh_deploy.calibration import CalibrationSet
 
 
-def generate(model: str | None = None, **kwargs: Any) -> CalibrationSet:
+def generate(model: Any = None, **kwargs: Any) -> CalibrationSet:
     """Generate a calibration set; see :func:`dgh_deploy.api.generate`."""
     from dgh_deploy.api import generate as _generate
 
     return _generate(model, **kwargs)
 
 
-def deploy(target: str = "tflite-int8", **kwargs: Any) -> dict[str, Any]:
+def deploy(target: str = "tflite-int8", **kwargs: Any) -> DeployResult:
     """Run the whole job; see :func:`dgh_deploy.api.deploy`."""
     from dgh_deploy.api import deploy as _deploy
 

@@ -8,11 +8,17 @@ Accepted forms of ``--model``:
 * ``path/to/file.py:factory`` for anything else: ``factory()`` returns an ``nn.Module``.
   Optional attributes on it override the defaults: ``input_size`` (int or (h, w)),
   ``mean``/``std`` (on 0..1 pixels), ``task`` (``classify``/``detect``).
+
+From Python, ``model`` may also be the object itself: an Ultralytics ``YOLO`` or
+``DetectionModel``, a built-in detector, or any ``nn.Module`` (read like a factory's result).
+The job works on a copy: the caller's object is never changed.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +33,21 @@ TASKS = ("classify", "detect")
 
 
 def load_model(
-    model: str | None = None,
+    model: str | nn.Module | None = None,
     weights: str | None = None,
     task: str | None = None,
-    imgsz: int | tuple[int, int] | None = None,
+    imgsz: int | Sequence[int] | None = None,
 ) -> LoadedModel:
     """Load and validate a model; raise :class:`DGHError` with a fix for anything wrong."""
     from dgh_deploy.models import ARCHITECTURES
 
     if task is not None and task not in TASKS:
         raise DGHError(f"unknown task '{task}'", f"use --task {' or '.join(TASKS)}")
-    spec = model or "demo"
-    if spec in ARCHITECTURES:
+    size = image_size(imgsz)
+    spec = model_label(model)
+    if isinstance(model, nn.Module):
+        loaded = _load_object(model, weights)
+    elif spec in ARCHITECTURES:
         loaded = _load_builtin(ARCHITECTURES[spec], weights)
     elif ":" in spec and spec.split(":", 1)[0].endswith(".py"):
         loaded = _load_factory(spec, weights)
@@ -59,8 +68,8 @@ def load_model(
             f"--task {task} given, but '{spec}' is a {loaded.task} model",
             f"use --task {loaded.task} or drop --task",
         )
-    if imgsz is not None:
-        loaded.imgsz = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)  # type: ignore[assignment]
+    if size is not None:
+        loaded.imgsz = size
     stride = int(loaded.extra.get("stride", 1))
     if any(side % stride for side in loaded.imgsz):
         raise DGHError(
@@ -70,6 +79,68 @@ def load_model(
     check_finite(loaded.module, loaded.weights or spec)
     check_accepts_images(loaded)
     return loaded
+
+
+def image_size(imgsz: int | Sequence[int] | None) -> tuple[int, int] | None:
+    """``imgsz`` as (h, w): an int is square; (h, w) is a letterboxed rectangle (detectors)."""
+    if imgsz is None:
+        return None
+    if isinstance(imgsz, int) and not isinstance(imgsz, bool):
+        pair: tuple[Any, ...] = (imgsz, imgsz)
+    elif isinstance(imgsz, Sequence) and not isinstance(imgsz, str) and len(imgsz) == 2:
+        pair = tuple(imgsz)
+    else:
+        raise DGHError(f"imgsz {imgsz!r} is not an int or (h, w)", "pass imgsz=640 or imgsz=(384, 640)")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):  # sizes < 1: check_numbers'
+        raise DGHError(f"imgsz {imgsz!r} is not made of whole numbers", "pass e.g. imgsz=(384, 640)")
+    return pair[0], pair[1]
+
+
+def model_label(model: str | nn.Module | None) -> str:
+    """What the report and messages call ``model``: its spec, or an object's class."""
+    if isinstance(model, nn.Module):
+        return f"<{type(model).__name__} object>"
+    return str(model) if model else "demo"  # a str or a Path
+
+
+def _load_object(obj: nn.Module, weights: str | None) -> LoadedModel:
+    """A model passed as an object: Ultralytics' (a YOLO or its DetectionModel), a built-in detector, or
+    any nn.Module; loaded from a copy."""
+    if weights is not None:
+        raise DGHError("weights given with a model object", "load them into the object, or pass the model as a path")
+    inner = _ultralytics_model(obj)
+    if inner is not None:
+        from dgh_deploy.models.yolo import loaded_ultralytics
+
+        ckpt = getattr(obj, "ckpt_path", None) or None
+        yaml_file = (getattr(inner, "yaml", None) or {}).get("yaml_file")
+        name = Path(str(ckpt or yaml_file or type(inner).__name__)).stem
+        return loaded_ultralytics(copy.deepcopy(inner), name, str(ckpt) if ckpt else None)
+    net = copy.deepcopy(obj)
+    from dgh_deploy.models.yolo import YOLO_PREPROCESSING, YoloDeploy
+
+    if isinstance(net, YoloDeploy):
+        from dgh_deploy.models.yolov5 import YOLOv5Detector, split_head
+
+        return LoadedModel(module=net.float().eval(), name=type(net).__name__, task="detect", imgsz=(640, 640),
+                           preprocessing=YOLO_PREPROCESSING, extra={"stride": net.max_stride},
+                           export_form=split_head if isinstance(net, YOLOv5Detector) else None)  # type: ignore[arg-type]
+    return _from_module(net, type(net).__name__, None)
+
+
+def _ultralytics_model(obj: nn.Module) -> nn.Module | None:
+    """The DetectionModel inside an Ultralytics ``YOLO`` object (or the model itself); None if not Ultralytics'."""
+    if not type(obj).__module__.startswith("ultralytics."):
+        return None
+    from ultralytics.nn.tasks import BaseModel
+
+    if isinstance(obj, BaseModel):
+        return obj
+    inner = getattr(obj, "model", None)
+    if not isinstance(inner, BaseModel):
+        raise DGHError(f"this Ultralytics object holds {type(inner).__name__} '{inner}', not a PyTorch model",
+                       "pass YOLO('best.pt') (or the .pt path), not an exported file")
+    return inner
 
 
 def _load_builtin(arch: Any, weights: str | None) -> LoadedModel:
@@ -136,6 +207,11 @@ def _load_factory(spec: str, weights: str | None) -> LoadedModel:
         raise DGHError(f"'{spec}' returned {type(net).__name__}, not an nn.Module", "return the model")
     if weights is not None:
         load_state(net, extract_state_dict(read_checkpoint(weights), weights), weights, spec)
+    return _from_module(net, f"{path.stem}:{func}", weights)
+
+
+def _from_module(net: nn.Module, name: str, weights: str | None) -> LoadedModel:
+    """A plain nn.Module, its input read from optional attributes (``input_size``, ``mean``, ``std``, ``task``)."""
     size = getattr(net, "input_size", 224)
     imgsz = (size, size) if isinstance(size, int) else tuple(size)
     task = getattr(net, "task", "classify")
@@ -143,6 +219,6 @@ def _load_factory(spec: str, weights: str | None) -> LoadedModel:
         mean=tuple(getattr(net, "mean", IMAGENET_MEAN)), std=tuple(getattr(net, "std", IMAGENET_STD))
     )
     return LoadedModel(
-        module=net.float().eval(), name=f"{path.stem}:{func}", task=task, imgsz=imgsz,  # type: ignore[arg-type]
+        module=net.float().eval(), name=name, task=task, imgsz=imgsz,  # type: ignore[arg-type]
         preprocessing=pre, weights=weights,
     )

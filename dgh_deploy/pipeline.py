@@ -6,7 +6,7 @@ import contextlib
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from dgh_deploy.job_checks import (
     job_bytes,
 )
 from dgh_deploy.loaded_model import LoadedModel
-from dgh_deploy.loading import load_model
+from dgh_deploy.loading import image_size, load_model, model_label
 from dgh_deploy.reporting import REPORT_SCHEMA_VERSION, write_human_report, write_junit
 from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.targets import BuildResult, Target, TargetOptions, get_target
@@ -41,10 +41,10 @@ log = logging.getLogger("dgh_deploy")
 @dataclass
 class DeployConfig:
     target: str = "tflite-int8"
-    model: str | None = None
+    model: str | Any = None  # a path or name, or the model object (nn.Module, Ultralytics YOLO)
     weights: str | None = None
     task: str | None = None
-    imgsz: int | None = None
+    imgsz: int | tuple[int, int] | None = None  # (h, w): a letterboxed rectangle (detectors)
     calib: str = "dgh"  # dgh | bns | noise | real:PATH | FILE.npz
     precision: str | None = None  # fp32 | bf16 | auto for generation; None: DGHConfig's default
     n_images: int | None = None  # None: the task's default for the device
@@ -145,7 +145,8 @@ def _checked_inputs(config: DeployConfig) -> tuple[Target, LoadedModel, Any]:
 
 def check_config(config: DeployConfig) -> None:
     """Numbers, paths and the output folder, before anything loads."""
-    imgsz = config.imgsz if config.imgsz is None or isinstance(config.imgsz, int) else min(config.imgsz)
+    size = image_size(config.imgsz)
+    imgsz = min(size) if size else None
     check_numbers({"n_images": config.n_images, "iters": config.iters, "imgsz": imgsz, "holdout": config.holdout,
                    "val_limit": config.val_limit, "threads": config.options.threads, "seed": config.seed,
                    "max_drop": config.max_drop})
@@ -330,7 +331,8 @@ def environment() -> dict[str, Any]:
 
 
 def _config_dict(config: DeployConfig) -> dict[str, Any]:
-    d = asdict(config)
+    # A model object is named, not copied into the report (asdict would deep-copy it).
+    d = asdict(replace(config, model=model_label(config.model) if config.model is not None else None))
     return {k: v for k, v in d.items() if v is not None}
 
 

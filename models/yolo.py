@@ -188,21 +188,25 @@ def load_ultralytics(spec: str, weights: str | None = None) -> LoadedModel:
             raise DGHError(f"cannot build a model from '{spec}' ({exc_reason(exc, 120)})", "check the YAML") from exc
         if weights:
             load_state(module, extract_state_dict(read_checkpoint(weights), weights), weights, spec)
+    return loaded_ultralytics(module, Path(spec).stem, weights or (spec if spec.endswith(".pt") else None))
+
+
+def loaded_ultralytics(module: nn.Module, name: str, weights: str | None = None) -> LoadedModel:
+    """An Ultralytics DetectionModel (from a file, or a user's own object) as the model every stage reads."""
     module = module.float().eval()
     task = getattr(module, "task", "detect")
     if task != "detect":
-        raise DGHError(f"'{spec}' is an Ultralytics {task} model", "only detection models are supported")
+        raise DGHError(f"'{name}' is an Ultralytics {task} model", "only detection models are supported")
     deploy = deploy_form_of(module)
     if deploy is None:
-        raise DGHError(
-            f"the detection adapter found no detection head in '{spec}' "
-            f"(its last layer is {type(module.model[-1]).__name__})",
-            NO_HEAD_FIX,
-        )
+        layers = getattr(module, "model", None)
+        last = type(layers[-1]).__name__ if isinstance(layers, nn.Sequential) and len(layers) else "none"
+        raise DGHError(f"the detection adapter found no detection head in '{name}' (its last layer is {last})",
+                       NO_HEAD_FIX)
     names = getattr(module, "names", None)
     return LoadedModel(
-        module=deploy.eval(), name=Path(spec).stem, task="detect", imgsz=(DEFAULT_IMGSZ, DEFAULT_IMGSZ),
-        preprocessing=YOLO_PREPROCESSING, weights=weights or (spec if spec.endswith(".pt") else None),
+        module=deploy.eval(), name=name, task="detect", imgsz=(DEFAULT_IMGSZ, DEFAULT_IMGSZ),
+        preprocessing=YOLO_PREPROCESSING, weights=weights,
         class_names=tuple(names.values()) if isinstance(names, dict) else None,
         extra={"stride": deploy.max_stride},
     )
