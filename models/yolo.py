@@ -76,7 +76,8 @@ class YoloDeploy(nn.Module):
             raise ValueError(f"image size {h}x{w} is not a multiple of the model's stride {self.max_stride}")
 
     def raw_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Raw head maps per level (N x C x h x w), before sigmoid or decoding: for DGH."""
+        """Raw head maps per level (N x C x h x w, or N x na x k x h x w for anchor heads), before sigmoid
+        or decoding: for DGH."""
         self.check_size(x)
         return self.head_raw(self.features(x))
 

@@ -197,7 +197,7 @@ def test_generation_form_returns_raw_head_maps(which: str, kinds: tuple[int, ...
     assert shared and shared == {id(m) for m in gen.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     x = torch.rand(1, 3, IMGSZ, IMGSZ, requires_grad=True)
     maps = task.stretch_outputs(gen(x))
-    assert [m.shape[1] for m in maps] == list(kinds) * 3
+    assert [m[0].numel() // (m.shape[-2] * m.shape[-1]) for m in maps] == list(kinds) * 3  # channels per map
     assert [m.shape[-1] for m in maps[:: len(kinds)]] == [40, 20, 10]
     assert min(float(m.detach().min()) for m in maps) < 0  # logits, not sigmoid outputs
     sum(m.amax() - m.amin() for m in maps).backward()  # DGH's stretching loss reaches the pixels

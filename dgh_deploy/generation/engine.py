@@ -226,8 +226,12 @@ class Generator:
 
     def train_view(self, images: torch.Tensor, lo: int, hi: int, drawn: Draws) -> torch.Tensor:
         """What the model sees of ``images[lo:hi]`` in a step with ``drawn``: crop, flip, smoothing."""
+        return self._view_of(images[lo:hi], lo, hi, drawn)
+
+    def _view_of(self, part: torch.Tensor, lo: int, hi: int, drawn: Draws) -> torch.Tensor:
+        """:meth:`train_view` of ``part``, which holds images ``lo:hi``."""
         flip, dy, dx = drawn
-        return self.pipeline.train_view(images[lo:hi], flip[lo:hi], dy[lo:hi], dx[lo:hi])
+        return self.pipeline.train_view(part, flip[lo:hi], dy[lo:hi], dx[lo:hi])
 
     # ---- one iteration ---------------------------------------------------------------------
     def _global(self, sums: StatSums, stretch: torch.Tensor) -> tuple[StatSums, torch.Tensor]:
@@ -264,7 +268,12 @@ class Generator:
         if self.retain:
             # Every chunk's graph is kept: one forward with gradients and one backward. In a
             # torchrun job the graphs are kept through the all-reduce of the other shards' sums.
-            passes = [self._forward(self.train_view(images, lo, hi, drawn)) for lo, hi in bounds]
+            # One split for the whole step: its backward is one concatenation of the chunks' gradients,
+            # where a slice per chunk wrote each into a zero-filled copy of the whole set (YOLOv5n at
+            # 320, 72 images: 8% of the step).
+            parts = images.split([hi - lo for lo, hi in bounds])
+            passes = [self._forward(self._view_of(part, lo, hi, drawn))
+                      for part, (lo, hi) in zip(parts, bounds, strict=True)]
             sums, stretch = _total([p for p, _ in passes]), sum(s for _, s in passes)
             part = sums.detach()
             total, out_sum = self._global(part, stretch)
