@@ -76,6 +76,20 @@ def test_tflite_micro_agrees_with_litert(two_heads: Path) -> None:
     assert micro.describe()["runtime"] == "tflite-micro" and micro.describe()["version"]
 
 
+def test_worker_processes_give_the_same_outputs(two_heads: Path) -> None:
+    from dgh_deploy.runtime.tflite_micro_runner import TFLiteMicroRunner
+
+    x = np.random.default_rng(2).normal(size=(5, 3, IMGSZ, IMGSZ)).astype(np.float32)
+    alone, shared = TFLiteMicroRunner(two_heads, SHAPES, workers=1), TFLiteMicroRunner(two_heads, SHAPES, workers=2)
+    try:
+        a, b = alone.infer(x), shared.infer(x)
+        assert len(shared._procs) == 2  # the batch did go to the workers
+    finally:
+        shared.close()
+    for la, sh in zip(a, b, strict=True):
+        np.testing.assert_array_equal(la, sh)
+
+
 def test_the_arena_is_the_least_the_model_runs_in(two_heads: Path) -> None:
     from tflite_micro.python.tflite_micro import runtime
 

@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import subprocess
 import sys
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +34,7 @@ import numpy as np
 from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.runtime.base import Runner
 from dgh_deploy.runtime.litert_runner import file_input, file_layout, open_interpreter, torch_output
+from dgh_deploy.runtime.tflite_micro_worker import receive, run_on, send
 
 # Real images scored on TFLite Micro at most (spread evenly, like --val-limit): its reference
 # kernels take about 30 ms per image for ResNet-20 at 32x32 and 1 s for YOLOv5n at 320 on one
@@ -52,19 +55,23 @@ class TFLiteMicroRunner(Runner):
     ``arena_bytes`` is the tensor arena the model used (TFLite Micro's recording allocator,
     measured after one inference): the RAM to reserve on the device besides the weights.
     ``image_limit`` caps the real images the job scores on it (the interpreter is slow).
+    ``workers``: processes a batch's images are shared among (default: one per available core),
+    each with its own interpreter; the kernels are deterministic, so the outputs are the same.
     """
 
     name = "tflite-micro"
 
     def __init__(self, path: str | Path, output_shapes: list[tuple[int, ...]] | None = None,
-                 image_limit: int | None = IMAGE_LIMIT) -> None:
+                 image_limit: int | None = IMAGE_LIMIT, workers: int | None = None) -> None:
         self.path = Path(path)
         self.image_limit = image_limit
         layout = file_layout(open_interpreter(self.path, delegates=False), self.path, output_shapes)
         self.input, self.outputs, self._perms = layout.input, layout.outputs, layout.perms
         self._positions = layout.positions
-        self._it = _open(self.path)
+        self._it, self._arena = _open(self.path)
         self.arena_bytes = self._measure_arena()
+        self.workers = max(1, workers if workers is not None else len(os.sched_getaffinity(0)))
+        self._procs: list[subprocess.Popen] = []
 
     def _measure_arena(self) -> int | None:
         """The arena TFLite Micro's recording allocator reports after one inference (None if it says nothing).
@@ -88,14 +95,54 @@ class TFLiteMicroRunner(Runner):
 
     def infer(self, x: np.ndarray) -> list[np.ndarray]:
         x = file_input(x, self.input, self.path)
-        results: list[list[np.ndarray]] = [[] for _ in self.outputs]
-        for i in range(len(x)):
-            self._it.set_input(x[i : i + 1], 0)
-            self._it.invoke()
-            for k, position in enumerate(self._positions):
-                results[k].append(np.array(self._it.get_output(position)))
-        return [torch_output(np.concatenate(chunks), o, perm)
-                for o, perm, chunks in zip(self.outputs, self._perms, results, strict=True)]
+        workers = self._workers_for(len(x))
+        if not workers:
+            raw = run_on(self._it, self._positions, x)
+        else:
+            parts = np.array_split(x, len(workers))
+            for worker, part in zip(workers, parts, strict=True):  # all start before any is read
+                send(worker.stdin, [part])  # type: ignore[arg-type]
+            results = [self._receive(worker) for worker in workers]
+            raw = [np.concatenate([r[k] for r in results]) for k in range(len(self._positions))]
+        return [torch_output(r, o, perm) for r, o, perm in zip(raw, self.outputs, self._perms, strict=True)]
+
+    def _workers_for(self, n_images: int) -> list[subprocess.Popen]:
+        """The worker processes for a batch of ``n_images`` (started at the first batch worth sharing)."""
+        if self.workers < 2 or n_images < 2:
+            return []
+        if not self._procs:
+            command = [sys.executable, "-m", "dgh_deploy.runtime.tflite_micro_worker", str(self.path), str(self._arena),
+                       *map(str, self._positions)]
+            self._procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.DEVNULL) for _ in range(self.workers)]
+            weakref.finalize(self, stop_workers, self._procs)
+        return self._procs[: min(self.workers, n_images)]
+
+    def _receive(self, worker: subprocess.Popen) -> list[np.ndarray]:
+        try:
+            return receive(worker.stdout, len(self._positions))  # type: ignore[arg-type]
+        except EOFError:
+            code = worker.wait()
+            self.close()
+            raise DGHError(f"a TFLite Micro worker stopped while running '{self.path.name}' (exit code {code})",
+                           UNSUPPORTED_FIX) from None
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop when the runner is collected or the job exits)."""
+        stop_workers(self._procs)
+        self._procs = []
+
+
+def stop_workers(procs: list[subprocess.Popen]) -> None:
+    """Close each worker's input (it exits at the end of it) and wait a moment for it."""
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # type: ignore[union-attr]
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 # Opens the file and runs one inference on zeros, in a child process: TFLite Micro aborts the whole
@@ -113,8 +160,6 @@ it.invoke()
 
 def probe(path: Path, arena: int) -> None:
     """Raise DGHError if TFLite Micro crashes on ``path``, instead of taking the job down with it."""
-    import subprocess
-
     proc = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(arena)], capture_output=True, text=True,
                           timeout=600)
     if proc.returncode < 0:
@@ -144,8 +189,8 @@ def collapsed_ranges(path: Path) -> list[tuple[str, float]]:
     return found
 
 
-def _open(path: Path) -> Any:
-    """A TFLite Micro interpreter with an arena large enough (grown from 10x the file's size)."""
+def _open(path: Path) -> tuple[Any, int]:
+    """A TFLite Micro interpreter with an arena large enough (grown from 10x the file's size), and that size."""
     from tflite_micro.python.tflite_micro import runtime
 
     arena = max(1 << 20, 10 * path.stat().st_size)
@@ -153,7 +198,7 @@ def _open(path: Path) -> Any:
     while True:
         with captured_stderr() as log:
             try:
-                return runtime.Interpreter.from_file(str(path), arena_size=arena)
+                return runtime.Interpreter.from_file(str(path), arena_size=arena), arena
             except RuntimeError as exc:
                 said = log.read().strip().splitlines()
                 if arena < ARENA_LIMIT and any("allocate" in line for line in said):
