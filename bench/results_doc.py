@@ -659,6 +659,33 @@ def section_reliability(files: dict[str, dict]) -> list[str]:
                   *markdown((["stage at the kill", "kills"], rows)), ""]
     return lines
 
+def job_stage_table(data: dict) -> Table:
+    """``bench/job_stages.py``: each stage's fastest seconds per version, and before over after."""
+    best = {label: min(runs, key=lambda r: r["wall_s"]) for label, runs in data["runs"].items()}
+    stages = list(dict.fromkeys(k for r in best.values() for k in r["times_s"]))
+    rows = []
+    for stage in [*stages, "wall"]:
+        before, after = (r["wall_s"] if stage == "wall" else r["times_s"].get(stage) for r in
+                         (best["before"], best["after"]))
+        ratio = f"{before / after:.2f}x" if before and after else "-"
+        rows.append([f"**{stage}**" if stage == "wall" else stage, num(before, 1), num(after, 1), ratio])
+    return ["stage", f"before ({data['before']}), s", f"after ({data['after']}), s", "before / after"], rows
+
+
+def section_job_stages(files: dict[str, dict]) -> list[str]:
+    lines = ["The detector job CI runs, `dgh-deploy --target tflite-int8 --model yolov5n --imgsz 320 --val-data "
+             "coco128.yaml`, from a cold cache, stage by stage (`python -m bench.job_stages`): two versions of the "
+             "project in one run, alternating, each in its own process; the fastest run of each. `verification` "
+             "holds the float, LiteRT and TFLite Micro evaluations and the data-free checks.", ""]
+    for name, data in files.items():
+        iters = f"{data['iters']} generation iterations (the stages after generation)" if data.get("iters") else \
+            "the job's own generation budget"
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}, {data['threads']} threads, "
+                  f"{iters}; {sum(map(len, data['runs'].values()))} runs.", "",
+                  *markdown(job_stage_table(data)), ""]
+    return lines
+
+
 Section = tuple[str, Callable[[str], bool], Callable[[dict[str, dict]], list[str]]]
 SECTIONS: list[Section] = [
     ("Calibration sources x targets", lambda n: n.endswith("_state.json"), section_compare),
@@ -671,6 +698,7 @@ SECTIONS: list[Section] = [
     ("Ablation", lambda n: n.startswith("ablation_"), section_ablation),
     ("GPU check", lambda n: n.startswith("gpu_check"), section_gpu),
     ("Edge: Ethos-U NPUs (Vela) and TFLite Micro", lambda n: n.startswith("edge_"), section_edge),
+    ("The detector job, stage by stage", lambda n: n.startswith("job_stages_"), section_job_stages),
     ("Reliability: concurrent jobs and kills at random moments", lambda n: n.startswith("reliability_"),
      section_reliability),
 ]
