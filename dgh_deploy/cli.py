@@ -115,14 +115,18 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 
 def _target_flags(p: argparse.ArgumentParser) -> None:
-    """Each target's own options, in a group named after it (each target folder declares them)."""
+    """Each target's own options, in a group named after it (each target folder declares them); a flag
+    two targets declare (--layout) is added once, in the first one's group."""
     from dgh_deploy.targets import all_targets
 
+    added: set[str] = set()
     for name, cls in all_targets().items():
-        if not cls.flags:
+        own = [f for f in cls.flags if f.flag not in added]
+        if not own:
             continue
         g = p.add_argument_group(f"{name} options")
-        for f in cls.flags:
+        for f in own:
+            added.add(f.flag)
             if f.type is None:
                 g.add_argument(f.flag, dest=f.dest, action="store_const", const=True, default=None, help=f.help)
             else:
@@ -134,15 +138,20 @@ def target_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The chosen target's own flags as constructor keywords; a flag of another target is refused."""
     from dgh_deploy.targets import all_targets
 
+    owners: dict[str, list[str]] = {}
+    for name, cls in all_targets().items():
+        for f in cls.flags:
+            owners.setdefault(f.flag, []).append(name)
     settings: dict[str, Any] = {}
     for name, cls in all_targets().items():
         for f in cls.flags:
             value = getattr(args, f.dest, None)
-            if value is None:
+            if value is None or (name != args.target and args.target in owners[f.flag]):  # its other owner
                 continue
             if name != args.target:
-                raise DGHError(f"{f.flag} is an option of --target {name}, not of {args.target}",
-                               f"drop {f.flag}, or use --target {name}")
+                who = " or ".join(owners[f.flag])
+                raise DGHError(f"{f.flag} is an option of --target {who}, not of {args.target}",
+                               f"drop {f.flag}, or use --target {owners[f.flag][0]}")
             settings[f.dest] = value
     return settings
 

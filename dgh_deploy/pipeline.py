@@ -106,6 +106,11 @@ def _deploy(config: DeployConfig) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         verification = verify(model, task, result.runner, held, config)
+        if config.val_data and result.info.get("layout") == "ultralytics":  # yolo val's own score beside ours
+            from dgh_deploy.verification.ultralytics_val import compare_with_ultralytics
+
+            verification["ultralytics"] = compare_with_ultralytics(
+                model, result.runner, result.artifacts["model"], config.val_data, config.val_limit)
         times["verification"] = time.perf_counter() - t0
 
         report = build_report(config, model, target, result, calib, held, hit, verification, times)

@@ -56,7 +56,7 @@ def _markdown(report: dict[str, Any], pictures: list[str]) -> str:
     if "data_free" in m:
         lines += ["Data-free check (float against quantized on held-out calibration images): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in m["data_free"].items()), ""]
-    lines += _device_lines(m, tgt) + _npu_lines(tgt.get("ethos_u"))
+    lines += _ultralytics_lines(m) + _device_lines(m, tgt) + _npu_lines(tgt.get("ethos_u"))
     if "gate" in report:
         lines += [f"Quality gate: {report['gate']['verdict']}", ""]
     lines += ["| stage | seconds |", "| --- | --- |"]
@@ -70,6 +70,19 @@ def _markdown(report: dict[str, Any], pictures: list[str]) -> str:
     for name in pictures:
         lines += [f"## {captions[name]}", "", f"![{captions[name]}]({name})", ""]
     return "\n".join(lines)
+
+
+def _ultralytics_lines(m: dict[str, Any]) -> list[str]:
+    """The Ultralytics-layout file under Ultralytics' own validator, beside our score of it."""
+    u = m.get("ultralytics")
+    if not u:
+        return []
+    metric, n = m["metric"], int(u["ultralytics"].get("images", 0))
+    return [f"## The Ultralytics-layout file under `yolo val`: {u['file']}", "",
+            f"| scored by | {metric} | mAP50 | images |", "| --- | --- | --- | --- |",
+            f"| Ultralytics' validator | {u['ultralytics'][metric]:.2f} | {u['ultralytics']['mAP50']:.2f} | {n} |",
+            f"| dgh-deploy | {u['ours'][metric]:.2f} | {u['ours']['mAP50']:.2f} | {int(u['ours'].get('images', 0))} |",
+            "", f"Both on the same file and images, NMS {u.get('nms', '')}; difference {u['difference']:+.2f}.", ""]
 
 
 def _device_lines(m: dict[str, Any], tgt: dict[str, Any]) -> list[str]:

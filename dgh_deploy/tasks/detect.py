@@ -46,13 +46,16 @@ class RawHeadOutputs(nn.Module):
 
 class DetectTask(TaskAdapter):
     """``nms``: the validation NMS (single-label by default; ``NMSConfig(multi_label=True)`` for
-    Ultralytics' validator setting). ``batch_size``: images per ``runner.infer`` call."""
+    Ultralytics' validator setting). ``batch_size``: images per ``runner.infer`` call. ``clip``: boxes
+    clipped to the image before scoring (as a deployed detector reports them; Ultralytics' validator
+    does not clip)."""
 
     name = "detect"
     metric = "mAP50-95"
 
-    def __init__(self, nms: NMSConfig | None = None, batch_size: int = 8) -> None:
+    def __init__(self, nms: NMSConfig | None = None, batch_size: int = 8, clip: bool = True) -> None:
         self.nms = nms or NMSConfig()
+        self.clip = clip
         self.batch_size = batch_size
         self._loaded: dict[tuple, tuple[DetectionData, np.ndarray, np.ndarray, list]] = {}
 
@@ -99,7 +102,7 @@ class DetectTask(TaskAdapter):
             for j, det in enumerate(nms(boxes, scores, model.imgsz, self.nms)):
                 k = int(index[i + j])
                 ratio, pad, (h0, w0) = geometry[i + j]
-                det = unletterbox(det, model.imgsz, ratio, pad, (h0, w0))
+                det = unletterbox(det, model.imgsz, ratio, pad, (h0, w0), self.clip)
                 lab = data.labels[k]
                 gt = np.stack([(lab[:, 1] - lab[:, 3] / 2) * w0, (lab[:, 2] - lab[:, 4] / 2) * h0,
                                (lab[:, 1] + lab[:, 3] / 2) * w0, (lab[:, 2] + lab[:, 4] / 2) * h0], 1)

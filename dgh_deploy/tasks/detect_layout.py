@@ -98,6 +98,23 @@ class DetectLayout:
         return p["boxes"], scores
 
 
+def ultralytics_layout(nc: int) -> DetectLayout:
+    """Ultralytics' own detector output: one N x (4 + nc) x anchors tensor of boxes then final class
+    scores. Its LiteRT backend multiplies the boxes by the input width/height, so in a .tflite they
+    stay normalised, as in our deploy form."""
+    return DetectLayout(nc=nc, split=False)
+
+
+def repack(outputs: Sequence[Array], src: DetectLayout, dst: DetectLayout) -> list[np.ndarray]:
+    """Outputs in layout ``src`` -> the same values in layout ``dst`` (float32 arrays)."""
+    if dst.objectness and not src.objectness:
+        raise ValueError("cannot recover a separate objectness from scores it was multiplied into")
+    p = src.parts(outputs)
+    parts = [p["boxes"], p["objectness"], p["scores"]] if dst.objectness else list(src.unpack(outputs))
+    arrays = [np.asarray(t, np.float32) for t in parts]
+    return arrays if dst.split else [np.concatenate(arrays, 1)]
+
+
 def infer_layout(outputs: Sequence[Array]) -> DetectLayout:
     """The layout that ``outputs`` (in order) have: one N x (4 + nc) x A tensor, or the split forms."""
     shapes = [tuple(o.shape) for o in outputs]

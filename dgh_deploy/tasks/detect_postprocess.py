@@ -44,11 +44,17 @@ def nms(
 
 
 def unletterbox(
-    det: torch.Tensor, imgsz: tuple[int, int], ratio: float, pad: tuple[float, float], orig_hw: tuple[int, int]
+    det: torch.Tensor, imgsz: tuple[int, int], ratio: float, pad: tuple[float, float], orig_hw: tuple[int, int],
+    clip: bool = True,
 ) -> torch.Tensor:
-    """Boxes of ``det`` from the letterboxed input back to original image pixels, clipped to it."""
+    """Boxes of ``det`` from the letterboxed input back to original image pixels, clipped to it unless
+    ``clip`` is off (Ultralytics' 8.4 validator scores unclipped boxes, in the letterboxed input)."""
     from ultralytics.utils.ops import scale_boxes
 
     det = det.clone()
-    det[:, :4] = scale_boxes(imgsz, det[:, :4], orig_hw, ratio_pad=((ratio, ratio), pad))
+    if clip:
+        det[:, :4] = scale_boxes(imgsz, det[:, :4], orig_hw, ratio_pad=((ratio, ratio), pad))
+    else:  # scale_boxes' own mapping, without its final clip
+        det[:, [0, 2]] = (det[:, [0, 2]] - pad[0]) / ratio
+        det[:, [1, 3]] = (det[:, [1, 3]] - pad[1]) / ratio
     return det

@@ -27,8 +27,16 @@ from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.onnx_export import INPUT_NAME, export_onnx
+from dgh_deploy.runtime.base import Runner
 from dgh_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
-from dgh_deploy.targets.base import DEFAULT_PERCENTILE, BuildResult, QuantConstraints, Target, TargetOptions
+from dgh_deploy.targets.base import (
+    DEFAULT_PERCENTILE,
+    BuildResult,
+    QuantConstraints,
+    Target,
+    TargetFlag,
+    TargetOptions,
+)
 from dgh_deploy.targets.tensorrt.cache import tensorrt_version, write_calibration_cache
 from dgh_deploy.targets.tensorrt.calibrator import ActRange, TensorRTCalibrator
 from dgh_deploy.targets.tensorrt.engine import (
@@ -41,11 +49,13 @@ from dgh_deploy.targets.tensorrt.engine import (
 )
 from dgh_deploy.targets.tensorrt.qdq import activation_bytes_per_image, calibration_tensors, insert_qdq
 from dgh_deploy.targets.tensorrt.ranges import canonical_act_range
+from dgh_deploy.tasks.ultralytics_format import LAYOUT_HELP, LAYOUTS, check_layout
 
 log = logging.getLogger("dgh_deploy")
 
 FLOAT_MODEL = "model_float.onnx"
 QDQ_MODEL = "model_qdq.onnx"
+ULTRALYTICS_MODEL = "model_qdq_ultralytics.onnx"
 CACHE = "model.cache"
 BUILD_SCRIPT = "build_engine.sh"
 # Activations of all calibrated tensors for one collection batch stay under this many bytes.
@@ -60,6 +70,16 @@ class TensorRTInt8Target(Target):
     runtime = "ONNX Runtime CPU (Q/DQ); TensorRT engine when a GPU and tensorrt are present"
     requires = ("onnx", "onnxruntime")
     install_hint = "pip install onnx onnxruntime (tensorrt is only needed on the GPU machine that builds the engine)"
+    flags = (TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),)  # shared with tflite-int8
+
+    def __init__(self, options: TargetOptions | None = None, layout: str = "split") -> None:
+        super().__init__(options)
+        self.layout = layout  # split | ultralytics (detectors): see LAYOUT_HELP
+
+    def summary_lines(self, report: dict[str, Any]) -> list[str]:
+        from dgh_deploy.verification.ultralytics_val import summary_lines
+
+        return summary_lines(report)
 
     @property
     def constraints(self) -> QuantConstraints:
@@ -74,6 +94,7 @@ class TensorRTInt8Target(Target):
 
     def check_options(self, model: LoadedModel) -> None:
         self._checked_act_range(model)
+        check_layout(self.layout, model, self.name)
 
     def _checked_act_range(self, model: LoadedModel) -> ActRange:
         opts = self.options
@@ -107,8 +128,22 @@ class TensorRTInt8Target(Target):
             t0 = time.perf_counter()
             self._build_engine(artifacts, info, (1, 3, *model.imgsz))
             timings["engine"] = time.perf_counter() - t0
-        runner = OnnxRuntimeRunner(artifacts["model"], self.options.threads)
+        runner: Runner = OnnxRuntimeRunner(artifacts["model"], self.options.threads)
+        info["layout"] = self.layout
+        if self.layout == "ultralytics":  # after the engine: TensorRT builds from the split Q/DQ file
+            runner, info["ultralytics"] = self._ultralytics_file(model, artifacts, calib)
         return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
+
+    def _ultralytics_file(self, model: LoadedModel, artifacts: dict[str, Path],
+                          calib: CalibrationSet) -> tuple[Runner, dict[str, Any]]:
+        """--layout ultralytics: the Q/DQ model as Ultralytics' ONNX, as 'model'; the split one kept beside it."""
+        from dgh_deploy.targets.tensorrt.ultralytics_file import IDENTITY_IMAGES, ultralytics_artifact
+
+        split = artifacts["split_model"] = artifacts["model"]
+        path = split.with_name(ULTRALYTICS_MODEL)
+        runner, info = ultralytics_artifact(model, split, path, calib.images[:IDENTITY_IMAGES], self.options.threads)
+        artifacts["model"] = path
+        return runner, info
 
     def _calibrate(self, float_proto: Any, calib: CalibrationSet, act_range: ActRange) -> dict[str, float]:
         """``tensor -> amax`` for every float activation, in batches sized to stay in memory."""

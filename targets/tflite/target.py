@@ -34,16 +34,18 @@ from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.onnx_export import INPUT_NAME, export_onnx
 from dgh_deploy.runtime.base import Runner, TorchRunner
 from dgh_deploy.runtime.litert_runner import LiteRTRunner
-from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetOptions
+from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetFlag, TargetOptions
 from dgh_deploy.targets.tflite.calibrator import RepresentativeData, TFLiteCalibrator
 from dgh_deploy.targets.tflite.divergence import first_divergence
 from dgh_deploy.targets.tflite.integer_ops import check_full_integer
 from dgh_deploy.targets.tflite.onnx2tf_converter import Conversion, onnx2tf_version
 from dgh_deploy.targets.tflite.silu_floor import DEFAULT_FLOOR, floor_silu
+from dgh_deploy.tasks.ultralytics_format import LAYOUT_HELP, LAYOUTS, check_layout
 from dgh_deploy.verification.parity import ParityResult, check_float_parity, compare_outputs
 
 log = logging.getLogger("dgh_deploy")
 
+IDENTITY_IMAGES = 4  # the Ultralytics file against the split one: any rewiring shows on every image
 PARITY_IMAGES = 32  # enough to see a broken layer (a wrong one moves every logit), cheap at batch 1
 # An export rewrite may move each output by this much of its scale (max |output|): under half an
 # int8 step (1/255 of the range), so the quantized model cannot tell.
@@ -64,6 +66,9 @@ class TFLiteInt8Target(Target):
     runtime: ClassVar[str] = "LiteRT interpreter (ai_edge_litert), and TFLite Micro's reference kernels (tflite-micro)"
     requires: ClassVar[tuple[str, ...]] = ("onnx2tf", "tensorflow", "ai_edge_litert")
     install_hint: ClassVar[str] = "pip install 'dgh-deploy[tflite]'"
+    # A target flag (tensorrt-int8 declares the same), not a shared option: the CLI then refuses
+    # --layout in the first second for a target that writes no such file, instead of ignoring it.
+    flags: ClassVar[tuple[TargetFlag, ...]] = (TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),)
 
     @property
     def constraints(self) -> QuantConstraints:
@@ -77,9 +82,16 @@ class TFLiteInt8Target(Target):
                   "asymmetric per-tensor; min/max ranges from TFLiteConverter's calibration",
         )
 
+    def summary_lines(self, report: dict[str, Any]) -> list[str]:
+        """With --layout ultralytics and --val-data: Ultralytics' validator and ours on the same file."""
+        from dgh_deploy.verification.ultralytics_val import summary_lines
+
+        return summary_lines(report)
+
     def __init__(self, options: TargetOptions | None = None, silu_floor: float = DEFAULT_FLOOR,
-                 parity_images: int = PARITY_IMAGES) -> None:
+                 parity_images: int = PARITY_IMAGES, layout: str = "split") -> None:
         super().__init__(options)
+        self.layout = layout  # split | ultralytics (detectors): see LAYOUT_HELP
         self.silu_floor = silu_floor  # 0 turns the SiLU-floor export rewrite off
         self.parity_images = parity_images  # calibration images the float conversion is checked on
 
@@ -159,8 +171,14 @@ class TFLiteInt8Target(Target):
             "float_model": _install(conv.float_model, workdir / f"{stem}_float32.tflite"),
             "onnx": _install(onnx_path, workdir / f"{stem}.onnx"),
         }
-        runner = LiteRTRunner(artifacts["model"], o.threads, checks.output_shapes)
-        runner.device_runner, micro = micro_runner(artifacts["model"], checks.output_shapes)
+        runner: Runner = LiteRTRunner(artifacts["model"], o.threads, checks.output_shapes)
+        extra: dict[str, Any] = {}
+        if self.layout == "ultralytics":  # a file for LiteRT: its MCU twin is the split file beside it
+            runner, extra = self._ultralytics_file(model, artifacts, calib)
+            micro: dict[str, Any] = {"skipped": "--layout ultralytics (float I/O, for LiteRT); the split int8 file "
+                                                "beside it is the one for TFLite Micro"}
+        else:
+            runner.device_runner, micro = micro_runner(artifacts["model"], checks.output_shapes)
         info: dict[str, Any] = {
             "float_parity": {**checks.parity.as_dict(), "inputs": "calibration images",
                              "reference": "PyTorch float32" + (" (as exported)" if reference is not None else "")},
@@ -171,6 +189,8 @@ class TFLiteInt8Target(Target):
             "onnx2tf_version": onnx2tf_version(),
             "onnxsim": conv.onnxsim,
             "tflite_micro": micro,
+            "layout": self.layout,
+            **extra,
         }
         timings = {"conversion": conv.seconds, **checks.timings}
         return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
@@ -214,6 +234,19 @@ class TFLiteInt8Target(Target):
                 "drop --act-range for this target",
             )
         o.check_percentile("min/max")
+        check_layout(self.layout, model, self.name)
+
+    def _ultralytics_file(self, model: LoadedModel, artifacts: dict[str, Path],
+                          calib: CalibrationSet) -> tuple[Runner, dict[str, Any]]:
+        """--layout ultralytics: the checked int8 file rewrapped as 'model', the split one kept beside it."""
+        from dgh_deploy.targets.tflite.ultralytics_file import ultralytics_artifact
+
+        split = artifacts["split_model"] = artifacts["model"]
+        path = split.with_name(split.name.replace("_full_integer_quant", "_ultralytics_int8"))
+        runner, info = ultralytics_artifact(model, split, output_shapes(model), path,
+                                            calib.images[:IDENTITY_IMAGES], self.options.threads)
+        artifacts["model"] = path
+        return runner, {"ultralytics": info}
 
 
 def _first_divergence(onnx_path: Path, tflite_path: Path, x: np.ndarray) -> str | None:
