@@ -207,7 +207,8 @@ class Generator:
             x = torch.randn(k, 3, *self.model.imgsz, device=self.device, dtype=self.dtype)
             return x.contiguous(memory_format=fmt).requires_grad_(True)
 
-        return estimate_seconds(self._forward_loss_probe, make_input, self.n_local, self.iters, self.chunk)
+        return estimate_seconds(self._forward_loss_probe, make_input, self.n_local, self.iters, self.chunk,
+                                two_pass=not self.retain)
 
     def announce(self) -> None:
         """Log what is about to run and how long it should take (the lead process only)."""

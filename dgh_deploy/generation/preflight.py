@@ -57,12 +57,12 @@ def probe_forward(model: LoadedModel, module: nn.Module, recorder: BNInputRecord
 
 
 def estimate_seconds(step: Callable[[torch.Tensor], None], make_input: Callable[[int], torch.Tensor],
-                     n_images: int, iters: int, chunk: int) -> float:
+                     n_images: int, iters: int, chunk: int, two_pass: bool) -> float:
     """Seconds a run should take, from one timed forward + backward of a full chunk.
 
-    With more than one chunk each step also runs a no-grad forward for the whole-set statistics
-    (about a third of a forward + backward). The image pipeline and the optimiser are left out:
-    they are cheap next to the model.
+    On the two-pass path each step also runs a no-grad forward for the whole-set statistics
+    (about a third of a forward + backward); the retained path runs each chunk once. The image
+    pipeline and the optimiser are left out: they are cheap next to the model.
     """
     step(make_input(min(2, chunk)))  # warm-up: first calls pick kernels and allocate
     x = make_input(min(chunk, n_images))
@@ -71,7 +71,7 @@ def estimate_seconds(step: Callable[[torch.Tensor], None], make_input: Callable[
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
     per_image = (time.perf_counter() - t0) / len(x)
-    passes = 1.0 if chunk >= n_images else 4 / 3
+    passes = 4 / 3 if two_pass and chunk < n_images else 1.0
     return per_image * n_images * iters * passes
 
 
