@@ -270,6 +270,6 @@ def test_anchor_free_yolov8n_object_scores_the_same_under_yolo_val(assets: Path,
     ours = compared["ours"]["mAP50-95"]
     assert abs(theirs - ours) <= AGREEMENT, (theirs, ours)
     assert result.metric("float") > 5.0, result["metrics"]  # scored on its own detections: labels that mean something
-    assert ours > 1.0, compared  # and the int8 file finds some of them: both scorers see real boxes
+    assert ours > 0.5, compared  # and the int8 file finds some of them (1.02): both scorers see real boxes
     report = json.loads(result.artifacts["report"].read_text())
     assert report["metrics"]["ultralytics"]["ultralytics"]["images"] == 48
