@@ -63,7 +63,7 @@ def run_job(tree: Path, case: common.Case, work: Path, iters: int | None, thread
     m = report["metrics"]
     return {"wall_s": round(wall, 1), "times_s": report["times_s"], "metric": m["metric"],
             "float": m["float"][m["metric"]], "quantized": m["quantized"][m["metric"]],
-            "load_before": common.load_average()}
+            "load_after": common.load_average()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -498,7 +498,7 @@ def precision_speed_table(data: dict) -> Table:
         if not run:
             continue
         each = run.get("runs", [run])
-        rates = " / ".join(f"{r['rate']:,.0f} (load {num(r.get('load_before'))})" for r in each)
+        rates = " / ".join(f"{r['rate']:,.0f} (load {num(r.get('load_after'))})" for r in each)
         over_fp32 = f"{run['rate'] / fp32['rate']:.2f}x" if fp32 else "-"
         over_mct = f"{run['rate'] / mct['rate']:.2f}x" if mct else "-"
         rows.append([label, num(run.get("rate"), 0), rates, num(run.get("peak_mb"), 0), over_fp32, over_mct,
@@ -680,8 +680,9 @@ def section_job_stages(files: dict[str, dict]) -> list[str]:
     for name, data in files.items():
         iters = f"{data['iters']} generation iterations (the stages after generation)" if data.get("iters") else \
             "the job's own generation budget"
+        loads = ", ".join(f"{label} {num(r.get('load_after'))}" for label, runs in data["runs"].items() for r in runs)
         lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}, {data['threads']} threads, "
-                  f"{iters}; {sum(map(len, data['runs'].values()))} runs.", "",
+                  f"{iters}; {sum(map(len, data['runs'].values()))} runs (load average after each: {loads}).", "",
                   *markdown(job_stage_table(data)), ""]
     return lines
 
