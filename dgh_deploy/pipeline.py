@@ -131,7 +131,7 @@ def _checked_inputs(config: DeployConfig) -> tuple[Target, LoadedModel, Any]:
     if missing:
         raise DGHError(
             f"target '{target.name}' needs the Python packages {', '.join(missing)}",
-            target.install_hint or "run ./install.sh",
+            target.install_hint_for(missing) or "run ./install.sh",
         )
     model = load_model(config.model, config.weights, config.task, config.imgsz)
     task = get_task(model.task)
@@ -139,6 +139,7 @@ def _checked_inputs(config: DeployConfig) -> tuple[Target, LoadedModel, Any]:
     if config.val_data:
         task.check_val_data(config.val_data)
     _check_disk(config, model)
+    target.preflight(model)  # the slowest check (a float conversion): last, but still before generation
     return target, model, task
 
 

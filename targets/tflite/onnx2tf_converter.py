@@ -26,35 +26,31 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+from torch import nn
 
 from dgh_deploy.errors import DGHError
-from dgh_deploy.targets.tflite.calibrator import RepresentativeData
+from dgh_deploy.loaded_model import LoadedModel
+from dgh_deploy.onnx_export import INPUT_NAME, export_onnx
+from dgh_deploy.targets.tflite.calibrator import RepresentativeData, TFLiteCalibrator
+from dgh_deploy.targets.tflite.console import capture_output
+from dgh_deploy.targets.tflite.converter import (
+    ONNX2TF,
+    Conversion,
+    ConversionSettings,
+    Converter,
+    FloatModel,
+    file_stem,
+)
 
 SAMPLE_DATA_NAME = "calibration_image_sample_data_20x128x128x3_float32.npy"
 INT8_FAILED = "Full INT8 Quantization tflite output failed"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXC_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit))\s*:\s*(.+)$")
-
-
-@dataclass(frozen=True)
-class ConversionSettings:
-    quant_type: str = "per-channel"  # or "per-tensor" (weights)
-    io_dtype: str = "int8"  # int8 | uint8
-    verbose: bool = False
-    threads: int = 2
-
-
-@dataclass
-class Conversion:
-    float_model: Path
-    int8_model: Path
-    seconds: float
-    onnxsim: bool  # whether onnx2tf could run onnxsim
 
 
 def write_sample_data(folder: Path, nhwc: np.ndarray) -> Path:
@@ -66,17 +62,22 @@ def write_sample_data(folder: Path, nhwc: np.ndarray) -> Path:
     return path
 
 
-def convert(onnx_path: Path, scratch: Path, data: RepresentativeData, settings: ConversionSettings) -> Conversion:
-    """Run onnx2tf on a copy of ``onnx_path`` inside ``scratch``; return the two .tflite files."""
-    work = scratch / "onnx2tf"
+def convert(onnx_path: Path, scratch: Path, data: RepresentativeData | None, settings: ConversionSettings,
+            sample: np.ndarray | None = None) -> Conversion:
+    """Run onnx2tf on a copy of ``onnx_path`` inside ``scratch``; return the two .tflite files.
+
+    Without ``data`` only the float file is written (``int8_model`` then does not exist), and
+    ``sample`` (NHWC images) stands in for onnx2tf's downloaded sample file.
+    """
+    work = scratch / ("onnx2tf" if data is not None else "onnx2tf-float")
     work.mkdir(parents=True, exist_ok=True)
     src = work / onnx_path.name
     shutil.copyfile(onnx_path, src)
-    write_sample_data(work, np.load(data.path, mmap_mode="r")[:20])
+    write_sample_data(work, np.load(data.path, mmap_mode="r")[:20] if data is not None else sample)
     out = work / "tflite"
     log_path = work / "onnx2tf.log"
     t0 = time.perf_counter()
-    with _capture(log_path, enabled=not settings.verbose), _chdir(work), _onnxsim_on_path() as has_sim:
+    with capture_output(log_path, enabled=not settings.verbose), _chdir(work), _onnxsim_on_path() as has_sim:
         try:
             _run_onnx2tf(src, out, data, settings)
         except SystemExit as exc:  # onnx2tf calls sys.exit(1) on inputs it refuses
@@ -96,16 +97,16 @@ def convert(onnx_path: Path, scratch: Path, data: RepresentativeData, settings: 
             f"onnx2tf wrote no float32 .tflite ({_last_error(log_path) or 'no reason logged'})",
             f"read the full log: {_keep_log(log_path)}",
         )
-    if not int8_model.is_file():
+    if data is not None and not int8_model.is_file():
         raise DGHError(
             f"onnx2tf could not write the full-integer .tflite ({int8_failure(log_path)})",
             "replace the layer the reason names with an int8-friendly one; "
             f"full log: {_keep_log(log_path)}",
         )
-    return Conversion(float_model, int8_model, seconds, has_sim)
+    return Conversion(float_model, int8_model, seconds, {"onnxsim": has_sim, "onnx2tf_version": onnx2tf_version()})
 
 
-def _run_onnx2tf(src: Path, out: Path, data: RepresentativeData, settings: ConversionSettings) -> None:
+def _run_onnx2tf(src: Path, out: Path, data: RepresentativeData | None, settings: ConversionSettings) -> None:
     if not settings.verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only effective before TensorFlow's first import
     import tensorflow as tf
@@ -115,16 +116,13 @@ def _run_onnx2tf(src: Path, out: Path, data: RepresentativeData, settings: Conve
         tf.config.threading.set_inter_op_parallelism_threads(settings.threads)
     import onnx2tf
 
-    onnx2tf.convert(
-        input_onnx_file_path=str(src),
-        output_folder_path=str(out),
-        output_integer_quantized_tflite=True,
-        quant_type=settings.quant_type,
-        custom_input_op_name_np_data_path=[data.as_onnx2tf_entry()],
-        input_quant_dtype=settings.io_dtype,
-        output_quant_dtype=settings.io_dtype,
-        verbosity="info" if settings.verbose else "warn",
-    )
+    quant = {} if data is None else {
+        "output_integer_quantized_tflite": True, "quant_type": settings.quant_type,
+        "custom_input_op_name_np_data_path": [data.as_onnx2tf_entry()],
+        "input_quant_dtype": settings.io_dtype, "output_quant_dtype": settings.io_dtype,
+    }
+    onnx2tf.convert(input_onnx_file_path=str(src), output_folder_path=str(out),
+                    verbosity="info" if settings.verbose else "warn", **quant)
 
 
 def onnx2tf_version() -> str:
@@ -213,29 +211,6 @@ def _keep_log(log_path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _capture(log_path: Path, enabled: bool) -> Iterator[None]:
-    """Send Python's and C++'s stdout/stderr to ``log_path`` (fd level: TensorFlow writes to fd 2)."""
-    if not enabled:
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with open(log_path, "a", buffering=1, errors="replace") as log:
-        try:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                yield
-        finally:
-            log.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-
-
-@contextlib.contextmanager
 def _chdir(path: Path) -> Iterator[None]:
     old = Path.cwd()
     os.chdir(path)
@@ -255,3 +230,53 @@ def _onnxsim_on_path() -> Iterator[bool]:
         yield shutil.which("onnxsim") is not None
     finally:
         os.environ["PATH"] = old
+
+
+class Onnx2tfConverter(Converter):
+    """PyTorch -> ONNX (the project's exporter) -> onnx2tf, which quantizes with TensorFlow's
+    converter on the calibration images (min/max ranges)."""
+
+    name: ClassVar[str] = ONNX2TF
+    requires: ClassVar[tuple[str, ...]] = ("onnx2tf", "tensorflow", "ai_edge_litert")
+    install_hint: ClassVar[str] = ("pip install 'dgh-deploy[onnx2tf]' (or, in a venv with 'dgh-deploy[litert]', "
+                                   "--converter litert-torch)")
+    parity_fix: ClassVar[str] = ("onnx2tf mis-converts this graph: convert with --converter litert-torch (its own "
+                                 "venv: ./install.sh --litert), or rewrite that layer into an equivalent form")
+
+    def export(self, model: LoadedModel, module: nn.Module, scratch: Path) -> Path:
+        return export_onnx(model, scratch / f"{file_stem(model.name)}.onnx", module=module)
+
+    def convert_float(self, model: LoadedModel, module: nn.Module, scratch: Path) -> FloatModel:
+        onnx_path = self.export(model, module, scratch)
+        h, w = model.imgsz
+        sample = np.random.default_rng(0).normal(size=(20, h, w, 3)).astype(np.float32)
+        conv = convert(onnx_path, scratch, None, self.settings, sample=sample)
+        return FloatModel(conv.float_model, conv.seconds, divergence_finder(onnx_path, conv.float_model), onnx_path)
+
+    def calibrator(self, model: LoadedModel, scratch: Path, float_model: FloatModel | None = None) -> TFLiteCalibrator:
+        return TFLiteCalibrator(scratch / "calibration_nhwc.npy", model.imgsz, INPUT_NAME)
+
+    def quantize(self, model: LoadedModel, module: nn.Module, float_model: FloatModel | None,
+                 data: RepresentativeData, scratch: Path) -> Conversion:
+        source = float_model.source if float_model is not None else None
+        return self.quantize_onnx(source if source is not None and source.is_file()
+                                  else self.export(model, module, scratch), data, scratch)
+
+    def quantize_onnx(self, onnx_path: Path, data: RepresentativeData, scratch: Path) -> Conversion:
+        """Both files again from ``onnx_path``: onnx2tf writes the int8 file in the same run as a float one."""
+        conv = convert(onnx_path, scratch, data, self.settings)
+        conv.diagnose = divergence_finder(onnx_path, conv.float_model)
+        conv.sources = {"onnx": onnx_path}
+        conv.info["quant_type"] = self.settings.quant_type
+        return conv
+
+
+def divergence_finder(onnx_path: Path, tflite_path: Path) -> Callable[[np.ndarray], str | None]:
+    """One image -> the first layer where the float file stops agreeing with its ONNX source."""
+    from dgh_deploy.targets.tflite.divergence import first_divergence
+
+    def find(x: np.ndarray) -> str | None:
+        div = first_divergence(onnx_path, tflite_path, x)
+        return div.describe() if div is not None else None
+
+    return find
