@@ -83,7 +83,7 @@ class LiteRTCalibration:
     signature: str
     input_name: str
     samples: list[np.ndarray]  # NHWC float32, one image each (the quantizer's calibration runs batch 1)
-    method: str  # minmax: the quantizer's own min/max stand; else ``ranges`` replace them
+    method: str  # how ``ranges`` were read: minmax, percentile or mse
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # tensor name -> (lo, hi)
 
     def signature_inputs(self) -> dict[str, list[dict[str, np.ndarray]]]:
@@ -92,12 +92,15 @@ class LiteRTCalibration:
 
 
 class LiteRTCalibrator(Calibrator[LiteRTCalibration]):
-    """The calibration images for ai-edge-quantizer, and (percentile, MSE) each activation's range.
+    """The calibration images for ai-edge-quantizer, and each activation's range by the project's method.
 
-    Min/max is what the quantizer computes itself. For the other methods the float .tflite runs
-    on every image with all tensors kept, twice: the first look fixes each activation's min and
-    max, the second fills a histogram between them, and :func:`~dgh_deploy.targets.sim.ranges.
-    estimate_range` (the sim target's estimators) reads the range from it, per tensor.
+    The quantizer's own calibration keeps a moving average of each tensor's min and max over the
+    samples, not their extremes: on CIFAR ResNet-20 it clipped the logits at 15.7 where the set
+    reaches 25.4 (output SQNR 14 dB against onnx2tf's 17). So every range is ours: the float
+    .tflite runs on every image with all tensors kept; the first look fixes each activation's
+    min and max (``minmax`` stops there), a second fills a histogram between them, and
+    :func:`~dgh_deploy.targets.sim.ranges.estimate_range` (the sim target's estimators) reads
+    the percentile or MSE range from it, per tensor.
     """
 
     layout: ClassVar[Layout] = "NHWC"
@@ -129,8 +132,6 @@ class LiteRTCalibrator(Calibrator[LiteRTCalibration]):
         images = [np.ascontiguousarray(batch[i : i + 1], np.float32) for i in range(len(batch))]
         if self._pass == 0:
             self._samples.extend(images)
-        if self.method == "minmax":
-            return
         import torch
 
         from dgh_deploy.targets.sim.ranges import Histogram
@@ -148,12 +149,10 @@ class LiteRTCalibrator(Calibrator[LiteRTCalibration]):
 
         it = self._it or open_interpreter(self.float_model, delegates=False)
         signature, io = next(iter(it.get_signature_list().items()))
-        ranges: dict[str, tuple[float, float]] = {}
-        if self.method != "minmax":
-            from dgh_deploy.targets.sim.ranges import QuantGrid, estimate_range
+        from dgh_deploy.targets.sim.ranges import QuantGrid, estimate_range
 
-            grid = QuantGrid(self.act_bits, symmetric=self.act_bits == 16)
-            ranges = {name: estimate_range(h, self.method, grid, self.percentile) for name, h in self._hists.items()}
+        grid = QuantGrid(self.act_bits, symmetric=self.act_bits == 16)
+        ranges = {name: estimate_range(h, self.method, grid, self.percentile) for name, h in self._hists.items()}
         samples, self._samples, self._hists, self._it = self._samples, [], {}, None
         return LiteRTCalibration(signature, io["inputs"][0], samples, self.method, ranges)
 

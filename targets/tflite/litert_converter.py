@@ -10,9 +10,9 @@ What the wrapper adds:
 
 * NHWC input and channel-last feature-map outputs (``to_channel_last_io``), as edge runtimes
   and onnx2tf's files have them: one runner reads either converter's file.
-* Ranges are the project's: the quantizer's own calibration gives min/max per tensor; for
-  ``percentile`` or ``mse`` the calibrator's histograms replace each activation's min/max
-  before quantizing (:class:`~dgh_deploy.targets.tflite.calibrator.LiteRTCalibrator`).
+* Ranges are the project's: the quantizer's own calibration (a moving average of min and max)
+  is replaced, tensor by tensor, by the calibrator's min/max, percentile or MSE range before
+  quantizing (:class:`~dgh_deploy.targets.tflite.calibrator.LiteRTCalibrator`).
 * W8A16: int16 activations (symmetric, as LiteRT's 16x8 kernels want) with int8 weights.
 * Both tools print progress trees and reports: captured into a log unless verbose.
 """
@@ -115,7 +115,7 @@ class LiteRTTorchConverter(Converter):
         path.write_bytes(content)
         info: dict[str, Any] = {
             "quant_type": s.quant_type, "recipe": f"static_wi8_ai{s.act_bits}",
-            "act_range": data.method, "ranges_from_histograms": overridden,
+            "act_range": data.method, "project_ranges": overridden,
             "litert_torch_version": _version("litert-torch"),
             "ai_edge_quantizer_version": _version("ai-edge-quantizer"),
             "float_conversion_s": round(float_model.seconds, 3),
