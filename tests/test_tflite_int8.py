@@ -279,6 +279,26 @@ def test_litert_takes_the_projects_ranges_and_int16_activations(r20: LoadedModel
     assert agree["top1_agreement"] >= 95.0 and agree["output_sqnr_db"] > 30.0, agree  # int16: far finer
 
 
+@pytest.mark.slow  # a detector conversion (30-40 s with either converter)
+def test_a_detector_keeps_its_split_outputs(converter: str, tmp_path: Path) -> None:
+    """Boxes and scores stay two int8 outputs, each with its own scale, in PyTorch's order (tasks/detect_layout.py)."""
+    torch.manual_seed(0)
+    model = load_model("yolov8n.yaml", imgsz=64)
+    anchors = sum((64 // s) ** 2 for s in (8, 16, 32))
+    x = np.random.default_rng(0).uniform(0, 1, (8, 3, 64, 64)).astype(np.float32)
+    result = tflite_target(converter).build(model, CalibrationSet(x, "noise"), tmp_path)
+    assert io_dtypes(result.artifacts["model"]) == {"inputs": ["int8"], "outputs": ["int8", "int8"]}
+    assert list_float_ops(result.artifacts["model"]) == []
+    outputs = result.info["io"]["outputs"]
+    assert [o["shape"][1:] for o in outputs] == [[4, anchors], [80, anchors]]
+    assert outputs[0]["scale"] != outputs[1]["scale"]
+    parity = result.info["float_parity"]
+    assert parity["passed"] and len(parity["tolerance"]) == 2
+    ref, q = TorchRunner(model.module).infer(x[:2]), result.runner.infer(x[:2])
+    assert [o.shape for o in q] == [o.shape for o in ref] == [(2, 4, anchors), (2, 80, anchors)]
+    assert np.abs(q[0] - ref[0]).mean() < 0.1 * np.abs(ref[0]).mean()
+
+
 # --- the check before generation ---------------------------------------------------------------------------
 
 
