@@ -375,7 +375,8 @@ def environment() -> dict[str, Any]:
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow", "ai-edge-litert", "tensorrt",
+    for pkg in ("torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow", "litert-torch", "ai-edge-quantizer",
+                "ai-edge-litert", "tensorrt",
                 "polygraphy", "ultralytics", "numpy"):
         try:
             versions[pkg] = md.version(pkg)

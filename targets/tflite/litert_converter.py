@@ -59,16 +59,16 @@ class LiteRTTorchConverter(Converter):
 
     # --- float --------------------------------------------------------------------------------
     def convert_float(self, model: LoadedModel, module: nn.Module, scratch: Path) -> FloatModel:
-        import litert_torch
-
         x = model.dummy_input(1)
         with torch.no_grad():
             maps = [i for i, o in enumerate(flatten_outputs(module.eval()(x))) if o.ndim == 4]
-        wrapped = litert_torch.to_channel_last_io(module, args=[0], outputs=maps or None).eval()
         log_path = scratch / "litert_torch.log"
         t0 = time.perf_counter()
         try:
             with capture_output(log_path, enabled=not self.settings.verbose):
+                import litert_torch  # inside the capture: its torchao import warns on the console
+
+                wrapped = litert_torch.to_channel_last_io(module, args=[0], outputs=maps or None).eval()
                 edge = litert_torch.convert(wrapped, (x.permute(0, 2, 3, 1).contiguous(),))
                 content = bytes(edge.model_content())
         except DGHError:
