@@ -376,8 +376,7 @@ def environment() -> dict[str, Any]:
 
     versions = {}
     for pkg in ("torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow", "litert-torch", "ai-edge-quantizer",
-                "ai-edge-litert", "tensorrt",
-                "polygraphy", "ultralytics", "numpy"):
+                "ai-edge-litert", "tensorrt", "polygraphy", "ultralytics", "numpy"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
