@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").is_file() else sys.executable
 # Every bench script (and the two shared modules, which are scripts too).
-SCRIPTS = ("ablation", "common", "compare", "detect_picks", "evaluation", "generation", "gpu_check", "seeds",
-           "sim_rounding")
+SCRIPTS = ("ablation", "common", "compare", "converters", "detect_picks", "evaluation", "generation", "gpu_check",
+           "seeds", "sim_rounding")
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
