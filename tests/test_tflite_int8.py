@@ -452,3 +452,17 @@ def test_the_converter_is_a_flag_and_its_missing_stack_is_one_install_line(monke
     missing = target.missing_requirements()
     assert "litert_torch_not_installed" in missing
     assert "dgh-deploy[litert]" in target.install_hint_for(missing)
+
+
+def test_choosing_a_converter_imports_neither_stack() -> None:
+    """The target, its converter choice and its option checks load no converter stack (they load in build)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dgh_deploy.targets import get_target; t = get_target('tflite-int8'); "
+            "t.missing_requirements(); [get_target('tflite-int8', converter=c).converter() for c in "
+            f"{list(CONVERTERS)!r}]; print(sorted(m for m in ('tensorflow', 'onnx2tf', 'litert_torch', "
+            "'ai_edge_quantizer') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
