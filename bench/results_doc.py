@@ -687,6 +687,43 @@ def section_job_stages(files: dict[str, dict]) -> list[str]:
     return lines
 
 
+def converters_table(data: dict) -> Table:
+    rows = []
+    conv = data["converters"]
+    models = ordered({m for c in conv.values() for m in c["models"]}, ("demo", *MODEL_ORDER))
+    for model in models:
+        for name in ordered(conv, ("onnx2tf", "litert-torch")):
+            m = conv[name]["models"].get(model)
+            if m is None:
+                continue
+            parity = m["float_parity"]
+            ops = m["int8_ops"]
+            rows.append([f"{model} ({m['metric']}, float {num(m['float'])})", name, num(m["int8"]),
+                         f"{max(parity['max_abs_error']):.2g}", num(parity.get("top1_agreement"), 1),
+                         f"{sum(ops.values())} ({len(ops)} kinds)", num(m["preflight_s"], 1),
+                         num(m["int8_conversion_s"], 1), num(m["int8_bytes"] / 1024, 1)])
+    return (["model", "converter", "int8", "float parity: max abs diff", "top-1 agreement, %", "int8 ops",
+             "float conversion + check, s", "int8 conversion, s", "int8 file, KiB"], rows)
+
+
+def section_converters(files: dict[str, dict]) -> list[str]:
+    lines = ["The two `tflite-int8` converters on the same DGH set per model (`python -m bench.converters --venvs "
+             ".venv,.venv-litert`: each stack in its own venv). Float parity is the float .tflite against PyTorch "
+             "on the calibration images; int8 is LiteRT on the real validation images; the float conversion and "
+             "its check run before generation (litert-torch quantizes that float file, onnx2tf the saved model its "
+             "float conversion wrote).", ""]
+    for name, data in files.items():
+        b = data.get("budget", {})
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; DGH sets of "
+                  f"{b.get('n_images', '?')} images x {b.get('iters', '?')} iterations, "
+                  f"{data.get('val_limit', '?')} test images.", "", *markdown(converters_table(data)), ""]
+        sizes = [f"{c}: {num(d['installed']['bytes'] / 2**20, 0)} MiB in {len(d['installed']['distributions'])} "
+                 "distributions" for c, d in data["converters"].items() if d.get("installed")]
+        if sizes:
+            lines += ["Installed on top of the core packages: " + "; ".join(sizes) + ".", ""]
+    return lines
+
+
 Section = tuple[str, Callable[[str], bool], Callable[[dict[str, dict]], list[str]]]
 SECTIONS: list[Section] = [
     ("Calibration sources x targets", lambda n: n.endswith("_state.json"), section_compare),
@@ -702,6 +739,7 @@ SECTIONS: list[Section] = [
     ("The detector job, stage by stage", lambda n: n.startswith("job_stages_"), section_job_stages),
     ("Reliability: concurrent jobs and kills at random moments", lambda n: n.startswith("reliability_"),
      section_reliability),
+    ("tflite-int8 converters: onnx2tf and litert-torch", lambda n: n.startswith("converters_"), section_converters),
 ]
 
 

@@ -147,6 +147,15 @@ class Target(ABC):
     def missing_requirements(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
 
+    def install_hint_for(self, missing: list[str]) -> str:
+        """The install line for the ``missing`` modules (a target with alternative stacks names the right one)."""
+        return self.install_hint
+
+    def preflight(self, model: LoadedModel) -> None:
+        """Checks that need the model converted (float), run by the job before generating; raise
+        :class:`~dgh_deploy.errors.DGHError` for a model the target cannot build. Nothing by default."""
+        return None
+
     @abstractmethod
     def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
         """Calibrate with ``calib``, convert ``model``, run the target's structural checks

@@ -1,7 +1,9 @@
-"""The tflite-int8 target end to end: real onnx2tf conversions, the LiteRT runtime, real CIFAR-10 images.
+"""The tflite-int8 target end to end: real conversions, the LiteRT runtime, real CIFAR-10 images.
 
-Conversions are the slow part (15-20 s each on 2 cores), so the ResNet-20 build is shared by the
-module; the failure cases use small models or fail before converting.
+Every case that holds for both converters runs for each (``converter`` fixture); a venv holds
+one converter stack, so the other's cases skip, naming what is missing. Conversions are the slow
+part (onnx2tf 15-20 s, litert-torch about 10 s on 2 cores), so the ResNet-20 build is shared per
+converter; the failure cases use small models or fail before converting.
 """
 
 from __future__ import annotations
@@ -30,12 +32,35 @@ from dgh_deploy.preprocessing import Preprocessing
 from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.runtime.litert_runner import open_interpreter
 from dgh_deploy.targets import TargetOptions, get_target
-from dgh_deploy.targets.tflite.integer_ops import check_full_integer, list_float_ops
+from dgh_deploy.targets.tflite.converter import CONVERTERS, LITERT_TORCH, ONNX2TF
+from dgh_deploy.targets.tflite.integer_ops import check_full_integer, io_dtypes, list_float_ops
+from dgh_deploy.targets.tflite.target import TFLiteInt8Target, converter_class, probe_images
 from dgh_deploy.tasks.classify import ClassifyTask, evenly_spaced, list_image_folder
 
-pytest.importorskip("onnx2tf", reason="the tflite extra (onnx2tf, tensorflow, ai-edge-litert) is not installed")
-
 N_CALIB = 64
+OPTION_A_RESNET = str(Path(__file__).parent / "models" / "option_a_resnet.py") + ":option_a_resnet"
+
+
+def stack_or_skip(name: str) -> str:
+    """``name`` if its converter stack is installed in this venv, else the test skips, saying what is missing."""
+    cls = converter_class(name)
+    missing = cls().missing_requirements()
+    if missing:
+        pytest.skip(f"the {name} converter stack is not in this venv ({', '.join(missing)} missing): "
+                    f"{cls.install_hint}")
+    return name
+
+
+@pytest.fixture(scope="module", params=CONVERTERS)
+def converter(request: pytest.FixtureRequest) -> str:
+    return stack_or_skip(request.param)
+
+
+def tflite_target(converter: str, options: TargetOptions | None = None) -> TFLiteInt8Target:
+    target = get_target("tflite-int8", converter=converter)
+    assert isinstance(target, TFLiteInt8Target)
+    target.options = options or TargetOptions()
+    return target
 
 
 def real_images(model: LoadedModel, folder: Path, n: int) -> np.ndarray:
@@ -60,9 +85,8 @@ def refuse_network() -> Iterator[list[Any]]:
 
 
 def build_offline(options: TargetOptions, model: LoadedModel, calib: CalibrationSet,
-                  workdir: Path) -> tuple[Any, list[Any]]:
-    target = get_target("tflite-int8")
-    target.options = options
+                  workdir: Path, converter: str) -> tuple[Any, list[Any]]:
+    target = tflite_target(converter, options)
     with refuse_network() as attempts:
         result = target.build(model, calib, workdir)
     return result, attempts
@@ -79,10 +103,11 @@ def calib(r20: LoadedModel, assets: Path) -> CalibrationSet:
 
 
 @pytest.fixture(scope="module")
-def built(r20: LoadedModel, calib: CalibrationSet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    workdir = tmp_path_factory.mktemp("r20_tflite")
-    result, attempts = build_offline(TargetOptions(), r20, calib, workdir)
-    return {"result": result, "workdir": workdir, "attempts": attempts}
+def built(r20: LoadedModel, calib: CalibrationSet, converter: str,
+          tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    workdir = tmp_path_factory.mktemp(f"r20_tflite_{converter}")
+    result, attempts = build_offline(TargetOptions(), r20, calib, workdir, converter)
+    return {"result": result, "workdir": workdir, "attempts": attempts, "converter": converter}
 
 
 @pytest.fixture
@@ -154,7 +179,8 @@ class ThreeMaps(nn.Module):
 def test_build_writes_only_checked_artifacts(built: dict[str, Any]) -> None:
     result, workdir = built["result"], built["workdir"]
     names = {p.name for p in workdir.iterdir()}
-    assert names == {"cifar_resnet20.onnx", "cifar_resnet20_float32.tflite", "cifar_resnet20_full_integer_quant.tflite"}
+    via_onnx = {"cifar_resnet20.onnx"} if built["converter"] == ONNX2TF else set()  # litert-torch needs no ONNX
+    assert names == {"cifar_resnet20_float32.tflite", "cifar_resnet20_full_integer_quant.tflite", *via_onnx}
     assert result.artifacts["model"] == workdir / "cifar_resnet20_full_integer_quant.tflite"
     assert result.artifacts["float_model"] == workdir / "cifar_resnet20_float32.tflite"
     assert all(p.stat().st_size > 0 for p in result.artifacts.values())
@@ -164,12 +190,16 @@ def test_build_writes_only_checked_artifacts(built: dict[str, Any]) -> None:
     assert info["float_ops"] == []
     assert info["io"]["input"]["dtype"] == "int8" and info["io"]["outputs"][0]["dtype"] == "int8"
     assert info["calibration_images"] == N_CALIB and info["quant_type"] == "per-channel"
+    assert info["converter"] == built["converter"]
+    assert info["io"]["input"]["shape"] == [1, 32, 32, 3]  # NHWC, as edge runtimes take images
     assert {"export", "conversion", "parity"} <= set(result.timings)
 
 
 def test_conversion_never_touches_the_network(built: dict[str, Any], tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     assert built["attempts"] == []
+    if built["converter"] != ONNX2TF:
+        return
     # The guard does catch onnx2tf's download when its sample file is absent from the working folder.
     from onnx2tf.utils.common_functions import download_test_image_data
 
@@ -210,11 +240,13 @@ def test_runner_dequantizes_onto_the_output_grid(built: dict[str, Any], calib: C
 
 
 @pytest.mark.slow  # a second full conversion
-def test_uint8_io_and_per_tensor_weights(r20: LoadedModel, calib: CalibrationSet, built: dict[str, Any],
-                                         tmp_path: Path) -> None:
-    result, _ = build_offline(TargetOptions(io_dtype="uint8", per_tensor=True), r20, calib, tmp_path)
-    assert result.info["io"]["input"]["dtype"] == "uint8" and result.info["quant_type"] == "per-tensor"
-    assert check_full_integer(result.artifacts["model"], "uint8") == []
+def test_per_tensor_weights_and_the_other_io_type(r20: LoadedModel, calib: CalibrationSet, built: dict[str, Any],
+                                                  tmp_path: Path) -> None:
+    converter = built["converter"]
+    io = "uint8" if converter == ONNX2TF else "int8"  # ai-edge-quantizer's static recipes write int8 I/O
+    result, _ = build_offline(TargetOptions(io_dtype=io, per_tensor=True), r20, calib, tmp_path, converter)
+    assert result.info["io"]["input"]["dtype"] == io and result.info["quant_type"] == "per-tensor"
+    assert check_full_integer(result.artifacts["model"], io) == []
 
     def conv_weight_scales(path: Path) -> list[int]:
         it = open_interpreter(path, delegates=False)
@@ -229,35 +261,123 @@ def test_uint8_io_and_per_tensor_weights(r20: LoadedModel, calib: CalibrationSet
     assert agree["top1_agreement"] >= 75.0, agree
 
 
+@pytest.mark.slow  # two more conversions (histograms over the calibration set; int16 activations)
+def test_litert_takes_the_projects_ranges_and_int16_activations(r20: LoadedModel, calib: CalibrationSet,
+                                                                 tmp_path: Path) -> None:
+    stack_or_skip(LITERT_TORCH)
+    mse, _ = build_offline(TargetOptions(act_range="mse"), r20, calib, tmp_path / "mse", LITERT_TORCH)
+    assert mse.info["act_range"] == "mse" and mse.info["project_ranges"] > 20  # every activation
+    x = calib.images[:32]
+    ref = TorchRunner(r20.module).infer(x)
+    assert ClassifyTask().agreement(ref, mse.runner.infer(x))["top1_agreement"] >= 85.0
+
+    a16, _ = build_offline(TargetOptions(act_bits=16), r20, calib, tmp_path / "a16", LITERT_TORCH)
+    assert a16.info["recipe"] == "static_wi8_ai16"
+    assert io_dtypes(a16.artifacts["model"]) == {"inputs": ["int16"], "outputs": ["int16"]}
+    assert list_float_ops(a16.artifacts["model"]) == []
+    agree = ClassifyTask().agreement(ref, a16.runner.infer(x))
+    assert agree["top1_agreement"] >= 95.0 and agree["output_sqnr_db"] > 30.0, agree  # int16: far finer
+
+
+@pytest.mark.slow  # a detector conversion (30-40 s with either converter)
+def test_a_detector_keeps_its_split_outputs(converter: str, tmp_path: Path) -> None:
+    """Boxes and scores stay two int8 outputs, each with its own scale, in PyTorch's order (tasks/detect_layout.py)."""
+    torch.manual_seed(0)
+    model = load_model("yolov8n.yaml", imgsz=64)
+    anchors = sum((64 // s) ** 2 for s in (8, 16, 32))
+    x = np.random.default_rng(0).uniform(0, 1, (8, 3, 64, 64)).astype(np.float32)
+    result = tflite_target(converter).build(model, CalibrationSet(x, "noise"), tmp_path)
+    assert io_dtypes(result.artifacts["model"]) == {"inputs": ["int8"], "outputs": ["int8", "int8"]}
+    assert list_float_ops(result.artifacts["model"]) == []
+    outputs = result.info["io"]["outputs"]
+    assert [o["shape"][1:] for o in outputs] == [[4, anchors], [80, anchors]]
+    assert outputs[0]["scale"] != outputs[1]["scale"]
+    parity = result.info["float_parity"]
+    assert parity["passed"] and len(parity["tolerance"]) == 2
+    ref, q = TorchRunner(model.module).infer(x[:2]), result.runner.infer(x[:2])
+    assert [o.shape for o in q] == [o.shape for o in ref] == [(2, 4, anchors), (2, 80, anchors)]
+    assert np.abs(q[0] - ref[0]).mean() < 0.1 * np.abs(ref[0]).mean()
+
+
+# --- the check before generation ---------------------------------------------------------------------------
+
+
+def test_a_users_option_a_resnet_converts_with_litert_and_onnx2tf_refuses_it(converter: str, tmp_path: Path,
+                                                                            logs_in_tmp: Path) -> None:
+    """The textbook strided-slice shortcut, in a user's own model file: refused before any generation
+    with onnx2tf (one line, naming the converter and the way out), converted right by litert-torch."""
+    model = load_model(OPTION_A_RESNET)
+    target = tflite_target(converter)
+    if converter == ONNX2TF:
+        with pytest.raises(DGHError) as err:
+            target.preflight(model)
+        msg = str(err.value)
+        assert msg.startswith("onnx2tf's float conversion disagrees with PyTorch") and "Pad" in msg
+        assert "--converter litert-torch" in msg and "\n" not in msg
+        return
+    target.preflight(model)
+    calib = CalibrationSet(probe_images(model, 16, seed=1), "noise")
+    converts = []
+    cls = type(target.converter())
+    real_convert = cls.convert_float
+    with pytest.MonkeyPatch.context() as mp:  # the build quantizes the preflight's float file: no second conversion
+        mp.setattr(cls, "convert_float", lambda *a, **k: converts.append(1) or real_convert(*a, **k))
+        result = target.build(model, calib, tmp_path / "work")
+    assert converts == []
+    assert result.info["float_parity_before_generation"]["passed"] and result.info["float_parity"]["passed"]
+    assert max(result.info["float_parity"]["max_abs_error"]) < 1e-4
+    assert check_full_integer(result.artifacts["model"], "int8") == []
+
+
+def test_the_job_refuses_before_generating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float check runs before the calibration set is made: a failing preflight means no generation."""
+    import dgh_deploy.pipeline as pipeline
+
+    def no_generation(*_: object, **__: object) -> None:
+        raise AssertionError("generation started before the float conversion was checked")
+
+    def refuse(self: TFLiteInt8Target, model: LoadedModel) -> None:
+        raise DGHError("the float conversion disagrees", "use the other converter")
+
+    monkeypatch.setattr(pipeline, "_calibration_images", no_generation)
+    monkeypatch.setattr(TFLiteInt8Target, "preflight", refuse)
+    monkeypatch.setattr(TFLiteInt8Target, "missing_requirements", lambda self: [])
+    with pytest.raises(DGHError, match="the float conversion disagrees"):
+        pipeline.deploy(pipeline.DeployConfig(target="tflite-int8", model=OPTION_A_RESNET, out=str(tmp_path / "o")))
+
+
 # --- what must fail, and how -------------------------------------------------------------------------
 
 
 @pytest.mark.slow  # a full conversion plus the layer search
 def test_parity_catches_the_unrewritten_option_a_shortcut(r20: LoadedModel, calib: CalibrationSet,
                                                           tmp_path: Path, logs_in_tmp: Path) -> None:
+    stack_or_skip(ONNX2TF)  # an ONNX file: onnx2tf's own input
     onnx_path = export_onnx(r20, tmp_path / "strided_slice.onnx",
                             module=export_form(copy.deepcopy(r20.module), use_conv=False))
     workdir = tmp_path / "work"
     with pytest.raises(DGHError) as err:
-        get_target("tflite-int8").build_from_onnx(r20, onnx_path, calib, workdir)
+        tflite_target(ONNX2TF).build_from_onnx(r20, onnx_path, calib, workdir)
     msg = str(err.value)
     assert "float conversion disagrees with PyTorch" in msg and "top-1 agreement" in msg
     assert "shortcut" in msg  # the first diverging layer is named
+    assert "--converter litert-torch" in msg
     assert "\n" not in msg
     assert not workdir.exists() or not any(workdir.iterdir())
 
 
 def test_an_op_onnx2tf_cannot_convert_is_named(tmp_path: Path, logs_in_tmp: Path) -> None:
+    stack_or_skip(ONNX2TF)  # an ONNX op
     workdir = tmp_path / "work"
     with pytest.raises(DGHError, match="onnx2tf cannot convert CastLike"):
-        get_target("tflite-int8").build(tiny_model("castlike_net", CastLikeNet()), noise_calib(), workdir)
+        tflite_target(ONNX2TF).build(tiny_model("castlike_net", CastLikeNet()), noise_calib(), workdir)
     assert not workdir.exists() or not any(workdir.iterdir())
 
 
 def test_float_ops_are_refused_or_recorded_and_the_converter_stays_quiet(
-        tmp_path: Path, logs_in_tmp: Path, capfd: pytest.CaptureFixture[str]) -> None:
+        converter: str, tmp_path: Path, logs_in_tmp: Path, capfd: pytest.CaptureFixture[str]) -> None:
     model = tiny_model("sin_net", SinNet())
-    target = get_target("tflite-int8")
+    target = tflite_target(converter)
     with pytest.raises(DGHError, match=r"not full-integer.*SIN"):
         target.build(model, noise_calib(), tmp_path / "strict")
     assert not (tmp_path / "strict").exists() or not any((tmp_path / "strict").iterdir())
@@ -272,10 +392,10 @@ def test_float_ops_are_refused_or_recorded_and_the_converter_stays_quiet(
     assert chatter == [], chatter[:5]
 
 
-def test_runner_gives_multiple_nchw_outputs_in_pytorch_order(tmp_path: Path) -> None:
+def test_runner_gives_multiple_nchw_outputs_in_pytorch_order(converter: str, tmp_path: Path) -> None:
     model = tiny_model("three_maps", ThreeMaps())
     calib = noise_calib(16)
-    result = get_target("tflite-int8").build(model, calib, tmp_path)
+    result = tflite_target(converter).build(model, calib, tmp_path)
     assert result.info["float_parity"]["passed"]  # the float file through the same runner mapping
     ref = TorchRunner(model.module).infer(calib.images)
     out = result.runner.infer(calib.images)
@@ -284,33 +404,65 @@ def test_runner_gives_multiple_nchw_outputs_in_pytorch_order(tmp_path: Path) -> 
         assert np.corrcoef(r.ravel(), q.ravel())[0, 1] > 0.99
 
 
-def test_calibration_of_the_wrong_size_fails_before_converting(r20: LoadedModel, tmp_path: Path) -> None:
+def test_calibration_of_the_wrong_size_fails_before_converting(converter: str, r20: LoadedModel,
+                                                               tmp_path: Path) -> None:
     wrong = CalibrationSet(np.zeros((4, 3, 16, 16), np.float32), "noise")
     with pytest.raises(DGHError, match=r"4 x 3 x 16 x 16 but the model takes 3 x 32 x 32"):
-        get_target("tflite-int8").build(r20, wrong, tmp_path / "work")
+        tflite_target(converter).build(r20, wrong, tmp_path / "work")
     assert not (tmp_path / "work").exists()
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    (TargetOptions(weight_bits=4), "quantizes to 8 bits, not W4A8"),
-    (TargetOptions(power_of_two=True), "follows the TFLite int8 spec"),
-    (TargetOptions(io_dtype="float32"), "has no 'float32' I/O"),
-    (TargetOptions(act_range="mse"), "by min/max only, not 'mse'"),
+@pytest.mark.parametrize(("converter_name", "options", "message"), [
+    (ONNX2TF, TargetOptions(weight_bits=4), "quantizes to 8 bits (or int16 activations with int8 weights), not W4A8"),
+    (ONNX2TF, TargetOptions(power_of_two=True), "follows the TFLite int8 spec"),
+    (ONNX2TF, TargetOptions(io_dtype="float32"), "has no 'float32' I/O"),
+    (ONNX2TF, TargetOptions(act_range="mse"), "by min/max only, not 'mse'. drop --act-range, or use --converter "
+                                              "litert-torch"),
+    (ONNX2TF, TargetOptions(act_bits=16), "--converter onnx2tf has no 16-bit activations"),
+    (LITERT_TORCH, TargetOptions(io_dtype="uint8"), "--converter litert-torch writes no 'uint8' I/O"),
+    (LITERT_TORCH, TargetOptions(act_range="entropy"), "by min/max / percentile / mse only, not 'entropy'"),
+    (LITERT_TORCH, TargetOptions(act_bits=16, io_dtype="uint8"), "the model I/O is int16, not uint8"),
+    (LITERT_TORCH, TargetOptions(percentile=99.9), "--percentile 99.9 has no effect"),
 ])
-def test_options_tflite_cannot_honour_are_refused(options: TargetOptions, message: str, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_options_tflite_cannot_honour_are_refused(converter_name: str, options: TargetOptions, message: str,
+                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Refused by the option check itself, before any export: a model that converts fine, and a
-    converter that fails the test if it is ever reached."""
-    import dgh_deploy.targets.tflite.target as tflite_target
+    converter that fails the test if it is ever reached (neither stack needs to be installed)."""
 
     def no_export(*_: object, **__: object) -> None:
         raise AssertionError("the export started: the option was not refused")
 
-    monkeypatch.setattr(tflite_target, "export_onnx", no_export)
-    target = get_target("tflite-int8")
-    target.options = options
+    monkeypatch.setattr(TFLiteInt8Target, "export_module", no_export)
+    target = tflite_target(converter_name, options)
     model = tiny_model("three_maps", ThreeMaps())
     with pytest.raises(DGHError, match=re.escape(message)):
         target.check_options(model)
     with pytest.raises(DGHError, match=re.escape(message)):
         target.build(model, noise_calib(), tmp_path)
+
+
+def test_the_converter_is_a_flag_and_its_missing_stack_is_one_install_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dgh_deploy.targets.tflite.litert_converter import LiteRTTorchConverter
+
+    assert [f.flag for f in TFLiteInt8Target.flags] == ["--converter"]
+    with pytest.raises(DGHError, match="unknown converter 'tf2onnx'"):
+        get_target("tflite-int8", converter="tf2onnx")
+    monkeypatch.setattr(LiteRTTorchConverter, "requires", ("litert_torch_not_installed",))
+    target = tflite_target(LITERT_TORCH)
+    missing = target.missing_requirements()
+    assert "litert_torch_not_installed" in missing
+    assert "dgh-deploy[litert]" in target.install_hint_for(missing)
+
+
+def test_choosing_a_converter_imports_neither_stack() -> None:
+    """The target, its converter choice and its option checks load no converter stack (they load in build)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dgh_deploy.targets import get_target; t = get_target('tflite-int8'); "
+            "t.missing_requirements(); [get_target('tflite-int8', converter=c).converter() for c in "
+            f"{list(CONVERTERS)!r}]; print(sorted(m for m in ('tensorflow', 'onnx2tf', 'litert_torch', "
+            "'ai_edge_quantizer') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -39,6 +39,7 @@ from dgh_deploy.targets.ethos_u.vela import (
     supported_op_count,
     vela_version,
 )
+from dgh_deploy.targets.tflite.converter import ONNX2TF, Converter, FloatModel
 from dgh_deploy.targets.tflite.silu_floor import DEFAULT_FLOOR
 from dgh_deploy.targets.tflite.target import PARITY_IMAGES, TFLiteInt8Target
 
@@ -108,7 +109,10 @@ class EthosUTarget(TFLiteInt8Target):
         check_settings(self.vela)
         super().check_options(model)
 
-    def _calibrator(self, model: LoadedModel, scratch: Path) -> EthosUCalibrator:
+    def _calibrator(self, model: LoadedModel, scratch: Path, float_model: FloatModel | None,
+                    converter: Converter) -> Any:
+        if converter.name != ONNX2TF:  # litert-torch's calibrator feeds ai-edge-quantizer: the same for Vela
+            return super()._calibrator(model, scratch, float_model, converter)
         return EthosUCalibrator(scratch / "calibration_nhwc.npy", model.imgsz, INPUT_NAME)
 
     # --- build -----------------------------------------------------------------------------

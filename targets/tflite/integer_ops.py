@@ -18,7 +18,7 @@ import numpy as np
 from dgh_deploy.errors import DGHError
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
-INTEGER_IO = ("int8", "uint8")
+INTEGER_IO = ("int8", "uint8", "int16")  # int16: the 16x8 mode (int16 activations, int8 weights)
 
 
 @dataclass(frozen=True)

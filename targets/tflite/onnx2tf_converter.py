@@ -31,35 +31,30 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from torch import nn
 
 from dgh_deploy.errors import DGHError
-from dgh_deploy.targets.tflite.calibrator import RepresentativeData
+from dgh_deploy.loaded_model import LoadedModel
+from dgh_deploy.onnx_export import INPUT_NAME, export_onnx
+from dgh_deploy.targets.tflite.calibrator import RepresentativeData, TFLiteCalibrator
+from dgh_deploy.targets.tflite.console import capture_output
+from dgh_deploy.targets.tflite.converter import (
+    ONNX2TF,
+    Conversion,
+    ConversionSettings,
+    Converter,
+    FloatModel,
+    file_stem,
+)
 
 SAMPLE_DATA_NAME = "calibration_image_sample_data_20x128x128x3_float32.npy"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXC_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit))\s*:\s*(.+)$")
-
-
-@dataclass(frozen=True)
-class ConversionSettings:
-    quant_type: str = "per-channel"  # or "per-tensor" (weights)
-    io_dtype: str = "int8"  # int8 | uint8
-    verbose: bool = False
-    threads: int = 2
-
-
-@dataclass
-class Conversion:
-    float_model: Path
-    int8_model: Path
-    seconds: float
-    onnxsim: bool  # whether onnx2tf could run onnxsim
 
 
 def write_sample_data(folder: Path, nhwc: np.ndarray) -> Path:
@@ -71,21 +66,26 @@ def write_sample_data(folder: Path, nhwc: np.ndarray) -> Path:
     return path
 
 
-def convert(onnx_path: Path, scratch: Path, data: RepresentativeData, settings: ConversionSettings) -> Conversion:
-    """Run onnx2tf on a copy of ``onnx_path`` inside ``scratch``; return the two .tflite files."""
-    work = scratch / "onnx2tf"
+def convert(onnx_path: Path, scratch: Path, data: RepresentativeData | None, settings: ConversionSettings,
+            sample: np.ndarray | None = None) -> Conversion:
+    """Run onnx2tf on a copy of ``onnx_path`` inside ``scratch``; return the two .tflite files.
+
+    Without ``data`` only the float file is written (``int8_model`` then does not exist), and
+    ``sample`` (NHWC images) stands in for onnx2tf's downloaded sample file.
+    """
+    work = scratch / ("onnx2tf" if data is not None else "onnx2tf-float")
     work.mkdir(parents=True, exist_ok=True)
     src = work / onnx_path.name
     shutil.copyfile(onnx_path, src)
-    write_sample_data(work, np.load(data.path, mmap_mode="r")[:20])
+    write_sample_data(work, np.load(data.path, mmap_mode="r")[:20] if data is not None else sample)
     out = work / "tflite"
     log_path = work / "onnx2tf.log"
     stem = onnx_path.stem
     float_model, int8_model = out / f"{stem}_float32.tflite", out / f"{stem}_full_integer_quant.tflite"
     t0 = time.perf_counter()
-    with _capture(log_path, enabled=not settings.verbose), _chdir(work), _onnxsim_on_path() as has_sim:
+    with capture_output(log_path, enabled=not settings.verbose), _chdir(work), _onnxsim_on_path() as has_sim:
         try:
-            keras_model = _run_onnx2tf(src, out, settings)
+            _run_onnx2tf(src, out, settings)
         except SystemExit as exc:  # onnx2tf calls sys.exit(1) on inputs it refuses
             raise DGHError(
                 f"onnx2tf refused the model ({_last_error(log_path) or f'exit code {exc.code}'})",
@@ -95,24 +95,19 @@ def convert(onnx_path: Path, scratch: Path, data: RepresentativeData, settings: 
             raise
         except Exception as exc:  # any converter failure is reported the same way
             raise _conversion_error(exc, src, log_path) from exc
-        if not float_model.is_file():
-            raise DGHError(
-                f"onnx2tf wrote no float32 .tflite ({_last_error(log_path) or 'no reason logged'})",
-                f"read the full log: {_keep_log(log_path)}",
-            )
-        try:
-            quantize(out, keras_model.inputs[0].name, data, settings, int8_model)
-        except Exception as exc:  # TensorFlow's quantizer refuses an op: say which, not where it failed
-            raise DGHError(
-                f"the TFLite converter could not write the full-integer .tflite ({int8_failure(exc)})",
-                "replace the layer the reason names with an int8-friendly one; "
-                f"full log: {_keep_log(log_path)}",
-            ) from None
-    return Conversion(float_model, int8_model, time.perf_counter() - t0, has_sim)
+    if not float_model.is_file():
+        raise DGHError(
+            f"onnx2tf wrote no float32 .tflite ({_last_error(log_path) or 'no reason logged'})",
+            f"read the full log: {_keep_log(log_path)}",
+        )
+    if data is not None:
+        quantize_saved_model(out, data, settings, int8_model, log_path)
+    info = {"onnxsim": has_sim, "onnx2tf_version": onnx2tf_version()}
+    return Conversion(float_model, int8_model, time.perf_counter() - t0, info)
 
 
-def _run_onnx2tf(src: Path, out: Path, settings: ConversionSettings) -> Any:
-    """The float32 .tflite and the saved model (with its signature) in ``out``; the Keras model."""
+def _run_onnx2tf(src: Path, out: Path, settings: ConversionSettings) -> None:
+    """The float32 .tflite and the saved model (with its signature) in ``out``."""
     if not settings.verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only effective before TensorFlow's first import
     import tensorflow as tf
@@ -122,16 +117,16 @@ def _run_onnx2tf(src: Path, out: Path, settings: ConversionSettings) -> Any:
         tf.config.threading.set_inter_op_parallelism_threads(settings.threads)
     import onnx2tf
 
-    return onnx2tf.convert(
+    onnx2tf.convert(
         input_onnx_file_path=str(src),
         output_folder_path=str(out),
-        output_signaturedefs=True,  # the saved model's signature is what quantize() converts from
+        output_signaturedefs=True,  # the saved model's signature is what quantize_saved_model() converts
         verbosity="info" if settings.verbose else "warn",
     )
 
 
-def quantize(saved_model: Path, input_name: str, data: RepresentativeData, settings: ConversionSettings,
-             path: Path) -> None:
+def quantize_saved_model(saved_model: Path, data: RepresentativeData, settings: ConversionSettings, path: Path,
+                         log_path: Path) -> None:
     """The full-integer .tflite of onnx2tf's saved model, with the converter settings onnx2tf's own
     full-integer step uses (int8 builtins, per-channel unless per-tensor, batch-1 representative
     data normalised by the entry's mean and std), written to ``path``."""
@@ -139,9 +134,9 @@ def quantize(saved_model: Path, input_name: str, data: RepresentativeData, setti
 
     images = np.load(data.path, mmap_mode="r")
 
-    def representative() -> Iterator[dict[str, Any]]:
+    def representative() -> Iterator[list[Any]]:  # one input: by position, whatever its signature name
         for i in range(len(images)):
-            yield {input_name: tf.cast(tf.convert_to_tensor((images[i : i + 1] - data.mean) / data.std), tf.float32)}
+            yield [tf.cast(tf.convert_to_tensor((images[i : i + 1] - data.mean) / data.std), tf.float32)]
 
     io_type = {"int8": tf.int8, "uint8": tf.uint8}[settings.io_dtype]
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
@@ -151,7 +146,16 @@ def quantize(saved_model: Path, input_name: str, data: RepresentativeData, setti
     converter.unfold_batchmatmul = False
     converter.representative_dataset = representative
     converter.inference_input_type = converter.inference_output_type = io_type
-    path.write_bytes(converter.convert())
+    with capture_output(log_path, enabled=not settings.verbose):
+        try:
+            path.write_bytes(converter.convert())
+        except Exception as exc:  # TensorFlow's quantizer refuses an op: say which, not where it failed
+            raise DGHError(
+                f"the TFLite converter could not write the full-integer .tflite ({int8_failure(exc)})",
+                "replace the layer the reason names with an int8-friendly one; "
+                f"full log: {_keep_log(log_path)}",
+            ) from None
+
 
 
 def onnx2tf_version() -> str:
@@ -240,29 +244,6 @@ def _keep_log(log_path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _capture(log_path: Path, enabled: bool) -> Iterator[None]:
-    """Send Python's and C++'s stdout/stderr to ``log_path`` (fd level: TensorFlow writes to fd 2)."""
-    if not enabled:
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with open(log_path, "a", buffering=1, errors="replace") as log:
-        try:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                yield
-        finally:
-            log.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-
-
-@contextlib.contextmanager
 def _chdir(path: Path) -> Iterator[None]:
     old = Path.cwd()
     os.chdir(path)
@@ -282,3 +263,74 @@ def _onnxsim_on_path() -> Iterator[bool]:
         yield shutil.which("onnxsim") is not None
     finally:
         os.environ["PATH"] = old
+
+
+class Onnx2tfConverter(Converter):
+    """PyTorch -> ONNX (the project's exporter) -> onnx2tf, which quantizes with TensorFlow's
+    converter on the calibration images (min/max ranges)."""
+
+    name: ClassVar[str] = ONNX2TF
+    requires: ClassVar[tuple[str, ...]] = ("onnx2tf", "tensorflow", "ai_edge_litert")
+    install_hint: ClassVar[str] = ("pip install 'dgh-deploy[onnx2tf]' (or, in a venv with 'dgh-deploy[litert]', "
+                                   "--converter litert-torch)")
+    parity_fix: ClassVar[str] = ("onnx2tf mis-converts this graph: convert with --converter litert-torch (its own "
+                                 "venv: ./install.sh --litert), or rewrite that layer into an equivalent form")
+
+    def export(self, model: LoadedModel, module: nn.Module, scratch: Path) -> Path:
+        return export_onnx(model, scratch / f"{file_stem(model.name)}.onnx", module=module)
+
+    def convert_float(self, model: LoadedModel, module: nn.Module, scratch: Path) -> FloatModel:
+        onnx_path = self.export(model, module, scratch)
+        h, w = model.imgsz
+        sample = np.random.default_rng(0).normal(size=(20, h, w, 3)).astype(np.float32)
+        conv = convert(onnx_path, scratch, None, self.settings, sample=sample)
+        return FloatModel(conv.float_model, conv.seconds, divergence_finder(onnx_path, conv.float_model), onnx_path)
+
+    def calibrator(self, model: LoadedModel, scratch: Path, float_model: FloatModel | None = None) -> TFLiteCalibrator:
+        return TFLiteCalibrator(scratch / "calibration_nhwc.npy", model.imgsz, INPUT_NAME)
+
+    def quantize(self, model: LoadedModel, module: nn.Module, float_model: FloatModel | None,
+                 data: RepresentativeData, scratch: Path) -> Conversion:
+        """From the float conversion's saved model when there is one (the check before generation
+        made it): only TensorFlow's quantizer runs, not onnx2tf again. Else both files from ONNX."""
+        if float_model is not None and float_model.source is not None and saved_model_of(float_model.path):
+            return self.quantize_float(float_model, data)
+        source = float_model.source if float_model is not None else None
+        return self.quantize_onnx(source if source is not None and source.is_file()
+                                  else self.export(model, module, scratch), data, scratch)
+
+    def quantize_float(self, float_model: FloatModel, data: RepresentativeData) -> Conversion:
+        """The full-integer file of ``float_model``'s saved model, beside it."""
+        assert float_model.source is not None
+        folder = float_model.path.parent
+        int8 = folder / float_model.path.name.replace("_float32.tflite", "_full_integer_quant.tflite")
+        t0 = time.perf_counter()
+        quantize_saved_model(folder, data, self.settings, int8, folder.parent / "onnx2tf.log")
+        info = {"onnx2tf_version": onnx2tf_version(), "quant_type": self.settings.quant_type,
+                "float_conversion": "reused from the check before generation"}
+        return Conversion(float_model.path, int8, time.perf_counter() - t0, info, float_model.diagnose,
+                          {"onnx": float_model.source})
+
+    def quantize_onnx(self, onnx_path: Path, data: RepresentativeData, scratch: Path) -> Conversion:
+        """Both files again from ``onnx_path``: onnx2tf writes the int8 file in the same run as a float one."""
+        conv = convert(onnx_path, scratch, data, self.settings)
+        conv.diagnose = divergence_finder(onnx_path, conv.float_model)
+        conv.sources = {"onnx": onnx_path}
+        conv.info["quant_type"] = self.settings.quant_type
+        return conv
+
+
+def saved_model_of(float_tflite: Path) -> bool:
+    """Whether onnx2tf's saved model lies beside its float .tflite (it writes both in one folder)."""
+    return (float_tflite.parent / "saved_model.pb").is_file()
+
+
+def divergence_finder(onnx_path: Path, tflite_path: Path) -> Callable[[np.ndarray], str | None]:
+    """One image -> the first layer where the float file stops agreeing with its ONNX source."""
+    from dgh_deploy.targets.tflite.divergence import first_divergence
+
+    def find(x: np.ndarray) -> str | None:
+        div = first_divergence(onnx_path, tflite_path, x)
+        return div.describe() if div is not None else None
+
+    return find

@@ -1,9 +1,16 @@
-"""Full-integer INT8 TFLite for LiteRT and TFLite-delegate NPUs (Edge TPU, Ethos-U, i.MX), via onnx2tf.
+"""Full-integer INT8 TFLite for LiteRT and TFLite-delegate NPUs (Edge TPU, Ethos-U, i.MX), by one of two converters.
 
-PyTorch -> ONNX (with the model's export rewrites) -> onnx2tf (TensorFlow's converter quantizes
-with our calibration images) -> two files: ``*_float32.tflite`` and ``*_full_integer_quant.tflite``.
-Nothing is handed back until the float file agrees with PyTorch (so that any later accuracy loss
-is quantization, not conversion) and the int8 file is shown to run integer-only with integer I/O.
+``--converter onnx2tf``: PyTorch -> ONNX (with the model's export rewrites) -> onnx2tf, whose
+TensorFlow converter quantizes with our calibration images. ``--converter litert-torch``:
+PyTorch -> litert-torch -> ai-edge-quantizer, no ONNX and no TensorFlow (the two stacks live in
+separate venvs; left out, ``--converter`` is the one this venv has, onnx2tf first). Either way
+two files come out, ``*_float32.tflite`` and ``*_full_integer_quant.tflite``, and nothing is
+handed back until the float file agrees with PyTorch (so that any later accuracy loss is
+quantization, not conversion) and the int8 file is shown to run integer-only with integer I/O.
+
+The float conversion and its parity check also run before generation (:meth:`preflight`), on a
+few probe images: a model the converter cannot take, or mis-converts, is refused in seconds,
+not after minutes of generation. litert-torch's float file is then the one that gets quantized.
 
 One export rewrite is made for int8's sake: SiLU gets a floor on its input (:mod:`.silu_floor`),
 which narrows the int8 range of every conv output that feeds a SiLU. It moves the float outputs
@@ -16,7 +23,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
-import re
 import shutil
 import tempfile
 import time
@@ -31,14 +37,20 @@ from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
-from dgh_deploy.onnx_export import INPUT_NAME, export_onnx
 from dgh_deploy.runtime.base import Runner, TorchRunner
 from dgh_deploy.runtime.litert_runner import LiteRTRunner
 from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetFlag, TargetOptions
-from dgh_deploy.targets.tflite.calibrator import RepresentativeData, TFLiteCalibrator
-from dgh_deploy.targets.tflite.divergence import first_divergence
+from dgh_deploy.targets.tflite.converter import (
+    CONVERTERS,
+    LITERT_TORCH,
+    ONNX2TF,
+    Conversion,
+    ConversionSettings,
+    Converter,
+    FloatModel,
+    file_stem,
+)
 from dgh_deploy.targets.tflite.integer_ops import check_full_integer
-from dgh_deploy.targets.tflite.onnx2tf_converter import Conversion, onnx2tf_version
 from dgh_deploy.targets.tflite.silu_floor import DEFAULT_FLOOR, floor_silu
 from dgh_deploy.tasks.ultralytics_format import LAYOUT_HELP, LAYOUTS, check_layout
 from dgh_deploy.verification.parity import ParityResult, check_float_parity, compare_outputs
@@ -47,6 +59,7 @@ log = logging.getLogger("dgh_deploy")
 
 IDENTITY_IMAGES = 4  # the Ultralytics file against the split one: any rewiring shows on every image
 PARITY_IMAGES = 32  # enough to see a broken layer (a wrong one moves every logit), cheap at batch 1
+PROBE_IMAGES = 8  # random-pixel images for the check before generation: a mis-conversion moves every output
 # An export rewrite may move each output by this much of its scale (max |output|): under half an
 # int8 step (1/255 of the range), so the quantized model cannot tell.
 REWRITE_RTOL = 2e-3
@@ -60,26 +73,93 @@ class StructuralChecks:
     timings: dict[str, float]
 
 
+@dataclass
+class EarlyConversion:
+    """The float conversion :meth:`TFLiteInt8Target.preflight` made and checked, kept for the build."""
+
+    key: tuple[str, int, bool]  # (model name, id of its module, SiLU floor applied)
+    float_model: FloatModel
+    folder: tempfile.TemporaryDirectory[str]
+    parity: ParityResult
+
+
+def converter_class(name: str) -> type[Converter]:
+    """The converter called ``name``; its module imports nothing heavy."""
+    if name == ONNX2TF:
+        from dgh_deploy.targets.tflite.onnx2tf_converter import Onnx2tfConverter
+
+        return Onnx2tfConverter
+    if name == LITERT_TORCH:
+        from dgh_deploy.targets.tflite.litert_converter import LiteRTTorchConverter
+
+        return LiteRTTorchConverter
+    raise DGHError(f"unknown converter '{name}'", f"use --converter {' or '.join(CONVERTERS)}")
+
+
+def installed_converter() -> str:
+    """The converter whose stack this venv holds, onnx2tf first (the default install)."""
+    for name in CONVERTERS:
+        if not converter_class(name)().missing_requirements():
+            return name
+    return ONNX2TF  # neither: the job then names onnx2tf's install line
+
+
 class TFLiteInt8Target(Target):
     name: ClassVar[str] = "tflite-int8"
-    summary: ClassVar[str] = "full-integer INT8 .tflite (int8/uint8 I/O) via onnx2tf, verified on LiteRT"
+    summary: ClassVar[str] = ("full-integer INT8 .tflite (int8/uint8 I/O) via onnx2tf or litert-torch, "
+                              "verified on LiteRT")
     runtime: ClassVar[str] = "LiteRT interpreter (ai_edge_litert), and TFLite Micro's reference kernels (tflite-micro)"
-    requires: ClassVar[tuple[str, ...]] = ("onnx2tf", "tensorflow", "ai_edge_litert")
+    requires: ClassVar[tuple[str, ...]] = ("ai_edge_litert",)  # and the chosen converter's stack
     install_hint: ClassVar[str] = "pip install 'dgh-deploy[tflite]'"
-    # A target flag (tensorrt-int8 declares the same), not a shared option: the CLI then refuses
-    # --layout in the first second for a target that writes no such file, instead of ignoring it.
-    flags: ClassVar[tuple[TargetFlag, ...]] = (TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),)
+    # --layout is a target flag (tensorrt-int8 declares the same), not a shared option: the CLI then
+    # refuses it in the first second for a target that writes no such file, instead of ignoring it.
+    flags: ClassVar[tuple[TargetFlag, ...]] = (
+        TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),
+        TargetFlag("--converter", "converter",
+                   "PyTorch -> .tflite converter: onnx2tf (via ONNX and TensorFlow) or litert-torch (with "
+                   "ai-edge-quantizer; its own venv: ./install.sh --litert). Default: the one installed, onnx2tf first",
+                   choices=CONVERTERS),
+    )
+
+    def __init__(self, options: TargetOptions | None = None, silu_floor: float = DEFAULT_FLOOR,
+                 parity_images: int = PARITY_IMAGES, converter: str = "", layout: str = "split") -> None:
+        super().__init__(options)
+        self.layout = layout  # split | ultralytics (detectors): see LAYOUT_HELP
+        self.silu_floor = silu_floor  # 0 turns the SiLU-floor export rewrite off
+        self.parity_images = parity_images  # calibration images the float conversion is checked on
+        if converter and converter not in CONVERTERS:
+            raise DGHError(f"unknown converter '{converter}'", f"use --converter {' or '.join(CONVERTERS)}")
+        self.converter_name = converter or installed_converter()
+        self._early: EarlyConversion | None = None
+
+    def converter(self) -> Converter:
+        """The chosen converter with the current options (tests and the job may replace ``options``)."""
+        o = self.options
+        settings = ConversionSettings(
+            per_tensor=o.per_tensor, io_dtype=o.io_dtype, act_bits=o.act_bits, act_range=o.act_range or "minmax",
+            percentile=o.percentile_or(), verbose=log.isEnabledFor(logging.DEBUG), threads=o.threads)
+        return converter_class(self.converter_name)(settings)
+
+    def missing_requirements(self) -> list[str]:
+        own = super().missing_requirements()
+        return own + [m for m in self.converter().missing_requirements() if m not in own]
+
+    def install_hint_for(self, missing: list[str]) -> str:
+        converter = self.converter()
+        return converter.install_hint if set(missing) & set(converter.requires) else self.install_hint
 
     @property
     def constraints(self) -> QuantConstraints:
         o = self.options
+        a16 = o.act_bits == 16
         return QuantConstraints(
-            weight_bits=8, act_bits=8,
+            weight_bits=8, act_bits=16 if a16 else 8,
             weight_granularity="per-tensor" if o.per_tensor else "per-channel",
-            weight_symmetric=True, act_symmetric=False, power_of_two=False,
-            io_dtype=o.io_dtype, all_layers_quantized=True,
+            weight_symmetric=True, act_symmetric=a16, power_of_two=False,
+            io_dtype="int16" if a16 else o.io_dtype, all_layers_quantized=True,
             notes="TFLite int8 spec: weights int8 [-127, 127] zero point 0, int32 bias, activations int8 "
-                  "asymmetric per-tensor; min/max ranges from TFLiteConverter's calibration",
+                  "asymmetric per-tensor (16x8 mode: int16 symmetric); ranges per tensor from the calibration "
+                  f"set (min/max; percentile or MSE with litert-torch); converter {self.converter_name}",
         )
 
     def summary_lines(self, report: dict[str, Any]) -> list[str]:
@@ -88,30 +168,55 @@ class TFLiteInt8Target(Target):
 
         return summary_lines(report)
 
-    def __init__(self, options: TargetOptions | None = None, silu_floor: float = DEFAULT_FLOOR,
-                 parity_images: int = PARITY_IMAGES, layout: str = "split") -> None:
-        super().__init__(options)
-        self.layout = layout  # split | ultralytics (detectors): see LAYOUT_HELP
-        self.silu_floor = silu_floor  # 0 turns the SiLU-floor export rewrite off
-        self.parity_images = parity_images  # calibration images the float conversion is checked on
+    # --- the check before generation ------------------------------------------------------------
+    def preflight(self, model: LoadedModel) -> None:
+        """Convert the float model and check it against PyTorch on a few probe images, before generation.
+
+        A converter that cannot take the model, or computes something else, is refused here, in
+        seconds. The float file is kept for :meth:`build` (litert-torch quantizes that very file).
+        """
+        probes = CalibrationSet(probe_images(model, PROBE_IMAGES), "probe")
+        folder = tempfile.TemporaryDirectory(prefix="dgh-tflite-float-")
+        module, rewrites = self.export_module(model, probes)
+        log.info("converting the float model with %s, to check it before generating", self.converter_name)
+        float_model = self.converter().convert_float(model, module, Path(folder.name))
+        reference = module if rewrites.get("silu_floor") else model.module
+        parity = self._check_parity(model, float_model.path, float_model.diagnose, reference, probes.images)
+        self._early = EarlyConversion(self._key(model, rewrites), float_model, folder, parity)
+
+    def _key(self, model: LoadedModel, rewrites: dict[str, Any]) -> tuple[str, int, bool]:
+        return (model.name, id(model.module), bool(rewrites.get("silu_floor")))
 
     # --- build -----------------------------------------------------------------------------
     def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
         self.check_options(model)
+        converter = self.converter()
         with tempfile.TemporaryDirectory(prefix="dgh-tflite-") as tmp:
             scratch = Path(tmp)
-            calibrator = self._calibrator(model, scratch)
-            calibrator.check(calib)  # before the slow export and conversion
+            self._calibrator(model, scratch, None, converter).check(calib)  # before the slow conversion
             t0 = time.perf_counter()
             module, rewrites = self.export_module(model, calib)
-            onnx_path = export_onnx(model, scratch / f"{file_stem(model.name)}.onnx", module=module)
-            export_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            float_model = self._float_model(model, module, rewrites, converter, scratch)
+            t2 = time.perf_counter()
             reference = module if rewrites.get("silu_floor") else None
-            data = calibrator.calibrate(calib)
-            result = self._convert_and_check(model, onnx_path, calib, data, Path(workdir), scratch, reference)
-        result.timings = {"export": export_s, **result.timings}
+            data = self._calibrator(model, scratch, float_model, converter).calibrate(calib)
+            t3 = time.perf_counter()
+            conv = converter.quantize(model, module, float_model, data, scratch)
+            result = self._check_and_install(model, conv, calib, Path(workdir), reference)
+        # float_conversion is 0 when the preflight's file was reused; calibration is onnx2tf's file
+        # writing or litert-torch's per-tensor ranges (onnx2tf calibrates inside its conversion).
+        result.timings = {"export": t1 - t0, "float_conversion": t2 - t1, "calibration": t3 - t2, **result.timings}
         result.info["export_rewrites"] = rewrites
         return result
+
+    def _float_model(self, model: LoadedModel, module: nn.Module, rewrites: dict[str, Any], converter: Converter,
+                     scratch: Path) -> FloatModel:
+        """The preflight's float conversion when it is of this very module form, else a new one."""
+        early = self._early
+        if early is not None and early.key == self._key(model, rewrites) and early.float_model.path.is_file():
+            return early.float_model
+        return converter.convert_float(model, module, scratch)
 
     def export_module(self, model: LoadedModel, calib: CalibrationSet) -> tuple[nn.Module, dict[str, Any]]:
         """The module to export: the model's export form, with floored SiLUs when that is harmless."""
@@ -135,41 +240,42 @@ class TFLiteInt8Target(Target):
 
     def build_from_onnx(self, model: LoadedModel, onnx_path: str | Path, calib: CalibrationSet,
                         workdir: Path) -> BuildResult:
-        """Like :meth:`build`, from an ONNX file already exported (input ``images``, outputs ``output0``...).
+        """Like :meth:`build`, from an ONNX file already exported (input ``images``, outputs ``output0``...);
+        onnx2tf only, since litert-torch converts the PyTorch module itself.
 
         ``model`` is still the PyTorch reference the float conversion is checked against.
         """
+        from dgh_deploy.targets.tflite.onnx2tf_converter import Onnx2tfConverter
+
         self.check_options(model)
+        converter = self.converter()
+        if not isinstance(converter, Onnx2tfConverter):
+            raise DGHError(f"--converter {self.converter_name} converts the PyTorch module, not an ONNX file",
+                           "pass the model itself, or use --converter onnx2tf")
         with tempfile.TemporaryDirectory(prefix="dgh-tflite-") as tmp:
-            data = self._calibrator(model, Path(tmp)).calibrate(calib)
-            src = Path(tmp) / f"{file_stem(model.name)}.onnx"
+            scratch = Path(tmp)
+            data = self._calibrator(model, scratch, None, converter).calibrate(calib)
+            src = scratch / f"{file_stem(model.name)}.onnx"
             shutil.copyfile(onnx_path, src)
-            return self._convert_and_check(model, src, calib, data, Path(workdir), Path(tmp))
+            conv = converter.quantize_onnx(src, data, scratch)
+            return self._check_and_install(model, conv, calib, Path(workdir))
 
-    def _calibrator(self, model: LoadedModel, scratch: Path) -> TFLiteCalibrator:
-        return TFLiteCalibrator(scratch / "calibration_nhwc.npy", model.imgsz, INPUT_NAME)
+    def _calibrator(self, model: LoadedModel, scratch: Path, float_model: FloatModel | None,
+                    converter: Converter) -> Any:
+        """The chosen converter's calibrator (a subclass target may name its own)."""
+        return converter.calibrator(model, scratch, float_model or FloatModel(scratch / "none", 0.0))
 
-    def _convert_and_check(self, model: LoadedModel, onnx_path: Path, calib: CalibrationSet,
-                           data: RepresentativeData, workdir: Path, scratch: Path,
+    def _check_and_install(self, model: LoadedModel, conv: Conversion, calib: CalibrationSet, workdir: Path,
                            reference: nn.Module | None = None) -> BuildResult:
-        """Convert with ``data`` (``calib`` as the converter reads it), then check the float file
-        against ``reference`` (the module the ONNX came from, if not ``model.module``)."""
-        from dgh_deploy.targets.tflite.onnx2tf_converter import ConversionSettings, convert
-
+        """Check the float file against ``reference`` (the module converted, if not ``model.module``) and
+        the int8 file's integer-only contract; then, and only then, put the files in ``workdir``."""
         o = self.options
-        settings = ConversionSettings(quant_type="per-tensor" if o.per_tensor else "per-channel",
-                                      io_dtype=o.io_dtype, verbose=log.isEnabledFor(logging.DEBUG),
-                                      threads=o.threads)
-        log.info("converting with onnx2tf (%s weights, %s I/O, %d calibration images)",
-                 settings.quant_type, o.io_dtype, len(calib))
-        conv = convert(onnx_path, scratch, data, settings)
-        checks = self._check(model, conv, calib, onnx_path, reference)
-        # Only now do files reach the working folder: nothing there ever failed a check.
-        stem = onnx_path.stem
+        checks = self._check(model, conv, calib, reference)
+        stem = conv.int8_model.name.removesuffix("_full_integer_quant.tflite")
         artifacts = {
             "model": _install(conv.int8_model, workdir / f"{stem}_full_integer_quant.tflite"),
             "float_model": _install(conv.float_model, workdir / f"{stem}_float32.tflite"),
-            "onnx": _install(onnx_path, workdir / f"{stem}.onnx"),
+            **{role: _install(p, workdir / p.name) for role, p in conv.sources.items()},
         }
         runner: Runner = LiteRTRunner(artifacts["model"], o.threads, checks.output_shapes)
         extra: dict[str, Any] = {}
@@ -179,61 +285,69 @@ class TFLiteInt8Target(Target):
                                                 "beside it is the one for TFLite Micro"}
         else:
             runner.device_runner, micro = micro_runner(artifacts["model"], checks.output_shapes)
+        early = self._early
         info: dict[str, Any] = {
+            "converter": self.converter_name,
             "float_parity": {**checks.parity.as_dict(), "inputs": "calibration images",
                              "reference": "PyTorch float32" + (" (as exported)" if reference is not None else "")},
             "float_ops": checks.float_ops,
             "io": runner.io_details(),
-            "quant_type": settings.quant_type,
             "calibration_images": len(calib),
-            "onnx2tf_version": onnx2tf_version(),
-            "onnxsim": conv.onnxsim,
+            **conv.info,
             "tflite_micro": micro,
             "layout": self.layout,
             **extra,
         }
+        if early is not None:
+            info["float_parity_before_generation"] = {**early.parity.as_dict(), "inputs": "random-pixel probes"}
         timings = {"conversion": conv.seconds, **checks.timings}
         return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
 
-    def _check(self, model: LoadedModel, conv: Conversion, calib: CalibrationSet, onnx_path: Path,
+    def _check(self, model: LoadedModel, conv: Conversion, calib: CalibrationSet,
                reference: nn.Module | None) -> StructuralChecks:
         """The float file agrees with PyTorch, and the int8 file is integer-only with integer I/O."""
         o = self.options
         t0 = time.perf_counter()
-        shapes = output_shapes(model)
-        parity = check_float_parity(
-            LiteRTRunner(conv.float_model, o.threads, shapes), TorchRunner(reference or model.module),
-            calib.images[: self.parity_images], classify=model.task == "classify", atol=o.parity_atol,
-            diagnose=lambda x: _first_divergence(onnx_path, conv.float_model, x),
-        )
+        parity = self._check_parity(model, conv.float_model, conv.diagnose, reference or model.module,
+                                    calib.images[: self.parity_images])
         parity_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        float_ops = check_full_integer(conv.int8_model, o.io_dtype, o.allow_float_ops)
+        float_ops = check_full_integer(conv.int8_model, self.constraints.io_dtype, o.allow_float_ops)
         timings = {"parity": parity_s, "integer_check": time.perf_counter() - t0}
-        return StructuralChecks(parity, float_ops, shapes, timings)
+        return StructuralChecks(parity, float_ops, output_shapes(model), timings)
+
+    def _check_parity(self, model: LoadedModel, float_path: Path, diagnose: Any, reference: nn.Module,
+                      images: np.ndarray) -> ParityResult:
+        """The float file against PyTorch on ``images``; a failure's fix is the converter's own advice."""
+        try:
+            return check_float_parity(
+                LiteRTRunner(float_path, self.options.threads, output_shapes(model)), TorchRunner(reference),
+                images, classify=model.task == "classify", atol=self.options.parity_atol, diagnose=diagnose,
+                what=f"{self.converter_name}'s float conversion")
+        except DGHError as err:
+            raise DGHError(err.problem, self.converter().parity_fix) from None
 
     def check_options(self, model: LoadedModel) -> None:
         """Refuse what a TFLite int8 model cannot be, rather than silently building something else."""
         o = self.options
         if o.io_dtype not in ("int8", "uint8"):
             raise DGHError(f"tflite-int8 has no '{o.io_dtype}' I/O", "use --io-dtype int8 or uint8")
-        if o.weight_bits != 8 or o.act_bits != 8:
+        if o.weight_bits != 8 or o.act_bits not in (8, 16):
             raise DGHError(
-                f"tflite-int8 quantizes to 8 bits, not W{o.weight_bits}A{o.act_bits}",
+                f"tflite-int8 quantizes to 8 bits (or int16 activations with int8 weights), not W{o.weight_bits}"
+                f"A{o.act_bits}",
                 "drop the bit-width options for this target",
             )
+        if o.act_bits == 16 and o.io_dtype != "int8":
+            raise DGHError(f"with 16-bit activations the model I/O is int16, not {o.io_dtype}", "drop --io-dtype")
         if o.power_of_two or o.act_symmetric or not o.weight_symmetric:
             raise DGHError(
                 "tflite-int8 follows the TFLite int8 spec (symmetric weights, asymmetric activations, "
                 "free-form scales)",
                 "drop --power-of-two / symmetric-activation / asymmetric-weight options for this target",
             )
-        if o.act_range not in ("", "minmax"):
-            raise DGHError(
-                f"tflite-int8 calibrates activation ranges by min/max only, not '{o.act_range}'",
-                "drop --act-range for this target",
-            )
-        o.check_percentile("min/max")
+        self.converter().check_settings()
+        o.check_percentile(o.act_range or "min/max")
         check_layout(self.layout, model, self.name)
 
     def _ultralytics_file(self, model: LoadedModel, artifacts: dict[str, Path],
@@ -249,9 +363,11 @@ class TFLiteInt8Target(Target):
         return runner, {"ultralytics": info}
 
 
-def _first_divergence(onnx_path: Path, tflite_path: Path, x: np.ndarray) -> str | None:
-    div = first_divergence(onnx_path, tflite_path, x)
-    return div.describe() if div is not None else None
+def probe_images(model: LoadedModel, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` images of uniformly random pixels, in the model's input space: what the early parity check runs on."""
+    h, w = model.imgsz
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(n, h, w, 3)).astype(np.float32)
+    return model.preprocessing.normalise(pixels)
 
 
 def micro_runner(path: Path, shapes: list[tuple[int, ...]]) -> tuple[Runner | None, dict[str, Any]]:
@@ -268,11 +384,6 @@ def micro_runner(path: Path, shapes: list[tuple[int, ...]]) -> tuple[Runner | No
         log.warning("not verifying on TFLite Micro: %s", err)
         return None, {"error": str(err)}
     return runner, runner.describe()
-
-
-def file_stem(name: str) -> str:
-    """A model name as a file name (factory models are named 'file:func')."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
 
 
 def output_shapes(model: LoadedModel) -> list[tuple[int, ...]]:
