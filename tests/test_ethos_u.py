@@ -225,6 +225,11 @@ def fallback_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Pa
     import contextlib
     import io
 
+    from dgh_deploy.targets.tflite.target import installed_converter
+
+    if installed_converter() != "onnx2tf":  # ai-edge-quantizer leaves LOG_SOFTMAX in float: refused before Vela
+        pytest.skip("the op Vela cannot place is int8 with onnx2tf only; litert-torch's float op is refused earlier")
+
     tmp = tmp_path_factory.mktemp("ethos-u")
     (tmp / "logsm.py").write_text(LOG_SOFTMAX_NET)
     err = io.StringIO()
@@ -303,8 +308,7 @@ def test_the_demo_runs_every_op_on_the_npu(tmp_path: Path) -> None:
                                human_report=False, require_npu=True)
     npu = report["target"]["ethos_u"]
     assert npu["cpu_ops"] == 0 and npu["npu_ops"] > 30 and report["gate"]["passed"]
-    if report["target"].get("converter") != "litert-torch":  # TFLite Micro is off for its files (README)
-        assert report["metrics"]["device"]["data_free_agreement"]["top1_agreement"] >= 75
+    assert report["metrics"]["device"]["data_free_agreement"]["top1_agreement"] >= 75
 
 
 @pytest.mark.slow

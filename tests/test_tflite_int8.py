@@ -195,6 +195,22 @@ def test_build_writes_only_checked_artifacts(built: dict[str, Any]) -> None:
     assert {"export", "conversion", "parity"} <= set(result.timings)
 
 
+def test_tflite_micro_reads_the_same_weights_as_litert(built: dict[str, Any], calib: CalibrationSet) -> None:
+    """Every weight inside the flatbuffer (TFLite Micro reads no buffer stored after it), and TFLite
+    Micro's answers those of LiteRT up to its kernels' rounding."""
+    pytest.importorskip("tflite_micro", reason="tflite-micro (the edge extra) is not installed")
+    from dgh_deploy.runtime.tflite_micro_runner import TFLiteMicroRunner
+    from dgh_deploy.targets.tflite.flatbuffer import outside_buffers
+
+    result = built["result"]
+    assert outside_buffers(result.artifacts["model"].read_bytes()) == 0
+    micro = TFLiteMicroRunner(result.artifacts["model"], workers=1)
+    x = calib.images[:16]
+    a, b = result.runner.infer(x)[0], micro.infer(x)[0]
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
+    assert np.abs(a - b).max() <= 4 * result.runner.outputs[0].scale
+
+
 def test_conversion_never_touches_the_network(built: dict[str, Any], tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     assert built["attempts"] == []
@@ -444,7 +460,7 @@ def test_options_tflite_cannot_honour_are_refused(converter_name: str, options: 
 def test_the_converter_is_a_flag_and_its_missing_stack_is_one_install_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from dgh_deploy.targets.tflite.litert_converter import LiteRTTorchConverter
 
-    assert [f.flag for f in TFLiteInt8Target.flags] == ["--converter"]
+    assert [f.flag for f in TFLiteInt8Target.flags] == ["--layout", "--converter"]
     with pytest.raises(DGHError, match="unknown converter 'tf2onnx'"):
         get_target("tflite-int8", converter="tf2onnx")
     monkeypatch.setattr(LiteRTTorchConverter, "requires", ("litert_torch_not_installed",))

@@ -44,6 +44,7 @@ from dgh_deploy.targets.tflite.converter import (
     FloatModel,
     file_stem,
 )
+from dgh_deploy.targets.tflite.flatbuffer import inline_buffers
 
 log = logging.getLogger("dgh_deploy")
 
@@ -79,7 +80,7 @@ class LiteRTTorchConverter(Converter):
                            f"--converter onnx2tf; full log: {_keep_log(log_path)}") from exc
         seconds = time.perf_counter() - t0
         path = scratch / f"{file_stem(model.name)}_float32.tflite"
-        path.write_bytes(content)
+        path.write_bytes(inline_buffers(content))
         return FloatModel(path, seconds, _divergence_finder(model, module, path, scratch))
 
     # --- int8 ---------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ class LiteRTTorchConverter(Converter):
                            f"full log: {_keep_log(log_path)}") from exc
         seconds = time.perf_counter() - t0
         path = scratch / f"{file_stem(model.name)}_full_integer_quant.tflite"
-        path.write_bytes(content)
+        path.write_bytes(inline_buffers(content))  # TFLite Micro reads no weights stored after the flatbuffer
         info: dict[str, Any] = {
             "quant_type": s.quant_type, "recipe": f"static_wi8_ai{s.act_bits}",
             "act_range": data.method, "project_ranges": overridden,

@@ -283,11 +283,6 @@ class TFLiteInt8Target(Target):
             runner, extra = self._ultralytics_file(model, artifacts, calib)
             micro: dict[str, Any] = {"skipped": "--layout ultralytics (float I/O, for LiteRT); the split int8 file "
                                                 "beside it is the one for TFLite Micro"}
-        elif self.converter_name == LITERT_TORCH:
-            # TFLite Micro answers litert-torch's files with other outputs than LiteRT's reference and
-            # XNNPACK kernels (the demo: 0% top-1 agreement): not yet a device metric to gate on.
-            micro = {"skipped": "TFLite Micro does not yet agree with LiteRT on litert-torch files (being "
-                                "investigated); verified on LiteRT only"}
         else:
             runner.device_runner, micro = micro_runner(artifacts["model"], checks.output_shapes)
         early = self._early
