@@ -8,6 +8,7 @@ runner is checked as well as the values.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -116,9 +117,11 @@ def test_an_abort_on_a_collapsed_range_names_the_tensor(tmp_path: Path) -> None:
     from dgh_deploy.runtime.tflite_micro_runner import TFLiteMicroRunner, collapsed_ranges
 
     path = int8_tflite(tmp_path / "collapsed.tflite", "collapsed")
-    assert [name for name, _ in collapsed_ranges(path)] == ["StatefulPartitionedCall_1:1"]  # the SUB's output only
+    names = [name for name, _ in collapsed_ranges(path)]
+    # The SUB's output only: Keras numbers its call (StatefulPartitionedCall, _1, ...) by the models made before.
+    assert len(names) == 1 and names[0].startswith("StatefulPartitionedCall") and names[0].endswith(":1")
     with pytest.raises(DGHError, match=r"\(the interpreter aborted \(signal 6\)\): the int8 tensor "
-                                       r"'StatefulPartitionedCall_1:1' has a collapsed range \(scale .*e-0\d") as err:
+                                       rf"'{re.escape(names[0])}' has a collapsed range \(scale .*e-0\d") as err:
         TFLiteMicroRunner(path, SHAPES)
     assert "\n" not in str(err.value) and "calibrate on images" in str(err.value)
     assert collapsed_ranges(int8_tflite(tmp_path / "fine.tflite")) == []
