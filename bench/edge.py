@@ -129,15 +129,9 @@ def model_result(report: dict[str, Any], out: Path, configs: list[str], seconds:
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
+    from dgh_deploy.versions import installed_versions
 
-    out = {}
-    for pkg in ("ethos-u-vela", "tflite-micro", "ai-edge-litert", "onnx2tf", "tensorflow", "torch"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            continue
-    return out
+    return installed_versions(("ethos-u-vela", "tflite-micro", "ai-edge-litert", "onnx2tf", "tensorflow", "torch"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.targets import BuildResult, Target, TargetOptions, get_target
 from dgh_deploy.tasks import get_task
 from dgh_deploy.verification.gate import gate_verdict
+from dgh_deploy.versions import installed_versions
 
 log = logging.getLogger("dgh_deploy")
 
@@ -335,15 +336,9 @@ def _score_on_device(model: LoadedModel, task: Any, runner: Any, device: Any, co
 
 
 def environment() -> dict[str, Any]:
-    import importlib.metadata as md
-
-    versions = {}
-    for pkg in ("torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow", "litert-torch", "ai-edge-quantizer",
-                "ai-edge-litert", "tensorrt", "polygraphy", "ultralytics", "numpy"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            continue
+    versions = installed_versions(("torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow", "litert-torch",
+                                   "ai-edge-quantizer", "ai-edge-litert", "tensorrt", "polygraphy", "ultralytics",
+                                   "numpy"))
     return {"python": platform.python_version(), "machine": platform.machine(),
             "processor": platform.processor() or platform.machine(), "versions": versions}
 

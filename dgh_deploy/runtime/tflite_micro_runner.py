@@ -35,6 +35,7 @@ from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.runtime.base import Runner
 from dgh_deploy.runtime.litert_runner import file_input, file_layout, open_interpreter, torch_output
 from dgh_deploy.runtime.tflite_micro_worker import receive, run_on, send
+from dgh_deploy.versions import installed_version
 
 # Real images scored on TFLite Micro at most (spread evenly, like --val-limit): its reference
 # kernels take about 30 ms per image for ResNet-20 at 32x32 and 1 s for YOLOv5n at 320 on one
@@ -238,12 +239,7 @@ def captured_stderr() -> Iterator[Captured]:
 
 
 def micro_version() -> str:
-    import importlib.metadata as md
-
-    try:
-        return md.version("tflite-micro")
-    except md.PackageNotFoundError:
-        return "unknown"
+    return installed_version("tflite-micro")
 
 
 class RecordingRunner(Runner):

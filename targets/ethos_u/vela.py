@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from dgh_deploy.errors import DGHError
+from dgh_deploy.versions import installed_version
 
 # Vela 5.2.0's accelerator configurations (``vela --help``): the CLI help lists them without
 # importing Vela; the installed Vela's own list is what a name is checked against.
@@ -128,12 +129,7 @@ class VelaOutput:
 
 
 def vela_version() -> str:
-    import importlib.metadata as md
-
-    try:
-        return md.version("ethos-u-vela")
-    except md.PackageNotFoundError:
-        return ""
+    return installed_version("ethos-u-vela", "")
 
 
 def require_vela() -> None:

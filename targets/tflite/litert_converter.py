@@ -19,7 +19,6 @@ What the wrapper adds:
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import logging
 import tempfile
 import time
@@ -45,6 +44,7 @@ from dgh_deploy.targets.tflite.converter import (
     file_stem,
 )
 from dgh_deploy.targets.tflite.flatbuffer import inline_buffers
+from dgh_deploy.versions import installed_version
 
 log = logging.getLogger("dgh_deploy")
 
@@ -117,8 +117,8 @@ class LiteRTTorchConverter(Converter):
         info: dict[str, Any] = {
             "quant_type": s.quant_type, "recipe": f"static_wi8_ai{s.act_bits}",
             "act_range": data.method, "project_ranges": overridden,
-            "litert_torch_version": _version("litert-torch"),
-            "ai_edge_quantizer_version": _version("ai-edge-quantizer"),
+            "litert_torch_version": installed_version("litert-torch"),
+            "ai_edge_quantizer_version": installed_version("ai-edge-quantizer"),
             "float_conversion_s": round(float_model.seconds, 3),
         }
         return Conversion(float_model.path, path, seconds, info, float_model.diagnose)
@@ -150,13 +150,6 @@ def _divergence_finder(model: LoadedModel, module: nn.Module, path: Path,
         return div.describe() if div is not None else None
 
     return find
-
-
-def _version(package: str) -> str:
-    try:
-        return md.version(package)
-    except md.PackageNotFoundError:
-        return "unknown"
 
 
 def _keep_log(log_path: Path) -> str:

@@ -51,6 +51,7 @@ from dgh_deploy.targets.tflite.converter import (
     FloatModel,
     file_stem,
 )
+from dgh_deploy.versions import installed_version
 
 SAMPLE_DATA_NAME = "calibration_image_sample_data_20x128x128x3_float32.npy"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -159,12 +160,7 @@ def quantize_saved_model(saved_model: Path, data: RepresentativeData, settings: 
 
 
 def onnx2tf_version() -> str:
-    import importlib.metadata as md
-
-    try:
-        return md.version("onnx2tf")
-    except md.PackageNotFoundError:
-        return "unknown"
+    return installed_version("onnx2tf")
 
 
 # --- errors ------------------------------------------------------------------------------------
