@@ -278,16 +278,30 @@ def test_per_tensor_weights_and_the_other_io_type(r20: LoadedModel, calib: Calib
     assert agree["top1_agreement"] >= 75.0, agree
 
 
-@pytest.mark.slow  # two more conversions (histograms over the calibration set; int16 activations)
-def test_litert_takes_the_projects_ranges_and_int16_activations(r20: LoadedModel, calib: CalibrationSet,
-                                                                 tmp_path: Path) -> None:
-    stack_or_skip(LITERT_TORCH)
-    mse, _ = build_offline(TargetOptions(act_range="mse"), r20, calib, tmp_path / "mse", LITERT_TORCH)
+@pytest.mark.slow  # two more quantizations (histograms over the calibration set)
+def test_the_projects_ranges_replace_the_converters_own(converter: str, r20: LoadedModel, calib: CalibrationSet,
+                                                       built: dict[str, Any], tmp_path: Path) -> None:
+    """Both converters quantize with the project's per-tensor ranges: MSE keeps the accuracy, and a
+    low percentile visibly narrows the logits' range (its int8 step) against min/max."""
+    mse, _ = build_offline(TargetOptions(act_range="mse"), r20, calib, tmp_path / "mse", converter)
     assert mse.info["act_range"] == "mse" and mse.info["project_ranges"] > 20  # every activation
     x = calib.images[:32]
     ref = TorchRunner(r20.module).infer(x)
     assert ClassifyTask().agreement(ref, mse.runner.infer(x))["top1_agreement"] >= 85.0
 
+    narrow, _ = build_offline(TargetOptions(act_range="percentile", percentile=90.0), r20, calib, tmp_path / "p90",
+                              converter)
+    minmax = built["result"]
+    assert minmax.info["project_ranges"] == (0 if converter == ONNX2TF else minmax.info["project_ranges"])
+    step = {name: r.runner.io_details()["outputs"][0]["scale"] for name, r in (("p90", narrow), ("minmax", minmax))}
+    assert step["p90"] < 0.8 * step["minmax"], step
+
+
+@pytest.mark.slow  # one more conversion (int16 activations)
+def test_litert_writes_int16_activations(r20: LoadedModel, calib: CalibrationSet, tmp_path: Path) -> None:
+    stack_or_skip(LITERT_TORCH)
+    x = calib.images[:32]
+    ref = TorchRunner(r20.module).infer(x)
     a16, _ = build_offline(TargetOptions(act_bits=16), r20, calib, tmp_path / "a16", LITERT_TORCH)
     assert a16.info["recipe"] == "static_wi8_ai16"
     assert io_dtypes(a16.artifacts["model"]) == {"inputs": ["int16"], "outputs": ["int16"]}
@@ -433,8 +447,8 @@ def test_calibration_of_the_wrong_size_fails_before_converting(converter: str, r
     (ONNX2TF, TargetOptions(weight_bits=4), "quantizes to 8 bits (or int16 activations with int8 weights), not W4A8"),
     (ONNX2TF, TargetOptions(power_of_two=True), "follows the TFLite int8 spec"),
     (ONNX2TF, TargetOptions(io_dtype="float32"), "has no 'float32' I/O"),
-    (ONNX2TF, TargetOptions(act_range="mse"), "by min/max only, not 'mse'. drop --act-range, or use --converter "
-                                              "litert-torch"),
+    (ONNX2TF, TargetOptions(act_range="entropy"), "by min/max / percentile / mse only, not 'entropy'. drop "
+                                                  "--act-range, or use --converter litert-torch"),
     (ONNX2TF, TargetOptions(act_bits=16), "--converter onnx2tf has no 16-bit activations"),
     (LITERT_TORCH, TargetOptions(io_dtype="uint8"), "--converter litert-torch writes no 'uint8' I/O"),
     (LITERT_TORCH, TargetOptions(act_range="entropy"), "by min/max / percentile / mse only, not 'entropy'"),

@@ -43,9 +43,9 @@ class TensorIO:
                 "scale": self.scale, "zero_point": self.zero_point}
 
 
-def open_interpreter(path: str | Path, num_threads: int = 1, preserve_all: bool = False,
+def open_interpreter(path: str | Path | bytes, num_threads: int = 1, preserve_all: bool = False,
                      delegates: bool = True) -> Any:
-    """An allocated LiteRT interpreter; a file the runtime cannot load is a DGHError.
+    """An allocated LiteRT interpreter of a file (or a model's bytes); one the runtime cannot load is a DGHError.
 
     ``delegates=False`` uses the reference kernels only: slow, but every op stays visible
     (the default XNNPACK delegate folds ops into one DELEGATE node and hides intermediates).
@@ -54,16 +54,21 @@ def open_interpreter(path: str | Path, num_threads: int = 1, preserve_all: bool 
 
     resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        it = Interpreter(model_path=str(path), num_threads=int(num_threads), experimental_op_resolver_type=resolver,
+        source = {"model_content": path} if isinstance(path, bytes) else {"model_path": str(path)}
+        it = Interpreter(**source, num_threads=int(num_threads), experimental_op_resolver_type=resolver,
                          experimental_preserve_all_tensors=preserve_all)
         it.allocate_tensors()
     except (RuntimeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise DGHError(
-            f"the LiteRT interpreter cannot load '{Path(path).name}' ({reason})",
+            f"the LiteRT interpreter cannot load '{_name(path)}' ({reason})",
             "the converter emitted ops this runtime lacks (e.g. TensorFlow Flex ops): replace them in the model",
         ) from exc
     return it
+
+
+def _name(path: str | Path | bytes) -> str:
+    return "the model in memory" if isinstance(path, bytes) else Path(path).name
 
 
 class LiteRTRunner(Runner):

@@ -96,84 +96,41 @@ class LiteRTCalibrator(Calibrator[LiteRTCalibration]):
 
     The quantizer's own calibration keeps a moving average of each tensor's min and max over the
     samples, not their extremes: on CIFAR ResNet-20 it clipped the logits at 15.7 where the set
-    reaches 25.4 (output SQNR 14 dB against onnx2tf's 17). So every range is ours: the float
-    .tflite runs on every image with all tensors kept; the first look fixes each activation's
-    min and max (``minmax`` stops there), a second fills a histogram between them, and
-    :func:`~dgh_deploy.targets.sim.ranges.estimate_range` (the sim target's estimators) reads
-    the percentile or MSE range from it, per tensor.
+    reaches 25.4 (output SQNR 14 dB against onnx2tf's 17). So every range is ours, read from the
+    float file by :func:`~dgh_deploy.targets.tflite.ranges.activation_ranges`.
     """
 
     layout: ClassVar[Layout] = "NHWC"
 
     def __init__(self, float_model: Path, imgsz: tuple[int, int], method: str = "minmax",
                  percentile: float = 99.99, act_bits: int = 8, channels: int = 3) -> None:
-        super().__init__(batch_size=16, passes=1 if method == "minmax" else 2)
+        super().__init__(batch_size=16)
         self.float_model = Path(float_model)
         self.imgsz = tuple(imgsz)
         self.method = method
         self.percentile = percentile
         self.act_bits = act_bits
         self.channels = channels
-        self._pass = 0
         self._samples: list[np.ndarray] = []
-        self._hists: dict[str, Any] = {}
-        self._it: Any = None
 
     def check(self, calib: CalibrationSet) -> None:
         check_input_size(calib, self.imgsz, self.channels)
         super().check(calib)
 
     def begin_pass(self, index: int) -> None:
-        self._pass = index
-        if index == 0:
-            self._samples, self._hists = [], {}
+        self._samples = []
 
     def observe(self, batch: np.ndarray) -> None:
-        images = [np.ascontiguousarray(batch[i : i + 1], np.float32) for i in range(len(batch))]
-        if self._pass == 0:
-            self._samples.extend(images)
-        import torch
-
-        from dgh_deploy.targets.sim.ranges import Histogram
-
-        for image in images:
-            for name, value in self._activations(image).items():
-                t = torch.from_numpy(value)
-                if self._pass == 0:
-                    self._hists.setdefault(name, Histogram()).observe_range(t)
-                else:
-                    self._hists[name].observe_counts(t)
+        self._samples.extend(np.ascontiguousarray(batch[i : i + 1], np.float32) for i in range(len(batch)))
 
     def result(self) -> LiteRTCalibration:
         from dgh_deploy.runtime.litert_runner import open_interpreter
+        from dgh_deploy.targets.tflite.ranges import activation_ranges
 
-        it = self._it or open_interpreter(self.float_model, delegates=False)
-        signature, io = next(iter(it.get_signature_list().items()))
-        from dgh_deploy.targets.sim.ranges import QuantGrid, estimate_range
-
-        grid = QuantGrid(self.act_bits, symmetric=self.act_bits == 16)
-        ranges = {name: estimate_range(h, self.method, grid, self.percentile) for name, h in self._hists.items()}
-        samples, self._samples, self._hists, self._it = self._samples, [], {}, None
+        signature, io = next(iter(open_interpreter(self.float_model, delegates=False).get_signature_list().items()))
+        ranges = activation_ranges(self.float_model, self._samples, self.method, self.percentile, self.act_bits)
+        samples, self._samples = self._samples, []
         return LiteRTCalibration(signature, io["inputs"][0], samples, self.method, ranges)
-
-    def _activations(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Every float tensor an op of the float file writes (and its input), for one NHWC image."""
-        from dgh_deploy.runtime.litert_runner import open_interpreter
-
-        if self._it is None:
-            self._it = open_interpreter(self.float_model, preserve_all=True, delegates=False)
-        it = self._it
-        inp = it.get_input_details()[0]
-        it.set_tensor(inp["index"], image)
-        it.invoke()
-        names = {int(t["index"]): str(t["name"]) for t in it.get_tensor_details()}
-        produced = [int(i) for op in it._get_ops_details() for i in op["outputs"]]  # no public op list
-        out = {names[int(inp["index"])]: image}
-        for idx in produced:
-            value = it.get_tensor(idx)
-            if value.dtype == np.float32:
-                out[names[idx]] = value
-        return out
 
 
 def check_input_size(calib: CalibrationSet, imgsz: tuple[int, ...], channels: int) -> None:

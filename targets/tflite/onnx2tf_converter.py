@@ -44,6 +44,7 @@ from dgh_deploy.onnx_export import INPUT_NAME, export_onnx
 from dgh_deploy.targets.tflite.calibrator import RepresentativeData, TFLiteCalibrator
 from dgh_deploy.targets.tflite.console import capture_output
 from dgh_deploy.targets.tflite.converter import (
+    ACT_RANGES,
     ONNX2TF,
     Conversion,
     ConversionSettings,
@@ -51,6 +52,7 @@ from dgh_deploy.targets.tflite.converter import (
     FloatModel,
     file_stem,
 )
+from dgh_deploy.targets.tflite.tf_ranges import project_ranges
 from dgh_deploy.versions import installed_version
 
 SAMPLE_DATA_NAME = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -101,9 +103,9 @@ def convert(onnx_path: Path, scratch: Path, data: RepresentativeData | None, set
             f"onnx2tf wrote no float32 .tflite ({_last_error(log_path) or 'no reason logged'})",
             f"read the full log: {_keep_log(log_path)}",
         )
+    info: dict[str, Any] = {"onnxsim": has_sim, "onnx2tf_version": onnx2tf_version()}
     if data is not None:
-        quantize_saved_model(out, data, settings, int8_model, log_path)
-    info = {"onnxsim": has_sim, "onnx2tf_version": onnx2tf_version()}
+        info.update(ranges_info(settings, quantize_saved_model(out, data, settings, int8_model, log_path)))
     return Conversion(float_model, int8_model, time.perf_counter() - t0, info)
 
 
@@ -127,10 +129,11 @@ def _run_onnx2tf(src: Path, out: Path, settings: ConversionSettings) -> None:
 
 
 def quantize_saved_model(saved_model: Path, data: RepresentativeData, settings: ConversionSettings, path: Path,
-                         log_path: Path) -> None:
+                         log_path: Path) -> int:
     """The full-integer .tflite of onnx2tf's saved model, with the converter settings onnx2tf's own
     full-integer step uses (int8 builtins, per-channel unless per-tensor, batch-1 representative
-    data normalised by the entry's mean and std), written to ``path``."""
+    data normalised by the entry's mean and std), written to ``path``; activation ranges by
+    ``settings.act_range`` (returned: how many tensors got the project's range in place of TensorFlow's)."""
     import tensorflow as tf
 
     images = np.load(data.path, mmap_mode="r")
@@ -147,7 +150,9 @@ def quantize_saved_model(saved_model: Path, data: RepresentativeData, settings: 
     converter.unfold_batchmatmul = False
     converter.representative_dataset = representative
     converter.inference_input_type = converter.inference_output_type = io_type
-    with capture_output(log_path, enabled=not settings.verbose):
+    normalised = (np.asarray(images) - data.mean) / data.std
+    with capture_output(log_path, enabled=not settings.verbose), \
+            project_ranges(normalised, settings.act_range, settings.percentile) as ranges:
         try:
             path.write_bytes(converter.convert())
         except Exception as exc:  # TensorFlow's quantizer refuses an op: say which, not where it failed
@@ -156,7 +161,15 @@ def quantize_saved_model(saved_model: Path, data: RepresentativeData, settings: 
                 "replace the layer the reason names with an int8-friendly one; "
                 f"full log: {_keep_log(log_path)}",
             ) from None
+    return ranges["replaced"]
 
+
+def ranges_info(settings: ConversionSettings, replaced: int) -> dict[str, Any]:
+    """What the report says about the activation ranges."""
+    info: dict[str, Any] = {"act_range": settings.act_range, "project_ranges": replaced}
+    if settings.act_range == "percentile":
+        info["percentile"] = settings.percentile
+    return info
 
 
 def onnx2tf_version() -> str:
@@ -262,13 +275,14 @@ def _onnxsim_on_path() -> Iterator[bool]:
 
 
 class Onnx2tfConverter(Converter):
-    """PyTorch -> ONNX (the project's exporter) -> onnx2tf, which quantizes with TensorFlow's
-    converter on the calibration images (min/max ranges)."""
+    """PyTorch -> ONNX (the project's exporter) -> onnx2tf; TensorFlow's converter quantizes its
+    saved model on the calibration images, with the project's activation ranges (tf_ranges.py)."""
 
     name: ClassVar[str] = ONNX2TF
     requires: ClassVar[tuple[str, ...]] = ("onnx2tf", "tensorflow", "ai_edge_litert")
     install_hint: ClassVar[str] = ("pip install 'dgh-deploy[onnx2tf]' (or, in a venv with 'dgh-deploy[litert]', "
                                    "--converter litert-torch)")
+    act_ranges: ClassVar[tuple[str, ...]] = ACT_RANGES
     parity_fix: ClassVar[str] = ("onnx2tf mis-converts this graph: convert with --converter litert-torch (its own "
                                  "venv: ./install.sh --litert), or rewrite that layer into an equivalent form")
 
@@ -301,9 +315,9 @@ class Onnx2tfConverter(Converter):
         folder = float_model.path.parent
         int8 = folder / float_model.path.name.replace("_float32.tflite", "_full_integer_quant.tflite")
         t0 = time.perf_counter()
-        quantize_saved_model(folder, data, self.settings, int8, folder.parent / "onnx2tf.log")
+        replaced = quantize_saved_model(folder, data, self.settings, int8, folder.parent / "onnx2tf.log")
         info = {"onnx2tf_version": onnx2tf_version(), "quant_type": self.settings.quant_type,
-                "float_conversion": "reused from the check before generation"}
+                "float_conversion": "reused from the check before generation", **ranges_info(self.settings, replaced)}
         return Conversion(float_model.path, int8, time.perf_counter() - t0, info, float_model.diagnose,
                           {"onnx": float_model.source})
 

@@ -159,7 +159,7 @@ class TFLiteInt8Target(Target):
             io_dtype="int16" if a16 else o.io_dtype, all_layers_quantized=True,
             notes="TFLite int8 spec: weights int8 [-127, 127] zero point 0, int32 bias, activations int8 "
                   "asymmetric per-tensor (16x8 mode: int16 symmetric); ranges per tensor from the calibration "
-                  f"set (min/max; percentile or MSE with litert-torch); converter {self.converter_name}",
+                  f"set (min/max, percentile or MSE); converter {self.converter_name}",
         )
 
     def summary_lines(self, report: dict[str, Any]) -> list[str]:

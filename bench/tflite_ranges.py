@@ -1,0 +1,151 @@
+"""tflite-int8 activation-range methods on a detector, over seeds and picks: int8 mAP50-95 per build.
+
+One job on YOLOv5n at 320 with min/max ranges scored anywhere from 25.4 to 28.0 mAP50-95 by the
+DGH set it calibrated on (float 27.37): a range method must be chosen by its spread over sets,
+not by one run. This builds the tflite-int8 file for every (method, source, seed, pick) as a job
+does (the target's own build: export, calibration, TensorFlow's or ai-edge-quantizer's
+quantizer with the method's ranges, the float-parity and integer-only checks) and scores it on
+LiteRT on the validation data, as the job does. The float conversion, which does not depend on
+the calibration set, is made once (the job's check before generation) and shared by every build;
+the float score too. Sets and picks are ``bench/detect_picks.py``'s (same folder, same rotation):
+72 images per (source, seed), three picks of 64. Finished builds are kept in ``--json``: stop
+and run again to continue.
+
+    .venv/bin/python -m bench.tflite_ranges --methods minmax,percentile:99.999,mse --sources dgh,real
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from bench.common import Case, set_path
+from bench.detect_picks import HOLDOUT, make_set, pick_path
+
+
+class Builder:
+    """One tflite-int8 target and model for every build: one float conversion, one float score."""
+
+    def __init__(self, case: Case, threads: int, converter: str) -> None:
+        from dgh_deploy.loading import load_model
+        from dgh_deploy.targets import get_target
+        from dgh_deploy.tasks import get_task
+
+        self.case = case
+        self.model = load_model(case.model, case.weights, None, case.imgsz)
+        self.task = get_task(self.model.task)
+        self.target = get_target("tflite-int8", converter=converter)
+        self.target.options = replace(self.target.options, threads=threads)
+        t0 = time.perf_counter()
+        self.target.preflight(self.model)
+        print(f"float conversion and check: {time.perf_counter() - t0:.0f} s", flush=True)
+
+    def float_metric(self) -> float:
+        from dgh_deploy.runtime.base import TorchRunner
+
+        return self._metric(TorchRunner(self.model.module))
+
+    def int8_metric(self, calib_path: Path, method: str) -> tuple[float, dict[str, Any]]:
+        """mAP50-95 on LiteRT of the file built from ``calib_path``'s first 64 images by ``method``."""
+        from dgh_deploy.calibration import CalibrationSet
+
+        name, _, pct = method.partition(":")
+        self.target.options = replace(self.target.options, act_range=name, percentile=float(pct) if pct else None)
+        calib, _held = CalibrationSet.load(calib_path).split(HOLDOUT)
+        with tempfile.TemporaryDirectory(prefix="dgh-bench-ranges-") as tmp:
+            result = self.target.build(self.model, calib, Path(tmp))
+            value = self._metric(result.runner)
+        return value, {k: round(v, 1) for k, v in result.timings.items()}
+
+    def _metric(self, runner: Any) -> float:
+        return float(self.task.evaluate(runner, self.model, self.case.val_data, None)[self.task.metric])
+
+
+def summary(state: dict[str, Any], methods: list[str], sources: list[str], seeds: list[int], picks: int) -> str:
+    flt = state.get("float", float("nan"))
+    lines = [f"Measured on {state['machine']}; {state['model']} at {state['imgsz']}, "
+             f"tflite-int8 ({state['converter']}) mAP50-95 on LiteRT on its validation data (float {flt:.2f}); "
+             "picks of one seed are separated by ',', seeds by ';'. 'within 1.0' counts the builds no more than "
+             "1.0 point below float.", "",
+             "| method | source | picks | mean | min .. max | within 1.0 | mean minus real |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for method in methods:
+        values = {src: [[state["builds"].get(f"{method}|{src}|{s}|{k}") for k in range(picks)] for s in seeds]
+                  for src in sources}
+        done = {src: [v for seed in rows for v in seed if v is not None] for src, rows in values.items()}
+        real = statistics.fmean(done["real"]) if done.get("real") else None
+        for src, rows in values.items():
+            got = done[src]
+            text = "; ".join(", ".join("-" if v is None else f"{v:.2f}" for v in seed) for seed in rows)
+            if not got:
+                lines.append(f"| {method} | {src} | {text} | - | - | - | - |")
+                continue
+            mean = statistics.fmean(got)
+            within = sum(v >= flt - 1.0 for v in got)
+            diff = "-" if real is None else f"{mean - real:+.2f}"
+            lines.append(f"| {method} | {src} | {text} | {mean:.2f} ({len(got)}) | {min(got):.2f} .. {max(got):.2f} "
+                         f"| {within}/{len(got)} | {diff} |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, case: Case) -> dict[str, Any]:
+    sources, methods = common.split_list(args.sources), common.split_list(args.methods)
+    seeds = common.parse_seeds(args.seeds)
+    folder = Path(args.sets)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = common.read_state(args.json, {"builds": {}, "timings": {}})
+    state.update(machine=common.machine(), model=case.model, imgsz=case.imgsz, converter=args.converter)
+    for src in sources:
+        for seed in seeds:
+            if not set_path(folder, src, seed).is_file():
+                make_set(case, src, seed, 64 + HOLDOUT, args.iters, set_path(folder, src, seed))
+    todo = [(m, src, seed, k) for m in methods for src in sources for seed in seeds for k in range(args.picks)
+            if f"{m}|{src}|{seed}|{k}" not in state["builds"]]
+    print(f"{len(todo)} builds to do ({len(state['builds'])} already in {args.json})", flush=True)
+    if todo:
+        builder = Builder(case, args.threads, args.converter)
+        if "float" not in state:
+            state["float"] = builder.float_metric()
+            common.write_result(args.json, state, indent=2)
+        for i, (m, src, seed, k) in enumerate(todo, 1):
+            t0 = time.perf_counter()
+            key = f"{m}|{src}|{seed}|{k}"
+            state["builds"][key], state["timings"][key] = builder.int8_metric(pick_path(folder, src, seed, k), m)
+            common.write_result(args.json, state, indent=2)
+            print(f"[{i}/{len(todo)}] {m} {src} seed {seed} pick {k}: {state['builds'][key]:.2f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(summary(state, methods, sources, seeds, args.picks))
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.BenchParser("tflite_ranges", __doc__)
+    p.add_argument("--model", default="yolov5n", help="a detector of bench.common's cases")
+    p.add_argument("--methods", default="minmax,percentile:99.999,mse",
+                   help="tflite-int8 --act-range values; percentile:P sets --percentile P")
+    p.add_argument("--sources", default="dgh,real")
+    p.add_seeds()
+    p.add_argument("--picks", type=int, default=3)
+    p.add_argument("--converter", default="", help="onnx2tf | litert-torch (default: the installed one)")
+    p.add_argument("--iters", type=int, default=200, help="dgh iterations (the CPU default)")
+    p.add_threads(2)
+    p.add_argument("--sets", default=str(common.WORK / "picks" / "sets"))
+    p.add_json(str(common.RESULTS / "tflite_ranges_yolov5n_cpu.json"),
+               help="finished builds (JSON): a second run continues from them")
+    args = p.parse(argv)
+    all_cases = common.cases(args.assets)
+    if rc := common.check_cases(p, all_cases, [args.model], real="real" in common.split_list(args.sources)):
+        return rc
+    run(args, all_cases[args.model])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
