@@ -1,5 +1,7 @@
 """Rewrites of a .tflite flatbuffer that every TFLite runtime reads the same way.
 
+Inlined weights (:func:`inline_buffers`) and uint8 model I/O around an int8 graph (:func:`uint8_io`).
+
 litert-torch and ai-edge-quantizer store most weights outside the flatbuffer (a buffer's
 ``offset`` and ``size`` into the file, after it). LiteRT reads them there; TFLite Micro 0.dev2026
 reads only a buffer's inline ``data``, so it ran those files with empty weights: the demo's int8
@@ -38,6 +40,74 @@ def outside_buffers(content: bytes) -> int:
     """How many of the model's buffers are stored after the flatbuffer."""
     model = _schema().Model.GetRootAsModel(content, 0)
     return sum(1 for i in range(model.BuffersLength()) if model.Buffers(i).Offset() > 1)
+
+
+def uint8_io(content: bytes) -> bytes:
+    """The int8-I/O model ``content`` with uint8 inputs and outputs: one QUANTIZE op each way.
+
+    ai-edge-quantizer's static recipes write int8 I/O only; uint8 cameras and NPUs want uint8.
+    An int8 tensor of scale s and zero point z is the uint8 tensor of scale s and zero point
+    z + 128 shifted by 128, so TFLite's QUANTIZE (a requantization between the two types, in every
+    TFLite runtime) converts exactly, as TensorFlow's own converter does for uint8 I/O.
+    """
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(content, 0)
+    graph = model.subgraphs[0]
+    code = _opcode(model, schema, schema.BuiltinOperator.QUANTIZE)
+    renamed: dict[int, int] = {}
+    head, tail = [], []
+    for old in list(graph.inputs):
+        new = renamed[int(old)] = _uint8_twin(graph, schema, int(old))
+        head.append(_quantize_op(schema, code, new, int(old)))
+    for old in list(graph.outputs):
+        new = renamed[int(old)] = _uint8_twin(graph, schema, int(old))
+        tail.append(_quantize_op(schema, code, int(old), new))
+    graph.operators = head + list(graph.operators) + tail
+    graph.inputs = [renamed[int(i)] for i in graph.inputs]
+    graph.outputs = [renamed[int(i)] for i in graph.outputs]
+    for sig in model.signatureDefs or []:
+        for entry in [*(sig.inputs or []), *(sig.outputs or [])]:
+            entry.tensorIndex = renamed.get(int(entry.tensorIndex), entry.tensorIndex)
+    import flatbuffers
+
+    builder = flatbuffers.Builder(len(content) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _uint8_twin(graph: Any, schema: Any, index: int) -> int:
+    """A uint8 tensor like int8 tensor ``index`` (zero point + 128), appended; its index."""
+    old = graph.tensors[index]
+    if old.type != schema.TensorType.INT8:
+        raise ValueError(f"model I/O tensor '{old.name}' is not int8")
+    q = schema.QuantizationParametersT()
+    q.scale = list(old.quantization.scale)
+    q.zeroPoint = [int(z) + 128 for z in old.quantization.zeroPoint]
+    new = schema.TensorT()
+    new.shape, new.shapeSignature = old.shape, old.shapeSignature
+    new.type, new.buffer, new.quantization = schema.TensorType.UINT8, 0, q  # buffer 0: the empty one
+    name = old.name.decode() if isinstance(old.name, bytes) else str(old.name)
+    new.name, old.name = name, f"{name}_int8"  # the model's I/O keeps its name
+    graph.tensors.append(new)
+    return len(graph.tensors) - 1
+
+
+def _opcode(model: Any, schema: Any, builtin: int) -> int:
+    """The index of ``builtin``'s operator code in ``model``, added when missing."""
+    for i, code in enumerate(model.operatorCodes):
+        if max(int(code.builtinCode), int(code.deprecatedBuiltinCode)) == builtin:
+            return i
+    code = schema.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 2
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def _quantize_op(schema: Any, code: int, src: int, dst: int) -> Any:
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = code, [src], [dst]
+    op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.QuantizeOptions, schema.QuantizeOptionsT()
+    return op
 
 
 def _schema() -> Any:

@@ -43,7 +43,7 @@ from dgh_deploy.targets.tflite.converter import (
     FloatModel,
     file_stem,
 )
-from dgh_deploy.targets.tflite.flatbuffer import inline_buffers
+from dgh_deploy.targets.tflite.flatbuffer import inline_buffers, uint8_io
 from dgh_deploy.versions import installed_version
 
 log = logging.getLogger("dgh_deploy")
@@ -56,7 +56,7 @@ class LiteRTTorchConverter(Converter):
                                    "it cannot share one with onnx2tf")
     act_ranges: ClassVar[tuple[str, ...]] = ACT_RANGES
     act_bits: ClassVar[tuple[int, ...]] = (8, 16)
-    io_dtypes: ClassVar[tuple[str, ...]] = ("int8",)  # ai-edge-quantizer's static recipes quantize I/O as int8
+    io_dtypes: ClassVar[tuple[str, ...]] = ("int8", "uint8")  # uint8: QUANTIZE ops around the recipe's int8 I/O
 
     # --- float --------------------------------------------------------------------------------
     def convert_float(self, model: LoadedModel, module: nn.Module, scratch: Path) -> FloatModel:
@@ -113,7 +113,10 @@ class LiteRTTorchConverter(Converter):
                            f"full log: {_keep_log(log_path)}") from exc
         seconds = time.perf_counter() - t0
         path = scratch / f"{file_stem(model.name)}_full_integer_quant.tflite"
-        path.write_bytes(inline_buffers(content))  # TFLite Micro reads no weights stored after the flatbuffer
+        content = inline_buffers(content)  # TFLite Micro reads no weights stored after the flatbuffer
+        if s.act_bits == 8 and s.io_dtype == "uint8":
+            content = uint8_io(content)
+        path.write_bytes(content)
         info: dict[str, Any] = {
             "quant_type": s.quant_type, "recipe": f"static_wi8_ai{s.act_bits}",
             "act_range": data.method, "project_ranges": overridden,
