@@ -279,27 +279,32 @@ def verify(model: LoadedModel, task: Any, runner: Any, held: CalibrationSet | No
     """
     out: dict[str, Any] = {"metric": task.metric}
     float_runner = TorchRunner(model.module)
+    device = getattr(runner, "device_runner", None)
     held_out: tuple[list[Any], list[Any]] | None = None
     if held is not None and len(held):
         ref = float_runner.infer_all(held.images)
         cand = runner.infer_all(held.images)
         out["data_free"] = task.agreement(ref, cand)
         held_out = (ref, cand)
+    desktop = None
     if config.val_data:
+        if device is not None:  # the device scores the same images: keep the desktop's answers for it
+            from dgh_deploy.runtime.tflite_micro_runner import RecordingRunner
+
+            desktop = RecordingRunner(runner)
         f = task.evaluate(float_runner, model, config.val_data, config.val_limit)
-        q = task.evaluate(runner, model, config.val_data, config.val_limit)
+        q = task.evaluate(desktop or runner, model, config.val_data, config.val_limit)
         out["float"] = f
         out["quantized"] = q
         out["drop"] = round(f[task.metric] - q[task.metric], 4)
-    device = getattr(runner, "device_runner", None)
     if device is not None:
-        out["device"] = _verify_on_device(model, task, runner, device, held, held_out, config, out)
+        out["device"] = _verify_on_device(model, task, runner, device, held, held_out, config, out, desktop)
     return out
 
 
 def _verify_on_device(model: LoadedModel, task: Any, runner: Any, device: Any, held: CalibrationSet | None,
                       held_out: tuple[list[Any], list[Any]] | None, config: DeployConfig,
-                      desktop: dict[str, Any]) -> dict[str, Any]:
+                      desktop: dict[str, Any], recorded: Any) -> dict[str, Any]:
     """verify()'s checks on the device runtime: data-free against float and against the desktop
     runtime's outputs, and the real metric on at most the runtime's ``image_limit`` images."""
     out: dict[str, Any] = {"runtime": device.name, "desktop_runtime": runner.name}
@@ -309,24 +314,28 @@ def _verify_on_device(model: LoadedModel, task: Any, runner: Any, device: Any, h
         out["data_free"] = task.agreement(ref, dev)
         out["data_free_agreement"] = task.agreement(cand, dev)
     if config.val_data:
-        out.update(_score_on_device(model, task, runner, device, config, desktop))
+        out.update(_score_on_device(model, task, runner, device, config, desktop, recorded))
     return out
 
 
 def _score_on_device(model: LoadedModel, task: Any, runner: Any, device: Any, config: DeployConfig,
-                     desktop: dict[str, Any]) -> dict[str, Any]:
+                     desktop: dict[str, Any], recorded: Any) -> dict[str, Any]:
     """The metric on the device runtime and, on the same images, on the desktop one (the two are
-    compared image by image too); float again only if the device saw fewer images than the job."""
+    compared image by image too). When the device takes the job's own images, the desktop's score
+    and outputs are the job's (``recorded`` kept them); else both, and float, run on the device's."""
     from dgh_deploy.runtime.tflite_micro_runner import RecordingRunner
 
     metric = task.metric
     cap = getattr(device, "image_limit", None)
     limit = min(n for n in (config.val_limit, cap) if n) if (config.val_limit or cap) else None
-    on_device, on_desktop = RecordingRunner(device), RecordingRunner(runner)
+    on_device = RecordingRunner(device)
     q = task.evaluate(on_device, model, config.val_data, limit)
-    d = task.evaluate(on_desktop, model, config.val_data, limit)
     f = desktop["float"]
-    if q["images"] != f["images"]:
+    if q["images"] == f["images"] and recorded is not None:
+        on_desktop, d = recorded, desktop["quantized"]
+    else:
+        on_desktop = RecordingRunner(runner)
+        d = task.evaluate(on_desktop, model, config.val_data, limit)
         f = task.evaluate(TorchRunner(model.module), model, config.val_data, limit)
     dev_out, desk_out = on_device.outputs(), on_desktop.outputs()
     n = min(len(dev_out[0]), len(desk_out[0])) if dev_out and desk_out else 0  # what both kept
