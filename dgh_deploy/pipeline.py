@@ -34,6 +34,7 @@ from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.targets import BuildResult, Target, TargetOptions, get_target
 from dgh_deploy.tasks import get_task
 from dgh_deploy.verification.gate import gate_verdict
+from dgh_deploy.verification.scoring import verify
 from dgh_deploy.versions import installed_versions
 
 log = logging.getLogger("dgh_deploy")
@@ -113,7 +114,7 @@ def _deploy(config: DeployConfig) -> dict[str, Any]:
         times.update(result.timings)
 
         t0 = time.perf_counter()
-        verification = verify(model, task, result.runner, held, config)
+        verification = verify(model, task, result.runner, held, config.val_data, config.val_limit, config.progress)
         if config.val_data and result.info.get("layout") == "ultralytics":  # yolo val's own score beside ours
             from dgh_deploy.verification.ultralytics_val import compare_with_ultralytics
 
@@ -267,81 +268,6 @@ def build_report(config: DeployConfig, model: LoadedModel, target: Target, resul
         "environment": environment(),
         "config": _config_dict(config),
     }
-
-
-def verify(model: LoadedModel, task: Any, runner: Any, held: CalibrationSet | None,
-           config: DeployConfig) -> dict[str, Any]:
-    """Float against quantized: on real labelled data when given, and data-free on held-out images.
-
-    When the runner's file also runs on the device's own runtime (``runner.device_runner``:
-    TFLite Micro for the .tflite targets), the same checks run there too, with its agreement with
-    the desktop runtime, under ``device``.
-    """
-    out: dict[str, Any] = {"metric": task.metric}
-    float_runner = TorchRunner(model.module)
-    device = getattr(runner, "device_runner", None)
-    held_out: tuple[list[Any], list[Any]] | None = None
-    if held is not None and len(held):
-        ref = float_runner.infer_all(held.images)
-        cand = runner.infer_all(held.images)
-        out["data_free"] = task.agreement(ref, cand)
-        held_out = (ref, cand)
-    desktop = None
-    if config.val_data:
-        if device is not None:  # the device scores the same images: keep the desktop's answers for it
-            from dgh_deploy.runtime.tflite_micro_runner import RecordingRunner
-
-            desktop = RecordingRunner(runner)
-        f = task.evaluate(float_runner, model, config.val_data, config.val_limit)
-        q = task.evaluate(desktop or runner, model, config.val_data, config.val_limit)
-        out["float"] = f
-        out["quantized"] = q
-        out["drop"] = round(f[task.metric] - q[task.metric], 4)
-    if device is not None:
-        out["device"] = _verify_on_device(model, task, runner, device, held, held_out, config, out, desktop)
-    return out
-
-
-def _verify_on_device(model: LoadedModel, task: Any, runner: Any, device: Any, held: CalibrationSet | None,
-                      held_out: tuple[list[Any], list[Any]] | None, config: DeployConfig,
-                      desktop: dict[str, Any], recorded: Any) -> dict[str, Any]:
-    """verify()'s checks on the device runtime: data-free against float and against the desktop
-    runtime's outputs, and the real metric on at most the runtime's ``image_limit`` images."""
-    out: dict[str, Any] = {"runtime": device.name, "desktop_runtime": runner.name}
-    if held is not None and held_out is not None:
-        ref, cand = held_out
-        dev = device.infer_all(held.images)
-        out["data_free"] = task.agreement(ref, dev)
-        out["data_free_agreement"] = task.agreement(cand, dev)
-    if config.val_data:
-        out.update(_score_on_device(model, task, runner, device, config, desktop, recorded))
-    return out
-
-
-def _score_on_device(model: LoadedModel, task: Any, runner: Any, device: Any, config: DeployConfig,
-                     desktop: dict[str, Any], recorded: Any) -> dict[str, Any]:
-    """The metric on the device runtime and, on the same images, on the desktop one (the two are
-    compared image by image too). When the device takes the job's own images, the desktop's score
-    and outputs are the job's (``recorded`` kept them); else both, and float, run on the device's."""
-    from dgh_deploy.runtime.tflite_micro_runner import RecordingRunner
-
-    metric = task.metric
-    cap = getattr(device, "image_limit", None)
-    limit = min(n for n in (config.val_limit, cap) if n) if (config.val_limit or cap) else None
-    on_device = RecordingRunner(device)
-    q = task.evaluate(on_device, model, config.val_data, limit)
-    f = desktop["float"]
-    if q["images"] == f["images"] and recorded is not None:
-        on_desktop, d = recorded, desktop["quantized"]
-    else:
-        on_desktop = RecordingRunner(runner)
-        d = task.evaluate(on_desktop, model, config.val_data, limit)
-        f = task.evaluate(TorchRunner(model.module), model, config.val_data, limit)
-    dev_out, desk_out = on_device.outputs(), on_desktop.outputs()
-    n = min(len(dev_out[0]), len(desk_out[0])) if dev_out and desk_out else 0  # what both kept
-    agreement = task.agreement([o[:n] for o in desk_out], [o[:n] for o in dev_out]) if n else {}
-    return {"image_limit": cap, "float": f, "quantized": q, "desktop": d, "agreement": agreement,
-            "drop": round(f[metric] - q[metric], 4), "desktop_minus_device": round(d[metric] - q[metric], 4)}
 
 
 def environment() -> dict[str, Any]:

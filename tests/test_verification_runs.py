@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from dgh_deploy.loaded_model import LoadedModel
-from dgh_deploy.pipeline import DeployConfig, verify
 from dgh_deploy.preprocessing import Preprocessing
 from dgh_deploy.runtime.base import Runner
 from dgh_deploy.tasks.classify import ClassifyTask
+from dgh_deploy.verification.scoring import verify
 
 VAL = np.random.default_rng(0).normal(size=(20, 3, 4, 4)).astype(np.float32)
 
@@ -50,7 +50,7 @@ def test_the_desktop_runtime_scores_the_device_images_once(cap: int | None, desk
     model = LoadedModel(module=FirstThree(), name="three", task="classify", imgsz=(4, 4), preprocessing=Preprocessing())
     desktop, device = CountingRunner("litert"), CountingRunner("micro", flip=True, image_limit=cap)
     desktop.device_runner = device  # type: ignore[attr-defined]
-    out = verify(model, FakeTask(), desktop, None, DeployConfig(val_data="fake"))
+    out = verify(model, FakeTask(), desktop, None, "fake", progress=True)
     assert desktop.images == desktop_runs
     assert device.images == min(20, cap or 20)
     dev = out["device"]

@@ -56,6 +56,7 @@ from dgh_deploy.generation.preflight import check_device, estimate_seconds, form
 from dgh_deploy.generation.schedule import PlateauSchedule
 from dgh_deploy.generation.stats import BNInputRecorder, StatSums
 from dgh_deploy.loaded_model import LoadedModel, require_batchnorm
+from dgh_deploy.progress import progress_bar
 from dgh_deploy.tasks import get_task
 
 log = logging.getLogger("dgh_deploy")
@@ -513,8 +514,4 @@ def _round(v: float) -> float:
 
 
 def _progress_bar(total: int, initial: int, enabled: bool, label: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=f"generating ({label})", unit="it", dynamic_ncols=True)
+    return progress_bar(total, f"generating ({label})", enabled, initial)
