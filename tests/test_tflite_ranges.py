@@ -1,0 +1,44 @@
+"""The percentile ranges of tflite-int8: exact tails kept image by image (fast: numpy only)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dgh_deploy.errors import DGHError
+from dgh_deploy.targets.sim.ranges import Histogram, QuantGrid, estimate_range
+from dgh_deploy.targets.tflite.ranges import Tails, check_percentile
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_tails_are_the_exact_order_statistics_of_every_image_together(signed: bool) -> None:
+    rng = np.random.default_rng(0)
+    images = [rng.standard_t(3, size=(1, 20, 20, 8)).astype(np.float32) for _ in range(12)]
+    if not signed:
+        images = [np.abs(x) + 0.5 for x in images]  # a ReLU-like tensor: nothing negative
+    every = np.concatenate([x.ravel() for x in images])
+    k = math.ceil(1e-3 * every.size)
+    tails = Tails(k)
+    for x in images:
+        tails.observe(x)
+    lo, hi = tails.range()
+    ordered = np.sort(every)
+    assert hi == ordered[-k]
+    assert lo == (min(ordered[k - 1], 0.0) if signed else ordered[0])
+    # the histogram's reading of the same percentile (linear within 2048 bins) agrees within a bin or two
+    h = Histogram()
+    for x in images:
+        h.observe_range(torch.from_numpy(x))
+    for x in images:
+        h.observe_counts(torch.from_numpy(x))
+    h_lo, h_hi = estimate_range(h, "percentile", QuantGrid(8, symmetric=False), 99.9)
+    width = (h.hi - h.lo) / h.bins
+    assert abs(h_hi - hi) <= 2 * width and abs(h_lo - lo) <= 2 * width
+
+
+def test_a_percentile_outside_the_range_is_refused() -> None:
+    with pytest.raises(DGHError, match="percentile 40"):
+        check_percentile(40.0)
