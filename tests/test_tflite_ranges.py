@@ -1,4 +1,4 @@
-"""The percentile ranges of tflite-int8: exact tails kept image by image (fast: numpy only)."""
+"""tflite-int8's activation ranges: exact percentile tails kept image by image, and each task's default (fast)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from dgh_deploy.errors import DGHError
+from dgh_deploy.loaded_model import LoadedModel
+from dgh_deploy.preprocessing import Preprocessing
+from dgh_deploy.targets import TargetOptions, get_target
 from dgh_deploy.targets.sim.ranges import Histogram, QuantGrid, estimate_range
 from dgh_deploy.targets.tflite.ranges import Tails, check_percentile
+from dgh_deploy.targets.tflite.target import act_range_for
 
 
 @pytest.mark.parametrize("signed", [True, False])
@@ -42,3 +47,28 @@ def test_tails_are_the_exact_order_statistics_of_every_image_together(signed: bo
 def test_a_percentile_outside_the_range_is_refused() -> None:
     with pytest.raises(DGHError, match="percentile 40"):
         check_percentile(40.0)
+
+
+def loaded(task: str) -> LoadedModel:
+    return LoadedModel(module=nn.Identity(), name=task, task=task, imgsz=(8, 8), preprocessing=Preprocessing())
+
+
+@pytest.mark.parametrize(("task", "options", "expected"), [
+    ("classify", TargetOptions(), ("minmax", 99.99)),
+    ("detect", TargetOptions(), ("percentile", 99.999)),
+    ("detect", TargetOptions(act_range="percentile"), ("percentile", 99.999)),
+    ("detect", TargetOptions(act_range="percentile", percentile=99.9), ("percentile", 99.9)),
+    ("detect", TargetOptions(act_range="minmax"), ("minmax", 99.999)),
+    ("classify", TargetOptions(act_range="mse"), ("mse", 99.99)),
+])
+def test_detectors_take_percentile_ranges_unless_told_otherwise(task: str, options: TargetOptions,
+                                                                 expected: tuple[str, float]) -> None:
+    assert act_range_for(loaded(task), options) == expected
+
+
+def test_a_percentile_without_percentile_ranges_is_refused_for_classifiers_only() -> None:
+    target = get_target("tflite-int8", converter="onnx2tf")
+    target.options = TargetOptions(percentile=99.9)
+    with pytest.raises(DGHError, match=r"--percentile 99\.9 has no effect"):
+        target.check_options(loaded("classify"))
+    target.check_options(loaded("detect"))  # percentile is a detector's default: --percentile alone tunes it
