@@ -724,6 +724,66 @@ def section_converters(files: dict[str, dict]) -> list[str]:
     return lines
 
 
+def ranges_summary(data: dict) -> dict[str, dict[str, list[float]]]:
+    """``bench/tflite_ranges.py``: method -> source -> the finished builds' values."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for key, value in data["builds"].items():
+        method, source, _seed, _pick = key.split("|")
+        out.setdefault(method, {}).setdefault(source, []).append(value)
+    return out
+
+
+def ranges_table(data: dict) -> Table:
+    flt = data.get("float")
+    rows = []
+    for method, sources in ranges_summary(data).items():
+        real = statistics.fmean(sources["real"]) if sources.get("real") else None
+        for source, values in sources.items():
+            mean = statistics.fmean(values)
+            within = sum(v >= flt - 1.0 for v in values) if flt is not None else None
+            rows.append([f"`{method}`", source, f"{mean:.2f} ({len(values)})", f"{min(values):.2f}",
+                         f"{max(values):.2f}", f"{max(values) - min(values):.2f}",
+                         "-" if within is None else f"{within}/{len(values)}",
+                         "-" if real is None else f"{mean - real:+.2f}"])
+    return (["range method", "calibration", "mean (builds)", "min", "max", "spread", "within 1.0 of float",
+             "mean minus real"], rows)
+
+
+def section_ranges(files: dict[str, dict]) -> list[str]:
+    lines = ["`tflite-int8`'s activation-range methods on a detector over seeds and picks (`python -m "
+             "bench.tflite_ranges`): one 72-image set per (source, seed), three picks of 64 each (the set rotated "
+             "by 8 images), each built as a job builds it and scored on LiteRT on the validation images; one float "
+             "conversion for all. The default for detectors is chosen by these spreads, not by one run.", ""]
+    for name, data in files.items():
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; {data['model']} at "
+                  f"{data['imgsz']}, converter {data.get('converter') or 'the installed one'}, mAP50-95 "
+                  f"(float {num(data.get('float'))}).", "", *markdown(ranges_table(data)), ""]
+    return lines
+
+
+def section_artifacts(files: dict[str, dict]) -> list[str]:
+    lines = ["Do the visible artifacts of DGH detector images (a saturated frame, horizontal stripes of a 4-pixel "
+             "period) set the activation ranges min/max calibration takes? (`python -m bench.artifacts`, on "
+             "`bench/tflite_ranges.py`'s sets; every leaf module's output of the float PyTorch model, per tensor "
+             "over the whole set.) A range ratio is the tensor's range after the change over its range as "
+             "generated: median over tensors, with the 10th and 90th percentiles.", ""]
+    for name, data in files.items():
+        rows = []
+        for seed, r in data["seeds"].items():
+            def ratio(key: str, r: dict = r) -> str:
+                v = r[key]
+                return f"{v['median']:.3f} ({v['p10']:.3f} .. {v['p90']:.3f})"
+
+            rows.append([seed, f"{r['max_in_band']:.2f} / {r['min_in_band']:.2f} (area {r['band_area_share']:.2f})",
+                         ratio("border_reflected"), ratio("stripes_removed"), ratio("columns_low_passed"),
+                         ratio("against_real")])
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; {data['model']} at "
+                  f"{data['imgsz']}, border band {data['band']:.0%} of the side.", "",
+                  *markdown((["seed", "max / min in the border band", "border reflected", "stripes removed",
+                              "control: columns low-passed", "DGH over real"], rows)), ""]
+    return lines
+
+
 Section = tuple[str, Callable[[str], bool], Callable[[dict[str, dict]], list[str]]]
 SECTIONS: list[Section] = [
     ("Calibration sources x targets", lambda n: n.endswith("_state.json"), section_compare),
@@ -740,6 +800,9 @@ SECTIONS: list[Section] = [
     ("Reliability: concurrent jobs and kills at random moments", lambda n: n.startswith("reliability_"),
      section_reliability),
     ("tflite-int8 converters: onnx2tf and litert-torch", lambda n: n.startswith("converters_"), section_converters),
+    ("tflite-int8 activation ranges", lambda n: n.startswith("tflite_ranges_"), section_ranges),
+    ("DGH detector images: do their artifacts set the ranges", lambda n: n.startswith("artifacts_"),
+     section_artifacts),
 ]
 
 

@@ -101,7 +101,10 @@ def run(args: argparse.Namespace, case: Case) -> dict[str, Any]:
     folder = Path(args.sets)
     folder.mkdir(parents=True, exist_ok=True)
     state = common.read_state(args.json, {"builds": {}, "timings": {}})
-    state.update(machine=common.machine(), model=case.model, imgsz=case.imgsz, converter=args.converter)
+    from dgh_deploy.targets.tflite.target import installed_converter
+
+    state.update(machine=common.machine(), model=case.model, imgsz=case.imgsz,
+                 converter=args.converter or installed_converter())
     for src in sources:
         for seed in seeds:
             if not set_path(folder, src, seed).is_file():
