@@ -249,6 +249,16 @@ def check_cases(ap: BenchParser, all_cases: dict[str, Case], models: Iterable[st
     return ap.check_assets(*(f for m in models for f in all_cases[m].files(real)))
 
 
+def run_on_case(ap: BenchParser, args: argparse.Namespace, run: Callable[[argparse.Namespace, Case], object],
+                real: bool) -> int:
+    """``run(args, case)`` for ``args.model``'s case when it is known and its assets are there; the exit code."""
+    all_cases = cases(args.assets)
+    if rc := check_cases(ap, all_cases, [args.model], real=real):
+        return rc
+    run(args, all_cases[args.model])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Where the benches look for the shared assets and whether every model's files are there."""
     ap = BenchParser("common", "Print the machine line and the assets folder the benches use, and check that every\n"

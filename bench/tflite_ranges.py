@@ -143,11 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_json(str(common.RESULTS / "tflite_ranges_yolov5n_cpu.json"),
                help="finished builds (JSON): a second run continues from them")
     args = p.parse(argv)
-    all_cases = common.cases(args.assets)
-    if rc := common.check_cases(p, all_cases, [args.model], real="real" in common.split_list(args.sources)):
-        return rc
-    run(args, all_cases[args.model])
-    return 0
+    return common.run_on_case(p, args, run, real="real" in common.split_list(args.sources))
 
 
 if __name__ == "__main__":
