@@ -55,20 +55,22 @@ def loaded(task: str) -> LoadedModel:
 
 @pytest.mark.parametrize(("task", "options", "expected"), [
     ("classify", TargetOptions(), ("minmax", 99.99)),
-    ("detect", TargetOptions(), ("percentile", 99.999)),
+    ("detect", TargetOptions(), ("minmax", 99.999)),
     ("detect", TargetOptions(act_range="percentile"), ("percentile", 99.999)),
     ("detect", TargetOptions(act_range="percentile", percentile=99.9), ("percentile", 99.9)),
     ("detect", TargetOptions(act_range="minmax"), ("minmax", 99.999)),
     ("classify", TargetOptions(act_range="mse"), ("mse", 99.99)),
 ])
-def test_detectors_take_percentile_ranges_unless_told_otherwise(task: str, options: TargetOptions,
+def test_min_max_unless_told_otherwise_and_detectors_keep_their_tails(task: str, options: TargetOptions,
                                                                  expected: tuple[str, float]) -> None:
     assert act_range_for(loaded(task), options) == expected
 
 
-def test_a_percentile_without_percentile_ranges_is_refused_for_classifiers_only() -> None:
+@pytest.mark.parametrize("task", ["classify", "detect"])
+def test_a_percentile_without_percentile_ranges_is_refused(task: str) -> None:
     target = get_target("tflite-int8", converter="onnx2tf")
     target.options = TargetOptions(percentile=99.9)
     with pytest.raises(DGHError, match=r"--percentile 99\.9 has no effect"):
-        target.check_options(loaded("classify"))
-    target.check_options(loaded("detect"))  # percentile is a detector's default: --percentile alone tunes it
+        target.check_options(loaded(task))
+    target.options = TargetOptions(act_range="percentile", percentile=99.9)
+    target.check_options(loaded(task))

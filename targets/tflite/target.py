@@ -65,8 +65,7 @@ from dgh_deploy.verification.parity import ParityResult, check_float_parity, com
 log = logging.getLogger("dgh_deploy")
 
 IDENTITY_IMAGES = 4  # the Ultralytics file against the split one: any rewiring shows on every image
-DETECTOR_ACT_RANGE = "percentile"  # see act_range_for
-DETECTOR_PERCENTILE = 99.999
+DETECTOR_PERCENTILE = 99.999  # see act_range_for
 PARITY_IMAGES = 32  # enough to see a broken layer (a wrong one moves every logit), cheap at batch 1
 PROBE_IMAGES = 8  # random-pixel images for the check before generation: a mis-conversion moves every output
 # An export rewrite may move each output by this much of its scale (max |output|): under half an
@@ -107,18 +106,17 @@ def converter_class(name: str) -> type[Converter]:
 
 def act_range_for(model: LoadedModel | None, opts: TargetOptions) -> tuple[str, float]:
     """(method, percentile) of the activation ranges: the user's ``--act-range`` / ``--percentile``,
-    else min/max for classifiers and percentile 99.999 for detectors.
+    else min/max, for detectors too, by measurement.
 
-    Min/max lets one extreme activation of one calibration image set a tensor's whole range, and
-    a detector's int8 quality then hangs on which images were made: YOLOv5n at 320 over three DGH
-    seeds x three picks (``bench/tflite_ranges.py``) spread from 25.4 to 28.0 mAP50-95 (float
-    27.37). Percentile 99.999 keeps the strong responses that make a confident box and drops the
-    few outliers, as the TensorRT target does for detectors. A detector given ``--act-range
-    percentile`` alone gets 99.999 too.
+    YOLOv5n at 320 over three DGH seeds x three picks of 64 images (``bench/tflite_ranges.py``):
+    min/max 27.17 to 28.00 mAP50-95 (float 27.37), percentile 99.999 26.54 to 27.46. TFLite's
+    activation ranges are asymmetric per tensor, so a percentile clips both tails, and the top
+    tail of a detector's head maps is its confident boxes (TensorRT's symmetric |x| percentile
+    clips only the outliers' side of each tensor and is its detector default). A detector asking
+    for percentile ranges gets 99.999 unless ``--percentile`` says otherwise.
     """
     detector = model is not None and model.task == "detect"
-    method = opts.act_range or (DETECTOR_ACT_RANGE if detector else "minmax")
-    return method, opts.percentile_or(DETECTOR_PERCENTILE if detector else DEFAULT_PERCENTILE)
+    return opts.act_range or "minmax", opts.percentile_or(DETECTOR_PERCENTILE if detector else DEFAULT_PERCENTILE)
 
 
 def installed_converter() -> str:
