@@ -861,7 +861,8 @@ def readme_block(results: dict[str, Any]) -> str:
                   *markdown((["model, metric (float)", "calibration", *targets], rows))]
     picks = results.get("picks_yolov5n_cpu.json")
     if picks:
-        summary = {spec: v for spec, v in picks_summary(picks).items() if spec != "tensorrt-int8:max"}
+        skip = {"tensorrt-int8:max", *(["tflite-int8"] if "tflite_ranges_yolov5n_cpu.json" in results else [])}
+        summary = {spec: v for spec, v in picks_summary(picks).items() if spec not in skip}
         shapes = sorted({(len(r["per_seed"]), max(map(len, r["per_seed"])), r["n"])
                          for v in summary.values() for r in v.values()})
         over = " or ".join(f"{n} jobs, {s} seeds x {k} picks" for s, k, n in shapes)
@@ -871,6 +872,15 @@ def readme_block(results: dict[str, Any]) -> str:
                  else f"measured on {picks.get('machine', 'a machine not recorded')}")
         lines += ["", f"{picks.get('model')} at {picks.get('imgsz')}, mAP50-95, mean of {over} "
                       f"(`bench/results/picks_yolov5n_cpu.json`, {where}): {text}."]
+    ranges = results.get("tflite_ranges_yolov5n_cpu.json")
+    if ranges:
+        text = "; ".join(
+            f"`{method}` DGH {statistics.fmean(v['dgh']):.2f} ({min(v['dgh']):.2f} to {max(v['dgh']):.2f}), "
+            f"real {statistics.fmean(v['real']):.2f}"
+            for method, v in ranges_summary(ranges).items() if v.get("dgh") and v.get("real"))
+        lines += ["", f"`tflite-int8` ({ranges.get('converter')}) on {ranges.get('model')} at {ranges.get('imgsz')}, "
+                      "mAP50-95 over 3 seeds x 3 picks by range method "
+                      f"(`bench/results/tflite_ranges_yolov5n_cpu.json`, measured on {ranges.get('machine')}): {text}."]
     speed = [(n, results[n]) for n in ("generation_r20_cpu.json", "generation_r20_h100.json") if n in results]
     if speed:
         text = "; ".join(f"{d['speedup']:.2f}x on {d['device']}"
