@@ -125,7 +125,7 @@ CASES: list[tuple[str, list[str], int, list[str]]] = [
     ("percentile with min/max", ["--percentile", "99"], 2, ["--percentile 99 has no effect"]),
     ("W4 on tflite", ["--bits", "W4A8"], 2, ["tflite-int8 quantizes to 8 bits"]),
     ("power-of-two on tflite", ["--pot"], 2, ["TFLite int8 spec"]),
-    ("mse ranges on tflite", ["--act-range", "mse"], 2, ["min/max only"]),
+    ("entropy ranges on tflite", ["--act-range", "entropy"], 2, ["min/max / percentile / mse only"]),
     ("malformed bits", ["--bits", "X9"], 2, ["--bits 'X9'"]),
     ("bits out of range", ["--target", "sim", "--bits", "W1A8"], 2, ["between 2 and 16"]),
     ("unknown range method", ["--target", "sim", "--act-range", "bogus"], 2, ["'bogus' not supported"]),

@@ -60,7 +60,7 @@ def test_deploy_bad_input(args: list[str], needles: list[str], tmp_path: Path,
 @pytest.mark.parametrize(
     ("target", "args", "needles"),
     [
-        ("tflite-int8", ["--act-range", "mse"], ["by min/max only, not 'mse'"]),
+        ("tflite-int8", ["--act-range", "entropy"], ["by min/max / percentile / mse only, not 'entropy'"]),
         ("tflite-int8", ["--percentile", "99.9"], ["--percentile 99.9 has no effect", "--act-range percentile"]),
         ("tensorrt-int8", ["--percentile", "99.9"], ["ranges are by entropy here"]),
         ("tensorrt-int8", ["--bits", "W4A8"], ["not W4A8", "drop --bits"]),
