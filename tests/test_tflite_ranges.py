@@ -13,8 +13,8 @@ from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.preprocessing import Preprocessing
 from dgh_deploy.targets import TargetOptions, get_target
-from dgh_deploy.targets.sim.ranges import Histogram, QuantGrid, estimate_range
-from dgh_deploy.targets.tflite.ranges import Tails, check_percentile
+from dgh_deploy.targets.sim.ranges import Histogram, QuantGrid, check_percentile, estimate_range
+from dgh_deploy.targets.tflite.ranges import Tails
 from dgh_deploy.targets.tflite.target import act_range_for
 
 

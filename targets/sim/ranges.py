@@ -136,13 +136,18 @@ def mse_range(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, grid: Qu
     return best_lo.float(), best_hi.float()
 
 
+def check_percentile(percentile: float) -> None:
+    """Refuse a percentile no range can be read at (the share of values kept, in (50, 100])."""
+    if not 50.0 < percentile <= 100.0:
+        raise DGHError(f"percentile {percentile} is out of range", "pass a percentile in (50, 100], e.g. 99.99")
+
+
 def estimate_range(hist: Histogram, method: str, grid: QuantGrid, percentile: float = 99.99) -> tuple[float, float]:
     """One tensor's calibrated range ``(lo, hi)`` by ``method`` (see :data:`METHODS`)."""
     if method == "minmax":
         return hist.lo, hist.hi
     if method == "percentile":
-        if not 50.0 < percentile <= 100.0:
-            raise DGHError(f"percentile {percentile} is out of range", "pass a percentile in (50, 100], e.g. 99.99")
+        check_percentile(percentile)
         lo = hist.quantile(1.0 - percentile / 100.0) if hist.lo < 0 else hist.lo
         return min(lo, 0.0) if hist.lo < 0 else lo, hist.quantile(percentile / 100.0)
     if method == "mse":

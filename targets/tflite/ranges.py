@@ -64,11 +64,13 @@ def _smallest(values: np.ndarray, k: int) -> np.ndarray:
 
 
 def activation_ranges(model: Path | bytes, images: Sequence[np.ndarray], method: str, percentile: float = 99.99,
-                      act_bits: int = 8) -> Ranges:
+                      act_bits: int = 8, threads: int = 2) -> Ranges:
     """Every float tensor's range over ``images`` (NHWC, one image each) by ``method``."""
     if method == "percentile":
+        from dgh_deploy.targets.sim.ranges import check_percentile
+
         check_percentile(percentile)
-    it = _interpreter(model)
+    it = _interpreter(model, threads)
     extremes: dict[str, list[float]] = {}
     tails: dict[str, Tails] = {}
     share = 1.0 - percentile / 100.0
@@ -86,13 +88,6 @@ def activation_ranges(model: Path | bytes, images: Sequence[np.ndarray], method:
     if method == "percentile":
         return {name: t.range() for name, t in tails.items()}
     return _mse_ranges(it, images, extremes, act_bits)
-
-
-def check_percentile(percentile: float) -> None:
-    from dgh_deploy.errors import DGHError
-
-    if not 50.0 < percentile <= 100.0:
-        raise DGHError(f"percentile {percentile} is out of range", "pass a percentile in (50, 100], e.g. 99.99")
 
 
 def _mse_ranges(it: Any, images: Sequence[np.ndarray], extremes: dict[str, list[float]], act_bits: int) -> Ranges:
@@ -117,10 +112,10 @@ def _histogram(lo: float, hi: float) -> Any:
     return h
 
 
-def _interpreter(model: Path | bytes) -> Any:  # LiteRT's Interpreter, imported lazily
+def _interpreter(model: Path | bytes, threads: int) -> Any:  # LiteRT's Interpreter, imported lazily
     from dgh_deploy.runtime.litert_runner import open_interpreter
 
-    return open_interpreter(model, num_threads=2, preserve_all=True, delegates=False)
+    return open_interpreter(model, num_threads=threads, preserve_all=True, delegates=False)
 
 
 def _activations(it: Any, image: np.ndarray) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ from dgh_deploy.targets.tflite.ranges import Ranges, activation_ranges
 
 
 @contextlib.contextmanager
-def project_ranges(images: np.ndarray, method: str, percentile: float) -> Iterator[dict[str, int]]:
+def project_ranges(images: np.ndarray, method: str, percentile: float, threads: int = 2) -> Iterator[dict[str, int]]:
     """While open, TensorFlow's converter quantizes with ``method``'s ranges of ``images`` (NHWC);
     the dict it yields counts the tensors whose range was replaced (``replaced``)."""
     counts = {"replaced": 0}
@@ -32,10 +32,10 @@ def project_ranges(images: np.ndarray, method: str, percentile: float) -> Iterat
 
     class WithProjectRanges(tf_calibrator):  # type: ignore[misc, valid-type]
         def calibrate(self, dataset_gen: Any) -> bytes:
-            calibrated = super().calibrate(dataset_gen)
+            calibrated = bytes(super().calibrate(dataset_gen))
             samples = [images[i : i + 1] for i in range(len(images))]
-            content, counts["replaced"] = with_ranges(bytes(calibrated),
-                                                      activation_ranges(bytes(calibrated), samples, method, percentile))
+            ranges = activation_ranges(calibrated, samples, method, percentile, threads=threads)
+            content, counts["replaced"] = with_ranges(calibrated, ranges)
             return content
 
     calibrator.Calibrator = WithProjectRanges  # lite.py looks it up in this module at each conversion
