@@ -879,7 +879,8 @@ def readme_block(results: dict[str, Any]) -> str:
             f"real {statistics.fmean(v['real']):.2f}"
             for method, v in ranges_summary(ranges).items() if v.get("dgh") and v.get("real"))
         lines += ["", f"`tflite-int8` ({ranges.get('converter')}) on {ranges.get('model')} at {ranges.get('imgsz')}, "
-                      "mAP50-95 over 3 seeds x 3 picks by range method "
+                      f"mAP50-95 over {len({k.split('|')[2] for k in ranges['builds']})} seeds x "
+                      f"{len({k.split('|')[3] for k in ranges['builds']})} picks by range method "
                       f"(`bench/results/tflite_ranges_yolov5n_cpu.json`, measured on {ranges.get('machine')}): {text}."]
     speed = [(n, results[n]) for n in ("generation_r20_cpu.json", "generation_r20_h100.json") if n in results]
     if speed:
