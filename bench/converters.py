@@ -6,7 +6,12 @@
 The two stacks cannot share a venv, so ``--venvs`` runs this script once in each (one after the
 other) and both write into the same ``--json``. Per model, one DGH set is generated once into
 ``--work/MODEL_dgh.npz`` (``--n-images`` x ``--iters``, plus the images a job holds out) and
-every converter calibrates on that very set, so the two differ in conversion only. Per converter
+every converter calibrates on that very set, so the two differ in conversion only. Each model has
+its own budget (``BUDGETS``; ``--n-images`` / ``--iters`` set one for every model): classifiers 128 x
+250, YOLOv5n at 320 the 64 x 200 of ``bench/detect_picks.py``. ``yolov8n`` is Ultralytics'
+anchor-free YOLOv8n built from its yaml with random weights (the assets hold no trained
+anchor-free detector): its row measures conversion (parity, ops, times) and int8 against float on
+the held-out DGH images, not mAP, so it gets a smaller set and no validation run. Per converter
 and model, from one ``tflite-int8`` job: float parity against PyTorch (max |difference|, top-1
 agreement, on the calibration images), the int8 metric on the real validation data (LiteRT,
 ``--val-limit`` images), the ops of the int8 graph, the float conversion time (the check before
@@ -27,7 +32,9 @@ from typing import Any
 from bench import common
 
 MODELS = "demo,cifar_resnet20"
-N_IMAGES, ITERS = 128, 250  # below the job's 256 x 500: the comparison needs one shared set, not the best one
+# Below the jobs' own budgets: the comparison needs one shared set per model, not the best one.
+DEFAULT_BUDGET = (128, 250)
+BUDGETS = {"yolov5n": (64, 200), "yolov8n": (32, 100)}
 VAL_LIMIT = 1000
 STACKS = {"onnx2tf": ("onnx2tf", "tensorflow", "tf_keras", "ai-edge-litert", "onnxsim", "sng4onnx",
                       "onnx_graphsurgeon"),
@@ -37,8 +44,20 @@ STACKS = {"onnx2tf": ("onnx2tf", "tensorflow", "tf_keras", "ai-edge-litert", "on
 def converter_cases(assets: Path) -> dict[str, common.Case]:
     """The shared cases, plus the bundled demo (a CIFAR-10 ResNet-20 with its own weights)."""
     cases = common.cases(assets)
-    c10 = cases["cifar_resnet20"]
-    return {"demo": common.Case("demo", "", c10.val_data, c10.real), **cases}
+    c10, v5 = cases["cifar_resnet20"], cases["yolov5n"]
+    return {"demo": common.Case("demo", "", c10.val_data, c10.real), **cases,
+            "yolov8n": common.Case("yolov8n.yaml", "", v5.val_data, v5.real, imgsz=v5.imgsz)}
+
+
+def untrained(case: common.Case) -> bool:
+    """A model built from an Ultralytics yaml, with random weights: no accuracy to measure."""
+    return case.model.endswith(".yaml") and not case.weights
+
+
+def budget(name: str, n_images: int | None, iters: int | None) -> dict[str, int]:
+    """The DGH set's calibration images and iterations for model ``name`` (the options win)."""
+    n, it = BUDGETS.get(name, DEFAULT_BUDGET)
+    return {"n_images": n_images or n, "iters": iters or it}
 
 
 def dgh_set(case: common.Case, path: Path, n_images: int, iters: int) -> Path:
@@ -100,8 +119,9 @@ def run_job(case: common.Case, converter: str, calib: Path, out: Path, val_limit
             threads: int) -> dict[str, Any]:
     import dgh_deploy
 
+    val_data = None if untrained(case) else case.val_data
     return dgh_deploy.deploy(target="tflite-int8", converter=converter, model=case.model, weights=case.weights or None,
-                             imgsz=case.imgsz, calib=str(calib), val_data=case.val_data, val_limit=val_limit,
+                             imgsz=case.imgsz, calib=str(calib), val_data=val_data, val_limit=val_limit,
                              out=str(out), threads=threads, human_report=False)
 
 
@@ -109,10 +129,12 @@ def model_result(report: dict[str, Any], out: Path, seconds: float) -> dict[str,
     m, t = report["metrics"], report["target"]
     metric = m["metric"]
     parity = t["float_parity"]
+    scored = "quantized" in m  # not for an untrained model
     return {
         "model": report["model"]["name"], "metric": metric,
         "calibration": {k: report["calibration"][k] for k in ("source", "images", "held_out")},
-        "float": m["float"][metric], "int8": m["quantized"][metric], "images": int(m["quantized"]["images"]),
+        "float": m["float"][metric] if scored else None, "int8": m["quantized"][metric] if scored else None,
+        "images": int(m["quantized"]["images"]) if scored else 0,
         "float_parity": {"max_abs_error": parity["max_abs_error"], "top1_agreement": parity["top1_agreement"],
                          "images": parity["images"], "inputs": parity["inputs"]},
         "data_free": m.get("data_free"),
@@ -152,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=MODELS)
     p.add_argument("--venvs", default="", help="run in each of these venvs (comma-separated), e.g. .venv,.venv-litert")
     p.add_argument("--converter", default="", help="default: the one this venv has")
-    p.add_argument("--n-images", type=int, default=N_IMAGES)
-    p.add_argument("--iters", type=int, default=ITERS)
+    p.add_argument("--n-images", type=int, default=None, help="DGH calibration images (default: per model)")
+    p.add_argument("--iters", type=int, default=None, help="DGH iterations (default: per model)")
     p.add_argument("--val-limit", type=int, default=VAL_LIMIT, help="classifier test images (spread evenly)")
     p.add_threads()
     p.add_json(str(common.RESULTS / "converters_cpu.json"))
@@ -174,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     converter = args.converter or installed_converter()
     common.set_threads(args.threads)
     state = common.read_state(args.json, {"converters": {}})
-    state.update(machine=common.machine(), budget={"n_images": args.n_images, "iters": args.iters},
-                 val_limit=args.val_limit)
+    if old := state.pop("budget", None):  # files from before each model had its own budget
+        for c in state["converters"].values():
+            for row in c["models"].values():
+                row.setdefault("budget", old)
+    state.update(machine=common.machine(), val_limit=args.val_limit)
     entry = state["converters"].setdefault(converter, {"models": {}})
     entry["installed"] = stack_bytes(converter)
     for name in models:
@@ -183,15 +208,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{converter} {name}: in {args.json} already (--rerun to run it again)")
             continue
         case, out = cases[name], Path(args.work) / f"{name}_{converter}"
-        calib = dgh_set(case, Path(args.work) / f"{name}_dgh.npz", args.n_images, args.iters)
+        b = budget(name, args.n_images, args.iters)
+        calib = dgh_set(case, Path(args.work) / f"{name}_dgh.npz", b["n_images"], b["iters"])
         t0 = time.perf_counter()
         report = run_job(case, converter, calib, out, args.val_limit, args.threads)
-        entry["models"][name] = model_result(report, out, time.perf_counter() - t0)
+        entry["models"][name] = {**model_result(report, out, time.perf_counter() - t0), "budget": b,
+                                 "untrained": untrained(case)}
         entry["versions"] = {k: v for k, v in report["environment"]["versions"].items()}
         common.write_result(args.json, state)
         r = entry["models"][name]
-        print(f"{converter} {name}: {r['metric']} float {r['float']:.2f}, int8 {r['int8']:.2f} on {r['images']} "
-              f"images; parity max |diff| {max(r['float_parity']['max_abs_error']):.2g}; preflight "
+        scores = (f"float {r['float']:.2f}, int8 {r['int8']:.2f} on {r['images']} images" if r["int8"] is not None
+                  else f"int8 vs float on held-out DGH images {r['data_free']}")
+        print(f"{converter} {name}: {r['metric']} {scores}; parity max |diff| "
+              f"{max(r['float_parity']['max_abs_error']):.2g}; preflight "
               f"{r['preflight_s']:.1f} s, int8 {r['int8_conversion_s']:.1f} s")
     return 0
 

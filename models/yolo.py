@@ -30,6 +30,7 @@ from dgh_deploy.tasks.detect_layout import DetectLayout
 
 YOLO_PREPROCESSING = Preprocessing(resize="letterbox", pad_value=114)  # pixels / 255, no mean/std
 DEFAULT_IMGSZ = 640
+YAML_INIT_SEED = 0
 NO_HEAD_FIX = "use an Ultralytics detection .pt/.yaml (Detect head) or the built-in yolov5n"
 
 
@@ -184,7 +185,11 @@ def load_ultralytics(spec: str, weights: str | None = None) -> LoadedModel:
         if not Path(spec).is_file() and not _ships_yaml(spec):
             raise DGHError(f"model YAML '{spec}' not found", "pass a YAML path or a name Ultralytics ships")
         try:
-            module = DetectionModel(cfg=spec, verbose=False)
+            # Built under a fixed seed: a yaml without weights is then one model, not a new random one
+            # per process, so a job, its resume and the images cached for it all see the same weights.
+            with torch.random.fork_rng():
+                torch.manual_seed(YAML_INIT_SEED)
+                module = DetectionModel(cfg=spec, verbose=False)
         except Exception as exc:
             raise DGHError(f"cannot build a model from '{spec}' ({exc_reason(exc, 120)})", "check the YAML") from exc
         if weights:

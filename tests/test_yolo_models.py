@@ -40,6 +40,21 @@ def street(assets: Path, v5: LoadedModel) -> np.ndarray:
     return np.stack([v5.preprocessing.load(str(f), v5.imgsz) for f in files])
 
 
+def test_a_yaml_without_weights_is_one_model_and_leaves_the_callers_seed_alone() -> None:
+    """Random weights from a fixed seed: every build of the yaml (a job, its resume, a bench's
+    second converter) sees the same model, and the caller's random stream goes on as if untouched."""
+    torch.manual_seed(1)
+    first = load_model("yolov8n.yaml", imgsz=64)
+    after_load = torch.rand(3)
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(3), after_load)
+    torch.manual_seed(2)
+    second = load_model("yolov8n.yaml", imgsz=64)
+    a, b = first.module.state_dict(), second.module.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(v.float().abs().sum() > 0 for v in a.values())
+
+
 def test_yolov5n_backbone_and_neck_are_ultralytics_layers() -> None:
     from ultralytics.nn.tasks import DetectionModel
 
