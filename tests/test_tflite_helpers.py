@@ -62,3 +62,26 @@ def test_a_quantizer_failure_is_its_telling_line() -> None:
                       "custom op nor a flex op\n")
     assert int8_failure(mlir) == "ValueError: <unknown>:0: error: 'tfl.erf' op is neither a custom op nor a flex op"
     assert int8_failure(RuntimeError("")) == "RuntimeError: no reason given"
+
+
+def test_a_handler_made_while_the_converter_is_quiet_still_logs_after_it(tmp_path: Path,
+                                                                         capfd: pytest.CaptureFixture[str]) -> None:
+    """A library imported inside the capture (TensorFlow's absl, a basicConfig) binds its handler to
+    the redirected stderr, the log file closed afterwards: a second job's warning in the same process
+    must still reach the console, not fail with 'I/O operation on closed file'."""
+    import logging
+
+    from dgh_deploy.targets.tflite.console import capture_output
+
+    logger = logging.getLogger("dgh-test-capture")
+    logger.propagate = False
+    try:
+        with capture_output(tmp_path / "converter.log"):
+            logger.addHandler(logging.StreamHandler())  # binds sys.stderr as it is now: the log file
+            logger.warning("inside")
+        logger.warning("after the capture")
+        err = capfd.readouterr().err
+        assert "after the capture" in err and "Logging error" not in err and "inside" not in err
+        assert "inside" in (tmp_path / "converter.log").read_text()
+    finally:
+        logger.handlers.clear()

@@ -8,6 +8,7 @@ lines only, unless verbose.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ def capture_output(log_path: Path, enabled: bool = True) -> Iterator[None]:
         return
     sys.stdout.flush()
     sys.stderr.flush()
+    console = sys.stderr
     saved = [os.dup(1), os.dup(2)]
     with open(log_path, "a", buffering=1, errors="replace") as log:
         try:
@@ -35,3 +37,17 @@ def capture_output(log_path: Path, enabled: bool = True) -> Iterator[None]:
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
+            _unhook_handlers(log, console)
+
+
+def _unhook_handlers(captured: object, stream: object) -> None:
+    """Point logging handlers made during the capture back at the console. A library imported
+    inside it (TensorFlow's absl, a converter's basicConfig) may have bound a handler to the
+    redirected ``sys.stderr``, i.e. the log file we just closed: the next warning of a later job
+    in the same process would fail with 'I/O operation on closed file'."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is captured:
+                handler.setStream(stream)  # type: ignore[arg-type]
