@@ -687,6 +687,15 @@ def section_job_stages(files: dict[str, dict]) -> list[str]:
     return lines
 
 
+def held_out_sqnr(row: dict) -> str:
+    """int8 against float on the held-out DGH images: the output's SQNR, or each detector part's."""
+    free = row.get("data_free") or {}
+    parts = [(k.removesuffix("_sqnr_db"), v) for k, v in free.items() if k.endswith("_sqnr_db")]
+    if len(parts) == 1:
+        return num(parts[0][1], 1)
+    return ", ".join(f"{name} {num(v, 1)}" for name, v in parts) or "-"
+
+
 def converters_table(data: dict) -> Table:
     rows = []
     conv = data["converters"]
@@ -698,25 +707,30 @@ def converters_table(data: dict) -> Table:
                 continue
             parity = m["float_parity"]
             ops = m["int8_ops"]
-            rows.append([f"{model} ({m['metric']}, float {num(m['float'])})", name, num(m["int8"]),
-                         f"{max(parity['max_abs_error']):.2g}", num(parity.get("top1_agreement"), 1),
+            b = m.get("budget") or data.get("budget", {})
+            label = (f"{model} (untrained: random weights)" if m.get("untrained")
+                     else f"{model} ({m['metric']}, float {num(m['float'])})")
+            rows.append([label, name, f"{b.get('n_images', '?')} x {b.get('iters', '?')}", num(m["int8"]),
+                         held_out_sqnr(m), f"{max(parity['max_abs_error']):.2g}", num(parity.get("top1_agreement"), 1),
                          f"{sum(ops.values())} ({len(ops)} kinds)", num(m["preflight_s"], 1),
                          num(m["int8_conversion_s"], 1), num(m["int8_bytes"] / 1024, 1)])
-    return (["model", "converter", "int8", "float parity: max abs diff", "top-1 agreement, %", "int8 ops",
-             "float conversion + check, s", "int8 conversion, s", "int8 file, KiB"], rows)
+    return (["model", "converter", "DGH set: images x iterations", "int8", "int8 vs float SQNR, dB (held-out DGH)",
+             "float parity: max abs diff", "top-1 agreement, %", "int8 ops", "float conversion + check, s",
+             "int8 conversion, s", "int8 file, KiB"], rows)
 
 
 def section_converters(files: dict[str, dict]) -> list[str]:
     lines = ["The two `tflite-int8` converters on the same DGH set per model (`python -m bench.converters --venvs "
              ".venv,.venv-litert`: each stack in its own venv). Float parity is the float .tflite against PyTorch "
-             "on the calibration images; int8 is LiteRT on the real validation images; the float conversion and "
-             "its check run before generation (litert-torch quantizes that float file, onnx2tf the saved model its "
-             "float conversion wrote).", ""]
+             "on the calibration images; int8 is LiteRT on the real validation images (an untrained model has no "
+             "score to keep: its row shows conversion and int8 against float only); the SQNR column is int8 "
+             "against float on the DGH images the job held out; the float conversion and its check run before "
+             "generation (litert-torch quantizes that float file, onnx2tf the saved model its float conversion "
+             "wrote).", ""]
     for name, data in files.items():
-        b = data.get("budget", {})
-        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; DGH sets of "
-                  f"{b.get('n_images', '?')} images x {b.get('iters', '?')} iterations, "
-                  f"{data.get('val_limit', '?')} test images.", "", *markdown(converters_table(data)), ""]
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; "
+                  f"{data.get('val_limit', '?')} test images for classifiers, coco128 val2017 for detectors.", "",
+                  *markdown(converters_table(data)), ""]
         sizes = [f"{c}: {num(d['installed']['bytes'] / 2**20, 0)} MiB in {len(d['installed']['distributions'])} "
                  "distributions" for c, d in data["converters"].items() if d.get("installed")]
         if sizes:
