@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Set up a venv in the repo (once) with every target's dependencies. Idempotent: a second run
-# only checks that the package is installed. Needs Python 3.11 and a package registry.
+# only checks that the package is installed. Needs Python 3.11 (or 3.12) and a package registry.
 #
-#   ./install.sh           .venv: tflite-int8 with onnx2tf (TensorFlow), the default converter
-#   ./install.sh --litert  .venv-litert: tflite-int8 with litert-torch + ai-edge-quantizer, no TensorFlow
+#   ./install.sh            .venv: tflite-int8 with litert-torch + ai-edge-quantizer (no TensorFlow), the default
+#   ./install.sh --onnx2tf  .venv-onnx2tf: tflite-int8 with onnx2tf (TensorFlow's converter)
 #
 # The two converter stacks cannot share a venv (onnx2tf pins ai-edge-litert 2.1 and protobuf 4;
 # ai-edge-quantizer needs ai-edge-litert 2.3); everything else (tensorrt-int8, sim, ethos-u, the
@@ -14,8 +14,8 @@ venv=.venv
 extras=all
 case "${1:-}" in
   "") ;;
-  --litert) venv=.venv-litert; extras=all-litert ;;
-  *) echo "usage: $0 [--litert]" >&2; exit 2 ;;
+  --onnx2tf) venv=.venv-onnx2tf; extras=all-onnx2tf ;;
+  *) echo "usage: $0 [--onnx2tf]" >&2; exit 2 ;;
 esac
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3

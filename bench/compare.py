@@ -127,9 +127,10 @@ def in_state(state: dict, part: int, order: str) -> list[str]:
 def run(args: argparse.Namespace, state: dict, models: list[str], sources: list[str], targets: list[str]) -> str:
     """Every cell not in ``state`` yet (``state`` is saved to ``--state`` after each), then the table."""
     from dgh_deploy.errors import DGHError
+    from dgh_deploy.targets.tflite.target import installed_converter
 
     all_cases = common.cases(args.assets)
-    state["machine"] = common.machine()
+    state["machine"], state["converter"] = common.machine(), installed_converter()
     todo = [(m, s, t) for m in models for s in sources for t in targets if f"{m}|{s}|{t}" not in state["cells"]]
     if args.table_only:
         todo = []

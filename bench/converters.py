@@ -1,6 +1,6 @@
 """The two tflite-int8 converters side by side: onnx2tf and litert-torch (+ ai-edge-quantizer).
 
-    python -m bench.converters --venvs .venv,.venv-litert    # both, each in its own venv, one command
+    python -m bench.converters --venvs .venv,.venv-onnx2tf    # both, each in its own venv, one command
     python -m bench.converters                                # only the converter this venv has
 
 The two stacks cannot share a venv, so ``--venvs`` runs this script once in each (one after the
@@ -160,7 +160,7 @@ def in_venvs(venvs: list[str], argv: list[str]) -> int:
     for venv in venvs:
         python = Path(venv) / "bin" / "python"
         if not python.is_file():
-            print(f"bench.converters: {python} not found (./install.sh, ./install.sh --litert)", file=sys.stderr)
+            print(f"bench.converters: {python} not found (./install.sh, ./install.sh --onnx2tf)", file=sys.stderr)
             return 2
         print(f"--- {venv}")
         rc = subprocess.call([str(python), "-m", "bench.converters", *rest], cwd=common.REPO)
@@ -172,7 +172,7 @@ def in_venvs(venvs: list[str], argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = common.BenchParser("converters", __doc__)
     p.add_argument("--models", default=MODELS)
-    p.add_argument("--venvs", default="", help="run in each of these venvs (comma-separated), e.g. .venv,.venv-litert")
+    p.add_argument("--venvs", default="", help="run in each of these venvs (comma-separated), e.g. .venv,.venv-onnx2tf")
     p.add_argument("--converter", default="", help="default: the one this venv has")
     p.add_argument("--n-images", type=int, default=None, help="DGH calibration images (default: per model)")
     p.add_argument("--iters", type=int, default=None, help="DGH iterations (default: per model)")

@@ -112,7 +112,9 @@ def run(args: argparse.Namespace, case: Case) -> dict:
     folder = Path(args.sets)
     folder.mkdir(parents=True, exist_ok=True)
     state = common.read_state(args.json, {"jobs": {}})
-    state.update(machine=common.machine(), model=case.model, imgsz=case.imgsz)
+    from dgh_deploy.targets.tflite.target import installed_converter
+
+    state.update(machine=common.machine(), model=case.model, imgsz=case.imgsz, converter=installed_converter())
 
     for src in sources:
         for seed in seeds:

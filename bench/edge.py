@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     common.set_threads(args.threads)
     state = common.read_state(args.json, {"models": {}})
-    state.update(machine=common.machine(), versions=versions(), configs=configs)
+    from dgh_deploy.targets.tflite.target import installed_converter
+
+    state.update(machine=common.machine(), versions=versions(), configs=configs, converter=installed_converter())
     for name in models:
         if name in state["models"] and not args.rerun:
             print(f"{name}: in {args.json} already (--rerun to run it again)")

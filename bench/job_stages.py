@@ -2,6 +2,8 @@
 
     python -m bench.job_stages --before 1f38488                 # that commit against the working tree
     python -m bench.job_stages --before 1f38488 --iters 5       # the stages after generation only, quickly
+    python -m bench.job_stages --before 1f38488 --before-python .venv-onnx2tf/bin/python
+                                                  # that commit in the venv of its default converter
 
 Each version runs ``dgh-deploy --target tflite-int8 --model yolov5n ... --imgsz 320 --val-data
 coco128.yaml`` from a cold cache (a new cache folder per run) in its own process, one after the
@@ -46,10 +48,11 @@ def source_tree(ref: str | None) -> Iterator[Path]:
             subprocess.run(["git", "-C", str(common.REPO), "worktree", "remove", "--force", str(tree)], check=False)
 
 
-def run_job(tree: Path, case: common.Case, work: Path, iters: int | None, threads: int) -> dict[str, Any]:
-    """One cold job of ``tree``'s code: wall seconds, the report's stage times and its metrics."""
+def run_job(tree: Path, python: str, case: common.Case, work: Path, iters: int | None,
+            threads: int) -> dict[str, Any]:
+    """One cold job of ``tree``'s code in ``python``: wall seconds, the report's stage times and its metrics."""
     out, cache = work / "out", work / "cache"
-    command = [sys.executable, "-m", "dgh_deploy", "--target", "tflite-int8", "--model", case.model,
+    command = [python, "-m", "dgh_deploy", "--target", "tflite-int8", "--model", case.model,
                "--weights", case.weights, "--imgsz", str(case.imgsz), "--val-data", case.val_data,
                "--out", str(out), "--cache-dir", str(cache), "--threads", str(threads), "--no-human-report",
                "--quiet", *(["--iters", str(iters)] if iters else [])]
@@ -62,6 +65,7 @@ def run_job(tree: Path, case: common.Case, work: Path, iters: int | None, thread
     report = json.loads((out / "report.json").read_text())
     m = report["metrics"]
     return {"wall_s": round(wall, 1), "times_s": report["times_s"], "metric": m["metric"],
+            "converter": report["target"].get("converter", "onnx2tf"),  # older reports: onnx2tf was the only one
             "float": m["float"][m["metric"]], "quantized": m["quantized"][m["metric"]],
             "load_after": common.load_average()}
 
@@ -71,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", required=True, help="the git commit (or branch) to compare the working tree with")
     p.add_argument("--iters", type=int, default=None, help="generation iterations (default: the job's own)")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--before-python", default=sys.executable, help="the Python (venv) the --before version runs in")
+    p.add_argument("--after-python", default=sys.executable, help="the Python (venv) the working tree runs in")
     p.add_threads()
     p.add_json(str(common.RESULTS / "job_stages_yolov5n_cpu.json"))
     args = p.parse(argv)
@@ -78,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     if rc := p.check_assets(*case.files(real=False)):
         return rc
     versions = {"before": args.before, "after": None}
+    # Absolute but not resolved: a venv's python is a link out of the venv. (The job runs in a temp dir.)
+    pythons = {"before": os.path.abspath(args.before_python), "after": os.path.abspath(args.after_python)}
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in versions}
     for _ in range(args.repeats):
         for label, ref in versions.items():
             with source_tree(ref) as tree, tempfile.TemporaryDirectory(prefix="job-stages-run-") as work:
-                runs[label].append(run_job(tree, case, Path(work), args.iters, args.threads))
+                runs[label].append(run_job(tree, pythons[label], case, Path(work), args.iters, args.threads))
             r = runs[label][-1]
             print(f"{label}: {r['wall_s']:.0f} s, " + ", ".join(f"{k} {v:.0f}" for k, v in r["times_s"].items()))
     best = {label: min(r["wall_s"] for r in rs) for label, rs in runs.items()}

@@ -78,6 +78,9 @@ FILE_NOTES = {
 
 # The same, shortened for the README's results block.
 README_NOTES = {"generation_r20_h100.json": "one fresh process, start-up included"}
+# The converter of a file's tflite-int8 jobs, where the file does not record it (made before
+# litert-torch became the default).
+FILE_CONVERTERS = {"compare_state.json": "onnx2tf", "picks_yolov5n_cpu.json": "onnx2tf", "edge_cpu.json": "onnx2tf"}
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -627,8 +630,10 @@ def readme_edge(results: dict[str, Any]) -> list[str]:
         rows.append([label, f"{e['npu_ops']} of {e['npu_ops'] + e['cpu_ops']}", num(e["sram_kib"], 1),
                      num(e["flash_kib"], 1), *(num(c["inference_ms"], 2) for c in shown), num(m.get("litert")),
                      num(m.get("tflite_micro")), num((m.get("arena_bytes") or 0) / 1024 or None, 1)])
+    conv = data.get("converter") or FILE_CONVERTERS.get(name)
+    by = f" (converted by {conv})" if conv else ""
     return ["", f"Edge: Vela's placement and estimates (NPU ops, SRAM and flash on {first}), and the int8 "
-                f"metric on LiteRT and TFLite Micro, measured on {data.get('machine', 'a machine not recorded')} "
+                f"metric on LiteRT and TFLite Micro{by}, measured on {data.get('machine', 'a machine not recorded')} "
                 f"(`bench/results/{name}`; more configurations in docs/results.md):", "",
             *markdown((["model", "NPU ops", "SRAM, KiB", "flash, KiB", *(f"ms, {c}" for c in configs), "LiteRT",
                         "TFLite Micro", "arena, KiB"], rows))]
@@ -669,7 +674,9 @@ def job_stage_table(data: dict) -> Table:
                          (best["before"], best["after"]))
         ratio = f"{before / after:.2f}x" if before and after else "-"
         rows.append([f"**{stage}**" if stage == "wall" else stage, num(before, 1), num(after, 1), ratio])
-    return ["stage", f"before ({data['before']}), s", f"after ({data['after']}), s", "before / after"], rows
+    conv = {label: f", {r['converter']}" if r.get("converter") else "" for label, r in best.items()}
+    return ["stage", f"before ({data['before']}{conv['before']}), s", f"after ({data['after']}{conv['after']}), s",
+            "before / after"], rows
 
 
 def section_job_stages(files: dict[str, dict]) -> list[str]:
@@ -721,7 +728,7 @@ def converters_table(data: dict) -> Table:
 
 def section_converters(files: dict[str, dict]) -> list[str]:
     lines = ["The two `tflite-int8` converters on the same DGH set per model (`python -m bench.converters --venvs "
-             ".venv,.venv-litert`: each stack in its own venv). Float parity is the float .tflite against PyTorch "
+             ".venv,.venv-onnx2tf`: each stack in its own venv). Float parity is the float .tflite against PyTorch "
              "on the calibration images; int8 is LiteRT on the real validation images (an untrained model has no "
              "score to keep: its row shows conversion and int8 against float only); the SQNR column is int8 "
              "against float on the DGH images the job held out; the float conversion and its check run before "
@@ -870,9 +877,11 @@ def readme_block(results: dict[str, Any]) -> str:
                     c = cells.get(f"{model}|{source}|{t}")
                     row.append("-" if c is None or "error" in c else f"{c['quantized']:.2f}")
                 rows.append(row)
+        conv = state.get("converter") or FILE_CONVERTERS.get("compare_state.json")
+        header = [f"{t} ({conv})" if t == "tflite-int8" and conv else t for t in targets]
         lines += ["", f"Full jobs, int8 metric on each model's real validation data, measured on "
                       f"{state.get('machine', 'a machine not recorded')} (`bench/results/compare_state.json`):", "",
-                  *markdown((["model, metric (float)", "calibration", *targets], rows))]
+                  *markdown((["model, metric (float)", "calibration", *header], rows))]
     picks = results.get("picks_yolov5n_cpu.json")
     if picks:
         skip = {"tensorrt-int8:max", *(["tflite-int8"] if "tflite_ranges_yolov5n_cpu.json" in results else [])}
@@ -886,16 +895,8 @@ def readme_block(results: dict[str, Any]) -> str:
                  else f"measured on {picks.get('machine', 'a machine not recorded')}")
         lines += ["", f"{picks.get('model')} at {picks.get('imgsz')}, mAP50-95, mean of {over} "
                       f"(`bench/results/picks_yolov5n_cpu.json`, {where}): {text}."]
-    ranges = results.get("tflite_ranges_yolov5n_cpu.json")
-    if ranges:
-        text = "; ".join(
-            f"`{method}` DGH {statistics.fmean(v['dgh']):.2f} ({min(v['dgh']):.2f} to {max(v['dgh']):.2f}), "
-            f"real {statistics.fmean(v['real']):.2f}"
-            for method, v in ranges_summary(ranges).items() if v.get("dgh") and v.get("real"))
-        lines += ["", f"`tflite-int8` ({ranges.get('converter')}) on {ranges.get('model')} at {ranges.get('imgsz')}, "
-                      f"mAP50-95 over {len({k.split('|')[2] for k in ranges['builds']})} seeds x "
-                      f"{len({k.split('|')[3] for k in ranges['builds']})} picks by range method "
-                      f"(`bench/results/tflite_ranges_yolov5n_cpu.json`, measured on {ranges.get('machine')}): {text}."]
+    lines += readme_ranges(results)
+    lines += readme_converters(results)
     speed = [(n, results[n]) for n in ("generation_r20_cpu.json", "generation_r20_h100.json") if n in results]
     if speed:
         text = "; ".join(f"{d['speedup']:.2f}x on {d['device']}"
@@ -908,6 +909,46 @@ def readme_block(results: dict[str, Any]) -> str:
     lines += readme_edge(results)
     lines += ["", END]
     return "\n".join(lines)
+
+
+def readme_ranges(results: dict[str, dict]) -> list[str]:
+    """One line: tflite-int8's range methods on YOLOv5n over seeds and picks, per converter (one file each)."""
+    files = {n: d for n, d in results.items() if n.startswith("tflite_ranges_yolov5n")}
+    if not files:
+        return []
+    first = next(iter(files.values()))
+    parts = []
+    for ranges in sorted(files.values(), key=lambda d: d.get("converter") != "litert-torch"):
+        text = ", ".join(
+            f"`{method}` DGH {statistics.fmean(v['dgh']):.2f} ({min(v['dgh']):.2f} to {max(v['dgh']):.2f}) "
+            f"vs real {statistics.fmean(v['real']):.2f}"
+            for method, v in ranges_summary(ranges).items() if v.get("dgh") and v.get("real"))
+        parts.append(f"{ranges.get('converter')}: {text}")
+    builds = first["builds"]
+    return ["", f"`tflite-int8` on {first.get('model')} at {first.get('imgsz')}, mAP50-95 (float "
+                f"{first.get('float', float('nan')):.2f}) over {len({k.split('|')[2] for k in builds})} seeds x "
+                f"{len({k.split('|')[3] for k in builds})} picks by range method "
+                f"({', '.join(f'`bench/results/{n}`' for n in files)}, measured on {first.get('machine')}): "
+                f"{'; '.join(parts)}."]
+
+
+def readme_converters(results: dict[str, dict]) -> list[str]:
+    """One line: each converter's int8 metric per model, float conversion times and install size."""
+    data = results.get("converters_cpu.json")
+    if not data:
+        return []
+    conv = data["converters"]
+    names = ordered(conv, ("litert-torch", "onnx2tf"))
+    models = [m for m in ordered({m for c in conv.values() for m in c["models"]}, ("demo", *MODEL_ORDER))
+              if all(m in conv[n]["models"] and conv[n]["models"][m].get("int8") is not None for n in names)]
+    scores = ", ".join(f"{m} " + " vs ".join(num(conv[n]["models"][m]["int8"]) for n in names) for m in models)
+    times = "; ".join(f"{n} {min(r['preflight_s'] for r in conv[n]['models'].values()):.1f} to "
+                      f"{max(r['preflight_s'] for r in conv[n]['models'].values()):.1f} s" for n in names)
+    sizes = " vs ".join(f"{num(conv[n]['installed']['bytes'] / 2**20, 0)} MiB" for n in names
+                        if conv[n].get("installed"))
+    return ["", f"`tflite-int8` converters, {' vs '.join(names)}, on the same DGH set per model "
+                f"(`bench/results/converters_cpu.json`, measured on {data.get('machine')}): int8 metric {scores}; "
+                f"float conversion and check {times}; installed {sizes}."]
 
 
 def replace_block(text: str, block: str) -> str:

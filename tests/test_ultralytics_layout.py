@@ -30,6 +30,7 @@ from dgh_deploy.tasks.detect_layout import DetectLayout, repack, ultralytics_lay
 from dgh_deploy.tasks.ultralytics_format import check_layout, embed_metadata, read_metadata, ultralytics_metadata
 
 AGREEMENT = 0.3  # mAP50-95 points between yolo val and the job's report, on the same file (issue 19)
+PRINTED = 0.05  # yolo val prints mAP50-95 to 3 places (0.283 is 28.25 to 28.35 points): read back, it is that coarse
 IMGSZ = 320
 
 
@@ -175,7 +176,8 @@ def test_yolov5n_scores_the_same_under_yolo_val(target: str, assets: Path, tmp_p
     data = own_dataset(tmp_path / "data", images, labels, names)
     theirs, compared = _round_trip(report, tmp_path / "job", data, tmp_path / "runs")
     ours = compared["ours"]["mAP50-95"]
-    assert abs(theirs - ours) <= AGREEMENT, (theirs, ours)
+    assert abs(compared["ultralytics"]["mAP50-95"] - ours) <= AGREEMENT, compared  # both unrounded
+    assert abs(theirs - ours) <= AGREEMENT + PRINTED, (theirs, ours)
     assert abs(compared["ultralytics"]["mAP50-95"] - theirs) <= 0.05  # the same validator (yolo val prints 3 places)
     assert ours > 25.0  # a working int8 YOLOv5n at 320 (float 28.9 with this NMS), not an empty agreement
     # The job's own score (single-label NMS) is of the same file, and the split file is kept beside it.
@@ -268,7 +270,8 @@ def test_anchor_free_yolov8n_object_scores_the_same_under_yolo_val(assets: Path,
     assert result["model"]["fingerprint"] == float_model.fingerprint()  # the object's own weights, unchanged
     theirs, compared = _round_trip(result, tmp_path / "job", data, tmp_path / "runs")
     ours = compared["ours"]["mAP50-95"]
-    assert abs(theirs - ours) <= AGREEMENT, (theirs, ours)
+    assert abs(compared["ultralytics"]["mAP50-95"] - ours) <= AGREEMENT, compared  # both unrounded
+    assert abs(theirs - ours) <= AGREEMENT + PRINTED, (theirs, ours)
     assert result.metric("float") > 5.0, result["metrics"]  # scored on its own detections: labels that mean something
     assert ours > 0.5, compared  # and the int8 file finds some of them (1.02): both scorers see real boxes
     report = json.loads(result.artifacts["report"].read_text())

@@ -31,7 +31,10 @@ from dgh_deploy.targets.base import Calibrator
 
 ONNX2TF = "onnx2tf"
 LITERT_TORCH = "litert-torch"
-CONVERTERS = (ONNX2TF, LITERT_TORCH)
+# The default first. litert-torch, by bench/converters.py: the same int8 quality, a 1.4-3.4x faster
+# float conversion, half the install, strided slices converted right; and Ultralytics' own path.
+CONVERTERS = (LITERT_TORCH, ONNX2TF)
+DEFAULT_CONVERTER = CONVERTERS[0]
 ACT_RANGES = ("minmax", "percentile", "mse")
 
 

@@ -52,8 +52,8 @@ log = logging.getLogger("dgh_deploy")
 class LiteRTTorchConverter(Converter):
     name: ClassVar[str] = LITERT_TORCH
     requires: ClassVar[tuple[str, ...]] = ("litert_torch", "ai_edge_quantizer", "ai_edge_litert")
-    install_hint: ClassVar[str] = ("pip install 'dgh-deploy[litert]' in a venv of its own (./install.sh --litert); "
-                                   "it cannot share one with onnx2tf")
+    install_hint: ClassVar[str] = ("pip install 'dgh-deploy[litert]' (the default install, ./install.sh) in a venv "
+                                   "without onnx2tf: the two cannot share one")
     act_ranges: ClassVar[tuple[str, ...]] = ACT_RANGES
     act_bits: ClassVar[tuple[int, ...]] = (8, 16)
     io_dtypes: ClassVar[tuple[str, ...]] = ("int8", "uint8")  # uint8: QUANTIZE ops around the recipe's int8 I/O

@@ -280,11 +280,11 @@ class Onnx2tfConverter(Converter):
 
     name: ClassVar[str] = ONNX2TF
     requires: ClassVar[tuple[str, ...]] = ("onnx2tf", "tensorflow", "ai_edge_litert")
-    install_hint: ClassVar[str] = ("pip install 'dgh-deploy[onnx2tf]' (or, in a venv with 'dgh-deploy[litert]', "
-                                   "--converter litert-torch)")
+    install_hint: ClassVar[str] = ("pip install 'dgh-deploy[onnx2tf]' in a venv of its own (./install.sh --onnx2tf), "
+                                   "or use the default converter, --converter litert-torch")
     act_ranges: ClassVar[tuple[str, ...]] = ACT_RANGES
-    parity_fix: ClassVar[str] = ("onnx2tf mis-converts this graph: convert with --converter litert-torch (its own "
-                                 "venv: ./install.sh --litert), or rewrite that layer into an equivalent form")
+    parity_fix: ClassVar[str] = ("onnx2tf mis-converts this graph: convert with --converter litert-torch (the "
+                                 "default install, ./install.sh), or rewrite that layer into an equivalent form")
 
     def export(self, model: LoadedModel, module: nn.Module, scratch: Path) -> Path:
         return export_onnx(model, scratch / f"{file_stem(model.name)}.onnx", module=module)

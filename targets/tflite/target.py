@@ -3,7 +3,7 @@
 ``--converter onnx2tf``: PyTorch -> ONNX (with the model's export rewrites) -> onnx2tf, whose
 TensorFlow converter quantizes with our calibration images. ``--converter litert-torch``:
 PyTorch -> litert-torch -> ai-edge-quantizer, no ONNX and no TensorFlow (the two stacks live in
-separate venvs; left out, ``--converter`` is the one this venv has, onnx2tf first). Either way
+separate venvs; left out, ``--converter`` is the one this venv has, litert-torch first). Either way
 two files come out, ``*_float32.tflite`` and ``*_full_integer_quant.tflite``, and nothing is
 handed back until the float file agrees with PyTorch (so that any later accuracy loss is
 quantization, not conversion) and the int8 file is shown to run integer-only with integer I/O.
@@ -49,6 +49,7 @@ from dgh_deploy.targets.base import (
 )
 from dgh_deploy.targets.tflite.converter import (
     CONVERTERS,
+    DEFAULT_CONVERTER,
     LITERT_TORCH,
     ONNX2TF,
     Conversion,
@@ -120,16 +121,16 @@ def act_range_for(model: LoadedModel | None, opts: TargetOptions) -> tuple[str, 
 
 
 def installed_converter() -> str:
-    """The converter whose stack this venv holds, onnx2tf first (the default install)."""
+    """The converter whose stack this venv holds, litert-torch (the default install) first."""
     for name in CONVERTERS:
         if not converter_class(name)().missing_requirements():
             return name
-    return ONNX2TF  # neither: the job then names onnx2tf's install line
+    return DEFAULT_CONVERTER  # neither: the job then names the default's install line
 
 
 class TFLiteInt8Target(Target):
     name: ClassVar[str] = "tflite-int8"
-    summary: ClassVar[str] = ("full-integer INT8 .tflite (int8/uint8 I/O) via onnx2tf or litert-torch, "
+    summary: ClassVar[str] = ("full-integer INT8 .tflite (int8/uint8 I/O) via litert-torch or onnx2tf, "
                               "verified on LiteRT")
     runtime: ClassVar[str] = "LiteRT interpreter (ai_edge_litert), and TFLite Micro's reference kernels (tflite-micro)"
     requires: ClassVar[tuple[str, ...]] = ("ai_edge_litert",)  # and the chosen converter's stack
@@ -139,8 +140,9 @@ class TFLiteInt8Target(Target):
     flags: ClassVar[tuple[TargetFlag, ...]] = (
         TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),
         TargetFlag("--converter", "converter",
-                   "PyTorch -> .tflite converter: onnx2tf (via ONNX and TensorFlow) or litert-torch (with "
-                   "ai-edge-quantizer; its own venv: ./install.sh --litert). Default: the one installed, onnx2tf first",
+                   "PyTorch -> .tflite converter: litert-torch (with ai-edge-quantizer; the default install) or "
+                   "onnx2tf (via ONNX and TensorFlow; its own venv: ./install.sh --onnx2tf). Default: the one "
+                   "installed, litert-torch first",
                    choices=CONVERTERS),
     )
 
