@@ -80,7 +80,7 @@ FILE_NOTES = {
 README_NOTES = {"generation_r20_h100.json": "one fresh process, start-up included"}
 # The converter of a file's tflite-int8 jobs, where the file does not record it (made before
 # litert-torch became the default).
-FILE_CONVERTERS = {"compare_state.json": "onnx2tf", "picks_yolov5n_cpu.json": "onnx2tf", "edge_cpu.json": "onnx2tf"}
+FILE_CONVERTERS = {"compare_state.json": "onnx2tf", "edge_cpu.json": "onnx2tf"}
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -144,6 +144,11 @@ def machine_of(name: str, data: dict) -> str:
         if isinstance(data.get(key), str):
             return f"{data[key]} (the file's `{key}`)"
     return machine_from_name(name)
+
+
+def converter_of(name: str, data: dict) -> str | None:
+    """The tflite-int8 converter of a file's jobs, as it records it, else as FILE_CONVERTERS says."""
+    return data.get("converter") or FILE_CONVERTERS.get(name)
 
 
 def file_line(name: str, about: str) -> str:
@@ -630,7 +635,7 @@ def readme_edge(results: dict[str, Any]) -> list[str]:
         rows.append([label, f"{e['npu_ops']} of {e['npu_ops'] + e['cpu_ops']}", num(e["sram_kib"], 1),
                      num(e["flash_kib"], 1), *(num(c["inference_ms"], 2) for c in shown), num(m.get("litert")),
                      num(m.get("tflite_micro")), num((m.get("arena_bytes") or 0) / 1024 or None, 1)])
-    conv = data.get("converter") or FILE_CONVERTERS.get(name)
+    conv = converter_of(name, data)
     by = f" (converted by {conv})" if conv else ""
     return ["", f"Edge: Vela's placement and estimates (NPU ops, SRAM and flash on {first}), and the int8 "
                 f"metric on LiteRT and TFLite Micro{by}, measured on {data.get('machine', 'a machine not recorded')} "
@@ -881,7 +886,7 @@ def readme_block(results: dict[str, Any]) -> str:
                     c = cells.get(f"{model}|{source}|{t}")
                     row.append("-" if c is None or "error" in c else f"{c['quantized']:.2f}")
                 rows.append(row)
-        conv = state.get("converter") or FILE_CONVERTERS.get("compare_state.json")
+        conv = converter_of("compare_state.json", state)
         header = [f"{t} ({conv})" if t == "tflite-int8" and conv else t for t in targets]
         lines += ["", f"Full jobs, int8 metric on each model's real validation data, measured on "
                       f"{state.get('machine', 'a machine not recorded')} (`bench/results/compare_state.json`):", "",
@@ -921,18 +926,21 @@ def readme_ranges(results: dict[str, dict]) -> list[str]:
     if not files:
         return []
     first = next(iter(files.values()))
+    machines = {d.get("machine") for d in files.values()}
     parts = []
     for ranges in sorted(files.values(), key=lambda d: d.get("converter") != "litert-torch"):
         text = ", ".join(
             f"`{method}` DGH {statistics.fmean(v['dgh']):.2f} ({min(v['dgh']):.2f} to {max(v['dgh']):.2f}) "
             f"vs real {statistics.fmean(v['real']):.2f}"
             for method, v in ranges_summary(ranges).items() if v.get("dgh") and v.get("real"))
-        parts.append(f"{ranges.get('converter')}: {text}")
+        where = "" if len(machines) == 1 else f" (on {ranges.get('machine')})"
+        parts.append(f"{ranges.get('converter')}{where}: {text}")
     builds = first["builds"]
+    measured = f", measured on {first.get('machine')}" if len(machines) == 1 else ""
     return ["", f"`tflite-int8` on {first.get('model')} at {first.get('imgsz')}, mAP50-95 (float "
                 f"{first.get('float', float('nan')):.2f}) over {len({k.split('|')[2] for k in builds})} seeds x "
                 f"{len({k.split('|')[3] for k in builds})} picks by range method "
-                f"({', '.join(f'`bench/results/{n}`' for n in files)}, measured on {first.get('machine')}): "
+                f"({', '.join(f'`bench/results/{n}`' for n in files)}{measured}): "
                 f"{'; '.join(parts)}."]
 
 

@@ -31,8 +31,8 @@ from dgh_deploy.targets.base import Calibrator
 
 ONNX2TF = "onnx2tf"
 LITERT_TORCH = "litert-torch"
-# The default first. litert-torch, by bench/converters.py: the same int8 quality, a 1.4-3.4x faster
-# float conversion, half the install, strided slices converted right; and Ultralytics' own path.
+# The default first: litert-torch, chosen by bench/converters.py (docs/design.md, "Why litert-torch
+# is the default").
 CONVERTERS = (LITERT_TORCH, ONNX2TF)
 DEFAULT_CONVERTER = CONVERTERS[0]
 ACT_RANGES = ("minmax", "percentile", "mse")
