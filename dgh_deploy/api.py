@@ -62,6 +62,7 @@ def generate(
     resume: bool = False,
     progress: bool = True,
     precision: str | None = None,
+    scales: tuple[tuple[float, float], ...] | None = None,
 ) -> CalibrationSet | None:
     """Generate a calibration set (``dgh-deploy generate``); saved to ``out`` when given.
 
@@ -70,14 +71,18 @@ def generate(
     ``model``: a name or path as on the command line, or the model object (an ``nn.Module``, an
     Ultralytics ``YOLO``); ``imgsz``: an int, or (h, w) for a letterboxed rectangle (detectors).
     ``precision``: fp32 | bf16 | auto (None: the default), resolved for ``device`` before anything loads.
+    ``scales``: the coarse-to-fine schedule (None: the default for the model's input size).
     """
     from dgh_deploy.generation import default_budget, distributed, job_recipe, make_calibration_set
     from dgh_deploy.loading import load_model
 
     _check_generate(n_images, iters, imgsz, seed, calib, out)
-    recipe = job_recipe(calib, precision, device) if calib in ("dgh", "bns") else None
+    generated = calib in ("dgh", "bns")
+    if generated:
+        job_recipe(calib, precision, device)  # bf16 where the device lacks it: refused before the model loads
     loaded = load_model(model, weights, task, imgsz)
     budget = default_budget(loaded, device)
+    recipe = job_recipe(calib, precision, device, scales or budget.scales) if generated else None
     if out is not None:
         total = n_images or budget.n_images
         check_free_space(Path(out).parent, job_bytes(total, loaded.imgsz, 0)[0], "the calibration set", "--out")

@@ -47,8 +47,13 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--imgsz", type=int, help="input size (default: the model's own)")
     g = p.add_argument_group("calibration data")
     g.add_argument("--calib", default="dgh", help="dgh | bns | noise | real:PATH | FILE.npz (default dgh)")
-    g.add_argument("--n-images", type=int, help="calibration images (default: 256 classify; detect 64 CPU, 128 GPU)")
-    g.add_argument("--iters", type=int, help="DGH iterations (default 500; detect on CPU 200)")
+    g.add_argument("--n-images", type=int, help="calibration images (default: 256 classify, 128 for classifiers "
+                                                  "over 64 px on CPU; detect 64 CPU, 128 GPU)")
+    g.add_argument("--iters", type=int, help="DGH iterations (default 500; on CPU 200 for detectors and "
+                                             "classifiers over 64 px)")
+    g.add_argument("--scales", type=_schedule, help="coarse to fine: FRACTION:SHARE of the input side and of the "
+                                                    "iterations per stage, e.g. 0.25:0.7,0.5:0.2,1:0.1; 1 for the "
+                                                    "full size only (default: by input size on CPU)")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to generate (default cpu)")
     g.add_argument("--precision", choices=("fp32", "bf16", "auto"),
                    help="generation arithmetic: bf16 autocast (statistics and images stay float32/64) where "
@@ -56,6 +61,15 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--resume", action="store_true", help="continue an interrupted generation from its checkpoint")
     _verbosity(p)
+
+
+def _schedule(text: str) -> tuple[tuple[float, float], ...]:
+    from dgh_deploy.generation.scales import parse_schedule
+
+    try:
+        return parse_schedule(text)
+    except DGHError as err:  # argparse prints it on one line, as every other usage error
+        raise argparse.ArgumentTypeError(f"{err.problem}; {err.fix}") from err
 
 
 def _verbosity(p: argparse.ArgumentParser) -> None:
@@ -203,7 +217,8 @@ def run_deploy(args: argparse.Namespace) -> int:
     report = deploy(
         target=args.target, target_settings=target_settings(args), model=args.model, weights=args.weights,
         task=args.task, imgsz=args.imgsz,
-        calib=args.calib, precision=args.precision, n_images=args.n_images, iters=args.iters, holdout=args.holdout,
+        calib=args.calib, precision=args.precision, n_images=args.n_images, iters=args.iters, scales=args.scales,
+        holdout=args.holdout,
         val_data=args.val_data, val_limit=args.val_limit, out=out, device=args.device, seed=args.seed,
         resume=args.resume, max_drop=args.max_drop, junit=args.junit, use_cache=not args.no_cache,
         cache_dir=args.cache_dir, human_report=not args.no_human_report, progress=not args.quiet, options=options,
@@ -252,7 +267,7 @@ def run_generate(args: argparse.Namespace) -> int:
     calib = generate(
         model=args.model, weights=args.weights, n_images=args.n_images, iters=args.iters, imgsz=args.imgsz,
         task=args.task, calib=args.calib, device=args.device, seed=args.seed, out=args.out, resume=args.resume,
-        progress=not args.quiet, precision=args.precision,
+        progress=not args.quiet, precision=args.precision, scales=args.scales,
     )
     if calib is None:
         return 0  # a torchrun rank other than 0: rank 0 writes and reports

@@ -17,6 +17,7 @@ from dgh_deploy.artifacts import check_output_folder, staging_dir, write_json
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.calibration.cache import cached
 from dgh_deploy.errors import DGHError, QualityGateFailed
+from dgh_deploy.generation.budget import Budget, default_budget
 from dgh_deploy.generation.config import job_recipe
 from dgh_deploy.generation.preflight import check_device
 from dgh_deploy.job_checks import (
@@ -49,8 +50,9 @@ class DeployConfig:
     imgsz: int | tuple[int, int] | None = None  # (h, w): a letterboxed rectangle (detectors)
     calib: str = "dgh"  # dgh | bns | noise | real:PATH | FILE.npz
     precision: str | None = None  # fp32 | bf16 | auto for generation; None: DGHConfig's default
-    n_images: int | None = None  # None: the task's default for the device
+    n_images: int | None = None  # None: the task's default for the device and input size
     iters: int | None = None
+    scales: tuple[tuple[float, float], ...] | None = None  # coarse to fine (generation/scales.py); None: the default
     holdout: int | None = None  # images held out of calibration for the data-free check
     val_data: str | None = None
     val_limit: int | None = None
@@ -186,22 +188,26 @@ def check_config(config: DeployConfig) -> None:
 
 def _check_disk(config: DeployConfig, model: LoadedModel) -> None:
     """Room for the generation checkpoint beside ``--out`` and the artifacts in it."""
-    n_images, _ = _budget(config, model)
+    n_images = _budget(config, model).n_images
     generated = 0 if config.calib.endswith(".npz") else n_images + _holdout(config, model)
     images, artifacts = job_bytes(generated, model.imgsz, sum(p.numel() for p in model.module.parameters()))
     check_free_space(config.out, images + artifacts, "the calibration set and the artifacts", "--out")
 
 
-def _budget(config: DeployConfig, model: LoadedModel) -> tuple[int, int]:
-    """(calibration images, iterations): the user's, else the task's default for the device."""
-    from dgh_deploy.generation import default_budget
-
+def _budget(config: DeployConfig, model: LoadedModel) -> Budget:
+    """Calibration images, iterations and resolution schedule: the user's, else the default for
+    the model's task and input size on the device."""
     budget = default_budget(model, config.device)
-    return config.n_images or budget.n_images, config.iters or budget.iters
+    given = {k: v for k, v in (("n_images", config.n_images), ("iters", config.iters), ("scales", config.scales))
+             if v is not None}
+    if not given:
+        return budget
+    flags = ", ".join("--" + k.replace("_", "-") for k in given)
+    return replace(budget, **given, basis=f"{flags} as given; otherwise {budget.basis}")
 
 
 def _holdout(config: DeployConfig, model: LoadedModel) -> int:
-    n_images, _ = _budget(config, model)
+    n_images = _budget(config, model).n_images
     return config.holdout if config.holdout is not None else default_holdout(n_images)
 
 
@@ -214,11 +220,13 @@ def _calibration_images(config: DeployConfig, model: LoadedModel) -> tuple[Calib
 
     if config.calib.endswith(".npz"):
         return CalibrationSet.load(config.calib), False
-    n_images, iters = _budget(config, model)
+    budget = _budget(config, model)
+    n_images, iters = budget.n_images, budget.iters
     total = n_images + _holdout(config, model)
     checkpoint = Path(config.out).with_name(Path(config.out).name + ".generation.ckpt")
     # One recipe, precision resolved (auto -> fp32 or bf16), makes the images and the cache key.
-    recipe = job_recipe(config.calib, config.precision, config.device)
+    recipe = job_recipe(config.calib, config.precision, config.device, budget.scales)
+    log.info("generation budget: %s + %d held out (%s)", budget.describe(), total - n_images, budget.basis)
 
     def make() -> CalibrationSet:
         return make_calibration_set(
@@ -261,13 +269,22 @@ def build_report(config: DeployConfig, model: LoadedModel, target: Target, resul
         "target": {"name": target.name, "runtime": target.runtime,
                    "constraints": target.constraints.as_dict(), **result.info},
         "calibration": {"source": calib.source, "images": len(calib), "held_out": len(held) if held else 0,
-                        "cached": cached_set, "settings": calib.settings, "stats": calib.stats},
+                        "cached": cached_set, "settings": calib.settings, "stats": calib.stats,
+                        **({} if config.calib.endswith(".npz") or config.calib in ("noise",)
+                           or config.calib.startswith("real:") else {"budget": _budget_entry(config, model)})},
         "artifacts": {role: {"path": p.name, "bytes": p.stat().st_size} for role, p in result.artifacts.items()},
         "metrics": verification,
         "times_s": {k: round(v, 3) for k, v in times.items()},
         "environment": environment(),
         "config": _config_dict(config),
     }
+
+
+def _budget_entry(config: DeployConfig, model: LoadedModel) -> dict[str, Any]:
+    """The generation budget as the report states it: what ran, and why that much."""
+    budget = _budget(config, model)
+    return {"n_images": budget.n_images, "iters": budget.iters, "scales": [list(s) for s in budget.scales],
+            "basis": budget.basis}
 
 
 def environment() -> dict[str, Any]:

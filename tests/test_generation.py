@@ -243,7 +243,7 @@ def test_unknown_source_and_device() -> None:
 
 def test_default_budget() -> None:
     model = as_loaded(tiny_bn_net())
-    assert default_budget(model, "cpu") == default_budget(model, "cuda")
+    assert default_budget(model, "cpu").describe() == default_budget(model, "cuda").describe()
     assert (default_budget(model, "cpu").n_images, default_budget(model, "cpu").iters) == (256, 500)
     det = replace(model, task="detect")
     assert (default_budget(det, "cpu").n_images, default_budget(det, "cpu").iters) == (64, 200)

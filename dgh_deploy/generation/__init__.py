@@ -14,30 +14,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
+from dgh_deploy.generation.budget import Budget, default_budget
 from dgh_deploy.generation.config import DGHConfig, bns_config, default_recipe, job_recipe
 from dgh_deploy.generation.precision import PRECISIONS
 from dgh_deploy.loaded_model import LoadedModel
 
 SOURCES = ("dgh", "bns", "noise", "real:DIR", "real:DATA.yaml")
-
-
-@dataclass(frozen=True)
-class Budget:
-    n_images: int
-    iters: int
-
-
-def default_budget(model: LoadedModel, device: str) -> Budget:
-    """Classifiers: 256 images x 500 iterations. Detectors (640x640 is costly): 64 x 200 on
-    CPU, 128 x 500 on a GPU."""
-    if model.task == "detect":
-        return Budget(128, 500) if str(device).startswith("cuda") else Budget(64, 200)
-    return Budget(256, 500)
 
 
 def make_calibration_set(

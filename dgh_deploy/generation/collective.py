@@ -57,6 +57,7 @@ class _Rows:
     """Stands for a per-image tensor while a checkpoint's small parts are broadcast."""
 
     dtype: torch.dtype
+    row_shape: tuple[int, ...]  # one image's: a coarse-to-fine run's images change size by stage
 
 
 def _map_rows(obj: Any, is_rows: Callable[[torch.Tensor], bool], fn: Callable[[Any], Any]) -> Any:
@@ -161,20 +162,20 @@ class Collective:
         out = _map_rows(state, lambda t: tuple(t.shape) == local, lambda t: self.gather_rows(t, n_images))
         return out if self.is_lead else None
 
-    def scatter_state(self, load: Callable[[], dict[str, Any] | None], n_images: int,
-                      row_shape: tuple[int, ...]) -> dict[str, Any] | None:
+    def scatter_state(self, load: Callable[[], dict[str, Any] | None], n_images: int) -> dict[str, Any] | None:
         """Rank 0 runs ``load`` (a whole-set checkpoint, or None); every rank gets the small
-        parts and its own rows of the per-image tensors. Only rank 0 reads the file, so the
+        parts and its own rows of the per-image tensors (the image-shaped tensors of all
+        ``n_images``: the images and the optimiser's moments). Only rank 0 reads the file, so the
         other ranks need not share its filesystem."""
-        full_shape = (n_images, *row_shape)
         state, failure = None, None
         if self.is_lead:
             try:
                 state = load()
             except DGHError as err:
                 failure = (err.problem, err.fix)
-        is_rows = lambda t: tuple(t.shape) == full_shape  # noqa: E731
-        skeleton = _map_rows(state, is_rows, lambda t: _Rows(t.dtype)) if state is not None else None
+        is_rows = lambda t: t.ndim == 4 and t.shape[0] == n_images  # noqa: E731
+        skeleton = (_map_rows(state, is_rows, lambda t: _Rows(t.dtype, tuple(t.shape[1:])))
+                    if state is not None else None)
         box = [(skeleton, failure)]
         with self._guard("the checkpoint broadcast"):
             dist.broadcast_object_list(box, src=0, group=self._cpu_group)
@@ -185,7 +186,7 @@ class Collective:
             return None
         full_rows = iter([]) if state is None else iter(_collect_rows(state, is_rows))
         return _map_rows(skeleton, is_rows, lambda marker: self.scatter_rows(
-            next(full_rows) if self.is_lead else None, n_images, row_shape, marker.dtype))
+            next(full_rows) if self.is_lead else None, n_images, marker.row_shape, marker.dtype))
 
     def close(self, finished: bool = False) -> None:
         """Leave the job. ``finished``: every rank got here without error, so wait for the others

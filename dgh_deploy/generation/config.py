@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from dgh_deploy.generation.precision import DEFAULT_PRECISION, resolve_precision
+from dgh_deploy.generation.scales import FULL_SIZE_ONLY, Scale
 
 # Settings that change how fast or how often, never which images come out: left out of the
 # checkpoint's settings hash so that a resumed run may use another memory budget.
@@ -36,6 +37,9 @@ class DGHConfig:
     smoothing_size: int = 3
     smoothing_sigma: float = 1.25
     clip: bool = True  # clip to the pixel range of 0..255 images
+    # Coarse to fine (scales.py): (fraction of the input side, share of the iterations) per
+    # stage; the default optimises at the full size throughout, as MCT.
+    scales: tuple[Scale, ...] = FULL_SIZE_ONLY
     joint_stats: bool = True
     batch_size: int = 32  # only when joint_stats is False
     std_eps: float = 1e-6
@@ -81,8 +85,10 @@ def default_recipe(source: str) -> DGHConfig:
     return DGHConfig() if source == "dgh" else bns_config()
 
 
-def job_recipe(source: str, precision: str | None, device: str) -> DGHConfig:
+def job_recipe(source: str, precision: str | None, device: str,
+               scales: tuple[Scale, ...] = FULL_SIZE_ONLY) -> DGHConfig:
     """The recipe a job runs on ``device``: :func:`default_recipe` with ``precision`` (None: the
-    default), resolved. The same object builds the images and the cache key."""
-    recipe = default_recipe(source)
+    default), resolved, and the budget's resolution schedule. The same object builds the images
+    and the cache key."""
+    recipe = replace(default_recipe(source), scales=scales)
     return (recipe if precision is None else replace(recipe, precision=precision)).resolved(device)

@@ -25,14 +25,16 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from dgh_deploy.errors import DGHError
+from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.generation import draws
 from dgh_deploy.generation.augment import ImagePipeline
 from dgh_deploy.generation.checkpoint import load_checkpoint, save_checkpoint, settings_hash
@@ -53,6 +55,7 @@ from dgh_deploy.generation.memory import (
 )
 from dgh_deploy.generation.precision import autocast
 from dgh_deploy.generation.preflight import check_device, estimate_seconds, format_duration, probe_forward
+from dgh_deploy.generation.scales import Stage, stages
 from dgh_deploy.generation.schedule import PlateauSchedule
 from dgh_deploy.generation.stats import BNInputRecorder, StatSums
 from dgh_deploy.loaded_model import LoadedModel, require_batchnorm
@@ -82,8 +85,18 @@ class _Run:
     curve: list[dict[str, float]] = field(default_factory=list)
     elapsed: float = 0.0  # seconds of earlier sessions (a resumed run's)
     t0: float = 0.0  # time.perf_counter() when this session's steps began
-    rank_layouts: list[Any] = field(default_factory=list)  # (chunk, retained) per process
+    rank_layouts: list[Any] = field(default_factory=list)  # (chunk, retained) per process, this stage
     updating: bool = False  # inside a step's update: the state is half-updated, not to be saved
+
+
+@dataclass(frozen=True)
+class _StageSetup:
+    """How one stage of a coarse-to-fine run runs: its image pipeline and its chunk layout."""
+
+    stage: Stage
+    pipeline: ImagePipeline
+    chunk: int
+    retain: bool
 
 
 class Generator:
@@ -91,6 +104,9 @@ class Generator:
 
     With ``dist`` (a torchrun job) this process optimises only its shard of the set, images
     ``offset .. offset + n_local - 1``; ``n`` stays the whole set's count.
+
+    With a coarse-to-fine schedule (``DGHConfig.scales``, see :mod:`scales`) the images are
+    held at each stage's size in turn, and upsampled at the start of the next stage.
     """
 
     def __init__(self, model: LoadedModel, n_images: int, iters: int, seed: int = 0, device: str = "cpu",
@@ -116,14 +132,10 @@ class Generator:
         self.input_stats = input_statistics(model.preprocessing, cfg.input_prior)
         self.bn_loss = BNAlignmentLoss(self.recorder.reference(self.layer_names, self.device, self.input_stats),
                                        cfg.std_eps)
-        extra = cfg.extra_pixels if cfg.extra_pixels is not None else scaled_extra_pixels(model.imgsz)
-        self.pipeline = ImagePipeline(
-            model.imgsz, extra, model.preprocessing.pixel_range(), smoothing_size=cfg.smoothing_size,
-            smoothing_sigma=cfg.smoothing_sigma, enabled=cfg.pipeline, clip=cfg.clip,
-            channels_last=self.channels_last, device=self.device,
-        )
-        self.chunk, self.retain = self._layout(chunk, retain)
-        self.settings = self._settings(extra)
+        self.stages = stages(model.imgsz, iters, cfg.scales, int(model.extra.get("stride", 1)))
+        self._setups = [self._stage_setup(stage, chunk, retain) for stage in self.stages]
+        self._enter(0)
+        self.settings = self._settings()
 
     # ---- set-up ------------------------------------------------------------------------------
     def _shard_bounds(self) -> tuple[int, int]:
@@ -150,13 +162,59 @@ class Generator:
             module = module.to(memory_format=torch.channels_last)
         return module
 
-    def _layout(self, chunk: int | None, retain: bool | None) -> tuple[int, bool]:
-        """The chunk size and path (retained graphs or two passes), as given or chosen from the
-        memory one image's activations take and the device's budget (see :mod:`memory`)."""
+    def _stage_setup(self, stage: Stage, chunk: int | None, retain: bool | None) -> _StageSetup:
+        """The image pipeline and chunk layout of ``stage`` (``chunk``, ``retain``: as given)."""
+        cfg = self.config
+        if stage.imgsz != self.model.imgsz:
+            self._check_stage_size(stage.imgsz)
+        pipeline = ImagePipeline(
+            stage.imgsz, self._extra_pixels(stage.imgsz), self.model.preprocessing.pixel_range(),
+            smoothing_size=cfg.smoothing_size, smoothing_sigma=cfg.smoothing_sigma, enabled=cfg.pipeline,
+            clip=cfg.clip, channels_last=self.channels_last, device=self.device,
+        )
+        return _StageSetup(stage, pipeline, *self._layout(stage.imgsz, chunk, retain))
+
+    def _extra_pixels(self, imgsz: tuple[int, int]) -> int:
+        """The stored images' margin at ``imgsz``: the configured one in proportion to the input
+        size (a coarse stage's crops move as far, relative to the image, as the full size's)."""
+        extra = self.config.extra_pixels
+        if extra is None:
+            return scaled_extra_pixels(imgsz)
+        return extra if imgsz == self.model.imgsz else round(extra * min(imgsz) / min(self.model.imgsz))
+
+    def _check_stage_size(self, imgsz: tuple[int, int]) -> None:
+        """A coarse stage's size must run the model and reach the same BN layers as the full size."""
+        h, w = imgsz
+        x = torch.zeros(1, 3, h, w, device=self.device, dtype=self.dtype)
+        try:
+            with torch.no_grad():
+                self.recorder.start(x)
+                self.module(x)
+            seen = self.recorder.seen()
+            self.recorder.take(seen)
+        except Exception as exc:
+            raise DGHError(f"model '{self.model.name}' does not take the coarse-to-fine stage size {h}x{w} "
+                           f"({exc_reason(exc, 120)})", "generate at the full size only: --scales 1") from exc
+        if seen != self.layer_names:
+            raise DGHError(f"model '{self.model.name}' runs other BatchNorm layers at the stage size {h}x{w}",
+                           "generate at the full size only: --scales 1")
+
+    def _enter(self, index: int) -> None:
+        """Make stage ``index`` the current one: its pipeline and chunk layout."""
+        self.stage_index = index
+        setup = self._setups[index]
+        self.pipeline, self.chunk, self.retain = setup.pipeline, setup.chunk, setup.retain
+
+    def _stage_at(self, iteration: int) -> int:
+        return next(i for i, s in enumerate(self.stages) if iteration < s.stop or i == len(self.stages) - 1)
+
+    def _layout(self, imgsz: tuple[int, int], chunk: int | None, retain: bool | None) -> tuple[int, bool]:
+        """The chunk size and path (retained graphs or two passes) at ``imgsz``, as given or chosen
+        from the memory one image's activations take and the device's budget (see :mod:`memory`)."""
         cfg = self.config
         per_image = None
         if cfg.joint_stats and (chunk is None or retain is None):
-            probe = torch.zeros(2, 3, *self.model.imgsz, device=self.device, dtype=self.dtype)
+            probe = torch.zeros(2, 3, *imgsz, device=self.device, dtype=self.dtype)
             per_image = saved_bytes_per_image(self.module, probe, self._forward_loss_probe)
         if chunk is None:
             if per_image is not None:
@@ -170,13 +228,16 @@ class Generator:
         return chunk, cfg.joint_stats and (retain or chunk >= self.n_local)
 
     # ---- settings --------------------------------------------------------------------------
-    def _settings(self, extra: int) -> dict[str, Any]:
-        return {
+    def _settings(self) -> dict[str, Any]:
+        settings = {
             "source": self.source, "n_images": self.n, "iters": self.iters, "seed": self.seed,
             "imgsz": list(self.model.imgsz), "model": self.model.name, "fingerprint": self.model.fingerprint(),
-            "extra_pixels_resolved": extra if self.config.pipeline else 0,
+            "extra_pixels_resolved": self._setups[-1].pipeline.extra[0],
             "patience_resolved": self._patience(), **self.config.hashed_settings(),
         }
+        if len(self.stages) > 1:  # [h, w, first iteration, last + 1] per stage
+            settings["stages"] = [[*s.imgsz, s.start, s.stop] for s in self.stages]
+        return settings
 
     @property
     def is_lead(self) -> bool:
@@ -204,12 +265,14 @@ class Generator:
         """What this run should take here, from a timed probe (shown before a long run starts)."""
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
 
-        def make_input(k: int) -> torch.Tensor:
-            x = torch.randn(k, 3, *self.model.imgsz, device=self.device, dtype=self.dtype)
-            return x.contiguous(memory_format=fmt).requires_grad_(True)
+        def inputs_of(imgsz: tuple[int, int]) -> Callable[[int], torch.Tensor]:
+            def make_input(k: int) -> torch.Tensor:
+                x = torch.randn(k, 3, *imgsz, device=self.device, dtype=self.dtype)
+                return x.contiguous(memory_format=fmt).requires_grad_(True)
+            return make_input
 
-        return estimate_seconds(self._forward_loss_probe, make_input, self.n_local, self.iters, self.chunk,
-                                two_pass=not self.retain)
+        return sum(estimate_seconds(self._forward_loss_probe, inputs_of(s.stage.imgsz), self.n_local, s.stage.iters,
+                                    s.chunk, two_pass=not s.retain) for s in self._setups if s.stage.iters)
 
     def announce(self) -> None:
         """Log what is about to run and how long it should take (the lead process only)."""
@@ -217,8 +280,15 @@ class Generator:
             return
         h, w = self.model.imgsz
         where = str(self.device) if self.dist is None else f"{self.dist.world_size} processes ({self.device.type})"
-        log.info("generating %d %s images of %dx%d, %d iterations on %s (%s): about %s", self.n, self.source, h, w,
-                 self.iters, where, self.config.precision, format_duration(self.estimated_seconds()))
+        log.info("generating %d %s images of %dx%d, %d iterations%s on %s (%s): about %s", self.n, self.source, h, w,
+                 self.iters, self.describe_stages(), where, self.config.precision,
+                 format_duration(self.estimated_seconds()))
+
+    def describe_stages(self) -> str:
+        """`` (coarse to fine: 140 at 160x160, 40 at 320x320, 20 at 640x640)``, or nothing for one stage."""
+        if len(self.stages) < 2:
+            return ""
+        return " (coarse to fine: " + ", ".join(f"{s.iters} at {s.imgsz[0]}x{s.imgsz[1]}" for s in self.stages) + ")"
 
     def augment_draws(self, iteration: int) -> Draws:
         """This process's images' flips and crop offsets for one iteration (by global image index,
@@ -317,8 +387,7 @@ class Generator:
         if self.dist is None:
             return load_checkpoint(checkpoint, key, self.device)
         # Rank 0 reads the whole-set checkpoint; each rank gets its rows of it.
-        return self.dist.scatter_state(lambda: load_checkpoint(checkpoint, key, torch.device("cpu")), self.n,
-                                       (3, *self.pipeline.stored_hw))
+        return self.dist.scatter_state(lambda: load_checkpoint(checkpoint, key, torch.device("cpu")), self.n)
 
     def _saved_layout(self, state: dict[str, Any]) -> tuple[int, bool] | None:
         """The chunk and path this process used before the interruption, when the process layout
@@ -344,43 +413,67 @@ class Generator:
         # On CPU freed tensors stay in the heap for the run (see keep_freed_memory), but not on the
         # two-pass path, taken because memory is short: there the kept heap fragmented, and 4096
         # demo images peaked at 1.84 to 2.15 GB of RSS from run to run (1.52 to 1.78 GB without it).
-        keep = self.device.type == "cpu" and self.retain
+        keep = self.device.type == "cpu" and all(s.retain for s in self._setups)
         allocator = keep_freed_memory() if keep else contextlib.nullcontext()
-        graphed = self._graphed_step(run.images, run.start) if self._graphable() and run.start < self.iters else None
         with allocator:
             try:
-                self._iterate(run, graphed, bar)
+                graphed = self._iterate(run, bar)
             finally:
                 if bar is not None:
                     bar.close()
+        self._advance(run, len(self.stages) - 1)  # a run of no iterations ends at the full size too
         self._save(run, self.iters)
         elapsed = run.elapsed + time.perf_counter() - run.t0
         final = self.finalize(run.images)
-        return self._result(run, final, elapsed, graphed is not None)
+        return self._result(run, final, elapsed, graphed)
 
-    def _optimizer(self, images: torch.Tensor) -> tuple[torch.optim.Optimizer, PlateauSchedule]:
-        """The configured optimiser of the images and its learning-rate schedule."""
+    def _optimizer(self, images: torch.Tensor,
+                   lr: float | None = None) -> tuple[torch.optim.Optimizer, PlateauSchedule]:
+        """The configured optimiser of the images (at ``lr``; None: the configured start) and its
+        learning-rate schedule."""
         cfg = self.config
         opt_cls = {"radam": torch.optim.RAdam, "adam": torch.optim.Adam}.get(cfg.optimizer)
         if opt_cls is None:
             raise DGHError(f"unknown optimizer '{cfg.optimizer}'", "use radam or adam")
-        optimizer = opt_cls([images], lr=cfg.lr)
+        optimizer = opt_cls([images], lr=cfg.lr if lr is None else lr)
         sched = PlateauSchedule(optimizer, cfg.lr_factor, self._patience(), cfg.min_lr,
                                 reset=cfg.scheduler == "plateau_reset")
         return optimizer, sched
 
     def _start(self, checkpoint: Path | None, resume: bool) -> _Run:
         """Fresh images and optimiser, or an interrupted run's state (``resume`` and a checkpoint
-        for these settings); then every process's chunk layout, which the checkpoints record."""
+        for these settings) at its stage; then every process's chunk layout, which the
+        checkpoints record."""
+        key = settings_hash(self.settings)
+        state = self._load(checkpoint, key) if (checkpoint is not None and resume) else None
+        self._enter(int(state.get("stage", 0)) if state is not None else 0)
         images = self.initial_images().to(self.device, self.dtype).requires_grad_(True)
         optimizer, sched = self._optimizer(images)
-        run = _Run(images, optimizer, sched, checkpoint, settings_hash(self.settings))
-        state = self._load(checkpoint, run.key) if (checkpoint is not None and resume) else None
+        run = _Run(images, optimizer, sched, checkpoint, key)
         if state is not None:
             self._restore(run, state)
+        self._gather_layouts(run)
+        return run
+
+    def _gather_layouts(self, run: _Run) -> None:
         layout = (self.chunk, self.retain)
         run.rank_layouts = self.dist.all_gather_object(layout) if self.dist is not None else [layout]
-        return run
+
+    def _advance(self, run: _Run, index: int) -> None:
+        """Move the run to stage ``index`` (nothing if it is there): the images upsampled to the
+        stage's stored size, and a fresh optimiser at the learning rate reached. The moments are
+        not carried over: a pixel's gradient shrinks with the pixel count, so moments from a
+        coarser stage would misjudge the step (DeepInversion restarts its optimiser too)."""
+        if index == self.stage_index:
+            return
+        lr = run.sched.lr
+        self._enter(index)
+        with torch.no_grad():
+            images = F.interpolate(run.images.detach(), size=self.pipeline.stored_hw, mode="bilinear",
+                                   align_corners=False, antialias=False)
+        run.images = images.contiguous().requires_grad_(True)
+        run.optimizer, run.sched = self._optimizer(run.images, lr)
+        self._gather_layouts(run)
 
     def _restore(self, run: _Run, state: dict[str, Any]) -> None:
         """Continue where ``state`` (a loaded checkpoint) stopped: images, optimiser and schedule,
@@ -394,14 +487,20 @@ class Generator:
         if self.is_lead:
             log.info("resuming generation from %s at iteration %d/%d", run.checkpoint, run.start, self.iters)
 
-    def _iterate(self, run: _Run, graphed: GraphedStep | None, bar: Any) -> None:
-        """Iterations ``run.start .. iters - 1``, with a checkpoint every ``checkpoint_every``.
-        Ctrl-C saves the state before the interrupted step (unless it came mid-update), so that
-        resume redoes that step and ends with the uninterrupted images."""
+    def _iterate(self, run: _Run, bar: Any) -> bool:
+        """Iterations ``run.start .. iters - 1``, each at its stage, with a checkpoint every
+        ``checkpoint_every``. Ctrl-C saves the state before the interrupted step (unless it came
+        mid-update), so that resume redoes that step and ends with the uninterrupted images.
+        Returns whether the steps ran as a captured CUDA graph."""
         cfg = self.config
         it = run.start
+        graphed: GraphedStep | None = None
         try:
             for it in range(run.start, self.iters):
+                stage = self._stage_at(it)
+                if stage != self.stage_index or (it == run.start and self._graphable()):
+                    self._advance(run, stage)
+                    graphed = self._graphed_step(run.images, it) if self._graphable() else None
                 self._step(run, it, graphed, bar)
                 if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < self.iters:
                     self._save(run, it + 1)
@@ -412,6 +511,7 @@ class Generator:
                 self._save(run, it)  # iteration ``it`` had not been applied: resume redoes it
                 log.warning("generation interrupted; progress saved to %s (resume to continue)", run.checkpoint)
             raise
+        return graphed is not None
 
     def _step(self, run: _Run, it: int, graphed: GraphedStep | None, bar: Any) -> None:
         """Iteration ``it``: the gradient (eager, or the captured graph replayed), the optimiser
@@ -447,6 +547,7 @@ class Generator:
             "optimizer": run.optimizer.state_dict(), "scheduler": run.sched.state_dict(), "curve": run.curve,
             "elapsed_s": run.elapsed + time.perf_counter() - run.t0,
             "rank_layouts": [list(x) for x in run.rank_layouts],  # (chunk, retained) per process
+            "stage": self.stage_index,  # the images' size: a coarse-to-fine run's stage
         }
         if self.dist is not None:
             state = self.dist.gather_state({**state, "world_size": self.dist.world_size},
