@@ -50,13 +50,15 @@ def make_calibration_set(
         gen = Generator(model, n_images, iters, seed=seed, device=device, config=cfg, source=source)
         setup_s = time.perf_counter() - t0
         try:
-            if progress:
-                gen.announce()
+            estimate = gen.announce() if progress else None
             out = gen.run(checkpoint=Path(checkpoint) if checkpoint is not None else None, resume=resume,
                           progress=progress)
         finally:
             gen.close()
-        return CalibrationSet(out.images, source, out.settings, {**out.stats, "setup_s": round(setup_s, 3)})
+        stats = {**out.stats, "setup_s": round(setup_s, 3)}
+        if estimate is not None:  # what the console said before the run, to hold against time_s
+            stats["estimated_s"] = round(estimate, 1)
+        return CalibrationSet(out.images, source, out.settings, stats)
     if source == "noise":
         from dgh_deploy.generation.baselines import noise_images
 

@@ -272,17 +272,20 @@ class Generator:
             return make_input
 
         return sum(estimate_seconds(self._forward_loss_probe, inputs_of(s.stage.imgsz), self.n_local, s.stage.iters,
-                                    s.chunk, two_pass=not s.retain) for s in self._setups if s.stage.iters)
+                                    s.chunk, None if s.retain else self._forward)
+                   for s in self._setups if s.stage.iters)
 
-    def announce(self) -> None:
-        """Log what is about to run and how long it should take (the lead process only)."""
+    def announce(self) -> float | None:
+        """Log what is about to run and how long it should take (the lead process only); return
+        that estimate in seconds (None where nothing was estimated)."""
         if self.iters < 1 or not self.is_lead:
-            return
+            return None
         h, w = self.model.imgsz
         where = str(self.device) if self.dist is None else f"{self.dist.world_size} processes ({self.device.type})"
+        estimate = self.estimated_seconds()
         log.info("generating %d %s images of %dx%d, %d iterations%s on %s (%s): about %s", self.n, self.source, h, w,
-                 self.iters, self.describe_stages(), where, self.config.precision,
-                 format_duration(self.estimated_seconds()))
+                 self.iters, self.describe_stages(), where, self.config.precision, format_duration(estimate))
+        return estimate
 
     def describe_stages(self) -> str:
         """`` (coarse to fine: 140 at 160x160, 40 at 320x320, 20 at 640x640)``, or nothing for one stage."""

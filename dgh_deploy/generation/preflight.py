@@ -57,22 +57,31 @@ def probe_forward(model: LoadedModel, module: nn.Module, recorder: BNInputRecord
 
 
 def estimate_seconds(step: Callable[[torch.Tensor], None], make_input: Callable[[int], torch.Tensor],
-                     n_images: int, iters: int, chunk: int, two_pass: bool) -> float:
-    """Seconds a run should take, from one timed forward + backward of a full chunk.
-
-    On the two-pass path each step also runs a no-grad forward for the whole-set statistics
-    (about a third of a forward + backward); the retained path runs each chunk once. The image
-    pipeline and the optimiser are left out: they are cheap next to the model.
-    """
-    step(make_input(min(2, chunk)))  # warm-up: first calls pick kernels and allocate
+                     n_images: int, iters: int, chunk: int, statistics_pass: Callable[[torch.Tensor], None] | None,
+                     ) -> float:
+    """Seconds a run should take, from one timed forward + backward of a full chunk, and on the
+    two-pass path (``statistics_pass``: the gradient-free forward each step runs first) one timed
+    pass of that too: backward to the input alone costs little more than the forward, so that
+    pass is far more than a third of a step (YOLOv5n at 640: two passes 1.7x the retained step).
+    Each is timed after a warm-up at the timed shape: oneDNN builds its kernels per shape (at
+    YOLOv5n's 160 px a first call of a 36-image chunk took 19x a later one). The image pipeline
+    and the optimiser are left out: they are cheap next to the model."""
     x = make_input(min(chunk, n_images))
+    per_image = _timed(step, x, make_input) / len(x)
+    if statistics_pass is not None and chunk < n_images:
+        with torch.no_grad():
+            per_image += _timed(statistics_pass, x.detach(), make_input) / len(x)
+    return per_image * n_images * iters
+
+
+def _timed(fn: Callable[[torch.Tensor], None], x: torch.Tensor, make_input: Callable[[int], torch.Tensor]) -> float:
+    fn(x)  # warm-up at this shape
+    x = make_input(len(x)).requires_grad_(x.requires_grad)
     t0 = time.perf_counter()
-    step(x)
+    fn(x)
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
-    per_image = (time.perf_counter() - t0) / len(x)
-    passes = 4 / 3 if two_pass and chunk < n_images else 1.0
-    return per_image * n_images * iters * passes
+    return time.perf_counter() - t0
 
 
 def format_duration(seconds: float) -> str:
