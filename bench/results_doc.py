@@ -814,6 +814,53 @@ def section_artifacts(files: dict[str, dict]) -> list[str]:
     return lines
 
 
+def input_size_quality(run: dict) -> str:
+    if "metric" in run:
+        return f"{run['metric']} {num(run['quantized'])} (float {num(run['float'])})"
+    agreement = run.get("agreement") or {}
+    return f"top-1 agreement {num(agreement.get('top1_agreement'))}% on {agreement.get('images', '-')} natural images"
+
+
+def input_size_table(case: dict) -> Table:
+    """``bench/input_sizes.py``: one row per (calibration, seed) job of a case."""
+    rows = []
+    for key, run in case["runs"].items():
+        budget = run.get("budget") or {}
+        stages = " / ".join(f"{s[3] - s[2]} at {s[0]}" for s in run.get("stages") or []) or "full size"
+        gen, est = run.get("generation_s"), run.get("estimated_s")
+        ratio = f" ({est / gen:.2f}x)" if gen and est else ""
+        rows.append([key, f"{budget.get('n_images', run['images'])} x {budget.get('iters', '-')}" if budget else
+                     f"{run['images']} real", stages if budget else "-", num(gen, 0), f"{num(est, 0)}{ratio}",
+                     num(run["wall_s"], 0), input_size_quality(run)])
+    return ["run", "images x iterations", "iterations at each side", "generation, s", "estimate printed, s",
+            "job, s", "int8"], rows
+
+
+def section_input_sizes(files: dict[str, dict]) -> list[str]:
+    lines = ["The default `tflite-int8` job at real input sizes, each run in its own process from a cold cache "
+             "(`python -m bench.input_sizes`): the budget the job chose by input size, generation's time against "
+             "the estimate it printed before starting, the whole job's wall time, and the int8 result. The "
+             "classifier (EfficientNet-Lite0, ImageNet weights) is scored by top-1 agreement of the int8 file "
+             "with the float model on coco128's val images, there being no labelled ImageNet images here; "
+             "`real` calibrates it on coco128's train images. *Full size only* is generation as every job ran "
+             "it before coarse-to-fine, timed over a few steps in the same process and projected to the same "
+             "budget, not run whole.", ""]
+    for name, data in files.items():
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}.", ""]
+        for case_name, case in data["cases"].items():
+            lines += [f"**{case_name}**", "", *markdown(input_size_table(case)), ""]
+            full = case.get("full_size")
+            dgh = [r["generation_s"] for k, r in case["runs"].items() if k.startswith("dgh:") and r.get("generation_s")]
+            if full and dgh:
+                mean = sum(dgh) / len(dgh)
+                lines += [f"Full size only: {num(full['step_s'], 2)} s a step ({full['steps_timed']} steps timed, "
+                          f"chunk {full['chunk']}, {'retained' if full['retained_graphs'] else 'two-pass'}), "
+                          f"{num(full['projected_generation_s'], 0)} s projected for the same budget: "
+                          f"{full['projected_generation_s'] / mean:.1f}x the coarse-to-fine mean of {num(mean, 0)} s.",
+                          ""]
+    return lines
+
+
 Section = tuple[str, Callable[[str], bool], Callable[[dict[str, dict]], list[str]]]
 SECTIONS: list[Section] = [
     ("Calibration sources x targets", lambda n: n.endswith("_state.json"), section_compare),
@@ -827,6 +874,8 @@ SECTIONS: list[Section] = [
     ("GPU check", lambda n: n.startswith("gpu_check"), section_gpu),
     ("Edge: Ethos-U NPUs (Vela) and TFLite Micro", lambda n: n.startswith("edge_"), section_edge),
     ("The detector job, stage by stage", lambda n: n.startswith("job_stages_"), section_job_stages),
+    ("Real input sizes on a CPU: coarse-to-fine generation", lambda n: n.startswith("input_sizes_"),
+     section_input_sizes),
     ("Reliability: concurrent jobs and kills at random moments", lambda n: n.startswith("reliability_"),
      section_reliability),
     ("tflite-int8 converters: onnx2tf and litert-torch", lambda n: n.startswith("converters_"), section_converters),

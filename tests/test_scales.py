@@ -74,6 +74,7 @@ def test_a_coarse_to_fine_run_ends_at_the_full_size() -> None:
     assert cs.images.shape == (6, 3, 32, 32)
     assert cs.settings["stages"] == [[16, 16, 0, 4], [32, 32, 4, 8]]
     assert len(cs.stats["loss_curve"]) == 8
+    assert len(cs.stats["stage_s"]) == 2 and all(t > 0 for t in cs.stats["stage_s"])
     # the coarse stage did the work: the BN loss is already far below the noise's at the switch
     curve = [c["bn"] for c in cs.stats["loss_curve"]]
     assert curve[4] < curve[0]

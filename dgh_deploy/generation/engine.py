@@ -87,6 +87,7 @@ class _Run:
     t0: float = 0.0  # time.perf_counter() when this session's steps began
     rank_layouts: list[Any] = field(default_factory=list)  # (chunk, retained) per process, this stage
     updating: bool = False  # inside a step's update: the state is half-updated, not to be saved
+    stage_s: list[float] = field(default_factory=list)  # seconds of steps per stage, all sessions
 
 
 @dataclass(frozen=True)
@@ -452,7 +453,7 @@ class Generator:
         self._enter(int(state.get("stage", 0)) if state is not None else 0)
         images = self.initial_images().to(self.device, self.dtype).requires_grad_(True)
         optimizer, sched = self._optimizer(images)
-        run = _Run(images, optimizer, sched, checkpoint, key)
+        run = _Run(images, optimizer, sched, checkpoint, key, stage_s=[0.0] * len(self.stages))
         if state is not None:
             self._restore(run, state)
         self._gather_layouts(run)
@@ -486,6 +487,7 @@ class Generator:
         run.optimizer.load_state_dict(state["optimizer"])
         run.sched.load_state_dict(state["scheduler"])
         run.start, run.curve, run.elapsed = int(state["iteration"]), list(state["curve"]), float(state["elapsed_s"])
+        run.stage_s = [float(s) for s in state.get("stage_s", run.stage_s)]
         self.chunk, self.retain = self._saved_layout(state) or (self.chunk, self.retain)
         if self.is_lead:
             log.info("resuming generation from %s at iteration %d/%d", run.checkpoint, run.start, self.iters)
@@ -519,6 +521,7 @@ class Generator:
     def _step(self, run: _Run, it: int, graphed: GraphedStep | None, bar: Any) -> None:
         """Iteration ``it``: the gradient (eager, or the captured graph replayed), the optimiser
         and schedule update, the loss curve and the progress bar."""
+        t0 = time.perf_counter()
         if graphed is None:
             run.images.grad = None
             bn, out = self.compute_grads(run.images, it)
@@ -534,6 +537,7 @@ class Generator:
         run.optimizer.step()
         run.sched.step(total)
         run.curve.append({"total": _round(total), "bn": _round(bn), "output": _round(out)})
+        run.stage_s[self.stage_index] += time.perf_counter() - t0
         run.updating = False
         if bar is not None:
             bar.set_postfix(bn=f"{bn:.4f}", out=f"{out:.2f}", lr=f"{run.sched.lr:.3g}", refresh=False)
@@ -551,6 +555,7 @@ class Generator:
             "elapsed_s": run.elapsed + time.perf_counter() - run.t0,
             "rank_layouts": [list(x) for x in run.rank_layouts],  # (chunk, retained) per process
             "stage": self.stage_index,  # the images' size: a coarse-to-fine run's stage
+            "stage_s": list(run.stage_s),
         }
         if self.dist is not None:
             state = self.dist.gather_state({**state, "world_size": self.dist.world_size},
@@ -572,6 +577,7 @@ class Generator:
             "retained_graphs": self.retain,  # one forward per step (True) or two (see the module doc)
             "cuda_graph": graphed,
             "peak_memory_mb": round(peak, 1),
+            "stage_s": [round(s, 2) for s in run.stage_s],  # steps' seconds per stage (coarse to fine)
             "device": str(self.device),
         }
         settings = {**self.settings, "device": str(self.device), "chunk": self.chunk}
