@@ -63,10 +63,11 @@ def size_cases(assets: Path) -> dict[str, SizeCase]:
     }
 
 
-def job_command(case: SizeCase, calib: str, seed: int, out: Path, cache: Path, threads: int) -> list[str]:
+def job_command(case: SizeCase, calib: str, seed: int, out: Path, cache: Path, threads: int,
+                scales: str | None) -> list[str]:
     command = [sys.executable, "-m", "dgh_deploy", "--target", "tflite-int8", "--model", case.model,
                "--imgsz", str(case.imgsz), "--seed", str(seed), "--out", str(out), "--cache-dir", str(cache),
-               "--threads", str(threads), "--no-human-report"]
+               "--threads", str(threads), "--no-human-report", *(["--scales", scales] if scales else [])]
     if case.weights:
         command += ["--weights", case.weights]
     if case.val_data:
@@ -78,11 +79,11 @@ def job_command(case: SizeCase, calib: str, seed: int, out: Path, cache: Path, t
     return command
 
 
-def run_job(case: SizeCase, calib: str, seed: int, threads: int) -> dict[str, Any]:
+def run_job(case: SizeCase, calib: str, seed: int, threads: int, scales: str | None) -> dict[str, Any]:
     """One cold job in its own process: wall time, stage times, budget, estimate and metric."""
     with tempfile.TemporaryDirectory(prefix="input-sizes-") as tmp:
         out = Path(tmp) / "out"
-        command = job_command(case, calib, seed, out, Path(tmp) / "cache", threads)
+        command = job_command(case, calib, seed, out, Path(tmp) / "cache", threads, scales)
         t0 = time.perf_counter()
         proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         wall = time.perf_counter() - t0
@@ -101,6 +102,7 @@ def _record(report: dict[str, Any], wall: float) -> dict[str, Any]:
         "wall_s": round(wall, 1), "times_s": report["times_s"], "images": cal["images"],
         "held_out": cal["held_out"], "budget": cal.get("budget"), "stages": cal["settings"].get("stages"),
         "generation_s": cal["stats"].get("time_s"), "estimated_s": cal["stats"].get("estimated_s"),
+        "stage_s": cal["stats"].get("stage_s"),
         "converter": report["target"].get("converter"), "data_free": m.get("data_free"),
         "load_after": common.load_average(),
     }
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibs", default="dgh", help="comma-separated: dgh, real")
     p.add_seeds("0")
     p.add_argument("--before-steps", type=int, default=3, help="full-size steps timed for the projection (0: none)")
+    p.add_argument("--scales", default=None, help="the jobs' --scales instead of their default (recorded in the "
+                                                  "run's name)")
     p.add_argument("--force", action="store_true", help="run again what the results file already holds")
     p.add_threads()
     p.add_json(str(common.RESULTS / "input_sizes_cpu.json"))
@@ -167,13 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         entry = results["cases"].setdefault(name, {"runs": {}})
         for calib in common.split_list(args.calibs):
             for seed in common.parse_seeds(args.seeds):
-                key = f"{calib}:seed{seed}"
+                key = f"{calib}[{args.scales}]:seed{seed}" if args.scales else f"{calib}:seed{seed}"
                 if key in entry["runs"] and not args.force:
                     continue
-                entry["runs"][key] = record = run_job(case, calib, seed, args.threads)
+                entry["runs"][key] = record = run_job(case, calib, seed, args.threads, args.scales)
                 print(f"{name} {key}: {_line(record)}", flush=True)
                 _save(args.json, results)
-        dgh = [r for k, r in entry["runs"].items() if k.startswith("dgh:") and r.get("budget")]
+        dgh = [r for k, r in entry["runs"].items() if k.startswith("dgh") and r.get("budget")]
         if args.before_steps and dgh and ("full_size" not in entry or args.force):
             budget = dgh[0]["budget"]
             entry["full_size"] = full_size_step_s(case, dgh[0]["images"] + dgh[0]["held_out"], budget["iters"],

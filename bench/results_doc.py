@@ -861,6 +861,27 @@ def section_input_sizes(files: dict[str, dict]) -> list[str]:
     return lines
 
 
+def depthwise_table(data: dict, part: str) -> Table:
+    """``bench/depthwise_speed.py``: ms per image (median of rounds) per case, at each thread count."""
+    threads = sorted(data["threads"], key=int, reverse=True)
+    cases = list(dict.fromkeys(c for t in threads for c in data["threads"][t][part]))
+    rows = [[case, *(num(data["threads"][t][part].get(case, {}).get("ms_per_image")) for t in threads)]
+            for case in cases]
+    return ["case", *(f"ms / image, {t} thread{'s' if t != '1' else ''}" for t in threads)], rows
+
+
+def section_depthwise(files: dict[str, dict]) -> list[str]:
+    lines = ["Forward + backward to the input of EfficientNet-Lite0 (bench/zoo, ImageNet weights) and of its "
+             "depthwise convolutions alone, batch 8, fp32, NCHW against channels-last, plain and with the "
+             "generator's BN-statistics recording (`python -m bench.depthwise_speed`); the median of rounds "
+             "that run every case in turn.", ""]
+    for name, data in files.items():
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; load average before "
+                  f"{num(data.get('load_average_before'))}, after {num(data.get('load_average_after'))}.", "",
+                  *markdown(depthwise_table(data, "model")), "", *markdown(depthwise_table(data, "depthwise")), ""]
+    return lines
+
+
 Section = tuple[str, Callable[[str], bool], Callable[[dict[str, dict]], list[str]]]
 SECTIONS: list[Section] = [
     ("Calibration sources x targets", lambda n: n.endswith("_state.json"), section_compare),
@@ -876,6 +897,7 @@ SECTIONS: list[Section] = [
     ("The detector job, stage by stage", lambda n: n.startswith("job_stages_"), section_job_stages),
     ("Real input sizes on a CPU: coarse-to-fine generation", lambda n: n.startswith("input_sizes_"),
      section_input_sizes),
+    ("Where a 224-pixel depthwise step goes on CPU", lambda n: n.startswith("depthwise_speed_"), section_depthwise),
     ("Reliability: concurrent jobs and kills at random moments", lambda n: n.startswith("reliability_"),
      section_reliability),
     ("tflite-int8 converters: onnx2tf and litert-torch", lambda n: n.startswith("converters_"), section_converters),

@@ -67,13 +67,29 @@ def check_calibration_source(calib: str) -> None:
     if calib in ("dgh", "bns", "noise"):
         return
     if calib.startswith("real:"):
-        check_exists(calib.split(":", 1)[1], "--calib real:", "any")
+        target = calib.split(":", 1)[1]
+        check_exists(target, "--calib real:", "any")
+        check_real_images(target)
         return
     if calib.endswith(".npz"):
         check_exists(calib, "--calib", "file")
         return
     raise DGHError(f"unknown calibration source '{calib}'",
                    "use --calib dgh, bns, noise, real:FOLDER, real:DATA.yaml or a FILE.npz from 'dgh-deploy generate'")
+
+
+def check_real_images(target: str) -> None:
+    """``--calib real:TARGET`` holds images: a folder some image files, a data YAML its train
+    split's. Checked before the model loads: the count the job needs is checked once it has."""
+    from dgh_deploy.generation.baselines import is_data_yaml, list_images
+
+    if is_data_yaml(target):
+        from dgh_deploy.tasks.detect_data import resolve_data_yaml, split_images
+
+        split_images(resolve_data_yaml(target, "train", "--calib real:path/to/data.yaml"), "train")
+    elif Path(target).is_dir() and not list_images(Path(target)):
+        raise DGHError(f"--calib real:{target} holds no image files",
+                       "point --calib real: at a folder of images (searched recursively) or a data YAML")
 
 
 def nearest_existing(path: Path) -> Path:

@@ -100,6 +100,8 @@ def files(tmp: Path) -> dict[str, str]:
     made["bad_yaml"] = str(tmp / "bad.yaml")
     (tmp / "no_val.yaml").write_text("path: .\ntrain: images\nnames: {0: a}\n")
     made["no_val_yaml"] = str(tmp / "no_val.yaml")
+    (tmp / "missing_splits.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames: {0: a}\n")
+    made["missing_splits_yaml"] = str(tmp / "missing_splits.yaml")
     return made
 
 
@@ -136,6 +138,9 @@ CASES: list[tuple[str, list[str], int, list[str]]] = [
     ("unknown target", ["--target", "nope"], 2, ["unknown target 'nope'"]),
     ("unknown calibration source", ["--calib", "synthetic"], 2, ["unknown calibration source 'synthetic'"]),
     ("missing real folder", ["--calib", "real:/no/such/folder"], 2, ["'/no/such/folder' not found"]),
+    ("real folder without images", ["--calib", "real:{foreign_out}"], 2, ["holds no image files"]),
+    ("real data YAML whose folders are missing", ["--calib", "real:{missing_splits_yaml}"], 2,
+     ["missing_splits.yaml"]),
     ("missing calibration file", ["--calib", "/no/such/calib.npz"], 2, ["'/no/such/calib.npz' not found"]),
     ("corrupt calibration file", ["--calib", "{corrupt_npz}"], 2, ["cannot read calibration file"]),
     ("calibration file of the wrong size", ["--calib", "{wrong_size_npz}"], 2, ["16x16", "32x32"]),

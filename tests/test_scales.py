@@ -109,6 +109,11 @@ def test_resume_across_the_stages_gives_the_uninterrupted_images(tmp_path: Path,
     assert resumed.stats["loss_curve"] == full.stats["loss_curve"]
 
 
+def test_an_unknown_stage_learning_rate_is_refused() -> None:
+    with pytest.raises(DGHError, match="unknown stage_lr 'warm'"):
+        Generator(as_loaded(tiny_bn_net(), imgsz=(32, 32)), 4, 4, config=_ladder_config(stage_lr="warm"))
+
+
 def test_a_stage_size_the_model_cannot_take_is_refused() -> None:
     fixed = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 32 * 32, 10))

@@ -95,7 +95,8 @@ def test_worker_processes_give_the_same_outputs(two_heads: Path) -> None:
 def test_the_arena_is_the_least_the_model_runs_in(two_heads: Path) -> None:
     from tflite_micro.python.tflite_micro import runtime
 
-    from dgh_deploy.runtime.tflite_micro_runner import TFLiteMicroRunner, captured_stderr
+    from dgh_deploy.runtime.native_stderr import captured_stderr
+    from dgh_deploy.runtime.tflite_micro_runner import TFLiteMicroRunner
 
     arena = TFLiteMicroRunner(two_heads, SHAPES).arena_bytes
     assert arena is not None and 1000 < arena < 1 << 20
@@ -153,7 +154,7 @@ def test_recording_keeps_outputs_up_to_its_budget() -> None:
 
 
 def test_captured_stderr_sees_native_writes() -> None:
-    from dgh_deploy.runtime.tflite_micro_runner import captured_stderr
+    from dgh_deploy.runtime.native_stderr import captured_stderr
 
     with captured_stderr() as log:
         os.write(2, b"from C\n")

@@ -133,6 +133,8 @@ class Generator:
         self.input_stats = input_statistics(model.preprocessing, cfg.input_prior)
         self.bn_loss = BNAlignmentLoss(self.recorder.reference(self.layer_names, self.device, self.input_stats),
                                        cfg.std_eps)
+        if cfg.stage_lr not in ("restart", "carry"):
+            raise DGHError(f"unknown stage_lr '{cfg.stage_lr}'", "use restart or carry")
         self.stages = stages(model.imgsz, iters, cfg.scales, int(model.extra.get("stride", 1)))
         self._setups = [self._stage_setup(stage, chunk, retain) for stage in self.stages]
         self._enter(0)
@@ -414,17 +416,13 @@ class Generator:
         run = self._start(checkpoint, resume)
         bar = _progress_bar(self.iters, run.start, progress and self.is_lead, self.source)
         run.t0 = time.perf_counter()
-        # On CPU freed tensors stay in the heap for the run (see keep_freed_memory), but not on the
-        # two-pass path, taken because memory is short: there the kept heap fragmented, and 4096
-        # demo images peaked at 1.84 to 2.15 GB of RSS from run to run (1.52 to 1.78 GB without it).
-        keep = self.device.type == "cpu" and all(s.retain for s in self._setups)
-        allocator = keep_freed_memory() if keep else contextlib.nullcontext()
-        with allocator:
-            try:
-                graphed = self._iterate(run, bar)
-            finally:
-                if bar is not None:
-                    bar.close()
+        heap = _HeapPolicy()
+        try:
+            graphed = self._iterate(run, bar, heap)
+        finally:
+            heap.keep(False)
+            if bar is not None:
+                bar.close()
         self._advance(run, len(self.stages) - 1)  # a run of no iterations ends at the full size too
         self._save(run, self.iters)
         elapsed = run.elapsed + time.perf_counter() - run.t0
@@ -465,12 +463,13 @@ class Generator:
 
     def _advance(self, run: _Run, index: int) -> None:
         """Move the run to stage ``index`` (nothing if it is there): the images upsampled to the
-        stage's stored size, and a fresh optimiser at the learning rate reached. The moments are
-        not carried over: a pixel's gradient shrinks with the pixel count, so moments from a
-        coarser stage would misjudge the step (DeepInversion restarts its optimiser too)."""
+        stage's stored size, and a fresh optimiser at the configured learning rate or the one
+        reached (``stage_lr``). The moments are not carried over: a pixel's gradient shrinks with
+        the pixel count, so moments from a coarser stage would misjudge the step (DeepInversion
+        restarts its optimiser too)."""
         if index == self.stage_index:
             return
-        lr = run.sched.lr
+        lr = run.sched.lr if self.config.stage_lr == "carry" else self.config.lr
         self._enter(index)
         with torch.no_grad():
             images = F.interpolate(run.images.detach(), size=self.pipeline.stored_hw, mode="bilinear",
@@ -492,7 +491,7 @@ class Generator:
         if self.is_lead:
             log.info("resuming generation from %s at iteration %d/%d", run.checkpoint, run.start, self.iters)
 
-    def _iterate(self, run: _Run, bar: Any) -> bool:
+    def _iterate(self, run: _Run, bar: Any, heap: _HeapPolicy) -> bool:
         """Iterations ``run.start .. iters - 1``, each at its stage, with a checkpoint every
         ``checkpoint_every``. Ctrl-C saves the state before the interrupted step (unless it came
         mid-update), so that resume redoes that step and ends with the uninterrupted images.
@@ -503,9 +502,10 @@ class Generator:
         try:
             for it in range(run.start, self.iters):
                 stage = self._stage_at(it)
-                if stage != self.stage_index or (it == run.start and self._graphable()):
+                if stage != self.stage_index or it == run.start:
                     self._advance(run, stage)
                     graphed = self._graphed_step(run.images, it) if self._graphable() else None
+                    heap.keep(self.device.type == "cpu" and self.retain)
                 self._step(run, it, graphed, bar)
                 if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < self.iters:
                     self._save(run, it + 1)
@@ -597,6 +597,26 @@ class Generator:
 
     def close(self) -> None:
         self.recorder.remove()
+
+
+class _HeapPolicy:
+    """On CPU freed tensors stay in the heap while a stage retains its graphs (see
+    keep_freed_memory), but not on the two-pass path, taken because memory is short: there the
+    kept heap fragmented, and 4096 demo images peaked at 1.84 to 2.15 GB of RSS from run to run
+    (1.52 to 1.78 GB without it). Set per stage: a coarse-to-fine run's stages may differ."""
+
+    def __init__(self) -> None:
+        self._kept: contextlib.ExitStack | None = None
+
+    def keep(self, on: bool) -> None:
+        if on == (self._kept is not None):
+            return
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
+        else:
+            self._kept = contextlib.ExitStack()
+            self._kept.enter_context(keep_freed_memory())
 
 
 def _run_config(config: DGHConfig, device: torch.device, dtype: torch.dtype) -> DGHConfig:

@@ -10,6 +10,7 @@ TFLite Micro runner, which runs the same files.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 
 from dgh_deploy.errors import DGHError
 from dgh_deploy.runtime.base import Runner
+from dgh_deploy.runtime.native_stderr import quiet_native_stderr
 
 _OUTPUT_INDEX = re.compile(r"output_?(\d+)$")
 
@@ -55,9 +57,11 @@ def open_interpreter(path: str | Path | bytes, num_threads: int = 1, preserve_al
     resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
         source = {"model_content": path} if isinstance(path, bytes) else {"model_path": str(path)}
-        it = Interpreter(**source, num_threads=int(num_threads), experimental_op_resolver_type=resolver,
-                         experimental_preserve_all_tensors=preserve_all)
-        it.allocate_tensors()
+        # LiteRT's C++ notice ("Created TensorFlow Lite XNNPACK delegate for CPU.") off the console
+        with quiet_native_stderr(enabled=not logging.getLogger("dgh_deploy").isEnabledFor(logging.DEBUG)):
+            it = Interpreter(**source, num_threads=int(num_threads), experimental_op_resolver_type=resolver,
+                             experimental_preserve_all_tensors=preserve_all)
+            it.allocate_tensors()
     except (RuntimeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise DGHError(

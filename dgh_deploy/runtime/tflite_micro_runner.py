@@ -23,17 +23,16 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.runtime.base import Runner
 from dgh_deploy.runtime.litert_runner import file_input, file_layout, open_interpreter, torch_output
+from dgh_deploy.runtime.native_stderr import captured_stderr
 from dgh_deploy.runtime.tflite_micro_worker import receive, run_on, send
 from dgh_deploy.versions import installed_version
 
@@ -209,33 +208,6 @@ def _open(path: Path) -> tuple[Any, int]:
         raise DGHError(f"TFLite Micro cannot run '{path.name}' ({reason})", UNSUPPORTED_FIX)
 
 
-class Captured:
-    """Text a block wrote to file descriptor 2: ``text`` so far, all of it once the block is left."""
-
-    def __init__(self, file: IO[str]) -> None:
-        self._file = file
-        self.text = ""
-
-    def read(self) -> str:
-        self._file.seek(0)
-        self.text = self._file.read()
-        return self.text
-
-
-@contextlib.contextmanager
-def captured_stderr() -> Iterator[Captured]:
-    """Capture what native code writes to file descriptor 2 inside the block (TFLite Micro's C++ diagnostics)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile("w+") as file:
-        captured = Captured(file)
-        os.dup2(file.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.read()
 
 
 def micro_version() -> str:
