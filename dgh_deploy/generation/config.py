@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -59,10 +60,12 @@ class DGHConfig:
     cuda_graphs: bool = True
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as JSON holds them (``scales`` as lists), so that a set's settings compare
+        equal whether it was just made or read back from the cache."""
+        return json.loads(json.dumps(asdict(self)))
 
     def hashed_settings(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_ONLY}
+        return {k: v for k, v in self.as_dict().items() if k not in RUNTIME_ONLY}
 
     def resolved(self, device: str) -> DGHConfig:
         """This recipe as it runs on ``device``: ``precision`` fp32 or bf16, never auto, so that
