@@ -226,7 +226,8 @@ def _calibration_images(config: DeployConfig, model: LoadedModel) -> tuple[Calib
     checkpoint = Path(config.out).with_name(Path(config.out).name + ".generation.ckpt")
     # One recipe, precision resolved (auto -> fp32 or bf16), makes the images and the cache key.
     recipe = job_recipe(config.calib, config.precision, config.device, budget.scales)
-    log.info("generation budget: %s + %d held out (%s)", budget.describe(), total - n_images, budget.basis)
+    if _generates(config):
+        log.info("generation budget: %s + %d held out (%s)", budget.describe(), total - n_images, budget.basis)
 
     def make() -> CalibrationSet:
         return make_calibration_set(
@@ -270,14 +271,18 @@ def build_report(config: DeployConfig, model: LoadedModel, target: Target, resul
                    "constraints": target.constraints.as_dict(), **result.info},
         "calibration": {"source": calib.source, "images": len(calib), "held_out": len(held) if held else 0,
                         "cached": cached_set, "settings": calib.settings, "stats": calib.stats,
-                        **({} if config.calib.endswith(".npz") or config.calib in ("noise",)
-                           or config.calib.startswith("real:") else {"budget": _budget_entry(config, model)})},
+                        **({"budget": _budget_entry(config, model)} if _generates(config) else {})},
         "artifacts": {role: {"path": p.name, "bytes": p.stat().st_size} for role, p in result.artifacts.items()},
         "metrics": verification,
         "times_s": {k: round(v, 3) for k, v in times.items()},
         "environment": environment(),
         "config": _config_dict(config),
     }
+
+
+def _generates(config: DeployConfig) -> bool:
+    """The job optimises its images (DGH or BNS), so a generation budget applies."""
+    return config.calib in ("dgh", "bns")
 
 
 def _budget_entry(config: DeployConfig, model: LoadedModel) -> dict[str, Any]:

@@ -51,15 +51,20 @@ def check_schedule(schedule: tuple[Scale, ...]) -> None:
 def parse_schedule(text: str) -> tuple[Scale, ...]:
     """``0.25:0.7,0.5:0.2,1:0.1`` -> ((0.25, 0.7), (0.5, 0.2), (1.0, 0.1)); ``1`` -> full size only."""
     try:
-        parts = [p.split(":") for p in text.split(",")]
-        schedule = tuple((float(p[0]), float(p[1]) if len(p) == 2 else 1.0) for p in parts if len(p) in (1, 2))
-    except ValueError:
-        schedule = ()
-    if len(schedule) != len(text.split(",")):
+        schedule = tuple(_stage_spec(part) for part in text.split(","))
+    except ValueError as exc:
         raise DGHError(f"--scales '{text}' is not a list of FRACTION:SHARE",
-                       "write it as e.g. 0.25:0.7,0.5:0.2,1:0.1 (or 1 for the full size only)")
+                       "write it as e.g. 0.25:0.7,0.5:0.2,1:0.1 (or 1 for the full size only)") from exc
     check_schedule(schedule)
     return schedule
+
+
+def _stage_spec(part: str) -> Scale:
+    """``FRACTION:SHARE``, or ``FRACTION`` alone (a share of 1); ValueError otherwise."""
+    fraction, *share = part.split(":")
+    if len(share) > 1:
+        raise ValueError(part)
+    return float(fraction), float(share[0]) if share else 1.0
 
 
 def format_schedule(schedule: tuple[Scale, ...]) -> str:
