@@ -96,9 +96,11 @@ def summary(state: dict[str, Any], methods: list[str], sources: list[str], seeds
 
 
 def run(args: argparse.Namespace, case: Case) -> dict[str, Any]:
+    if args.imgsz:
+        case = replace(case, imgsz=args.imgsz)
     sources, methods = common.split_list(args.sources), common.split_list(args.methods)
     seeds = common.parse_seeds(args.seeds)
-    folder = Path(args.sets)
+    folder = Path(args.sets or common.WORK / "picks" / ("sets" if case.imgsz == 320 else f"sets{case.imgsz}"))
     folder.mkdir(parents=True, exist_ok=True)
     state = common.read_state(args.json, {"builds": {}, "timings": {}})
     from dgh_deploy.targets.tflite.target import installed_converter
@@ -139,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--converter", default="", help="onnx2tf | litert-torch (default: the installed one)")
     p.add_argument("--iters", type=int, default=200, help="dgh iterations (the CPU default)")
     p.add_threads(2)
-    p.add_argument("--sets", default=str(common.WORK / "picks" / "sets"))
+    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the case's, 320)")
+    p.add_argument("--sets", default="", help="where the sets are kept (default: out/picks/sets, sets<imgsz> "
+                   "for another size)")
     p.add_json(str(common.RESULTS / "tflite_ranges_yolov5n_cpu.json"),
                help="finished builds (JSON): a second run continues from them")
     args = p.parse(argv)
