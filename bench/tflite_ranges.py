@@ -44,7 +44,7 @@ class Builder:
         self.target = get_target("tflite-int8", converter=converter)
         self.target.options = replace(self.target.options, threads=threads)
         t0 = time.perf_counter()
-        self.target.preflight(self.model)
+        self.early = self.target.preflight(self.model)
         print(f"float conversion and check: {time.perf_counter() - t0:.0f} s", flush=True)
 
     def float_metric(self) -> float:
@@ -60,7 +60,7 @@ class Builder:
         self.target.options = replace(self.target.options, act_range=name, percentile=float(pct) if pct else None)
         calib, _held = CalibrationSet.load(calib_path).split(HOLDOUT)
         with tempfile.TemporaryDirectory(prefix="dgh-bench-ranges-") as tmp:
-            result = self.target.build(self.model, calib, Path(tmp))
+            result = self.target.build(self.model, calib, Path(tmp), self.early)
             value = self._metric(result.runner)
         return value, {k: round(v, 1) for k, v in result.timings.items()}
 

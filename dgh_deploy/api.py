@@ -21,21 +21,19 @@ from dgh_deploy.targets import TargetOptions
 if TYPE_CHECKING:
     from torch import nn
 
+    from dgh_deploy.reporting.report import Report
 
 
-class DeployResult(dict):
-    """What :func:`deploy` returns: the report (this dict, as in ``OUT/report.json``), plus ``out``,
-    the output folder, and ``artifacts``, each written file's role -> its path (``report`` included)."""
 
-    def __init__(self, report: dict[str, Any], out: str | Path) -> None:
-        super().__init__(report)
+class DeployResult:
+    """What :func:`deploy` returns: the report (``report``, as written to ``OUT/report.json``), the
+    output folder ``out``, and ``artifacts``, each written file's role -> its path (``report`` included)."""
+
+    def __init__(self, report: Report, out: str | Path) -> None:
+        self.report = report
         self.out = Path(out)
-        self.artifacts = {role: self.out / a["path"] for role, a in report["artifacts"].items()}
+        self.artifacts = {role: self.out / a.path for role, a in report.artifacts.items()}
         self.artifacts["report"] = self.out / "report.json"
-
-    @property
-    def report(self) -> dict[str, Any]:
-        return dict(self)
 
     @property
     def model_path(self) -> Path:
@@ -44,8 +42,8 @@ class DeployResult(dict):
 
     def metric(self, which: str = "quantized") -> float | None:
         """The task's metric (mAP50-95, top-1) of ``which`` (float | quantized), when --val-data was given."""
-        m = self["metrics"]
-        return m[which][m["metric"]] if which in m else None
+        m = self.report.metrics
+        return m.value(m.float_scores if which == "float" else m.quantized)
 
 
 def generate(

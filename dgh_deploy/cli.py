@@ -16,9 +16,12 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dgh_deploy.errors import DGHError
+
+if TYPE_CHECKING:
+    from dgh_deploy.reporting.report import Metrics, Report
 
 SUBCOMMANDS = ("deploy", "generate", "targets", "models")
 EXIT_INTERNAL = 1
@@ -223,36 +226,52 @@ def run_deploy(args: argparse.Namespace) -> int:
         resume=args.resume, max_drop=args.max_drop, junit=args.junit, use_cache=not args.no_cache,
         cache_dir=args.cache_dir, human_report=not args.no_human_report, progress=not args.quiet, options=options,
     )
-    print(summarise(report, out))
+    print(summarise(report.report, out))
     return 0
 
 
-def summarise(report: dict[str, Any], out: str) -> str:
-    m = report["metrics"]
+def summarise(report: Report, out: str) -> str:
+    """The closing lines: the files, the scores, and what the target adds."""
     from dgh_deploy.targets import get_target
 
-    target = get_target(report["target"]["name"])
-    files = [report["artifacts"][role]["path"] for role in target.summary_artifacts if role in report["artifacts"]]
+    m = report.metrics
+    target = get_target(report.target.name)
+    files = [report.artifacts[role].path for role in target.summary_artifacts if role in report.artifacts]
     paths = [os.path.join(out, name) for name in [*files, "report.json"]]
     lines = [f"wrote {', '.join(paths[:-1])} and {paths[-1]}"]
-    metric = m["metric"]
-    if "float" in m:
-        lines.append(f"{metric}: float {m['float'][metric]:.2f}, quantized {m['quantized'][metric]:.2f} "
-                     f"(drop {m['drop']:.2f}) on {int(m['float'].get('images', 0))} real images")
-    if "data_free" in m:
-        df = ", ".join(f"{k} {v:.2f}" for k, v in m["data_free"].items() if k != "images")
-        lines.append(f"data-free check on {int(m['data_free']['images'])} held-out calibration images: {df}")
-    lines += target.summary_lines(report)
-    dev, micro = m.get("device"), report["target"].get("tflite_micro") or {}
-    if dev:  # the same file on the device's runtime (TFLite Micro)
-        parts = [f"tensor arena {micro['arena_bytes'] / 1024:.1f} KiB"] if micro.get("arena_bytes") else []
-        if "quantized" in dev:
-            parts.append(f"{metric} {dev['quantized'][metric]:.2f} on {int(dev['quantized'].get('images', 0))} real "
-                         f"images ({dev['desktop_runtime']} {dev['desktop'][metric]:.2f} on the same)")
-        agree = dev.get("agreement") or dev.get("data_free_agreement") or {}
-        parts += [f"{k} with {dev['desktop_runtime']} {v:.2f}" for k, v in agree.items() if k.endswith("agreement")]
-        lines.append(f"{dev['runtime']}: {'; '.join(parts)}")
-    return "\n".join(lines)
+    metric = m.metric
+    if m.float_scores is not None and m.quantized is not None:
+        lines.append(f"{metric}: float {m.float_scores[metric]:.2f}, quantized {m.quantized[metric]:.2f} "
+                     f"(drop {m.drop:.2f}) on {int(m.float_scores.get('images', 0))} real images")
+    if m.data_free is not None:
+        df = ", ".join(f"{k} {v:.2f}" for k, v in m.data_free.items() if k != "images")
+        lines.append(f"data-free check on {int(m.data_free['images'])} held-out calibration images: {df}")
+    return "\n".join(lines + _validator_lines(m) + target.summary_lines(report) + _device_lines(m))
+
+
+def _validator_lines(m: Metrics) -> list[str]:
+    """The deployed file under its framework's own validator, beside the job's score of it."""
+    u = m.validator
+    if u is None:
+        return []
+    metric = m.metric
+    return [f"yolo val on {u.file}: {metric} {u.theirs[metric]:.2f}; dgh-deploy on the same file "
+            f"and {int(u.ours.get('images', 0))} images with yolo val's NMS: {u.ours[metric]:.2f} "
+            f"(difference {u.difference:+.2f})"]
+
+
+def _device_lines(m: Metrics) -> list[str]:
+    """The same file on the device's own runtime, against the desktop runtime."""
+    dev = m.device
+    if dev is None:
+        return []
+    parts = []
+    if dev.quantized is not None and dev.desktop is not None:
+        parts.append(f"{m.metric} {dev.quantized[m.metric]:.2f} on {int(dev.quantized.get('images', 0))} real "
+                     f"images ({dev.desktop_runtime} {dev.desktop[m.metric]:.2f} on the same)")
+    agree = dev.agreement or dev.data_free_agreement or {}
+    parts += [f"{k} with {dev.desktop_runtime} {v:.2f}" for k, v in agree.items() if k.endswith("agreement")]
+    return [f"{dev.runtime}: {'; '.join(parts)}"] if parts else []
 
 
 def _slug(text: str) -> str:

@@ -30,7 +30,16 @@ from dgh_deploy.job_checks import (
 )
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.loading import image_size, load_model, model_label
-from dgh_deploy.reporting import REPORT_SCHEMA_VERSION, write_human_report, write_junit
+from dgh_deploy.reporting import write_human_report, write_junit
+from dgh_deploy.reporting.report import (
+    ArtifactEntry,
+    BudgetEntry,
+    CalibrationEntry,
+    Metrics,
+    ModelEntry,
+    Report,
+    TargetEntry,
+)
 from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.targets import BuildResult, Target, TargetOptions, get_target
 from dgh_deploy.tasks import get_task
@@ -75,7 +84,7 @@ def default_holdout(n_images: int) -> int:
     return max(8, n_images // 8)
 
 
-def deploy(config: DeployConfig) -> dict[str, Any]:
+def deploy(config: DeployConfig) -> Report:
     """Run the job and return the report (also written to ``OUT/report.json``).
 
     Raises :class:`DGHError` for bad input and :class:`QualityGateFailed` (after writing every
@@ -92,7 +101,7 @@ def deploy(config: DeployConfig) -> dict[str, Any]:
     return report
 
 
-def _deploy(config: DeployConfig) -> dict[str, Any]:
+def _deploy(config: DeployConfig) -> Report:
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     target, model, task = _checked_inputs(config)
@@ -101,37 +110,38 @@ def _deploy(config: DeployConfig) -> dict[str, Any]:
     # The target's own check of the model (a float conversion: seconds) runs before minutes of
     # generation, but after a calibration file's checks, which take less.
     from_file = config.calib.endswith(".npz")
+    early = None
     if not from_file:
-        times["preflight"] = _preflight(target, model)
+        times["preflight"], early = _preflight(target, model)
     t0 = time.perf_counter()
     full, hit = _calibration_images(config, model)
     check_calibration_images(full, model)
     calib, held = full.split(_holdout(config, model))
     times["generation"] = time.perf_counter() - t0
     if from_file:
-        times["preflight"] = _preflight(target, model)
+        times["preflight"], early = _preflight(target, model)
 
     with staging_dir(config.out) as stage:
-        result = target.build(model, calib, stage)
+        result = target.build(model, calib, stage, early)
         times.update(result.timings)
 
         t0 = time.perf_counter()
-        verification = verify(model, task, result.runner, held, config.val_data, config.val_limit, config.progress)
+        metrics = verify(model, task, result.runner, held, config.val_data, config.val_limit, config.progress)
         if config.val_data and result.info.get("layout") == "ultralytics":  # yolo val's own score beside ours
             from dgh_deploy.verification.ultralytics_val import compare_with_ultralytics
 
-            verification["ultralytics"] = compare_with_ultralytics(
+            metrics.validator = compare_with_ultralytics(
                 model, result.runner, result.artifacts["model"], config.val_data, config.val_limit)
         times["verification"] = time.perf_counter() - t0
 
-        report = build_report(config, model, target, result, calib, held, hit, verification, times)
-        verdict = gate_verdict(report, config.max_drop)
+        report = build_report(config, model, target, result, calib, held, hit, metrics, times)
+        verdict = gate_verdict(report.metrics, config.max_drop, target.gate_checks(report))
         if verdict is not None:
-            report["gate"] = verdict.as_dict(config.max_drop)
-        write_json(stage / "report.json", report)
+            report.gate = verdict.entry(config.max_drop)
+        write_json(stage / "report.json", report.to_json())
         if config.human_report:
             real = task.sample_inputs(model, config.val_data, 256) if config.val_data else None
-            write_human_report(stage, report, model, calib, real)
+            write_human_report(stage, report, model, calib, real, target.markdown_lines(report))
     if config.junit:
         write_junit(config.junit, report, config.max_drop)
     if verdict is not None and not verdict.passed:
@@ -159,10 +169,11 @@ def _checked_inputs(config: DeployConfig) -> tuple[Target, LoadedModel, Any]:
     return target, model, task
 
 
-def _preflight(target: Target, model: LoadedModel) -> float:
+def _preflight(target: Target, model: LoadedModel) -> tuple[float, Any]:
+    """The target's check before generation: its seconds, and what it hands to the build."""
     t0 = time.perf_counter()
-    target.preflight(model)
-    return time.perf_counter() - t0
+    early = target.preflight(model)
+    return time.perf_counter() - t0, early
 
 
 def check_config(config: DeployConfig) -> None:
@@ -261,23 +272,19 @@ def check_calibration_images(calib: CalibrationSet, model: LoadedModel, probe: i
 
 def build_report(config: DeployConfig, model: LoadedModel, target: Target, result: BuildResult,
                  calib: CalibrationSet, held: CalibrationSet | None, cached_set: bool,
-                 verification: dict[str, Any], times: dict[str, float]) -> dict[str, Any]:
-    """report.json's content (the schema is ``dgh_deploy/reporting/report.schema.json``)."""
-    return {
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "model": {"name": model.name, "weights": model.weights, "task": model.task,
-                  "imgsz": list(model.imgsz), "fingerprint": model.fingerprint()},
-        "target": {"name": target.name, "runtime": target.runtime,
-                   "constraints": target.constraints.as_dict(), **result.info},
-        "calibration": {"source": calib.source, "images": len(calib), "held_out": len(held) if held else 0,
-                        "cached": cached_set, "settings": calib.settings, "stats": calib.stats,
-                        **({"budget": _budget_entry(config, model)} if _generates(config) else {})},
-        "artifacts": {role: {"path": p.name, "bytes": p.stat().st_size} for role, p in result.artifacts.items()},
-        "metrics": verification,
-        "times_s": {k: round(v, 3) for k, v in times.items()},
-        "environment": environment(),
-        "config": _config_dict(config),
-    }
+                 metrics: Metrics, times: dict[str, float]) -> Report:
+    """The job's report (written as report.json; the schema is ``dgh_deploy/reporting/report.schema.json``)."""
+    return Report(
+        model=ModelEntry(model.name, model.weights, model.task, list(model.imgsz), model.fingerprint()),
+        target=TargetEntry(target.name, target.runtime, target.constraints.as_dict(), dict(result.info)),
+        calibration=CalibrationEntry(calib.source, len(calib), len(held) if held else 0, cached_set, calib.settings,
+                                     calib.stats, _budget_entry(config, model) if _generates(config) else None),
+        artifacts={role: ArtifactEntry(p.name, p.stat().st_size) for role, p in result.artifacts.items()},
+        metrics=metrics,
+        times_s={k: round(v, 3) for k, v in times.items()},
+        environment=environment(),
+        config=_config_dict(config),
+    )
 
 
 def _generates(config: DeployConfig) -> bool:
@@ -285,11 +292,10 @@ def _generates(config: DeployConfig) -> bool:
     return config.calib in ("dgh", "bns")
 
 
-def _budget_entry(config: DeployConfig, model: LoadedModel) -> dict[str, Any]:
+def _budget_entry(config: DeployConfig, model: LoadedModel) -> BudgetEntry:
     """The generation budget as the report states it: what ran, and why that much."""
     budget = _budget(config, model)
-    return {"n_images": budget.n_images, "iters": budget.iters, "scales": [list(s) for s in budget.scales],
-            "basis": budget.basis}
+    return BudgetEntry(budget.n_images, budget.iters, [list(s) for s in budget.scales], budget.basis)
 
 
 def environment() -> dict[str, Any]:

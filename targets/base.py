@@ -22,7 +22,9 @@ import numpy as np
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
+from dgh_deploy.reporting.report import Report
 from dgh_deploy.runtime.base import Runner
+from dgh_deploy.verification.gate import GateCheck
 
 DEFAULT_PERCENTILE = 99.99  # of |x| (TensorRT) or of x's two tails (sim), when no target picks another
 
@@ -140,9 +142,25 @@ class Target(ABC):
         """Raise :class:`~dgh_deploy.errors.DGHError` for options this target cannot honour on
         ``model``. The job calls it before generating, so a typo costs seconds, not minutes."""
 
-    def summary_lines(self, report: dict[str, Any]) -> list[str]:
-        """What this target adds to the CLI's closing lines, read from its part of ``report``."""
+    # --- what the target adds to the report, the gate and the console -------------------------
+    # Each reads the target's own section (``report.target.facts``, what its build put in
+    # BuildResult.info): the shared reporting names no target, and a new target touches only its folder.
+    def summary_lines(self, report: Report) -> list[str]:
+        """What this target adds to the CLI's closing lines."""
         return []
+
+    def markdown_lines(self, report: Report) -> list[str]:
+        """This target's section of report.md (Markdown lines)."""
+        return []
+
+    def gate_checks(self, report: Report) -> list[GateCheck]:
+        """The pass/fail checks this target's options asked for (``--max-drop`` is the job's own)."""
+        return []
+
+    @classmethod
+    def report_schema(cls) -> dict[str, Any]:
+        """JSON-schema properties of the keys this target adds to report.json's ``target`` object."""
+        return {}
 
     def missing_requirements(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -151,15 +169,17 @@ class Target(ABC):
         """The install line for the ``missing`` modules (a target with alternative stacks names the right one)."""
         return self.install_hint
 
-    def preflight(self, model: LoadedModel) -> None:
+    def preflight(self, model: LoadedModel) -> Any:
         """Checks that need the model converted (float), run by the job before generating; raise
-        :class:`~dgh_deploy.errors.DGHError` for a model the target cannot build. Nothing by default."""
+        :class:`~dgh_deploy.errors.DGHError` for a model the target cannot build. Returns what
+        :meth:`build` may reuse (the job hands it over as ``early``); nothing by default."""
         return None
 
     @abstractmethod
-    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
+    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path, early: Any = None) -> BuildResult:
         """Calibrate with ``calib``, convert ``model``, run the target's structural checks
-        (float parity, integer-only ops...), and write artifacts under ``workdir``. Raise
+        (float parity, integer-only ops...), and write artifacts under ``workdir``. ``early`` is
+        :meth:`preflight`'s result for this model, or None. Raise
         :class:`~dgh_deploy.errors.DGHError` for anything the user must fix."""
 
 

@@ -1,5 +1,5 @@
 """The Python API takes the model as the object a user holds (an ``nn.Module``, an Ultralytics ``YOLO``),
-``imgsz`` as an int or (h, w), and ``deploy`` returns a result that is still the report dict."""
+``imgsz`` as an int or (h, w), and ``deploy`` returns the typed report with the paths."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import dgh_deploy
 from dgh_deploy.api import DeployResult
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loading import load_model
+from dgh_deploy.reporting.report import Report
 
 
 class TinyNet(nn.Module):
@@ -87,11 +88,11 @@ def test_bad_imgsz_fails_before_the_job_loads_anything(tmp_path: Path) -> None:
 def test_deploy_returns_the_report_with_paths(tmp_path: Path) -> None:
     result = dgh_deploy.deploy(target="sim", model=TinyNet(), calib="noise", n_images=8, holdout=4,
                                out=str(tmp_path / "job"), use_cache=False, human_report=False)
-    assert isinstance(result, DeployResult) and isinstance(result, dict)
+    assert isinstance(result, DeployResult) and isinstance(result.report, Report)
     on_disk = json.loads((tmp_path / "job" / "report.json").read_text())
-    assert json.loads(json.dumps(result)) == on_disk  # the dict callers had, unchanged
-    assert result.report == on_disk and result.out == tmp_path / "job"
-    assert result.model_path == tmp_path / "job" / on_disk["artifacts"]["model"]["path"]
+    assert result.report.to_json() == on_disk and Report.from_json(on_disk) == result.report
+    assert result.out == tmp_path / "job"
+    assert result.model_path == tmp_path / "job" / result.report.artifacts["model"].path
     assert all(p.is_file() for p in result.artifacts.values()) and result.artifacts["report"].name == "report.json"
     assert on_disk["config"]["model"] == "<TinyNet object>" and on_disk["model"]["imgsz"] == [32, 48]
     assert result.metric() is None  # no --val-data: no metric to give

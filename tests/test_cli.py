@@ -120,14 +120,14 @@ def test_models_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("flag, expected", [([], True), (["--no-bias-correction"], False)])
 def test_sim_bias_correction_flag_reaches_the_report(flag: list[str], expected: bool, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    import json
+    from dgh_deploy.reporting.report import Report
 
     out = tmp_path / "sim"
     code, _, err = run(["--target", "sim", "--calib", "noise", "--n-images", "16", "--holdout", "0", "--bits", "W4A8",
                         "--no-cache", "--no-human-report", "--out", str(out), *flag], capsys)
     assert code == 0, err
-    info = json.loads((out / "report.json").read_text())["target"]
-    assert info["bias_correction"] is expected and info["constraints"]["weight_bits"] == 4
+    target = Report.read(out / "report.json").target
+    assert target.facts["bias_correction"] is expected and target.constraints["weight_bits"] == 4
 
 
 @pytest.mark.parametrize("quiet", [False, True])

@@ -9,7 +9,6 @@ flashing a model (integer-only ops, int8 I/O, outputs in PyTorch's order, Tensor
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.cli import main
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.loading import load_model
+from dgh_deploy.reporting.report import Report
 from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.runtime.litert_runner import LiteRTRunner, open_interpreter
 from dgh_deploy.runtime.onnxruntime_runner import OnnxRuntimeRunner
@@ -53,16 +53,16 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for target in ("tflite-int8", "tensorrt-int8"):
         torch.manual_seed(0)  # the YAML model's random weights: the same model for both jobs
-        report = dgh_deploy.deploy(target=target, out=str(root / target), **common)
+        report = dgh_deploy.deploy(target=target, out=str(root / target), **common).report
         out[target] = (report, root / target)
     return out
 
 
-def _written(report: dict[str, Any], folder: Path) -> dict[str, Any]:
-    on_disk = json.loads((folder / "report.json").read_text())
-    assert on_disk["target"]["name"] == report["target"]["name"] and on_disk["model"]["task"] == "detect"
-    for role, art in on_disk["artifacts"].items():
-        assert (folder / art["path"]).is_file() and art["bytes"] > 0, role
+def _written(report: Report, folder: Path) -> Report:
+    on_disk = Report.read(folder / "report.json")
+    assert on_disk.target.name == report.target.name and on_disk.model.task == "detect"
+    for role, art in on_disk.artifacts.items():
+        assert (folder / art.path).is_file() and art.bytes > 0, role
     return on_disk
 
 
@@ -73,17 +73,17 @@ def _written(report: dict[str, Any], folder: Path) -> dict[str, Any]:
 def test_tflite_detector_is_full_integer_with_outputs_in_pytorch_order(jobs: dict[str, Any], v8: LoadedModel) -> None:
     report, folder = jobs["tflite-int8"]
     rep = _written(report, folder)
-    assert rep["model"]["fingerprint"] == v8.fingerprint()  # the same random weights as the fixture's
-    assert rep["calibration"]["source"] == "dgh" and rep["calibration"]["images"] == 8
-    int8 = folder / rep["artifacts"]["model"]["path"]
-    via_onnx = {"onnx"} if rep["target"]["converter"] == "onnx2tf" else set()  # litert-torch needs no ONNX
-    assert {"model", "float_model", *via_onnx} <= set(rep["artifacts"])
+    assert rep.model.fingerprint == v8.fingerprint()  # the same random weights as the fixture's
+    assert rep.calibration.source == "dgh" and rep.calibration.images == 8
+    int8 = folder / rep.artifacts["model"].path
+    via_onnx = {"onnx"} if rep.target.facts["converter"] == "onnx2tf" else set()  # litert-torch needs no ONNX
+    assert {"model", "float_model", *via_onnx} <= set(rep.artifacts)
 
     assert list_float_ops(int8) == [] and check_full_integer(int8, "int8") == []
     assert io_dtypes(int8) == {"inputs": ["int8"], "outputs": ["int8", "int8"]}
 
     # Float parity was checked per output (boxes, scores), each against its own scale.
-    parity = rep["target"]["float_parity"]
+    parity = rep.target.facts["float_parity"]
     assert parity["passed"] and len(parity["tolerance"]) == 2
     assert all(e <= t for e, t in zip(parity["max_abs_error"], parity["tolerance"], strict=True))
     assert parity["tolerance"][0] != parity["tolerance"][1]
@@ -94,7 +94,7 @@ def test_tflite_detector_is_full_integer_with_outputs_in_pytorch_order(jobs: dic
     x = np.random.default_rng(1).uniform(0, 1, (2, 3, IMGSZ, IMGSZ)).astype(np.float32)
     shapes = [(4, ANCHORS), (NC, ANCHORS)]
     ref = TorchRunner(v8.module).infer(x)
-    flt = LiteRTRunner(folder / rep["artifacts"]["float_model"]["path"], 2, shapes).infer(x)
+    flt = LiteRTRunner(folder / rep.artifacts["float_model"].path, 2, shapes).infer(x)
     q = LiteRTRunner(int8, 2, shapes).infer(x)
     assert [o.shape for o in q] == [o.shape for o in ref] == [(2, 4, ANCHORS), (2, NC, ANCHORS)]
     for r, f in zip(ref, flt, strict=True):
@@ -103,17 +103,17 @@ def test_tflite_detector_is_full_integer_with_outputs_in_pytorch_order(jobs: dic
     assert np.abs(q[1] - ref[1]).max() <= 1 / 256
 
     # The data-free check read both parts of the layout.
-    assert {"boxes_sqnr_db", "scores_sqnr_db", "detection_agreement"} <= set(rep["metrics"]["data_free"])
+    assert {"boxes_sqnr_db", "scores_sqnr_db", "detection_agreement"} <= set(rep.metrics.data_free or {})
 
 
 @pytest.mark.slow  # shares one DGH generation and two conversions (~100 s)
 def test_tflite_sigmoids_are_int8_logistic_and_silu_inputs_are_floored(jobs: dict[str, Any]) -> None:
     report, folder = jobs["tflite-int8"]
-    rewrites = report["target"]["export_rewrites"]
+    rewrites = report.target.facts["export_rewrites"]
     assert rewrites["silu_floor"] == 8.0 and rewrites["silu_layers"] > 50
     assert all(d <= t for d, t in zip(rewrites["max_abs_deviation"], rewrites["tolerance"], strict=True))
 
-    it = open_interpreter(folder / report["artifacts"]["model"]["path"], delegates=False)
+    it = open_interpreter(folder / report.artifacts["model"].path, delegates=False)
     tensors = {t["index"]: t for t in it.get_tensor_details()}
     ops = it._get_ops_details()
     kinds = [op["op_name"] for op in ops]
@@ -131,9 +131,9 @@ def test_tflite_sigmoids_are_int8_logistic_and_silu_inputs_are_floored(jobs: dic
 @pytest.mark.slow  # shares one DGH generation and two conversions (~100 s)
 def test_layer_sqnr_walks_the_int8_graph_against_its_float_twin(jobs: dict[str, Any]) -> None:
     report, folder = jobs["tflite-int8"]
-    int8 = folder / report["artifacts"]["model"]["path"]
+    int8 = folder / report.artifacts["model"].path
     x = np.random.default_rng(3).uniform(0, 1, (1, 3, IMGSZ, IMGSZ)).astype(np.float32)
-    rows = layer_sqnr(folder / report["artifacts"]["float_model"]["path"], int8, x)
+    rows = layer_sqnr(folder / report.artifacts["float_model"].path, int8, x)
     n_ops = len(open_interpreter(int8, delegates=False)._get_ops_details())
     assert len(rows) > 0.9 * n_ops and [r.index for r in rows] == sorted(r.index for r in rows)
     assert all(r.scale > 0 for r in rows)  # every tensor is int8 (QUANTIZE of the input aside, not an op output)
@@ -168,13 +168,13 @@ def test_silu_floor_is_dropped_when_it_would_move_the_outputs(v8: LoadedModel) -
 def test_tensorrt_detector_qdq_follows_tensorrt_rules(jobs: dict[str, Any], v8: LoadedModel) -> None:
     report, folder = jobs["tensorrt-int8"]
     rep = _written(report, folder)
-    assert rep["calibration"]["cached"] and rep["calibration"]["images"] == 8  # the tflite job's set
-    assert {"model", "float_model", "cache", "build_script"} <= set(rep["artifacts"])
-    info = rep["target"]
+    assert rep.calibration.cached and rep.calibration.images == 8  # the tflite job's set
+    assert {"model", "float_model", "cache", "build_script"} <= set(rep.artifacts)
+    info = rep.target.facts
     # detectors: percentile 99.999 (entropy clips the strong responses that make confident boxes)
     assert (info["act_range"], info["percentile"], info["act_range_default"]) == ("percentile", 99.999, True)
 
-    model = onnx.load(str(folder / rep["artifacts"]["model"]["path"]))
+    model = onnx.load(str(folder / rep.artifacts["model"].path))
     onnx.checker.check_model(model, full_check=True)
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
@@ -205,9 +205,9 @@ def test_tensorrt_detector_qdq_follows_tensorrt_rules(jobs: dict[str, Any], v8: 
     # Outputs stay float, in PyTorch's order, and the Q/DQ model runs on ONNX Runtime.
     assert [o.name for o in g.output] == ["output0", "output1"]
     x = np.random.default_rng(2).uniform(0, 1, (2, 3, IMGSZ, IMGSZ)).astype(np.float32)
-    out = OnnxRuntimeRunner(folder / rep["artifacts"]["model"]["path"]).infer(x)
+    out = OnnxRuntimeRunner(folder / rep.artifacts["model"].path).infer(x)
     assert [o.shape for o in out] == [(2, 4, ANCHORS), (2, NC, ANCHORS)]
-    assert (folder / rep["artifacts"]["cache"]["path"]).read_text().startswith("TRT-")
+    assert (folder / rep.artifacts["cache"].path).read_text().startswith("TRT-")
 
 
 # --- bad input -----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 from dgh_deploy.cli import main
 from dgh_deploy.errors import DGHError
 from dgh_deploy.reporting import validate_report
+from dgh_deploy.reporting.report import CalibrationEntry, DeviceScores, Metrics, ModelEntry, Report, TargetEntry
 from dgh_deploy.targets import get_target
 from dgh_deploy.targets.ethos_u.vela import (
     ACCELERATORS,
@@ -29,7 +30,7 @@ from dgh_deploy.targets.ethos_u.vela import (
     sram_capacity_kib,
     sram_only_mode,
 )
-from dgh_deploy.verification.gate import gate_verdict
+from dgh_deploy.verification.gate import GateVerdict, gate_verdict
 
 LOG_SOFTMAX_NET = '''
 import torch
@@ -163,46 +164,52 @@ def test_the_report_reads_placement_reasons_memory_and_time() -> None:
 # --- the gate -----------------------------------------------------------------------------------------
 
 
-def npu_report(cpu_fallback: list[dict[str, str]], require: bool = True, device: bool = False) -> dict[str, Any]:
-    metrics: dict[str, Any] = {"metric": "top1", "float": {"top1": 80.0}, "quantized": {"top1": 79.0}, "drop": 1.0}
+def npu_report(cpu_fallback: list[dict[str, str]], require: bool = True, device: bool = False) -> Report:
+    metrics = Metrics("top1", float_scores={"top1": 80.0}, quantized={"top1": 79.0}, drop=1.0)
     if device:
-        metrics["device"] = {"runtime": "tflite-micro", "float": {"top1": 80.0},
-                             "quantized": {"top1": 76.0, "images": 9}, "drop": 4.0}
+        metrics.device = DeviceScores("tflite-micro", "litert-int8", scored=True, float_scores={"top1": 80.0},
+                                      quantized={"top1": 76.0, "images": 9}, drop=4.0)
     npu = {"accelerator": "ethos-u55-128", "system_config": "S", "memory_mode": "M", "npu_ops": 9,
            "cpu_ops": len(cpu_fallback), "cpu_fallback": cpu_fallback, "require_npu": require}
-    return {"target": {"ethos_u": npu}, "metrics": metrics}
+    return Report(ModelEntry("m", None, "classify", [32, 32], "f"), TargetEntry("ethos-u", "r", {}, {"ethos_u": npu}),
+                  CalibrationEntry("noise", 8, 0, False, {}, {}), {}, metrics, {}, {}, {})
+
+
+def gate(report: Report, max_drop: float | None) -> GateVerdict | None:
+    """The job's gate: the target's own checks, then --max-drop's."""
+    return gate_verdict(report.metrics, max_drop, get_target("ethos-u").gate_checks(report))
 
 
 def test_require_npu_fails_on_any_cpu_op_and_names_it() -> None:
     op = {"op": "LOG_SOFTMAX", "name": "PartitionedCall:0", "reason": "Unsupported opType"}
-    assert gate_verdict(npu_report([op], require=False), None) is None
-    gate = gate_verdict(npu_report([op]), None)
-    assert gate is not None and not gate.passed
-    assert gate.verdict.startswith("FAIL: 1 of 10 ops fall back to the CPU of ethos-u55-128 (S, M), against "
-                                   "--require-npu: LOG_SOFTMAX 'PartitionedCall:0' (Unsupported opType)")
-    assert "drop --require-npu" in gate.fix and "--max-drop" not in gate.fix  # the failed check's own fix
-    gate = gate_verdict(npu_report([]), None)
-    assert gate is not None and gate.passed
-    assert gate.verdict == "PASS: all 9 ops on the NPU of ethos-u55-128 (S, M), as --require-npu asks"
+    assert gate(npu_report([op], require=False), None) is None
+    verdict = gate(npu_report([op]), None)
+    assert verdict is not None and not verdict.passed
+    assert verdict.verdict.startswith("FAIL: 1 of 10 ops fall back to the CPU of ethos-u55-128 (S, M), against "
+                                      "--require-npu: LOG_SOFTMAX 'PartitionedCall:0' (Unsupported opType)")
+    assert "drop --require-npu" in verdict.fix and "--max-drop" not in verdict.fix  # the failed check's own fix
+    verdict = gate(npu_report([]), None)
+    assert verdict is not None and verdict.passed
+    assert verdict.verdict == "PASS: all 9 ops on the NPU of ethos-u55-128 (S, M), as --require-npu asks"
 
 
 def test_max_drop_reads_the_device_runtime() -> None:
-    gate = gate_verdict(npu_report([], require=False, device=True), 2.0)
-    assert gate is not None and not gate.passed
-    assert gate.verdict == ("FAIL: top1 80.00 float -> 76.00 quantized on tflite-micro (9 images), drop 4.00 "
-                            "points, more than --max-drop 2.0")
-    assert "relax --max-drop" in gate.fix
-    gate = gate_verdict(npu_report([], require=False), 2.0)
-    assert gate is not None and gate.passed  # LiteRT's drop when no device metric
+    verdict = gate(npu_report([], require=False, device=True), 2.0)
+    assert verdict is not None and not verdict.passed
+    assert verdict.verdict == ("FAIL: top1 80.00 float -> 76.00 quantized on tflite-micro (9 images), drop 4.00 "
+                               "points, more than --max-drop 2.0")
+    assert "relax --max-drop" in verdict.fix
+    verdict = gate(npu_report([], require=False), 2.0)
+    assert verdict is not None and verdict.passed  # LiteRT's drop when no device metric
 
 
 def test_each_gate_check_is_judged_and_reported_on_its_own() -> None:
     op = {"op": "LOG_SOFTMAX", "name": "x", "reason": "Unsupported opType"}
-    gate = gate_verdict(npu_report([op], device=True), 5.0)  # NPU fails, the drop (4.0) passes
-    assert gate is not None and [c.name for c in gate.failed] == ["require_npu"]
-    assert gate.verdict.startswith("FAIL: 1 of 10") and "max-drop" not in gate.verdict
-    checks = gate.as_dict(5.0)["checks"]
-    assert [(c["name"], c["passed"]) for c in checks] == [("require_npu", False), ("max_drop[5.0]", True)]
+    verdict = gate(npu_report([op], device=True), 5.0)  # NPU fails, the drop (4.0) passes
+    assert verdict is not None and [c.name for c in verdict.failed] == ["require_npu"]
+    assert verdict.verdict.startswith("FAIL: 1 of 10") and "max-drop" not in verdict.verdict
+    checks = verdict.entry(5.0).checks
+    assert [(c.name, c.passed) for c in checks] == [("require_npu", False), ("max_drop[5.0]", True)]
 
 
 # --- the whole job ------------------------------------------------------------------------------------
@@ -246,12 +253,12 @@ def test_require_npu_fails_the_job_after_writing_everything(fallback_job: tuple[
     line = [ln for ln in err.splitlines() if ln.startswith("dgh-deploy: error:")]
     assert len(line) == 1 and "FAIL: 1 of 5 ops fall back to the CPU of ethos-u55-128" in line[0]
     assert "LOG_SOFTMAX 'PartitionedCall:0' (Unsupported opType)" in line[0]
-    report = json.loads((out / "report.json").read_text())
-    validate_report(report)
-    assert report["gate"]["passed"] is False and report["gate"]["verdict"] in line[0]
+    validate_report(json.loads((out / "report.json").read_text()))
+    report = Report.read(out / "report.json")
+    assert report.gate is not None and report.gate.passed is False and report.gate.verdict in line[0]
     for role in ("model", "vela_model", "vela_summary", "vela_log"):
-        assert (out / report["artifacts"][role]["path"]).stat().st_size > 0
-    assert report["artifacts"]["vela_model"]["path"] == "logsm_net_full_integer_quant_vela.tflite"
+        assert (out / report.artifacts[role].path).stat().st_size > 0
+    assert report.artifacts["vela_model"].path == "logsm_net_full_integer_quant_vela.tflite"
     assert "| LOG_SOFTMAX | `PartitionedCall:0` | Unsupported opType" in (out / "report.md").read_text()
     assert "drop --require-npu" in line[0] and "--max-drop" not in line[0]  # the hint of the check that failed
 
@@ -268,7 +275,7 @@ def test_require_npu_is_a_junit_case(fallback_job: tuple[int, str, Path]) -> Non
 
 
 def test_the_report_has_vela_s_figures(fallback_job: tuple[int, str, Path]) -> None:
-    npu = json.loads((fallback_job[2] / "report.json").read_text())["target"]["ethos_u"]
+    npu = Report.read(fallback_job[2] / "report.json").target.facts["ethos_u"]
     assert (npu["accelerator"], npu["system_config"], npu["memory_mode"]) == (
         "ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram")
     assert (npu["npu_ops"], npu["cpu_ops"], npu["vela_version"], npu["require_npu"]) == (4, 1, "5.2.0", True)
@@ -279,17 +286,19 @@ def test_the_report_has_vela_s_figures(fallback_job: tuple[int, str, Path]) -> N
 
 
 def test_the_job_verifies_on_tflite_micro(fallback_job: tuple[int, str, Path]) -> None:
-    report = json.loads((fallback_job[2] / "report.json").read_text())
-    micro, dev = report["target"]["tflite_micro"], report["metrics"]["device"]
-    assert micro["arena_bytes"] > 0 and dev["runtime"] == "tflite-micro" and dev["desktop_runtime"] == "litert-int8"
-    assert dev["data_free_agreement"]["images"] == 4 and dev["quantized"]["images"] == 20
-    assert dev["agreement"]["top1_agreement"] >= 90 and dev["agreement"]["images"] == 20
-    assert abs(dev["desktop_minus_device"]) <= 10  # 20 images: one disagreement is 5 points
+    report = Report.read(fallback_job[2] / "report.json")
+    micro, dev = report.target.facts["tflite_micro"], report.metrics.device
+    assert dev is not None and dev.quantized is not None and dev.agreement is not None
+    assert micro["arena_bytes"] > 0 and dev.runtime == "tflite-micro" and dev.desktop_runtime == "litert-int8"
+    assert dev.data_free_agreement is not None and dev.data_free_agreement["images"] == 4
+    assert dev.quantized["images"] == 20
+    assert dev.agreement["top1_agreement"] >= 90 and dev.agreement["images"] == 20
+    assert dev.desktop_minus_device is not None and abs(dev.desktop_minus_device) <= 10  # 20 images: one is 5 points
 
 
 def test_another_memory_mode_compiles_the_same_file(fallback_job: tuple[int, str, Path], tmp_path: Path) -> None:
     out = fallback_job[2]
-    model = out / json.loads((out / "report.json").read_text())["artifacts"]["model"]["path"]
+    model = out / Report.read(out / "report.json").artifacts["model"].path
     r = compile_model(model, VelaSettings("ethos-u65-256", "", "Sram_Only_512KB"), tmp_path).report
     assert (r.accelerator, r.memory_mode, r.sram_capacity_kib, r.fits_sram) == ("ethos-u65-256", "Sram_Only_512KB",
                                                                               512, True)
@@ -305,10 +314,11 @@ def test_the_demo_runs_every_op_on_the_npu(tmp_path: Path) -> None:
     import dgh_deploy
 
     report = dgh_deploy.deploy(target="ethos-u", calib="noise", n_images=8, holdout=4, out=str(tmp_path / "demo"),
-                               human_report=False, require_npu=True)
-    npu = report["target"]["ethos_u"]
-    assert npu["cpu_ops"] == 0 and npu["npu_ops"] > 30 and report["gate"]["passed"]
-    assert report["metrics"]["device"]["data_free_agreement"]["top1_agreement"] >= 75
+                               human_report=False, require_npu=True).report
+    npu = report.target.facts["ethos_u"]
+    assert npu["cpu_ops"] == 0 and npu["npu_ops"] > 30 and report.gate is not None and report.gate.passed
+    assert report.metrics.device is not None and report.metrics.device.data_free_agreement is not None
+    assert report.metrics.device.data_free_agreement["top1_agreement"] >= 75
 
 
 @pytest.mark.slow
@@ -318,6 +328,7 @@ def test_the_anchor_free_head_runs_every_op_on_the_npu(tmp_path: Path) -> None:
     import dgh_deploy
 
     report = dgh_deploy.deploy(target="ethos-u", model="yolov8n.yaml", imgsz=64, calib="noise", n_images=8, holdout=4,
-                               out=str(tmp_path / "v8"), human_report=False, require_npu=True)
-    npu = report["target"]["ethos_u"]
-    assert npu["cpu_ops"] == 0 and npu["npu_ops"] > 300 and report["gate"]["passed"], npu["cpu_fallback"]
+                               out=str(tmp_path / "v8"), human_report=False, require_npu=True).report
+    npu = report.target.facts["ethos_u"]
+    assert npu["cpu_ops"] == 0 and npu["npu_ops"] > 300 and report.gate is not None and report.gate.passed, \
+        npu["cpu_fallback"]

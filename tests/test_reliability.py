@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from bench.reliability import cache_problems, result_problems
+from dgh_deploy.reporting.report import Report
 
 JOB = ["--target", "sim", "--n-images", "16", "--quiet", "--no-human-report"]
 
@@ -53,5 +54,5 @@ def test_sigterm_in_generation_keeps_out_and_resume_finishes(tmp_path: Path) -> 
     _, err = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, err
     assert "resuming generation" in err and not checkpoint.exists()
-    report = json.loads((out / "report.json").read_text())
-    assert report["calibration"]["settings"]["iters"] == 400 and result_problems(out) == []
+    report = Report.read(out / "report.json")
+    assert report.calibration.settings["iters"] == 400 and result_problems(out) == []

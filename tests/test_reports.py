@@ -10,6 +10,7 @@ import pytest
 
 from dgh_deploy.cli import main
 from dgh_deploy.reporting import validate_report
+from dgh_deploy.reporting.report import Report
 
 
 def deploy_args(assets: Path, r20: str, out: Path, tmp: Path, *extra: str) -> list[str]:
@@ -29,10 +30,10 @@ def passing_run(assets: Path, r20_weights: str, tmp_path_factory: pytest.TempPat
 def test_report_validates_and_has_pictures(passing_run: tuple[int, Path, Path]) -> None:
     code, out, _ = passing_run
     assert code == 0
-    report = json.loads((out / "report.json").read_text())
-    validate_report(report)
-    assert report["metrics"]["float"]["images"] == 500
-    assert report["gate"]["passed"] is True and report["gate"]["verdict"].startswith("PASS")
+    validate_report(json.loads((out / "report.json").read_text()))
+    report = Report.read(out / "report.json")
+    assert report.metrics.float_scores is not None and report.metrics.float_scores["images"] == 500
+    assert report.gate is not None and report.gate.passed is True and report.gate.verdict.startswith("PASS")
     md = (out / "report.md").read_text()
     assert "| float (PyTorch) |" in md and "| quantized (sim) |" in md
     for picture in ("calibration_grid.png", "activation_ranges.png"):
@@ -54,8 +55,8 @@ def test_gate_fails_a_run_that_drops_too_much(assets: Path, r20_weights: str, tm
     err = capsys.readouterr().err
     assert code == 3
     assert "FAIL:" in err and "more than --max-drop 0" in err and "Traceback" not in err
-    report = json.loads((out / "report.json").read_text())  # the evidence is kept
-    assert report["gate"]["passed"] is False and report["metrics"]["drop"] > 0
+    report = Report.read(out / "report.json")  # the evidence is kept
+    assert report.gate is not None and report.gate.passed is False and (report.metrics.drop or 0.0) > 0
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "1"
 
@@ -70,8 +71,8 @@ def test_second_target_reuses_the_cached_set(r20_weights: str, tmp_path: Path) -
 
     common = {"model": "cifar_resnet20", "weights": r20_weights, "calib": "dgh", "n_images": 16, "holdout": 8,
               "iters": 3, "cache_dir": str(tmp_path / "cache"), "human_report": False}
-    first = dgh_deploy.deploy(target="sim", out=str(tmp_path / "a"), **common)
-    second = dgh_deploy.deploy(target="sim", out=str(tmp_path / "b"), per_tensor=True, **common)
-    assert first["calibration"]["cached"] is False and second["calibration"]["cached"] is True
+    first = dgh_deploy.deploy(target="sim", out=str(tmp_path / "a"), **common).report
+    second = dgh_deploy.deploy(target="sim", out=str(tmp_path / "b"), per_tensor=True, **common).report
+    assert first.calibration.cached is False and second.calibration.cached is True
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
-    assert first["metrics"]["data_free"] != {} and second["calibration"]["settings"] == first["calibration"]["settings"]
+    assert first.metrics.data_free and second.calibration.settings == first.calibration.settings

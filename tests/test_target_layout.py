@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 
 import dgh_deploy.targets as targets_pkg
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
+from dgh_deploy.reporting import load_schema, validate_report
+from dgh_deploy.reporting.report import Report
 from dgh_deploy.targets import Calibrator, Target, all_targets, get_target
 
 TARGETS_DIR = Path(targets_pkg.__file__).parent
@@ -35,7 +40,11 @@ def test_every_target_is_one_folder_with_its_calibrator() -> None:
 
 
 TOY_TARGET = """
-from dgh_deploy.targets.base import QuantConstraints, Target, TargetFlag
+from pathlib import Path
+
+from dgh_deploy.runtime.base import TorchRunner
+from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetFlag
+from dgh_deploy.verification.gate import GateCheck
 
 class ToyTarget(Target):
     name = "toy"
@@ -52,8 +61,29 @@ class ToyTarget(Target):
     def check_options(self, model):
         pass
 
-    def build(self, model, calib, workdir):
-        raise NotImplementedError
+    def build(self, model, calib, workdir, early=None):
+        path = Path(workdir) / "toy.bin"
+        path.write_bytes(b"toy")
+        return BuildResult({"model": path}, TorchRunner(model.module),
+                           {"toy": {"turns": self.knob, "strict": self.strict}})
+
+    def summary_lines(self, report):
+        return [f"toy: turned {report.target.facts['toy']['turns']} times"]
+
+    def markdown_lines(self, report):
+        return ["## Toy", "", f"Turned {report.target.facts['toy']['turns']} times.", ""]
+
+    def gate_checks(self, report):
+        toy = report.target.facts["toy"]
+        if not toy["strict"]:
+            return []
+        ok = toy["turns"] <= 3
+        return [GateCheck("toy_turns", ok, f"{'PASS' if ok else 'FAIL'}: turned {toy['turns']} times",
+                          "turn it 3 times at most")]
+
+    @classmethod
+    def report_schema(cls):
+        return {"toy": {"type": "object", "required": ["turns"], "properties": {"turns": {"type": "integer"}}}}
 
 TARGET = ToyTarget
 """
@@ -66,8 +96,10 @@ def toy_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None
     (tmp_path / "toy" / "__init__.py").write_text(TOY_TARGET)
     monkeypatch.setattr(targets_pkg, "__path__", [*targets_pkg.__path__, str(tmp_path)])
     monkeypatch.delitem(sys.modules, "dgh_deploy.targets.toy", raising=False)
+    load_schema.cache_clear()  # the schema takes in every target's section, the toy's too
     yield
     sys.modules.pop("dgh_deploy.targets.toy", None)
+    load_schema.cache_clear()
 
 
 def test_a_new_folder_is_a_new_target(toy_target: None) -> None:
@@ -90,6 +122,40 @@ def test_a_target_brings_its_own_cli_flags(toy_target: None, capsys: pytest.Capt
     err = capsys.readouterr().err.strip()
     assert err == ("dgh-deploy: error: --toy-knob is an option of --target toy, not of sim. "
                    "drop --toy-knob, or use --target toy.")
+
+
+def test_a_target_brings_its_report_section_gate_check_and_lines(toy_target: None, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The toy folder alone gives the job its report.json section (in the schema), its report.md
+    section, its closing line and its own gate check, failing the job like --max-drop does."""
+    from dgh_deploy import cli
+
+    job = ["--target", "toy", "--calib", "noise", "--n-images", "8", "--holdout", "8", "--no-cache"]
+    assert cli.main([*job, "--toy-knob", "2", "--out", str(tmp_path / "ok")]) == 0
+    assert "toy: turned 2 times" in capsys.readouterr().out
+    report = json.loads((tmp_path / "ok" / "report.json").read_text())
+    validate_report(report)
+    assert report["target"]["toy"] == {"turns": 2, "strict": False} and "gate" not in report
+    assert "## Toy\n\nTurned 2 times." in (tmp_path / "ok" / "report.md").read_text()
+    report["target"]["toy"]["turns"] = "two"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_report(report)
+
+    assert cli.main([*job, "--toy-knob", "5", "--toy-strict", "--out", str(tmp_path / "strict")]) == 3
+    assert "dgh-deploy: error: FAIL: turned 5 times. turn it 3 times at most" in capsys.readouterr().err
+    gate = Report.read(tmp_path / "strict" / "report.json").gate
+    assert gate is not None and [(c.name, c.passed) for c in gate.checks] == [("toy_turns", False)]
+
+
+def test_the_shared_code_names_no_target_and_no_runtime() -> None:
+    """Reporting and verification read every target's part through the Target interface."""
+    shared = [*(TARGETS_DIR.parent / "dgh_deploy" / "reporting").glob("*"),
+              *(TARGETS_DIR.parent / "dgh_deploy" / "verification").glob("*.py")]
+    words = {part for name in all_targets() for part in (name, name.split("-")[0])}
+    words |= {"litert", "tflite", "micro", "vela", "ethos", "npu", "onnx2tf", "onnxruntime", "tensorrt", "trt"}
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(words))) + r")(?![a-z])", re.IGNORECASE)
+    named = [f"{p.name}: {m.group(0)}" for p in shared if p.is_file() for m in pattern.finditer(p.read_text())]
+    assert named == []
 
 
 class Recorder(Calibrator[list[tuple[int, tuple[int, ...]]]]):

@@ -349,14 +349,14 @@ def test_a_users_option_a_resnet_converts_with_litert_and_onnx2tf_refuses_it(con
         assert msg.startswith("onnx2tf's float conversion disagrees with PyTorch") and "Pad" in msg
         assert "--converter litert-torch" in msg and "\n" not in msg
         return
-    target.preflight(model)
+    early = target.preflight(model)
     calib = CalibrationSet(probe_images(model, 16, seed=1), "noise")
     converts = []
     cls = type(target.converter())
     real_convert = cls.convert_float
     with pytest.MonkeyPatch.context() as mp:  # the build quantizes the preflight's float file: no second conversion
         mp.setattr(cls, "convert_float", lambda *a, **k: converts.append(1) or real_convert(*a, **k))
-        result = target.build(model, calib, tmp_path / "work")
+        result = target.build(model, calib, tmp_path / "work", early)
     assert converts == []
     assert result.info["float_parity_before_generation"]["passed"] and result.info["float_parity"]["passed"]
     assert max(result.info["float_parity"]["max_abs_error"]) < 1e-4

@@ -144,7 +144,7 @@ class Doubling(Runner):
 
 
 def test_recording_keeps_outputs_up_to_its_budget() -> None:
-    from dgh_deploy.runtime.tflite_micro_runner import RecordingRunner
+    from dgh_deploy.runtime.base import RecordingRunner
 
     x = np.ones((10, 1, 2, 2), np.float32)
     rec = RecordingRunner(Doubling(), keep_bytes=16 * 6)  # room for 6 images of 4 float32s

@@ -10,7 +10,6 @@ that its mAP means something although the model has never been trained.
 from __future__ import annotations
 
 import ast
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from dgh_deploy.cli import build_parser, target_settings
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.loading import load_model
+from dgh_deploy.reporting.report import Report, ValidatorComparison
 from dgh_deploy.tasks.detect_layout import DetectLayout, repack, ultralytics_layout
 from dgh_deploy.tasks.ultralytics_format import check_layout, embed_metadata, read_metadata, ultralytics_metadata
 
@@ -146,16 +146,16 @@ def own_dataset(root: Path, images: list[Path], labels: dict[str, str], names: d
     return data
 
 
-def _round_trip(report: dict[str, Any], out: Path, data: Path, project: Path) -> tuple[float, dict[str, Any]]:
+def _round_trip(report: Report, out: Path, data: Path, project: Path) -> tuple[float, ValidatorComparison]:
     """yolo val's mAP50-95 on the job's file, and the job's Ultralytics comparison."""
     from ultralytics.nn.backends.base import BaseBackend
 
-    assert report["target"]["layout"] == "ultralytics"
-    file = out / report["artifacts"]["model"]["path"]
+    assert report.target.facts["layout"] == "ultralytics" and report.metrics.validator is not None
+    file = out / report.artifacts["model"].path
     meta = BaseBackend.read_metadata(file)  # as Ultralytics reads it (a zip entry, or ONNX metadata_props)
     imgsz = ast.literal_eval(meta["imgsz"]) if isinstance(meta["imgsz"], str) else meta["imgsz"]
     assert imgsz == [IMGSZ, IMGSZ] and meta["task"] == "detect" and int(meta["stride"]) == 32
-    return yolo_val(file, data, project), report["metrics"]["ultralytics"]
+    return yolo_val(file, data, project), report.metrics.validator
 
 
 @pytest.mark.slow  # one conversion (tflite ~3 min on 2 cores), two validations, one yolo val
@@ -168,22 +168,22 @@ def test_yolov5n_scores_the_same_under_yolo_val(target: str, assets: Path, tmp_p
         target=target, layout="ultralytics", model="yolov5n",
         weights=str(assets / "yolov5n" / "yolov5n-coco-v6.1.pt"), imgsz=IMGSZ, calib=f"real:{coco / 'coco128.yaml'}",
         n_images=32, holdout=8, val_data=str(coco / "coco128.yaml"), out=str(tmp_path / "job"),
-        cache_dir=str(tmp_path / "cache"), human_report=True, threads=2)
+        cache_dir=str(tmp_path / "cache"), human_report=True, threads=2).report
     assert not list(coco.rglob("*.cache"))  # the job's validator left no cache in the dataset
     images = sorted((coco / "images" / "val2017").glob("*.jpg"))
     labels = {f.stem: (coco / "labels" / "val2017" / f"{f.stem}.txt").read_text() for f in images}
     names = yaml.safe_load((coco / "coco128.yaml").read_text())["names"]
     data = own_dataset(tmp_path / "data", images, labels, names)
     theirs, compared = _round_trip(report, tmp_path / "job", data, tmp_path / "runs")
-    ours = compared["ours"]["mAP50-95"]
-    assert abs(compared["ultralytics"]["mAP50-95"] - ours) <= AGREEMENT, compared  # both unrounded
+    ours = compared.ours["mAP50-95"]
+    assert abs(compared.theirs["mAP50-95"] - ours) <= AGREEMENT, compared  # both unrounded
     assert abs(theirs - ours) <= AGREEMENT + PRINTED, (theirs, ours)
-    assert abs(compared["ultralytics"]["mAP50-95"] - theirs) <= 0.05  # the same validator (yolo val prints 3 places)
+    assert abs(compared.theirs["mAP50-95"] - theirs) <= 0.05  # the same validator (yolo val prints 3 places)
     assert ours > 25.0  # a working int8 YOLOv5n at 320 (float 28.9 with this NMS), not an empty agreement
     # The job's own score (single-label NMS) is of the same file, and the split file is kept beside it.
-    assert report["metrics"]["quantized"]["mAP50-95"] > 24.0 and "split_model" in report["artifacts"]
+    assert report.metrics.value(report.metrics.quantized) > 24.0 and "split_model" in report.artifacts
     text = (tmp_path / "job" / "report.md").read_text()
-    assert "Ultralytics' validator" in text and f"{compared['ultralytics']['mAP50-95']:.2f}" in text
+    assert "Ultralytics' validator" in text and f"{compared.theirs['mAP50-95']:.2f}" in text
 
 
 def _own_detections_as_labels(model: LoadedModel, images: list[Path], per_image: int = 8) -> dict[str, str]:
@@ -267,12 +267,13 @@ def test_anchor_free_yolov8n_object_scores_the_same_under_yolo_val(assets: Path,
         target="tflite-int8", layout="ultralytics", model=yolo, imgsz=IMGSZ,
         calib=f"real:{assets / 'coco128' / 'coco128.yaml'}", n_images=32, holdout=8, val_data=str(data),
         out=str(tmp_path / "job"), cache_dir=str(tmp_path / "cache"), human_report=False, threads=2)
-    assert result["model"]["fingerprint"] == float_model.fingerprint()  # the object's own weights, unchanged
-    theirs, compared = _round_trip(result, tmp_path / "job", data, tmp_path / "runs")
-    ours = compared["ours"]["mAP50-95"]
-    assert abs(compared["ultralytics"]["mAP50-95"] - ours) <= AGREEMENT, compared  # both unrounded
+    assert result.report.model.fingerprint == float_model.fingerprint()  # the object's own weights, unchanged
+    theirs, compared = _round_trip(result.report, tmp_path / "job", data, tmp_path / "runs")
+    ours = compared.ours["mAP50-95"]
+    assert abs(compared.theirs["mAP50-95"] - ours) <= AGREEMENT, compared  # both unrounded
     assert abs(theirs - ours) <= AGREEMENT + PRINTED, (theirs, ours)
-    assert result.metric("float") > 5.0, result["metrics"]  # scored on its own detections: labels that mean something
+    # scored on its own detections: labels that mean something
+    assert (result.metric("float") or 0.0) > 5.0, result.report.metrics
     assert ours > 0.5, compared  # and the int8 file finds some of them (1.02): both scorers see real boxes
-    report = json.loads(result.artifacts["report"].read_text())
-    assert report["metrics"]["ultralytics"]["ultralytics"]["images"] == 48
+    report = Report.read(result.artifacts["report"])
+    assert report.metrics.validator is not None and report.metrics.validator.theirs["images"] == 48

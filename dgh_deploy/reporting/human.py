@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,13 @@ from torch import nn
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.loaded_model import LoadedModel
+from dgh_deploy.reporting.report import Metrics, Report
 
 
-def write_human_report(out_dir: Path, report: dict[str, Any], model: LoadedModel, calib: CalibrationSet,
-                       real_inputs: np.ndarray | None = None) -> Path:
-    """Write report.md and its PNGs into ``out_dir``; returns the Markdown path."""
+def write_human_report(out_dir: Path, report: Report, model: LoadedModel, calib: CalibrationSet,
+                       real_inputs: np.ndarray | None = None, target_lines: Sequence[str] = ()) -> Path:
+    """Write report.md and its PNGs into ``out_dir``; returns the Markdown path. ``target_lines`` is
+    the target's own section (:meth:`~dgh_deploy.targets.Target.markdown_lines`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,40 +30,40 @@ def write_human_report(out_dir: Path, report: dict[str, Any], model: LoadedModel
     pictures["activation_ranges.png"] = _activation_ranges(
         out_dir / "activation_ranges.png", model, calib.images, real_inputs, calib.source
     )
-    md = _markdown(report, [name for name, ok in pictures.items() if ok])
+    md = _markdown(report, [name for name, ok in pictures.items() if ok], list(target_lines))
     path = out_dir / "report.md"
     with atomic_path(path) as tmp:
         tmp.write_text(md)
     return path
 
 
-def _markdown(report: dict[str, Any], pictures: list[str]) -> str:
-    m, cal, tgt = report["metrics"], report["calibration"], report["target"]
-    metric = m["metric"]
+def _markdown(report: Report, pictures: list[str], target_lines: list[str]) -> str:
+    m, cal, tgt = report.metrics, report.calibration, report.target
+    metric = m.metric
     lines = [
-        f"# {report['model']['name']} on {tgt['name']}",
+        f"# {report.model.name} on {tgt.name}",
         "",
-        f"Calibration: **{cal['source']}**, {cal['images']} images ({cal['held_out']} more held out for the "
-        f"data-free check). Target constraints: {_describe(tgt['constraints'])}. Verified on {tgt['runtime']}.",
+        f"Calibration: **{cal.source}**, {cal.images} images ({cal.held_out} more held out for the "
+        f"data-free check). Target constraints: {_describe(tgt.constraints)}. Verified on {tgt.runtime}.",
         "",
     ]
-    if "float" in m:
+    if m.float_scores is not None and m.quantized is not None:
         lines += [
             f"| model | {metric} | images |",
             "| --- | --- | --- |",
-            f"| float (PyTorch) | {m['float'][metric]:.2f} | {int(m['float'].get('images', 0))} |",
-            f"| quantized ({tgt['name']}) | {m['quantized'][metric]:.2f} | {int(m['quantized'].get('images', 0))} |",
-            f"| drop | {m['drop']:.2f} | |",
+            f"| float (PyTorch) | {m.float_scores[metric]:.2f} | {int(m.float_scores.get('images', 0))} |",
+            f"| quantized ({tgt.name}) | {m.quantized[metric]:.2f} | {int(m.quantized.get('images', 0))} |",
+            f"| drop | {m.drop:.2f} | |",
             "",
         ]
-    if "data_free" in m:
+    if m.data_free is not None:
         lines += ["Data-free check (float against quantized on held-out calibration images): "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in m["data_free"].items()), ""]
-    lines += _ultralytics_lines(m) + _device_lines(m, tgt) + _npu_lines(tgt.get("ethos_u"))
-    if "gate" in report:
-        lines += [f"Quality gate: {report['gate']['verdict']}", ""]
+                  + ", ".join(f"{k} {v:.2f}" for k, v in m.data_free.items()), ""]
+    lines += _validator_lines(m) + _device_lines(m) + target_lines
+    if report.gate is not None:
+        lines += [f"Quality gate: {report.gate.verdict}", ""]
     lines += ["| stage | seconds |", "| --- | --- |"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in report["times_s"].items()]
+    lines += [f"| {k} | {v:.1f} |" for k, v in report.times_s.items()]
     lines.append("")
     captions = {
         "calibration_grid.png": "Calibration images (de-normalised to pixels)",
@@ -72,62 +75,37 @@ def _markdown(report: dict[str, Any], pictures: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _ultralytics_lines(m: dict[str, Any]) -> list[str]:
-    """The Ultralytics-layout file under Ultralytics' own validator, beside our score of it."""
-    u = m.get("ultralytics")
-    if not u:
+def _validator_lines(m: Metrics) -> list[str]:
+    """The deployed file under its framework's own validator, beside our score of it."""
+    u = m.validator
+    if u is None:
         return []
-    metric, n = m["metric"], int(u["ultralytics"].get("images", 0))
-    return [f"## The Ultralytics-layout file under `yolo val`: {u['file']}", "",
+    metric, n = m.metric, int(u.theirs.get("images", 0))
+    return [f"## The Ultralytics-layout file under `yolo val`: {u.file}", "",
             f"| scored by | {metric} | mAP50 | images |", "| --- | --- | --- | --- |",
-            f"| Ultralytics' validator | {u['ultralytics'][metric]:.2f} | {u['ultralytics']['mAP50']:.2f} | {n} |",
-            f"| dgh-deploy | {u['ours'][metric]:.2f} | {u['ours']['mAP50']:.2f} | {int(u['ours'].get('images', 0))} |",
-            "", f"Both on the same file and images, NMS {u.get('nms', '')}; difference {u['difference']:+.2f}.", ""]
+            f"| Ultralytics' validator | {u.theirs[metric]:.2f} | {u.theirs['mAP50']:.2f} | {n} |",
+            f"| dgh-deploy | {u.ours[metric]:.2f} | {u.ours['mAP50']:.2f} | {int(u.ours.get('images', 0))} |",
+            "", f"Both on the same file and images, NMS {u.nms}; difference {u.difference:+.2f}.", ""]
 
 
-def _device_lines(m: dict[str, Any], tgt: dict[str, Any]) -> list[str]:
-    """The same file on the device's runtime (TFLite Micro), beside the desktop runtime."""
-    dev = m.get("device")
-    if not dev:
+def _device_lines(m: Metrics) -> list[str]:
+    """The same file on the device's own runtime, beside the desktop runtime."""
+    dev = m.device
+    if dev is None:
         return []
-    metric, name, desk = m["metric"], dev["runtime"], dev["desktop_runtime"]
-    arena = (tgt.get("tflite_micro") or {}).get("arena_bytes")
+    metric, name, desk = m.metric, dev.runtime, dev.desktop_runtime
     lines = [f"## On the device's runtime: {name}", ""]
-    if arena:
-        lines += [f"Tensor arena (RAM besides the weights): {arena:,} bytes ({arena / 1024:.1f} KiB).", ""]
-    if "quantized" in dev:
-        n = int(dev["quantized"].get("images", 0))
+    if dev.quantized is not None and dev.float_scores is not None and dev.desktop is not None:
+        n = int(dev.quantized.get("images", 0))
         lines += [f"| runtime | {metric} on the same {n} real images |", "| --- | --- |",
-                  f"| float (PyTorch) | {dev['float'][metric]:.2f} |", f"| {desk} | {dev['desktop'][metric]:.2f} |",
-                  f"| {name} | {dev['quantized'][metric]:.2f} |", ""]
+                  f"| float (PyTorch) | {dev.float_scores[metric]:.2f} |", f"| {desk} | {dev.desktop[metric]:.2f} |",
+                  f"| {name} | {dev.quantized[metric]:.2f} |", ""]
     held = "held-out calibration images"
-    for key, against, what in (("data_free", "float (PyTorch)", held), ("data_free_agreement", desk, held),
-                               ("agreement", desk, "real images")):
-        if dev.get(key):
-            lines += [f"{name} against {against} on {int(dev[key].get('images', 0))} {what}: "
-                      + ", ".join(f"{k} {v:.2f}" for k, v in dev[key].items() if k != "images"), ""]
-    return lines
-
-
-def _npu_lines(npu: dict[str, Any] | None) -> list[str]:
-    """Vela's placement and estimates for an Ethos-U NPU."""
-    if not npu:
-        return []
-    total = npu["npu_ops"] + npu["cpu_ops"]
-    capacity = npu.get("sram_capacity_kib")
-    fits = "-" if capacity is None else f"{'fits' if npu.get('fits_sram') else 'does not fit'} in {capacity:.0f} KiB"
-    lines = [f"## Ethos-U: {npu['accelerator']}, {npu['system_config']}, {npu['memory_mode']} (Vela "
-             f"{npu.get('vela_version', '')})", "",
-             "| NPU ops | SRAM, KiB | flash, KiB | DRAM, KiB | SRAM of the memory mode | ms per inference "
-             "(estimate) | cycles | MACs |", "|" + " --- |" * 8,
-             f"| {npu['npu_ops']} of {total} | {npu['sram_kib']:.1f} | {npu['flash_kib']:.1f} | "
-             f"{npu.get('dram_kib', 0.0):.1f} | {fits} | {npu['inference_ms']:.3f} | {npu['cycles_total']:,} | "
-             f"{npu['macs']:,} |", ""]
-    if npu["cpu_fallback"]:
-        lines += ["Ops Vela leaves to the CPU:", "", "| op | output tensor | Vela's reason |", "| --- | --- | --- |"]
-        lines += [f"| {op['op']} | `{op['name']}` | {op['reason']} {op.get('constraint', '')} |"
-                  for op in npu["cpu_fallback"]]
-        lines.append("")
+    for scores, against, what in ((dev.data_free, "float (PyTorch)", held), (dev.data_free_agreement, desk, held),
+                                  (dev.agreement, desk, "real images")):
+        if scores:
+            lines += [f"{name} against {against} on {int(scores.get('images', 0))} {what}: "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if k != "images"), ""]
     return lines
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
 
 from dgh_deploy.artifacts import atomic_path
+from dgh_deploy.reporting.report import Report
 
 
-def write_junit(path: str | Path, report: dict[str, Any] | None, max_drop: float | None,
+def write_junit(path: str | Path, report: Report | None, max_drop: float | None,
                 error: str | None = None) -> None:
-    """One test case per check: each gate check (``report["gate"]["checks"]``), the data-free agreement, the
+    """One test case per check: each gate check (``report.gate.checks``), the data-free agreement, the
     conversion checks; or one error case when the job stopped (``error``)."""
-    name = f"{report['model']['name']}-{report['target']['name']}" if report else "dgh-deploy"
+    name = f"{report.model.name}-{report.target.name}" if report else "dgh-deploy"
     suite = ET.Element("testsuite", name="dgh-deploy", tests="0", failures="0", errors="0")
     cases: list[ET.Element] = []
 
@@ -29,16 +29,16 @@ def write_junit(path: str | Path, report: dict[str, Any] | None, max_drop: float
         case("deploy", error, is_error=True)
     else:
         assert report is not None
-        m = report["metrics"]
-        for check in report.get("gate", {}).get("checks", []):  # --max-drop, --require-npu: one case each
-            case(check["name"], None if check["passed"] else check["verdict"], text=check["verdict"])
-        if "drop" in m and max_drop is None:  # no gate: the accuracy, for the record
-            metric = m["metric"]
-            case("accuracy", text=f"{metric}: float {m['float'][metric]:.2f}, quantized {m['quantized'][metric]:.2f}, "
-                                  f"drop {m['drop']:.2f}")
-        if "data_free" in m:
-            case("data_free_agreement", text=", ".join(f"{k}={v}" for k, v in m["data_free"].items()))
-        case("conversion_checks", text=f"target {report['target']['name']}: parity and integer-only checks passed")
+        m = report.metrics
+        for check in report.gate.checks if report.gate else []:  # --max-drop and the target's: one case each
+            case(check.name, None if check.passed else check.verdict, text=check.verdict)
+        if m.float_scores is not None and m.quantized is not None and max_drop is None:  # no gate: for the record
+            metric = m.metric
+            case("accuracy", text=f"{metric}: float {m.float_scores[metric]:.2f}, quantized {m.quantized[metric]:.2f}, "
+                                  f"drop {m.drop:.2f}")
+        if m.data_free is not None:
+            case("data_free_agreement", text=", ".join(f"{k}={v}" for k, v in m.data_free.items()))
+        case("conversion_checks", text=f"target {report.target.name}: parity and integer-only checks passed")
     for el in cases:
         suite.append(el)
     suite.set("tests", str(len(cases)))

@@ -18,6 +18,9 @@ class Runner(ABC):
     """
 
     name: str = "runner"
+    # The same file on the device's own runtime, where the target has one: the job verifies there too.
+    device_runner: Runner | None = None
+    image_limit: int | None = None  # the most real images this runtime scores (a slow reference runtime)
 
     @abstractmethod
     def infer(self, x: np.ndarray) -> list[np.ndarray]: ...
@@ -47,3 +50,29 @@ class TorchRunner(Runner):
     def infer(self, x: np.ndarray) -> list[np.ndarray]:
         out = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
         return [t.float().numpy() for t in flatten_outputs(out)]
+
+
+class RecordingRunner(Runner):
+    """Another runner's outputs, kept as they pass (up to ``keep_bytes``), so two runtimes scored on
+    the same images can be compared image by image afterwards without running either again."""
+
+    def __init__(self, runner: Runner, keep_bytes: int = 512 << 20) -> None:
+        self.runner = runner
+        self.name = runner.name
+        self.keep_bytes = keep_bytes
+        self.kept: list[list[np.ndarray]] = []
+        self._bytes = 0
+
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        out = self.runner.infer(x)
+        size = sum(o.nbytes for o in out)
+        if self._bytes + size <= self.keep_bytes:
+            self.kept.append(out)
+            self._bytes += size
+        return out
+
+    def outputs(self, n: int | None = None) -> list[np.ndarray]:
+        """The kept outputs, concatenated per output (the first ``n`` images if given)."""
+        if not self.kept:
+            return []
+        return [np.concatenate([batch[k] for batch in self.kept])[:n] for k in range(len(self.kept[0]))]

@@ -212,29 +212,3 @@ def _open(path: Path) -> tuple[Any, int]:
 
 def micro_version() -> str:
     return installed_version("tflite-micro")
-
-
-class RecordingRunner(Runner):
-    """Another runner's outputs, kept as they pass (up to ``keep_bytes``), so two runtimes scored on
-    the same images can be compared image by image afterwards without running either again."""
-
-    def __init__(self, runner: Runner, keep_bytes: int = 512 << 20) -> None:
-        self.runner = runner
-        self.name = runner.name
-        self.keep_bytes = keep_bytes
-        self.kept: list[list[np.ndarray]] = []
-        self._bytes = 0
-
-    def infer(self, x: np.ndarray) -> list[np.ndarray]:
-        out = self.runner.infer(x)
-        size = sum(o.nbytes for o in out)
-        if self._bytes + size <= self.keep_bytes:
-            self.kept.append(out)
-            self._bytes += size
-        return out
-
-    def outputs(self, n: int | None = None) -> list[np.ndarray]:
-        """The kept outputs, concatenated per output (the first ``n`` images if given)."""
-        if not self.kept:
-            return []
-        return [np.concatenate([batch[k] for batch in self.kept])[:n] for k in range(len(self.kept[0]))]

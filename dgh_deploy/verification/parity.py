@@ -3,8 +3,7 @@
 Quantization error and conversion error look alike in an accuracy number; this check separates
 them. Before anyone trusts an int8 file we run the converter's *float* output on real inputs
 and compare it with PyTorch: a float conversion must agree to float rounding. When it does not,
-the target may name the first layer where it stops agreeing (``diagnose``; TFLite's is
-:mod:`dgh_deploy.targets.tflite.divergence`).
+the target may name the first layer where it stops agreeing (``diagnose``, the target's own).
 """
 
 from __future__ import annotations

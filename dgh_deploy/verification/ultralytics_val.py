@@ -19,11 +19,11 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
 from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.loaded_model import LoadedModel
+from dgh_deploy.reporting.report import ValidatorComparison
 from dgh_deploy.runtime.base import Runner
 from dgh_deploy.tasks.classify import evenly_spaced
 from dgh_deploy.tasks.detect_postprocess import NMSConfig
@@ -35,30 +35,16 @@ METRIC = "mAP50-95"
 
 
 def compare_with_ultralytics(model: LoadedModel, runner: Runner, path: Path, val_data: str,
-                             limit: int | None) -> dict[str, Any]:
+                             limit: int | None) -> ValidatorComparison:
     """Ours and Ultralytics' validator on the artifact ``path`` (``runner`` runs it in the model's layout)."""
     from dgh_deploy.tasks.detect import DetectTask
 
     ours = DetectTask(nms=VALIDATOR_NMS, clip=False).evaluate(runner, model, val_data, limit)
     theirs = ultralytics_val(path, val_data, model.imgsz, limit)
-    return {
-        "file": path.name,
-        "nms": "conf 0.001, IoU 0.7, multi-label, 300 boxes, unclipped (Ultralytics' validator settings)",
-        "ours": ours,
-        "ultralytics": theirs,
-        "difference": round(ours[METRIC] - theirs[METRIC], 4),
-    }
-
-
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    """The CLI's closing line for the comparison, when the job made one."""
-    u = report["metrics"].get("ultralytics")
-    if not u:
-        return []
-    metric = report["metrics"]["metric"]
-    return [f"yolo val on {u['file']}: {metric} {u['ultralytics'][metric]:.2f}; dgh-deploy on the same file "
-            f"and {int(u['ours'].get('images', 0))} images with yolo val's NMS: {u['ours'][metric]:.2f} "
-            f"(difference {u['difference']:+.2f})"]
+    return ValidatorComparison(
+        file=path.name,
+        nms="conf 0.001, IoU 0.7, multi-label, 300 boxes, unclipped (Ultralytics' validator settings)",
+        ours=ours, theirs=theirs, difference=round(ours[METRIC] - theirs[METRIC], 4))
 
 
 def ultralytics_val(path: Path, val_data: str, imgsz: tuple[int, int], limit: int | None = None) -> dict[str, float]:
@@ -113,7 +99,7 @@ def _silent() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _offline() -> Iterator[None]:
-    """No pip auto-install (its LiteRT check asks for a newer ai-edge-litert than may be installed), no
+    """No pip auto-install (its runtime check asks for newer packages than may be installed), no
     download, and no label cache written into the user's dataset folder."""
     import ultralytics.data.utils as data_utils
     import ultralytics.utils.checks as checks

@@ -25,8 +25,10 @@ from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.onnx_export import INPUT_NAME
+from dgh_deploy.reporting.report import Report
 from dgh_deploy.targets.base import BuildResult, QuantConstraints, TargetFlag, TargetOptions
 from dgh_deploy.targets.ethos_u.calibrator import EthosUCalibrator
+from dgh_deploy.targets.ethos_u.report import ETHOS_U_SCHEMA, npu_check, npu_markdown
 from dgh_deploy.targets.ethos_u.vela import (
     ACCELERATORS,
     DEFAULT_ACCELERATOR,
@@ -41,7 +43,8 @@ from dgh_deploy.targets.ethos_u.vela import (
 )
 from dgh_deploy.targets.tflite.converter import ONNX2TF, Converter, FloatModel
 from dgh_deploy.targets.tflite.silu_floor import DEFAULT_FLOOR
-from dgh_deploy.targets.tflite.target import PARITY_IMAGES, TFLiteInt8Target
+from dgh_deploy.targets.tflite.target import PARITY_IMAGES, EarlyConversion, TFLiteInt8Target
+from dgh_deploy.verification.gate import GateCheck
 
 log = logging.getLogger("dgh_deploy")
 
@@ -68,16 +71,29 @@ class EthosUTarget(TFLiteInt8Target):
     )
     summary_artifacts: ClassVar[tuple[str, ...]] = ("model", "vela_model")
 
-    def summary_lines(self, report: dict[str, Any]) -> list[str]:
+    def summary_lines(self, report: Report) -> list[str]:
         """Where Vela put the ops, and what the NPU costs."""
-        npu = report["target"].get("ethos_u")
+        npu = report.target.facts.get("ethos_u")
         if not npu:
-            return []
+            return super().summary_lines(report)
         memory = f"flash {npu['flash_kib']:.1f} KiB" + (f", DRAM {npu['dram_kib']:.1f} KiB" if npu["dram_kib"] else "")
         lines = [f"{npu['accelerator']} ({npu['system_config']}, {npu['memory_mode']}): {npu['npu_ops']} of "
                  f"{npu['npu_ops'] + npu['cpu_ops']} ops on the NPU, SRAM {npu['sram_kib']:.1f} KiB, {memory}, "
                  f"{npu['inference_ms']:.2f} ms per inference (Vela's estimate)"]
-        return lines + [f"  on the CPU: {op['op']} '{op['name']}': {op['reason']}" for op in npu["cpu_fallback"]]
+        lines += [f"  on the CPU: {op['op']} '{op['name']}': {op['reason']}" for op in npu["cpu_fallback"]]
+        return super().summary_lines(report) + lines
+
+    def markdown_lines(self, report: Report) -> list[str]:
+        npu = report.target.facts.get("ethos_u")
+        return super().markdown_lines(report) + (npu_markdown(npu) if npu else [])
+
+    def gate_checks(self, report: Report) -> list[GateCheck]:
+        npu = report.target.facts.get("ethos_u")
+        return [npu_check(npu)] if npu and npu.get("require_npu") else []
+
+    @classmethod
+    def report_schema(cls) -> dict[str, Any]:
+        return {**super().report_schema(), "ethos_u": ETHOS_U_SCHEMA}
 
     def __init__(self, options: TargetOptions | None = None, npu: str = DEFAULT_ACCELERATOR, system_config: str = "",
                  memory_mode: str = "", require_npu: bool = False, silu_floor: float = DEFAULT_FLOOR,
@@ -116,8 +132,9 @@ class EthosUTarget(TFLiteInt8Target):
         return EthosUCalibrator(scratch / "calibration_nhwc.npy", model.imgsz, INPUT_NAME)
 
     # --- build -----------------------------------------------------------------------------
-    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
-        return self.compile_for_npu(super().build(model, calib, workdir), Path(workdir))
+    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path,
+              early: EarlyConversion | None = None) -> BuildResult:
+        return self.compile_for_npu(super().build(model, calib, workdir, early), Path(workdir))
 
     def build_from_onnx(self, model: LoadedModel, onnx_path: str | Path, calib: CalibrationSet,
                         workdir: Path) -> BuildResult:

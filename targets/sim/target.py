@@ -91,7 +91,7 @@ class SimTarget(Target):
                            f"use --weight-rounding {' or '.join(ROUNDINGS)}")
         return method, rounding
 
-    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
+    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path, early: Any = None) -> BuildResult:
         method, rounding = self._checked_options()
         calib.check_fits(model.imgsz)
         o = self.options

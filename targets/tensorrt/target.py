@@ -76,11 +76,6 @@ class TensorRTInt8Target(Target):
         super().__init__(options)
         self.layout = layout  # split | ultralytics (detectors): see LAYOUT_HELP
 
-    def summary_lines(self, report: dict[str, Any]) -> list[str]:
-        from dgh_deploy.verification.ultralytics_val import summary_lines
-
-        return summary_lines(report)
-
     @property
     def constraints(self) -> QuantConstraints:
         return QuantConstraints(
@@ -105,7 +100,7 @@ class TensorRTInt8Target(Target):
             )
         return act_range_for(model, opts)
 
-    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
+    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path, early: Any = None) -> BuildResult:
         import onnx
 
         act_range = self._checked_act_range(model)

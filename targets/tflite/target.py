@@ -37,6 +37,7 @@ from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
+from dgh_deploy.reporting.report import Report
 from dgh_deploy.runtime.base import Runner, TorchRunner
 from dgh_deploy.runtime.litert_runner import LiteRTRunner
 from dgh_deploy.targets.base import (
@@ -86,7 +87,7 @@ class StructuralChecks:
 class EarlyConversion:
     """The float conversion :meth:`TFLiteInt8Target.preflight` made and checked, kept for the build."""
 
-    key: tuple[str, int, bool]  # (model name, id of its module, SiLU floor applied)
+    key: tuple[str, bool]  # (model name, SiLU floor applied): the module form it converted
     float_model: FloatModel
     folder: tempfile.TemporaryDirectory[str]
     parity: ParityResult
@@ -155,7 +156,6 @@ class TFLiteInt8Target(Target):
         if converter and converter not in CONVERTERS:
             raise DGHError(f"unknown converter '{converter}'", f"use --converter {' or '.join(CONVERTERS)}")
         self.converter_name = converter or installed_converter()
-        self._early: EarlyConversion | None = None
 
     def converter(self, model: LoadedModel | None = None) -> Converter:
         """The chosen converter with the current options (tests and the job may replace ``options``),
@@ -189,18 +189,35 @@ class TFLiteInt8Target(Target):
                   f"set (min/max, percentile or MSE); converter {self.converter_name}",
         )
 
-    def summary_lines(self, report: dict[str, Any]) -> list[str]:
-        """With --layout ultralytics and --val-data: Ultralytics' validator and ours on the same file."""
-        from dgh_deploy.verification.ultralytics_val import summary_lines
+    def summary_lines(self, report: Report) -> list[str]:
+        """The RAM TFLite Micro needed besides the weights, when the file ran there."""
+        arena = report.target.facts.get("tflite_micro", {}).get("arena_bytes")
+        return [f"TFLite Micro tensor arena: {arena / 1024:.1f} KiB (RAM besides the weights)"] if arena else []
 
-        return summary_lines(report)
+    def markdown_lines(self, report: Report) -> list[str]:
+        arena = report.target.facts.get("tflite_micro", {}).get("arena_bytes")
+        if not arena:
+            return []
+        return ["## TFLite Micro", "", f"Tensor arena (RAM besides the weights): {arena:,} bytes "
+                f"({arena / 1024:.1f} KiB).", ""]
+
+    @classmethod
+    def report_schema(cls) -> dict[str, Any]:
+        return {"tflite_micro": {
+            "description": "The int8 file on TFLite Micro: arena_bytes is its tensor arena (RAM besides the "
+                           "weights); skipped or error when it did not run.",
+            "type": "object",
+            "properties": {"runtime": {"type": "string"}, "version": {"type": "string"},
+                           "arena_bytes": {"type": ["integer", "null"], "minimum": 0},
+                           "image_limit": {"type": ["integer", "null"], "minimum": 1},
+                           "skipped": {"type": "string"}, "error": {"type": "string"}}}}
 
     # --- the check before generation ------------------------------------------------------------
-    def preflight(self, model: LoadedModel) -> None:
+    def preflight(self, model: LoadedModel) -> EarlyConversion:
         """Convert the float model and check it against PyTorch on a few probe images, before generation.
 
         A converter that cannot take the model, or computes something else, is refused here, in
-        seconds. The float file is kept for :meth:`build` (litert-torch quantizes that very file).
+        seconds. The float file is returned for :meth:`build` (litert-torch quantizes that very file).
         """
         probes = CalibrationSet(probe_images(model, PROBE_IMAGES), "probe")
         folder = tempfile.TemporaryDirectory(prefix="dgh-tflite-float-")
@@ -209,13 +226,14 @@ class TFLiteInt8Target(Target):
         float_model = self.converter(model).convert_float(model, module, Path(folder.name))
         reference = module if rewrites.get("silu_floor") else model.module
         parity = self._check_parity(model, float_model.path, float_model.diagnose, reference, probes.images)
-        self._early = EarlyConversion(self._key(model, rewrites), float_model, folder, parity)
+        return EarlyConversion(self._key(model, rewrites), float_model, folder, parity)
 
-    def _key(self, model: LoadedModel, rewrites: dict[str, Any]) -> tuple[str, int, bool]:
-        return (model.name, id(model.module), bool(rewrites.get("silu_floor")))
+    def _key(self, model: LoadedModel, rewrites: dict[str, Any]) -> tuple[str, bool]:
+        return (model.name, bool(rewrites.get("silu_floor")))
 
     # --- build -----------------------------------------------------------------------------
-    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path) -> BuildResult:
+    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path,
+              early: EarlyConversion | None = None) -> BuildResult:
         self.check_options(model)
         converter = self.converter(model)
         with tempfile.TemporaryDirectory(prefix="dgh-tflite-") as tmp:
@@ -224,13 +242,13 @@ class TFLiteInt8Target(Target):
             t0 = time.perf_counter()
             module, rewrites = self.export_module(model, calib)
             t1 = time.perf_counter()
-            float_model = self._float_model(model, module, rewrites, converter, scratch)
+            float_model = self._float_model(model, module, rewrites, converter, scratch, early)
             t2 = time.perf_counter()
             reference = module if rewrites.get("silu_floor") else None
             data = self._calibrator(model, scratch, float_model, converter).calibrate(calib)
             t3 = time.perf_counter()
             conv = converter.quantize(model, module, float_model, data, scratch)
-            result = self._check_and_install(model, conv, calib, Path(workdir), reference)
+            result = self._check_and_install(model, conv, calib, Path(workdir), reference, early)
         # float_conversion is 0 when the preflight's file was reused; calibration is onnx2tf's file
         # writing or litert-torch's per-tensor ranges (onnx2tf calibrates inside its conversion).
         result.timings = {"export": t1 - t0, "float_conversion": t2 - t1, "calibration": t3 - t2, **result.timings}
@@ -239,9 +257,8 @@ class TFLiteInt8Target(Target):
         return result
 
     def _float_model(self, model: LoadedModel, module: nn.Module, rewrites: dict[str, Any], converter: Converter,
-                     scratch: Path) -> FloatModel:
+                     scratch: Path, early: EarlyConversion | None) -> FloatModel:
         """The preflight's float conversion when it is of this very module form, else a new one."""
-        early = self._early
         if early is not None and early.key == self._key(model, rewrites) and early.float_model.path.is_file():
             return early.float_model
         return converter.convert_float(model, module, scratch)
@@ -294,7 +311,7 @@ class TFLiteInt8Target(Target):
         return converter.calibrator(model, scratch, float_model or FloatModel(scratch / "none", 0.0))
 
     def _check_and_install(self, model: LoadedModel, conv: Conversion, calib: CalibrationSet, workdir: Path,
-                           reference: nn.Module | None = None) -> BuildResult:
+                           reference: nn.Module | None = None, early: EarlyConversion | None = None) -> BuildResult:
         """Check the float file against ``reference`` (the module converted, if not ``model.module``) and
         the int8 file's integer-only contract; then, and only then, put the files in ``workdir``."""
         o = self.options
@@ -313,7 +330,6 @@ class TFLiteInt8Target(Target):
                                                 "beside it is the one for TFLite Micro"}
         else:
             runner.device_runner, micro = micro_runner(artifacts["model"], checks.output_shapes)
-        early = self._early
         info: dict[str, Any] = {
             "converter": self.converter_name,
             "float_parity": {**checks.parity.as_dict(), "inputs": "calibration images",

@@ -1,0 +1,108 @@
+"""report.json written from the typed report is what the dict writer wrote before it.
+
+``tests/data/reports`` holds the report.json files the dict writer (commit a7c8498) left for seven
+small jobs: the demo and YOLOv5n on every target that writes a file. Each job runs again here and
+its report must have the same keys in the same order, the same strings, and the same numbers (to
+within what another CPU's float rounding moves; exactly, on the machine that wrote them), apart
+from what a run cannot repeat: times, the environment, temporary paths, peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dgh_deploy.cli import main
+from dgh_deploy.reporting import validate_report
+
+GOLDEN = Path(__file__).parent / "data" / "reports"
+REPO = Path(__file__).resolve().parents[1]
+VOLATILE = ("times_s", "environment", "config.out", "config.cache_dir", "calibration.stats.peak_memory_mb")
+TIMINGS = ("_s", "seconds")  # a stage's seconds, wherever a section keeps them
+
+DEMO = ["--n-images", "16", "--iters", "4", "--holdout", "8", "--val-data", "{assets}/cifar10/test",
+        "--val-limit", "64", "--seed", "3"]
+YOLO = ["--model", "yolov5n", "--weights", "{assets}/yolov5n/yolov5n-coco-v6.1.pt", "--imgsz", "160",
+        "--n-images", "8", "--iters", "2", "--holdout", "8", "--val-data", "{assets}/coco128/coco128.yaml",
+        "--val-limit", "8", "--seed", "3"]
+JOBS = {
+    "demo_tflite-int8": ["--target", "tflite-int8", *DEMO, "--max-drop", "50"],
+    "demo_ethos-u": ["--target", "ethos-u", *DEMO, "--require-npu"],
+    "demo_tensorrt-int8": ["--target", "tensorrt-int8", *DEMO],
+    "demo_sim": ["--target", "sim", *DEMO, "--bits", "W4A8"],
+    "yolov5n_tflite-int8": ["--target", "tflite-int8", *YOLO],
+    "yolov5n_tensorrt-int8": ["--target", "tensorrt-int8", *YOLO],
+    "yolov5n_ethos-u": ["--target", "ethos-u", *YOLO],
+}
+
+
+def leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every scalar of a JSON value with its path ("metrics.float.top1", "artifacts.model.bytes")."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from leaves(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from leaves(item, f"{path}[{i}]")
+    else:
+        yield path, value
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Where ``new`` is not ``old``: a key added, dropped or moved, or a value changed."""
+    a, b = list(leaves(old)), list(leaves(new))
+    if [k for k, _ in a] != [k for k, _ in b]:
+        return [f"keys differ: only old {sorted({k for k, _ in a} - {k for k, _ in b})}, "
+                f"only new {sorted({k for k, _ in b} - {k for k, _ in a})} (or their order)"]
+    found = []
+    for (key, x), (_, y) in zip(a, b, strict=True):
+        if key.startswith(VOLATILE) or key.endswith(TIMINGS) or _same(x, y):
+            continue
+        found.append(f"{key}: {x!r} -> {y!r}")
+    return found
+
+
+def _same(x: Any, y: Any) -> bool:
+    if isinstance(x, float) or isinstance(y, float):
+        # Exact on the machine that wrote them; another CPU's float rounding moves a metric a little.
+        return isinstance(y, (int, float)) and math.isclose(x, y, rel_tol=0.05, abs_tol=5.0)
+    return type(x) is type(y) and x == y
+
+
+def normalised(report: dict[str, Any], assets: Path) -> dict[str, Any]:
+    text = json.dumps(report).replace(str(assets), "{assets}").replace(str(REPO), "{repo}")
+    return json.loads(text)
+
+
+def test_the_comparison_sees_a_moved_key_and_a_changed_value() -> None:
+    old = {"a": 1, "b": {"c": "x", "d": 2.0}, "times_s": {"e": 1.0}}
+    assert differences(old, {"a": 1, "b": {"c": "x", "d": 2.0}, "times_s": {"e": 9.0}}) == []
+    assert differences(old, {"b": {"c": "x", "d": 2.0}, "a": 1, "times_s": {"e": 1.0}})[0].startswith("keys differ")
+    assert differences(old, {"a": 1, "b": {"c": "y", "d": 2.0}, "times_s": {"e": 1.0}}) == ["b.c: 'x' -> 'y'"]
+    assert differences(old, {"a": 2, "b": {"c": "x", "d": 2.0}, "times_s": {"e": 1.0}}) == ["a: 1 -> 2"]
+
+
+@pytest.mark.parametrize("name", [
+    *[n for n in JOBS if n.startswith("demo")],
+    *[pytest.param(n, marks=pytest.mark.slow) for n in JOBS if n.startswith("yolov5n")],
+])
+def test_the_typed_report_is_written_as_the_dict_was(name: str, assets: Path, tmp_path: Path) -> None:
+    from dgh_deploy.targets.tflite.target import installed_converter
+
+    old = json.loads((GOLDEN / f"{name}.json").read_text())
+    converter = old["target"].get("converter")
+    if converter and converter != installed_converter():
+        pytest.skip(f"written with --converter {converter}; this venv converts with {installed_converter()}")
+    args = [a.replace("{assets}", str(assets)) for a in JOBS[name]]
+    out = tmp_path / "out"
+    code = main([*args, "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet", "--no-human-report",
+                 "--threads", "1"])
+    assert code == 0
+    new = json.loads((out / "report.json").read_text())
+    validate_report(new)
+    assert differences(old, normalised(new, assets)) == []
