@@ -53,7 +53,7 @@ def run_cell(case: Case, source: str, spec: str, out_root: Path, threads: int) -
         n_images=case.n_images, val_data=case.val_data,
         out=str(out_root / f"{case.model}-{source}-{spec.replace(':', '-')}"),
         threads=threads, human_report=False, **options,
-    )
+    ).report.to_json()  # the report.json content, as the results keep it
     m = report["metrics"]
     return {"float": m["float"][m["metric"]], "quantized": m["quantized"][m["metric"]], "drop": m["drop"],
             "metric": m["metric"], "data_free": m.get("data_free", {}), "seconds": round(time.perf_counter() - t0, 1),

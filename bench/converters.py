@@ -122,7 +122,7 @@ def run_job(case: common.Case, converter: str, calib: Path, out: Path, val_limit
     val_data = None if untrained(case) else case.val_data
     return dgh_deploy.deploy(target="tflite-int8", converter=converter, model=case.model, weights=case.weights or None,
                              imgsz=case.imgsz, calib=str(calib), val_data=val_data, val_limit=val_limit,
-                             out=str(out), threads=threads, human_report=False)
+                             out=str(out), threads=threads, human_report=False).report.to_json()
 
 
 def model_result(report: dict[str, Any], out: Path, seconds: float) -> dict[str, Any]:

@@ -78,10 +78,10 @@ def run_job(case: Case, calib: Path, spec: str, work: Path, threads: int) -> tup
     out = work / f"{calib.stem}-{spec.replace(':', '-')}"
     report = dgh_deploy.deploy(target=target, model=case.model, weights=case.weights, imgsz=case.imgsz,
                                calib=str(calib), val_data=case.val_data, out=str(out), threads=threads,
-                               human_report=False, progress=False, act_range=act_range)
+                               human_report=False, progress=False, act_range=act_range).report
     shutil.rmtree(out, ignore_errors=True)  # ~10 MB of models a job; the number is what is kept
-    m = report["metrics"]
-    return float(m["quantized"][m["metric"]]), float(m["float"][m["metric"]])
+    m = report.metrics
+    return float(m.value(m.quantized) or 0.0), float(m.value(m.float_scores) or 0.0)
 
 
 def summary(state: dict, specs: list[str], sources: list[str], seeds: list[int], picks: int) -> str:

@@ -65,7 +65,7 @@ def run_job(case: common.Case, calib: Path, out: Path, val_limit: int | None, th
 
     return dgh_deploy.deploy(target="ethos-u", model=case.model, weights=case.weights or None, imgsz=case.imgsz,
                              calib=str(calib), n_images=case.n_images, val_data=case.val_data, val_limit=val_limit,
-                             out=str(out), threads=threads, human_report=False)
+                             out=str(out), threads=threads, human_report=False).report.to_json()
 
 
 def placement_job(model: str, imgsz: int, out: Path, threads: int) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def placement_job(model: str, imgsz: int, out: Path, threads: int) -> dict[str, 
     import dgh_deploy
 
     return dgh_deploy.deploy(target="ethos-u", model=model, imgsz=imgsz, calib="noise", n_images=16, out=str(out),
-                             threads=threads, human_report=False)
+                             threads=threads, human_report=False).report.to_json()
 
 
 def placement_result(report: dict[str, Any], out: Path, configs: list[str], seconds: float) -> dict[str, Any]:
