@@ -126,10 +126,10 @@ def test_each_target_calibrates_the_same_set_through_the_interface(tmp_path: Pat
     from test_generation_models import as_loaded
     from torch import nn
 
+    from dgh_deploy.calibration.observers import QuantGrid
     from dgh_deploy.onnx_export import export_onnx
     from dgh_deploy.targets.sim.calibrator import SimCalibration, SimCalibrator
     from dgh_deploy.targets.sim.fake_quant import QuantOutputs, quantize_layers
-    from dgh_deploy.targets.sim.ranges import QuantGrid
     from dgh_deploy.targets.tensorrt.calibrator import ActRange, TensorRTCalibrator
     from dgh_deploy.targets.tensorrt.qdq import calibration_tensors
     from dgh_deploy.targets.tflite.calibrator import TFLiteCalibrator
