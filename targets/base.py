@@ -20,13 +20,14 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 import numpy as np
 
 from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.calibration.observers import check_percentile
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.reporting.report import Report
 from dgh_deploy.runtime.base import Runner
 from dgh_deploy.verification.gate import GateCheck
 
-DEFAULT_PERCENTILE = 99.99  # of |x| (TensorRT) or of x's two tails (sim), when no target picks another
+DEFAULT_PERCENTILE = 99.99  # of |x| (TensorRT) or of x's two tails (sim, TFLite), when no target picks another
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,7 @@ class TargetOptions:
         if method != "percentile":
             raise DGHError(f"--percentile {self.percentile:g} has no effect: activation ranges are by {method} here",
                            "add --act-range percentile, or drop --percentile")
-        if not 50.0 < self.percentile <= 100.0:
-            raise DGHError(f"--percentile {self.percentile:g} is outside (50, 100]",
-                           "pass the share of values the range keeps, e.g. --percentile 99.99")
+        check_percentile(self.percentile)
 
 
 @dataclass(frozen=True)

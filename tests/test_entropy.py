@@ -8,10 +8,11 @@ from typing import cast
 import numpy as np
 import pytest
 
+from dgh_deploy.calibration.observers import MAX_BINS, NUM_BINS, EntropyObserver
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.targets import TargetOptions
-from dgh_deploy.targets.tensorrt.ranges import MAX_BINS, NUM_BINS, AbsHistogram, canonical_act_range
+from dgh_deploy.targets.tensorrt.calibrator import canonical_act_range
 from dgh_deploy.targets.tensorrt.target import act_range_for
 
 
@@ -73,7 +74,7 @@ def relu_gaussian() -> np.ndarray:
 @pytest.mark.parametrize("make", [gaussian, laplace_with_outliers, relu_gaussian])
 def test_entropy_threshold_matches_reference(make) -> None:
     x = make()
-    h = AbsHistogram()
+    h = EntropyObserver()
     h.collect(x)
     expected, ref_hist, ref_edges, ref_divs = reference_threshold(x)
     np.testing.assert_array_equal(h.counts, ref_hist)
@@ -87,7 +88,7 @@ def test_entropy_threshold_matches_reference(make) -> None:
 
 def test_entropy_ignores_outliers_and_clips_less_than_it_keeps() -> None:
     x = laplace_with_outliers()
-    amax = AbsHistogram()
+    amax = EntropyObserver()
     amax.collect(x)
     t = amax.compute_amax("entropy")
     bulk = float(np.percentile(np.abs(x[:-30]), 99.9))
@@ -99,7 +100,7 @@ def test_growth_keeps_bin_width_and_matches_one_shot() -> None:
     batches = np.array_split(x, 8)
     batches[0] = batches[0] * 0.5  # a first batch with a narrower range forces growth later
     data = np.concatenate(batches)
-    grown = AbsHistogram()
+    grown = EntropyObserver()
     for b in batches:
         grown.collect(b)
     first_width = float(np.abs(batches[0]).max()) / NUM_BINS
@@ -114,14 +115,14 @@ def test_growth_keeps_bin_width_and_matches_one_shot() -> None:
     expected += np.histogram(rest, bins=grown.edges)[0]
     np.testing.assert_array_equal(grown.counts, expected)
 
-    one_shot = AbsHistogram()
+    one_shot = EntropyObserver()
     one_shot.collect(data)
     coarser = max(grown.width, one_shot.width)
     assert abs(grown.compute_amax("entropy") - one_shot.compute_amax("entropy")) <= coarser + 1e-9
 
 
 def test_far_outlier_merges_bins_instead_of_exploding() -> None:
-    h = AbsHistogram()
+    h = EntropyObserver()
     h.collect(np.linspace(0.0, 1.0, 10_000, dtype=np.float32))
     h.collect(np.array([1e4], dtype=np.float32))  # 20 million bins at the first width
     assert len(h.counts) <= MAX_BINS and h.counts.sum() == 10_001
@@ -132,7 +133,7 @@ def test_far_outlier_merges_bins_instead_of_exploding() -> None:
 
 def test_max_and_percentile() -> None:
     x = laplace_with_outliers()
-    h = AbsHistogram()
+    h = EntropyObserver()
     for b in np.array_split(x, 5):
         h.collect(b)
     assert h.compute_amax("max") == pytest.approx(float(np.abs(x).max()))
@@ -143,7 +144,7 @@ def test_max_and_percentile() -> None:
 
 
 def test_zeros_before_data_and_all_zero_tensor() -> None:
-    h = AbsHistogram()
+    h = EntropyObserver()
     h.collect(np.zeros(1000, np.float32))
     assert h.counts is None and h.compute_amax("entropy") == 0.0
     h.collect(np.random.default_rng(2).normal(size=5000).astype(np.float32))
@@ -152,7 +153,7 @@ def test_zeros_before_data_and_all_zero_tensor() -> None:
 
 def test_non_finite_and_unknown_range_are_user_errors() -> None:
     with pytest.raises(DGHError, match="NaN or Inf"):
-        AbsHistogram().collect(np.array([1.0, np.nan], np.float32), "conv1")
+        EntropyObserver().collect(np.array([1.0, np.nan], np.float32), "conv1")
     assert canonical_act_range("") == "entropy" and canonical_act_range("MinMax") == "max"
     with pytest.raises(DGHError, match="entropy"):
         canonical_act_range("mse")

@@ -11,10 +11,10 @@ import torch
 from test_generation_models import as_loaded, tiny_bn_net
 
 from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.calibration.observers import Histogram, QuantGrid, estimate_range, mse_range
 from dgh_deploy.errors import DGHError
 from dgh_deploy.targets import TargetOptions, get_target
 from dgh_deploy.targets.sim.fake_quant import fold_batchnorm
-from dgh_deploy.targets.sim.ranges import Histogram, QuantGrid, estimate_range, mse_range
 
 
 def test_w8_per_channel_error_bound() -> None:

@@ -9,12 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from dgh_deploy.calibration.observers import Histogram, PercentileObserver, QuantGrid, check_percentile, estimate_range
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.preprocessing import Preprocessing
 from dgh_deploy.targets import TargetOptions, get_target
-from dgh_deploy.targets.sim.ranges import Histogram, QuantGrid, check_percentile, estimate_range
-from dgh_deploy.targets.tflite.ranges import Tails
 from dgh_deploy.targets.tflite.target import act_range_for
 
 
@@ -26,7 +25,7 @@ def test_tails_are_the_exact_order_statistics_of_every_image_together(signed: bo
         images = [np.abs(x) + 0.5 for x in images]  # a ReLU-like tensor: nothing negative
     every = np.concatenate([x.ravel() for x in images])
     k = math.ceil(1e-3 * every.size)
-    tails = Tails(k)
+    tails = PercentileObserver(k)
     for x in images:
         tails.observe(x)
     lo, hi = tails.range()

@@ -24,10 +24,8 @@ from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
-from dgh_deploy.onnx_export import INPUT_NAME
 from dgh_deploy.reporting.report import Report
 from dgh_deploy.targets.base import BuildResult, QuantConstraints, TargetFlag, TargetOptions
-from dgh_deploy.targets.ethos_u.calibrator import EthosUCalibrator
 from dgh_deploy.targets.ethos_u.report import ETHOS_U_SCHEMA, npu_check, npu_markdown
 from dgh_deploy.targets.ethos_u.vela import (
     ACCELERATORS,
@@ -41,7 +39,6 @@ from dgh_deploy.targets.ethos_u.vela import (
     supported_op_count,
     vela_version,
 )
-from dgh_deploy.targets.tflite.converter import ONNX2TF, Converter, FloatModel
 from dgh_deploy.targets.tflite.silu_floor import DEFAULT_FLOOR
 from dgh_deploy.targets.tflite.target import PARITY_IMAGES, EarlyConversion, TFLiteInt8Target
 from dgh_deploy.verification.gate import GateCheck
@@ -124,12 +121,6 @@ class EthosUTarget(TFLiteInt8Target):
                            "int8 path)", "drop --io-dtype for this target")
         check_settings(self.vela)
         super().check_options(model)
-
-    def _calibrator(self, model: LoadedModel, scratch: Path, float_model: FloatModel | None,
-                    converter: Converter) -> Any:
-        if converter.name != ONNX2TF:  # litert-torch's calibrator feeds ai-edge-quantizer: the same for Vela
-            return super()._calibrator(model, scratch, float_model, converter)
-        return EthosUCalibrator(scratch / "calibration_nhwc.npy", model.imgsz, INPUT_NAME)
 
     # --- build -----------------------------------------------------------------------------
     def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path,

@@ -1,4 +1,4 @@
-"""Fake-quant simulation: target, calibrator, grids and range estimators, fake-quant layers, GPTQ."""
+"""Fake-quant simulation: target, calibrator, fake-quant layers, GPTQ (ranges: calibration.observers)."""
 
 from dgh_deploy.targets.sim.target import SimTarget
 

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from dgh_deploy.calibration.observers import Histogram, QuantGrid, estimate_range, mse_range
 from dgh_deploy.runtime.base import flatten_outputs
 from dgh_deploy.targets.sim.gptq import InputMoment, gptq_round, supports
-from dgh_deploy.targets.sim.ranges import Histogram, QuantGrid, estimate_range, mse_range
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -20,6 +20,7 @@ import torch
 
 from dgh_deploy.artifacts import write_json
 from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.calibration.observers import METHODS, QuantGrid
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.runtime.base import TorchRunner, flatten_outputs
@@ -33,7 +34,6 @@ from dgh_deploy.targets.sim.fake_quant import (
     quantize_layers,
 )
 from dgh_deploy.targets.sim.gptq import ROUNDINGS
-from dgh_deploy.targets.sim.ranges import METHODS, QuantGrid
 
 DEFAULT_ACT_RANGE = "mse"
 

@@ -1,4 +1,4 @@
-"""TensorRT INT8: target, CPU calibrator and ranges, Q/DQ insertion, calibration cache, engine build."""
+"""TensorRT INT8: target, CPU calibrator (entropy observers), Q/DQ insertion, calibration cache, engine build."""
 
 from dgh_deploy.targets.tensorrt.target import TensorRTInt8Target
 

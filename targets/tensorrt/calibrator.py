@@ -1,10 +1,12 @@
 """The TensorRT calibrator: per-tensor activation ranges from the calibration set, on the CPU.
 
 It runs the float ONNX model on ONNX Runtime's CPU, batch by batch, with every tensor that needs
-a range added as a graph output, and feeds one |x| histogram per tensor
-(:class:`~dgh_deploy.targets.tensorrt.ranges.AbsHistogram`; no activation is kept past its
-batch). The ranges (amax) are read off the histograms by the target's :class:`ActRange`: entropy
-as TensorRT's EntropyCalibration2 computes it, a percentile, or max.
+a range added as a graph output, and feeds one entropy observer (a histogram of |x|,
+:class:`~dgh_deploy.calibration.observers.EntropyObserver`) per tensor; no activation is kept
+past its batch. The ranges (amax) are read off the histograms by the target's :class:`ActRange`:
+entropy as TensorRT's EntropyCalibration2 computes it, a percentile, or max; the cache
+(:mod:`.cache`) writes them in TensorRT's format. What is TensorRT's own here: the method names
+its users pass (:func:`canonical_act_range`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,24 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from dgh_deploy.calibration.observers import EntropyObserver
+from dgh_deploy.errors import DGHError
 from dgh_deploy.targets.base import Calibrator, Layout
-from dgh_deploy.targets.tensorrt.ranges import AbsHistogram
+
+ACT_RANGES = ("entropy", "max", "percentile")
+_ALIASES = {"": "entropy", "entropy": "entropy", "kl": "entropy", "max": "max", "minmax": "max",
+            "percentile": "percentile"}
+
+
+def canonical_act_range(name: str) -> str:
+    """``options.act_range`` -> one of :data:`ACT_RANGES` ("" means entropy, TensorRT's default)."""
+    key = (name or "").strip().lower()
+    if key not in _ALIASES:
+        raise DGHError(
+            f"activation range '{name}' is not available for TensorRT",
+            "use --act-range entropy (TensorRT's default), max or percentile",
+        )
+    return _ALIASES[key]
 
 
 @dataclass(frozen=True)
@@ -26,7 +44,7 @@ class ActRange:
     method: str
     percentile: float | None = None
 
-    def amax(self, hist: AbsHistogram) -> float:
+    def amax(self, hist: EntropyObserver) -> float:
         if self.percentile is None:
             return hist.compute_amax(self.method)
         return hist.compute_amax(self.method, self.percentile)
@@ -47,7 +65,7 @@ class TensorRTCalibrator(Calibrator[dict[str, float]]):
         self.tensors = list(tensors)
         self.act_range = act_range
         self.threads = threads
-        self.histograms: dict[str, AbsHistogram] = {}
+        self.histograms: dict[str, EntropyObserver] = {}
         self._runner: Any = None
         self._index: dict[str, int] = {}
 
@@ -56,12 +74,12 @@ class TensorRTCalibrator(Calibrator[dict[str, float]]):
 
         self._runner = OnnxRuntimeRunner(_with_outputs(self.onnx_model, self.tensors), self.threads)
         self._index = {name: i for i, name in enumerate(self._runner.output_names)}
-        self.histograms = {name: AbsHistogram() for name in self.tensors}
+        self.histograms = {name: EntropyObserver(name=name) for name in self.tensors}
 
     def observe(self, batch: np.ndarray) -> None:
         outs = self._runner.infer(batch)
         for name, hist in self.histograms.items():
-            hist.collect(outs[self._index[name]], name)
+            hist.observe(outs[self._index[name]])
 
     def result(self) -> dict[str, float]:
         self._runner = None

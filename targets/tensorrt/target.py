@@ -38,7 +38,7 @@ from dgh_deploy.targets.base import (
     TargetOptions,
 )
 from dgh_deploy.targets.tensorrt.cache import tensorrt_version, write_calibration_cache
-from dgh_deploy.targets.tensorrt.calibrator import ActRange, TensorRTCalibrator
+from dgh_deploy.targets.tensorrt.calibrator import ActRange, TensorRTCalibrator, canonical_act_range
 from dgh_deploy.targets.tensorrt.engine import (
     EXPLICIT_ENGINE,
     EngineInputs,
@@ -48,7 +48,6 @@ from dgh_deploy.targets.tensorrt.engine import (
     write_build_script,
 )
 from dgh_deploy.targets.tensorrt.qdq import activation_bytes_per_image, calibration_tensors, insert_qdq
-from dgh_deploy.targets.tensorrt.ranges import canonical_act_range
 from dgh_deploy.tasks.ultralytics_format import LAYOUT_HELP, LAYOUTS, check_layout
 
 log = logging.getLogger("dgh_deploy")

@@ -1,8 +1,8 @@
 """The TFLite calibrators: the calibration set as each converter takes it.
 
 :class:`TFLiteCalibrator` (onnx2tf) writes it as a ``custom_input_op_name_np_data_path`` entry;
-:class:`LiteRTCalibrator` (litert-torch) hands it to ai-edge-quantizer, with the project's
-per-tensor ranges when they are not min/max.
+:class:`LiteRTCalibrator` (litert-torch) reads the project's per-tensor ranges off the float file
+(:mod:`.ranges`, on the shared observers), which ai-edge-quantizer then quantizes with.
 
 onnx2tf feeds its representative dataset as ``(data - mean) / std``. Our images are already in the
 model's input space (the model's own normalisation applied), so the file holds them as they are
@@ -78,26 +78,21 @@ class TFLiteCalibrator(Calibrator[RepresentativeData]):
 
 @dataclass
 class LiteRTCalibration:
-    """What ai-edge-quantizer calibrates on, and the project's ranges that replace its min/max."""
+    """The project's ranges that ai-edge-quantizer quantizes with, and the signature they belong to."""
 
     signature: str
-    input_name: str
-    samples: list[np.ndarray]  # NHWC float32, one image each (the quantizer's calibration runs batch 1)
     method: str  # how ``ranges`` were read: minmax, percentile or mse
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # tensor name -> (lo, hi)
 
-    def signature_inputs(self) -> dict[str, list[dict[str, np.ndarray]]]:
-        """The quantizer's calibration data: ``{signature: [{input name: image}, ...]}``."""
-        return {self.signature: [{self.input_name: s} for s in self.samples]}
-
 
 class LiteRTCalibrator(Calibrator[LiteRTCalibration]):
-    """The calibration images for ai-edge-quantizer, and each activation's range by the project's method.
+    """Each activation's range by the project's method, for ai-edge-quantizer.
 
     The quantizer's own calibration keeps a moving average of each tensor's min and max over the
     samples, not their extremes: on CIFAR ResNet-20 it clipped the logits at 15.7 where the set
     reaches 25.4 (output SQNR 14 dB against onnx2tf's 17). So every range is ours, read from the
-    float file by :func:`~dgh_deploy.targets.tflite.ranges.activation_ranges`.
+    float file by :func:`~dgh_deploy.targets.tflite.ranges.activation_ranges`, and the quantizer
+    does not calibrate at all (:mod:`.litert_qsv`).
     """
 
     layout: ClassVar[Layout] = "NHWC"
@@ -128,11 +123,11 @@ class LiteRTCalibrator(Calibrator[LiteRTCalibration]):
         from dgh_deploy.runtime.litert_runner import open_interpreter
         from dgh_deploy.targets.tflite.ranges import activation_ranges
 
-        signature, io = next(iter(open_interpreter(self.float_model, delegates=False).get_signature_list().items()))
+        signature = next(iter(open_interpreter(self.float_model, delegates=False).get_signature_list()))
         ranges = activation_ranges(self.float_model, self._samples, self.method, self.percentile, self.act_bits,
                                    self.threads)
-        samples, self._samples = self._samples, []
-        return LiteRTCalibration(signature, io["inputs"][0], samples, self.method, ranges)
+        self._samples = []  # the ranges are all the quantizer takes
+        return LiteRTCalibration(signature, self.method, ranges)
 
 
 def check_input_size(calib: CalibrationSet, imgsz: tuple[int, ...], channels: int) -> None:

@@ -10,9 +10,10 @@ What the wrapper adds:
 
 * NHWC input and channel-last feature-map outputs (``to_channel_last_io``), as edge runtimes
   and onnx2tf's files have them: one runner reads either converter's file.
-* Ranges are the project's: the quantizer's own calibration (a moving average of min and max)
-  is replaced, tensor by tensor, by the calibrator's min/max, percentile or MSE range before
-  quantizing (:class:`~dgh_deploy.targets.tflite.calibrator.LiteRTCalibrator`).
+* Ranges are the project's: the quantizer's calibration result is built from the calibrator's
+  min/max, percentile or MSE ranges (:class:`~dgh_deploy.targets.tflite.calibrator.LiteRTCalibrator`,
+  :mod:`.litert_qsv`), so the quantizer never runs its own calibration (a moving average of min
+  and max over the whole float model on every image) only to have it replaced.
 * W8A16: int16 activations (symmetric, as LiteRT's 16x8 kernels want) with int8 weights.
 * Both tools print progress trees and reports: captured into a log unless verbose.
 """
@@ -44,6 +45,7 @@ from dgh_deploy.targets.tflite.converter import (
     file_stem,
 )
 from dgh_deploy.targets.tflite.flatbuffer import inline_buffers, uint8_io
+from dgh_deploy.targets.tflite.litert_qsv import calibration_result
 from dgh_deploy.versions import installed_version
 
 log = logging.getLogger("dgh_deploy")
@@ -98,14 +100,14 @@ class LiteRTTorchConverter(Converter):
         t0 = time.perf_counter()
         try:
             with capture_output(log_path, enabled=not s.verbose):
-                qt = quantizer.Quantizer(float_model.path.read_bytes())
+                float_bytes = float_model.path.read_bytes()
+                qt = quantizer.Quantizer(float_bytes)
                 granularity = qtyping.QuantGranularity.TENSORWISE if s.per_tensor else \
                     qtyping.QuantGranularity.CHANNELWISE
                 qt.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=s.act_bits,
                                      weight_num_bits=8, weight_granularity=granularity)
-                ranges = qt.calibrate(data.signature_inputs(), num_threads=s.threads)
-                overridden = override_ranges(ranges, data.ranges)
-                content = bytes(qt.quantize(ranges, enable_progress_report=False).quantized_model)
+                qsvs = calibration_result(float_bytes, qt.get_quantization_recipe(), data.signature, data.ranges)
+                content = bytes(qt.quantize(qsvs, enable_progress_report=False).quantized_model)
         except DGHError:
             raise
         except Exception as exc:
@@ -120,25 +122,12 @@ class LiteRTTorchConverter(Converter):
         path.write_bytes(content)
         info: dict[str, Any] = {
             "quant_type": s.quant_type, "recipe": f"static_wi8_ai{s.act_bits}",
-            "act_range": data.method, "project_ranges": overridden,
+            "act_range": data.method, "project_ranges": len(qsvs),
             "litert_torch_version": installed_version("litert-torch"),
             "ai_edge_quantizer_version": installed_version("ai-edge-quantizer"),
             "float_conversion_s": round(float_model.seconds, 3),
         }
         return Conversion(float_model.path, path, seconds, info, float_model.diagnose)
-
-
-def override_ranges(calibration: dict[str, Any], ranges: dict[str, tuple[float, float]]) -> int:
-    """Put the project's ``ranges`` in place of the quantizer's min/max, tensor by tensor; return how many."""
-    count = 0
-    for name, (lo, hi) in ranges.items():
-        entry = calibration.get(name)
-        if not entry or "min" not in entry:
-            continue  # a tensor the recipe does not quantize
-        entry["min"] = np.full_like(entry["min"], lo)
-        entry["max"] = np.full_like(entry["max"], hi)
-        count += 1
-    return count
 
 
 def _divergence_finder(model: LoadedModel, module: nn.Module, path: Path,

@@ -2,7 +2,8 @@
 
 TensorFlow's converter calibrates (records each tensor's min and max into a calibrated float
 model) and then quantizes from those statistics. Between the two steps the statistics are
-replaced by :func:`~dgh_deploy.targets.tflite.ranges.activation_ranges` of the same images, so
+replaced by :func:`~dgh_deploy.targets.tflite.ranges.activation_ranges` of the same images (the
+shared observers, fed every tensor of the calibrated file), so
 everything else (the converter's graph passes, I/O types, per-channel weights) stays
 TensorFlow's own; with min/max nothing is touched and the file is TensorFlow's, bit for bit.
 """

@@ -1,4 +1,4 @@
-"""TensorRT-style activation ranges from histograms of |x|: entropy (KL), max and percentile.
+"""The entropy observer: TensorRT's activation ranges from a histogram of |x|: entropy (KL), max, percentile.
 
 This follows TensorRT's EntropyCalibration2 as NVIDIA describes it (the MLPerf calibration
 write-up, and the open re-implementation in pytorch-quantization's ``HistogramCalibrator``):
@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from dgh_deploy.calibration.observers.base import Observer, Range, as_numpy, check_percentile
 from dgh_deploy.errors import DGHError
 
 NUM_BINS = 2048  # initial bins per tensor, as in pytorch-quantization and TensorRT's calibrator
@@ -36,25 +38,16 @@ START_BIN = 128  # the smallest candidate keeps 128 bins: one per int8 magnitude
 # Appending fixed-width bins after a far outlier could make millions of bins; past this many,
 # pairs of bins merge (the width doubles), as TensorRT's own power-of-2 bin growth does.
 MAX_BINS = 16 * NUM_BINS
-ACT_RANGES = ("entropy", "max", "percentile")
-_ALIASES = {"": "entropy", "entropy": "entropy", "kl": "entropy", "max": "max", "minmax": "max",
-            "percentile": "percentile"}
-
-
-def canonical_act_range(name: str) -> str:
-    """``options.act_range`` -> one of :data:`ACT_RANGES` ("" means entropy, TensorRT's default)."""
-    key = (name or "").strip().lower()
-    if key not in _ALIASES:
-        raise DGHError(
-            f"activation range '{name}' is not available for TensorRT",
-            "use --act-range entropy (TensorRT's default), max or percentile",
-        )
-    return _ALIASES[key]
+AMAX_METHODS = ("entropy", "max", "percentile")  # "minmax" reads as "max"
 
 
 @dataclass
-class AbsHistogram:
-    """A growing histogram of ``|x|`` for one tensor; feed it batch by batch with :meth:`collect`."""
+class EntropyObserver(Observer):
+    """A growing histogram of ``|x|`` for one tensor; feed it batch by batch (:meth:`observe`).
+
+    :meth:`compute_amax` reads the range's magnitude by ``method`` (entropy, max or percentile);
+    :meth:`range` is the symmetric range of :attr:`method` (entropy unless told otherwise).
+    """
 
     num_bins: int = NUM_BINS
     max_bins: int = MAX_BINS
@@ -62,6 +55,16 @@ class AbsHistogram:
     width: float = 0.0
     amax: float = 0.0  # exact running max of |x|
     pending_zeros: int = 0  # zeros seen before the first non-zero value fixed the bin width
+    method: str = "entropy"  # how :meth:`range` reads the histogram
+    percentile: float = 99.99  # with method "percentile"
+    name: str = "tensor"  # in the message about NaN or Inf
+
+    def observe(self, x: Any) -> None:
+        self.collect(as_numpy(x), self.name)
+
+    def range(self) -> Range:
+        amax = self.compute_amax(self.method, self.percentile)
+        return -amax, amax
 
     @property
     def edges(self) -> np.ndarray:
@@ -106,8 +109,10 @@ class AbsHistogram:
         self.width = width
 
     def compute_amax(self, method: str = "entropy", percentile: float = 99.99) -> float:
-        """The range (amax, > 0 unless the tensor was all zeros) by ``method`` (see :data:`ACT_RANGES`)."""
-        method = canonical_act_range(method)
+        """The range (amax, > 0 unless the tensor was all zeros) by ``method`` (see :data:`AMAX_METHODS`)."""
+        method = "max" if method == "minmax" else method
+        if method not in AMAX_METHODS:
+            raise ValueError(f"unknown amax method '{method}' (one of {', '.join(AMAX_METHODS)})")
         if self.counts is None or self.amax == 0.0:
             return 0.0
         if method == "max":
@@ -121,7 +126,7 @@ def bin_counts(a: np.ndarray, width: float, n: int) -> np.ndarray:
     """Counts of ``a`` (>= 0) in bins ``[k w, (k+1) w)``, k < n, with values past the end in the last bin.
 
     A float32 pass finds the bin; the few values within rounding distance of an edge are placed
-    again in float64 against the edges ``k * w`` that :attr:`AbsHistogram.edges` gives, so the
+    again in float64 against the edges ``k * w`` that :attr:`EntropyObserver.edges` gives, so the
     counts equal ``np.histogram`` over those edges (a 5x saving over a float64 pass over all).
     """
     q = np.asarray(a, dtype=np.float32) * np.float32(1.0 / width)
@@ -139,8 +144,7 @@ def bin_counts(a: np.ndarray, width: float, n: int) -> np.ndarray:
 
 def percentile_amax(counts: np.ndarray, width: float, percentile: float) -> float:
     """Right edge of the bin where the cumulative share of values reaches ``percentile`` %."""
-    if not 0.0 < percentile <= 100.0:
-        raise DGHError(f"percentile {percentile} is outside (0, 100]", "pass e.g. --percentile 99.99")
+    check_percentile(percentile)
     cdf = np.cumsum(counts, dtype=np.float64)
     idx = int(np.searchsorted(cdf, cdf[-1] * percentile / 100.0))
     return float(min(idx, len(counts) - 1) + 1) * width
