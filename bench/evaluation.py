@@ -102,9 +102,8 @@ def sim_top1(model: object, images: np.ndarray, val: ValSet, weight_bits: int, a
     from dgh_deploy.calibration import CalibrationSet
     from dgh_deploy.targets import TargetOptions, get_target
 
-    target = get_target("sim")
-    target.options = TargetOptions(weight_bits=weight_bits, act_bits=act_bits, act_range="mse",
-                                   weight_rounding=rounding)
+    target = get_target("sim", weight_rounding=rounding)
+    target.options = TargetOptions(weight_bits=weight_bits, act_bits=act_bits, act_range="mse")
     with tempfile.TemporaryDirectory() as tmp:
         result = target.build(model, CalibrationSet(images, source), Path(tmp))  # type: ignore[arg-type]
         return top1(result.runner, val)

@@ -16,7 +16,7 @@ from dgh_deploy.job_checks import (
 )
 from dgh_deploy.loading import image_size
 from dgh_deploy.pipeline import DeployConfig
-from dgh_deploy.targets import TargetOptions
+from dgh_deploy.targets import DEFAULT_TARGET, TargetOptions
 
 if TYPE_CHECKING:
     from torch import nn
@@ -112,7 +112,7 @@ def _check_generate(n_images: int | None, iters: int | None, imgsz: int | Sequen
         check_writable_folder(Path(out).parent, "--out")
 
 
-def deploy(target: str = "tflite-int8", **kwargs: Any) -> DeployResult:
+def deploy(target: str = DEFAULT_TARGET, **kwargs: Any) -> DeployResult:
     """Run the whole job (``dgh-deploy --target ...``) and return the report with the artifacts' paths.
 
     Keyword arguments are the fields of :class:`~dgh_deploy.pipeline.DeployConfig`: ``model`` may be

@@ -81,6 +81,8 @@ def _verbosity(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
+    from dgh_deploy.targets import DEFAULT_TARGET
+
     prog = "dgh-deploy" if command == "deploy" else f"dgh-deploy {command}"
     if command == "generate":
         p = Parser(prog=prog, description="Generate a calibration set (DGH or a baseline).")
@@ -96,7 +98,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         prog=prog, description="Generate calibration data, quantize for a hardware target, verify, report.",
         epilog="Other commands: 'dgh-deploy generate', 'dgh-deploy targets', 'dgh-deploy models'.",
     )
-    p.add_argument("--target", default="tflite-int8", help="hardware target (default tflite-int8; see 'targets')")
+    p.add_argument("--target", default=DEFAULT_TARGET,
+                   help=f"hardware target (default {DEFAULT_TARGET}; see 'targets')")
     _common_model_args(p)
     g = p.add_argument_group("verification and output")
     g.add_argument("--val-data", help="real labelled data: an ImageFolder (classify) or a data YAML (detect)")
@@ -109,22 +112,14 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     g.add_argument("--no-cache", action="store_true", help="generate again even if a cached set matches")
     g.add_argument("--cache-dir", help="where generated sets are cached (default ~/.cache/dgh-deploy)")
     g.add_argument("--no-human-report", action="store_true", help="skip report.md and its pictures")
-    g = p.add_argument_group("quantization options (each target takes what applies)")
+    g = p.add_argument_group("quantization options (each target refuses what it cannot honour)")
     g.add_argument("--per-tensor", action="store_true", help="per-tensor weights instead of per-channel")
-    g.add_argument("--io-dtype", default="int8", choices=("int8", "uint8"), help="integer model I/O (tflite)")
-    g.add_argument("--allow-float-ops", action="store_true", help="accept float ops left in the integer model")
-    g.add_argument("--bits", default="W8A8", help="weight and activation bits, e.g. W8A8, W4A8, W8A4 (sim)")
+    g.add_argument("--bits", default="W8A8", help="weight and activation bits, e.g. W8A8, W4A8, W8A4 "
+                                                  "('dgh-deploy targets' lists what each runs)")
     g.add_argument("--act-range", default="", help="activation range method: minmax | mse | percentile | entropy")
     g.add_argument("--percentile", type=float, default=None,
-                   help="with --act-range percentile: the share of values inside the range "
-                        "(default 99.99; 99.999 for detectors on tensorrt-int8, their default method)")
-    g.add_argument("--no-bias-correction", action="store_true",
-                   help="keep the biases as trained (sim; by default it corrects weight rounding's mean shift)")
-    g.add_argument("--weight-rounding", default="", choices=("", "gptq", "nearest"),
-                   help="how weights are rounded to their grid (sim): gptq on the calibration set "
-                        "(default below 8 bits) or nearest (default at 8)")
-    g.add_argument("--act-symmetric", action="store_true", help="symmetric activations (sim)")
-    g.add_argument("--pot", action="store_true", help="power-of-two scales (sim; as Sony IMX500 requires)")
+                   help="with --act-range percentile: the share of values inside the range (default 99.99, or "
+                        "the target's own default for detectors)")
     g.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 8)),
                    help="runtime threads for verification")
     _target_flags(p)
@@ -145,7 +140,8 @@ def _target_flags(p: argparse.ArgumentParser) -> None:
         for f in own:
             added.add(f.flag)
             if f.type is None:
-                g.add_argument(f.flag, dest=f.dest, action="store_const", const=True, default=None, help=f.help)
+                g.add_argument(f.flag, dest=f.dest, action="store_const", const=f.switched, default=None,
+                               help=f.help)
             else:
                 g.add_argument(f.flag, dest=f.dest, type=f.type, choices=f.choices or None, default=None,
                                help=f.help)
@@ -210,11 +206,8 @@ def run_deploy(args: argparse.Namespace) -> int:
 
     w_bits, a_bits = parse_bits(args.bits)
     options = TargetOptions(
-        per_tensor=args.per_tensor, io_dtype=args.io_dtype, allow_float_ops=args.allow_float_ops,
-        weight_bits=w_bits, act_bits=a_bits, act_symmetric=args.act_symmetric, power_of_two=args.pot,
-        act_range=args.act_range, percentile=args.percentile, bias_correction=not args.no_bias_correction,
-        weight_rounding=args.weight_rounding,
-        threads=args.threads, device=args.device,
+        per_tensor=args.per_tensor, weight_bits=w_bits, act_bits=a_bits, act_range=args.act_range,
+        percentile=args.percentile, threads=args.threads, device=args.device,
     )
     out = args.out or os.path.join("out", f"{_slug(args.model or 'demo')}-{args.target}")
     report = deploy(

@@ -41,7 +41,7 @@ from dgh_deploy.reporting.report import (
     TargetEntry,
 )
 from dgh_deploy.runtime.base import TorchRunner
-from dgh_deploy.targets import BuildResult, Target, TargetOptions, get_target
+from dgh_deploy.targets import DEFAULT_TARGET, BuildResult, Target, TargetOptions, get_target
 from dgh_deploy.tasks import get_task
 from dgh_deploy.verification.gate import gate_verdict
 from dgh_deploy.verification.scoring import verify
@@ -52,7 +52,7 @@ log = logging.getLogger("dgh_deploy")
 
 @dataclass
 class DeployConfig:
-    target: str = "tflite-int8"
+    target: str = DEFAULT_TARGET
     model: str | Any = None  # a path or name, or the model object (nn.Module, Ultralytics YOLO)
     weights: str | None = None
     task: str | None = None

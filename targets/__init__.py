@@ -18,9 +18,11 @@ from typing import Any
 from dgh_deploy.errors import DGHError
 from dgh_deploy.targets.base import BuildResult, Calibrator, QuantConstraints, Target, TargetFlag, TargetOptions
 
+DEFAULT_TARGET = "tflite-int8"  # what the job builds when --target is not given
+
 __all__ = [
-    "BuildResult", "Calibrator", "QuantConstraints", "Target", "TargetFlag", "TargetOptions", "all_targets",
-    "get_target",
+    "DEFAULT_TARGET", "BuildResult", "Calibrator", "QuantConstraints", "Target", "TargetFlag", "TargetOptions",
+    "all_targets", "get_target",
 ]
 
 

@@ -63,19 +63,11 @@ class TargetOptions:
     """User choices a target may honour; each target ignores what does not apply to it."""
 
     per_tensor: bool = False  # per-tensor weights instead of per-channel
-    io_dtype: str = "int8"  # int8 | uint8 (tflite)
-    allow_float_ops: bool = False
     weight_bits: int = 8
     act_bits: int = 8
-    act_symmetric: bool = False
     weight_symmetric: bool = True
-    power_of_two: bool = False
     act_range: str = ""  # "" = the target's default; minmax | mse | percentile | entropy
     percentile: float | None = None  # None = the target's default (see percentile_or)
-    # Empirical bias correction (sim): subtract the mean shift that weight rounding causes, measured
-    # on the calibration set. MCT's PTQ default; the real runtimes calibrate ranges only.
-    bias_correction: bool = True
-    weight_rounding: str = ""  # "" = the target's default; gptq | nearest (sim)
     threads: int = 2
     parity_atol: float = 0.0  # 0 = the target's default tolerance
     device: str = "cpu"
@@ -105,8 +97,9 @@ class TargetFlag:
     flag: str  # e.g. "--npu"
     dest: str  # the target constructor's keyword
     help: str
-    type: Callable[[str], Any] | None = str  # None: a switch (present = True)
+    type: Callable[[str], Any] | None = str  # None: a switch, ``switched`` when present
     choices: tuple[str, ...] = ()
+    switched: Any = True  # a switch's value when given (False for a --no-... switch)
 
 
 @dataclass

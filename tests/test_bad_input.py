@@ -126,7 +126,7 @@ CASES: list[tuple[str, list[str], int, list[str]]] = [
      ["--percentile 101"]),
     ("percentile with min/max", ["--percentile", "99"], 2, ["--percentile 99 has no effect"]),
     ("W4 on tflite", ["--bits", "W4A8"], 2, ["tflite-int8 quantizes to 8 bits"]),
-    ("power-of-two on tflite", ["--pot"], 2, ["TFLite int8 spec"]),
+    ("power-of-two on tflite", ["--pot"], 2, ["--pot is an option of --target sim, not of tflite-int8"]),
     ("entropy ranges on tflite", ["--act-range", "entropy"], 2, ["min/max / percentile / mse only"]),
     ("malformed bits", ["--bits", "X9"], 2, ["--bits 'X9'"]),
     ("scales not ending at the full size", ["--scales", "0.5:1"], 2, ["does not end at the full size"]),

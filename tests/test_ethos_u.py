@@ -75,7 +75,7 @@ def no_generation(monkeypatch: pytest.MonkeyPatch) -> None:
     (["--memory-mode", "Sram_Only_1KB"], "Vela's configuration files have no memory mode 'Sram_Only_1KB'. use "
                                          "--memory-mode with one of:"),
     (["--system-config", "Nope"], "no system config 'Nope'"),
-    (["--io-dtype", "uint8"], "ethos-u takes int8 model I/O, not uint8"),
+    (["--io-dtype", "uint8"], "--io-dtype is an option of --target tflite-int8, not of ethos-u"),
 ])
 def test_bad_options_are_refused_before_generation(flags: list[str], message: str, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch,

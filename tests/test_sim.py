@@ -92,8 +92,11 @@ def test_fold_batchnorm_keeps_the_function() -> None:
         assert torch.allclose(folded(x), net(x), atol=1e-5)
 
 
+SIM_SETTINGS = ("act_symmetric", "power_of_two", "weight_rounding", "bias_correction")  # the sim target's own
+
+
 def _build(model: object, images: np.ndarray, tmp: Path, **options: object) -> object:
-    target = get_target("sim")
+    target = get_target("sim", **{k: options.pop(k) for k in SIM_SETTINGS if k in options})
     target.options = TargetOptions(**options)  # type: ignore[arg-type]
     return target.build(model, CalibrationSet(images, "test"), tmp)  # type: ignore[arg-type]
 

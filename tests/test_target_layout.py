@@ -163,8 +163,9 @@ def test_a_target_brings_its_report_section_gate_check_and_lines(toy_target: Non
 
 
 def test_the_shared_code_names_no_target_and_no_runtime() -> None:
-    """Reporting and verification read every target's part through the Target interface."""
-    shared = [*(TARGETS_DIR.parent / "dgh_deploy" / "reporting").glob("*"),
+    """The CLI, reporting and verification reach every target's part through the Target interface."""
+    shared = [TARGETS_DIR.parent / "dgh_deploy" / "cli.py",
+              *(TARGETS_DIR.parent / "dgh_deploy" / "reporting").glob("*"),
               *(TARGETS_DIR.parent / "dgh_deploy" / "verification").glob("*.py")]
     words = {part for name in all_targets() for part in (name, name.split("-")[0])}
     words |= {"litert", "tflite", "micro", "vela", "ethos", "npu", "onnx2tf", "onnxruntime", "tensorrt", "trt"}

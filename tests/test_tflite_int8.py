@@ -56,8 +56,8 @@ def converter(request: pytest.FixtureRequest) -> str:
     return stack_or_skip(request.param)
 
 
-def tflite_target(converter: str, options: TargetOptions | None = None) -> TFLiteInt8Target:
-    target = get_target("tflite-int8", converter=converter)
+def tflite_target(converter: str, options: TargetOptions | None = None, **settings: Any) -> TFLiteInt8Target:
+    target = get_target("tflite-int8", converter=converter, **settings)
     assert isinstance(target, TFLiteInt8Target)
     target.options = options or TargetOptions()
     return target
@@ -85,8 +85,8 @@ def refuse_network() -> Iterator[list[Any]]:
 
 
 def build_offline(options: TargetOptions, model: LoadedModel, calib: CalibrationSet,
-                  workdir: Path, converter: str) -> tuple[Any, list[Any]]:
-    target = tflite_target(converter, options)
+                  workdir: Path, converter: str, **settings: Any) -> tuple[Any, list[Any]]:
+    target = tflite_target(converter, options, **settings)
     with refuse_network() as attempts:
         result = target.build(model, calib, workdir)
     return result, attempts
@@ -260,7 +260,7 @@ def test_runner_dequantizes_onto_the_output_grid(built: dict[str, Any], calib: C
 def test_per_tensor_weights_and_the_other_io_type(r20: LoadedModel, calib: CalibrationSet, built: dict[str, Any],
                                                   tmp_path: Path) -> None:
     converter = built["converter"]
-    result, _ = build_offline(TargetOptions(io_dtype="uint8", per_tensor=True), r20, calib, tmp_path, converter)
+    result, _ = build_offline(TargetOptions(per_tensor=True), r20, calib, tmp_path, converter, io_dtype="uint8")
     assert result.info["io"]["input"]["dtype"] == "uint8" and result.info["quant_type"] == "per-tensor"
     assert io_dtypes(result.artifacts["model"]) == {"inputs": ["uint8"], "outputs": ["uint8"]}
     assert check_full_integer(result.artifacts["model"], "uint8") == []
@@ -417,7 +417,7 @@ def test_float_ops_are_refused_or_recorded_and_the_converter_stays_quiet(
     assert not (tmp_path / "strict").exists() or not any((tmp_path / "strict").iterdir())
 
     capfd.readouterr()
-    target.options = TargetOptions(allow_float_ops=True)
+    target.allow_float_ops = True
     result = target.build(model, noise_calib(), tmp_path / "mixed")
     out, err = capfd.readouterr()
     assert "SIN" in {f["op"] for f in result.info["float_ops"]}
@@ -448,25 +448,28 @@ def test_calibration_of_the_wrong_size_fails_before_converting(converter: str, r
 
 @pytest.mark.parametrize(("converter_name", "options", "message"), [
     (ONNX2TF, TargetOptions(weight_bits=4), "quantizes to 8 bits (or int16 activations with int8 weights), not W4A8"),
-    (ONNX2TF, TargetOptions(power_of_two=True), "follows the TFLite int8 spec"),
-    (ONNX2TF, TargetOptions(io_dtype="float32"), "has no 'float32' I/O"),
+    (ONNX2TF, TargetOptions(weight_symmetric=False), "follows the TFLite int8 spec: symmetric weights"),
+    (ONNX2TF, ({}, {"io_dtype": "float32"}), "has no 'float32' I/O"),
     (ONNX2TF, TargetOptions(act_range="entropy"), "by min/max / percentile / mse only, not 'entropy'. drop "
                                                   "--act-range, or use --converter litert-torch"),
     (ONNX2TF, TargetOptions(act_bits=16), "--converter onnx2tf has no 16-bit activations"),
     (LITERT_TORCH, TargetOptions(act_range="entropy"), "by min/max / percentile / mse only, not 'entropy'"),
-    (LITERT_TORCH, TargetOptions(act_bits=16, io_dtype="uint8"), "the model I/O is int16, not uint8"),
+    (LITERT_TORCH, ({"act_bits": 16}, {"io_dtype": "uint8"}), "the model I/O is int16, not uint8"),
     (LITERT_TORCH, TargetOptions(percentile=99.9), "--percentile 99.9 has no effect"),
 ])
-def test_options_tflite_cannot_honour_are_refused(converter_name: str, options: TargetOptions, message: str,
+def test_options_tflite_cannot_honour_are_refused(converter_name: str, options: Any, message: str,
                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Refused by the option check itself, before any export: a model that converts fine, and a
-    converter that fails the test if it is ever reached (neither stack needs to be installed)."""
+    converter that fails the test if it is ever reached (neither stack needs to be installed).
+    ``options`` is shared options, or (shared options, the target's own settings) as keywords."""
 
     def no_export(*_: object, **__: object) -> None:
         raise AssertionError("the export started: the option was not refused")
 
     monkeypatch.setattr(TFLiteInt8Target, "export_module", no_export)
-    target = tflite_target(converter_name, options)
+    shared, own = options if isinstance(options, tuple) else (options, {})
+    target = tflite_target(converter_name, shared if isinstance(shared, TargetOptions) else TargetOptions(**shared),
+                           **own)
     model = tiny_model("three_maps", ThreeMaps())
     with pytest.raises(DGHError, match=re.escape(message)):
         target.check_options(model)
@@ -477,7 +480,7 @@ def test_options_tflite_cannot_honour_are_refused(converter_name: str, options: 
 def test_the_converter_is_a_flag_and_its_missing_stack_is_one_install_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from dgh_deploy.targets.tflite.litert_converter import LiteRTTorchConverter
 
-    assert [f.flag for f in TFLiteInt8Target.flags] == ["--layout", "--converter"]
+    assert [f.flag for f in TFLiteInt8Target.flags] == ["--layout", "--io-dtype", "--allow-float-ops", "--converter"]
     with pytest.raises(DGHError, match="unknown converter 'tf2onnx'"):
         get_target("tflite-int8", converter="tf2onnx")
     monkeypatch.setattr(LiteRTTorchConverter, "requires", ("litert_torch_not_installed",))

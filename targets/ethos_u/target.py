@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
-from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.reporting.report import Report
 from dgh_deploy.targets.base import BuildResult, QuantConstraints, TargetFlag, TargetOptions
@@ -115,10 +114,8 @@ class EthosUTarget(TFLiteInt8Target):
         )
 
     def check_options(self, model: LoadedModel) -> None:
-        """tflite-int8's checks, int8 I/O, and an NPU, system configuration and memory mode Vela knows."""
-        if self.options.io_dtype != "int8":
-            raise DGHError(f"ethos-u takes int8 model I/O, not {self.options.io_dtype} (Vela's and TFLite Micro's "
-                           "int8 path)", "drop --io-dtype for this target")
+        """tflite-int8's checks (its I/O is int8: --io-dtype is not an ethos-u option), and an NPU, system
+        configuration and memory mode Vela knows."""
         check_settings(self.vela)
         super().check_options(model)
 

@@ -24,7 +24,7 @@ from dgh_deploy.calibration.observers import METHODS, QuantGrid
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.runtime.base import TorchRunner, flatten_outputs
-from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target
+from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetFlag, TargetOptions
 from dgh_deploy.targets.sim.calibrator import SimCalibration, SimCalibrator
 from dgh_deploy.targets.sim.fake_quant import (
     ActQuant,
@@ -54,6 +54,23 @@ class SimTarget(Target):
     name: ClassVar[str] = "sim"
     summary: ClassVar[str] = "fake-quant simulation of a fully integer pipeline (any bits, power-of-two scales)"
     runtime: ClassVar[str] = "pytorch-fakequant"
+    flags: ClassVar[tuple[TargetFlag, ...]] = (
+        TargetFlag("--act-symmetric", "act_symmetric", "symmetric activations", None),
+        TargetFlag("--pot", "power_of_two", "power-of-two scales (as Sony IMX500 requires)", None),
+        TargetFlag("--weight-rounding", "weight_rounding", "how weights are rounded to their grid: gptq on the "
+                   "calibration set (default below 8 bits) or nearest (default at 8)", choices=ROUNDINGS),
+        TargetFlag("--no-bias-correction", "bias_correction", "keep the biases as trained (by default the mean "
+                   "shift weight rounding causes is corrected on the calibration set)", None, switched=False),
+    )
+
+    def __init__(self, options: TargetOptions | None = None, act_symmetric: bool = False,
+                 power_of_two: bool = False, weight_rounding: str = "", bias_correction: bool = True) -> None:
+        super().__init__(options)
+        self.act_symmetric, self.power_of_two = act_symmetric, power_of_two
+        self.weight_rounding = weight_rounding  # "" = by the weight bits (default_rounding)
+        # Empirical bias correction: subtract the mean shift that weight rounding causes, measured on
+        # the calibration set. MCT's PTQ default; the real runtimes calibrate ranges only.
+        self.bias_correction = bias_correction
 
     @property
     def constraints(self) -> QuantConstraints:
@@ -61,15 +78,15 @@ class SimTarget(Target):
         return QuantConstraints(
             weight_bits=o.weight_bits, act_bits=o.act_bits,
             weight_granularity="per-tensor" if o.per_tensor else "per-channel",
-            weight_symmetric=o.weight_symmetric, act_symmetric=o.act_symmetric, power_of_two=o.power_of_two,
+            weight_symmetric=o.weight_symmetric, act_symmetric=self.act_symmetric, power_of_two=self.power_of_two,
             io_dtype="float32", all_layers_quantized=True,
             notes="simulated: integer grid values carried in float32; biases kept in float (int32 on hardware)"
-                  + (", corrected for the weights' rounding on the calibration set" if o.bias_correction else "")
+                  + (", corrected for the weights' rounding on the calibration set" if self.bias_correction else "")
                   + ("; weights GPTQ-rounded on the calibration set" if self._weight_rounding() == "gptq" else ""),
         )
 
     def _weight_rounding(self) -> str:
-        return self.options.weight_rounding or default_rounding(self.options.weight_bits)
+        return self.weight_rounding or default_rounding(self.options.weight_bits)
 
     def check_options(self, model: LoadedModel) -> None:
         self._checked_options()
@@ -97,14 +114,14 @@ class SimTarget(Target):
         o = self.options
         t0 = time.perf_counter()
         sim, layers, folded = self._fake_quantized(model, rounding)
-        how = SimCalibration(method, o.percentile_or(), o.bias_correction, rounding)
+        how = SimCalibration(method, o.percentile_or(), self.bias_correction, rounding)
         quantizers = SimCalibrator(sim, layers, how).calibrate(calib)
         seconds = time.perf_counter() - t0
 
         path = workdir / "sim_scales.json"
         write_json(path, self._scales(method, quantizers, layers))
         info = {"quantized_layers": len(layers), "quantized_tensors": len(quantizers), "bn_folded": folded[0],
-                "bn_layers": folded[1], "act_range": method, "bias_correction": o.bias_correction,
+                "bn_layers": folded[1], "act_range": method, "bias_correction": self.bias_correction,
                 "weight_rounding": rounding,
                 "calibration_images": len(calib)}
         return BuildResult(artifacts={"model": path}, runner=SimRunner(sim), info=info,
@@ -114,8 +131,8 @@ class SimTarget(Target):
                                                                              tuple[int, int]]:
         """The model with BN folded and every conv/linear layer and output fake-quantized, uncalibrated."""
         o = self.options
-        w_grid = QuantGrid(o.weight_bits, o.weight_symmetric, o.power_of_two, narrow=True)
-        a_grid = QuantGrid(o.act_bits, o.act_symmetric, o.power_of_two)
+        w_grid = QuantGrid(o.weight_bits, o.weight_symmetric, self.power_of_two, narrow=True)
+        a_grid = QuantGrid(o.act_bits, self.act_symmetric, self.power_of_two)
         net, folded, n_bn = fold_batchnorm(model.module)
         with torch.no_grad():
             n_out = len(flatten_outputs(net(model.dummy_input())))

@@ -140,6 +140,8 @@ class TFLiteInt8Target(Target):
     # refuses it in the first second for a target that writes no such file, instead of ignoring it.
     flags: ClassVar[tuple[TargetFlag, ...]] = (
         TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),
+        TargetFlag("--io-dtype", "io_dtype", "integer model I/O: int8 (default) or uint8", choices=("int8", "uint8")),
+        TargetFlag("--allow-float-ops", "allow_float_ops", "accept float ops left in the integer model", None),
         TargetFlag("--converter", "converter",
                    "PyTorch -> .tflite converter: litert-torch (with ai-edge-quantizer; the default install) or "
                    "onnx2tf (via ONNX and TensorFlow; its own venv: ./install.sh --onnx2tf). Default: the one "
@@ -148,8 +150,11 @@ class TFLiteInt8Target(Target):
     )
 
     def __init__(self, options: TargetOptions | None = None, silu_floor: float = DEFAULT_FLOOR,
-                 parity_images: int = PARITY_IMAGES, converter: str = "", layout: str = "split") -> None:
+                 parity_images: int = PARITY_IMAGES, converter: str = "", layout: str = "split",
+                 io_dtype: str = "int8", allow_float_ops: bool = False) -> None:
         super().__init__(options)
+        self.io_dtype = io_dtype  # int8 | uint8 model I/O (int16 with 16-bit activations)
+        self.allow_float_ops = allow_float_ops
         self.layout = layout  # split | ultralytics (detectors): see LAYOUT_HELP
         self.silu_floor = silu_floor  # 0 turns the SiLU-floor export rewrite off
         self.parity_images = parity_images  # calibration images the float conversion is checked on
@@ -163,7 +168,7 @@ class TFLiteInt8Target(Target):
         o = self.options
         method, percentile = act_range_for(model, o)
         settings = ConversionSettings(
-            per_tensor=o.per_tensor, io_dtype=o.io_dtype, act_bits=o.act_bits, act_range=method,
+            per_tensor=o.per_tensor, io_dtype=self.io_dtype, act_bits=o.act_bits, act_range=method,
             percentile=percentile, verbose=log.isEnabledFor(logging.DEBUG), threads=o.threads)
         return converter_class(self.converter_name)(settings)
 
@@ -183,7 +188,7 @@ class TFLiteInt8Target(Target):
             weight_bits=8, act_bits=16 if a16 else 8,
             weight_granularity="per-tensor" if o.per_tensor else "per-channel",
             weight_symmetric=True, act_symmetric=a16, power_of_two=False,
-            io_dtype="int16" if a16 else o.io_dtype, all_layers_quantized=True,
+            io_dtype="int16" if a16 else self.io_dtype, all_layers_quantized=True,
             notes="TFLite int8 spec: weights int8 [-127, 127] zero point 0, int32 bias, activations int8 "
                   "asymmetric per-tensor (16x8 mode: int16 symmetric); ranges per tensor from the calibration "
                   f"set (min/max, percentile or MSE); converter {self.converter_name}",
@@ -350,13 +355,12 @@ class TFLiteInt8Target(Target):
     def _check(self, model: LoadedModel, conv: Conversion, calib: CalibrationSet,
                reference: nn.Module | None) -> StructuralChecks:
         """The float file agrees with PyTorch, and the int8 file is integer-only with integer I/O."""
-        o = self.options
         t0 = time.perf_counter()
         parity = self._check_parity(model, conv.float_model, conv.diagnose, reference or model.module,
                                     calib.images[: self.parity_images])
         parity_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        float_ops = check_full_integer(conv.int8_model, self.constraints.io_dtype, o.allow_float_ops)
+        float_ops = check_full_integer(conv.int8_model, self.constraints.io_dtype, self.allow_float_ops)
         timings = {"parity": parity_s, "integer_check": time.perf_counter() - t0}
         return StructuralChecks(parity, float_ops, output_shapes(model), timings)
 
@@ -374,22 +378,19 @@ class TFLiteInt8Target(Target):
     def check_options(self, model: LoadedModel) -> None:
         """Refuse what a TFLite int8 model cannot be, rather than silently building something else."""
         o = self.options
-        if o.io_dtype not in ("int8", "uint8"):
-            raise DGHError(f"tflite-int8 has no '{o.io_dtype}' I/O", "use --io-dtype int8 or uint8")
+        if self.io_dtype not in ("int8", "uint8"):
+            raise DGHError(f"tflite-int8 has no '{self.io_dtype}' I/O", "use --io-dtype int8 or uint8")
         if o.weight_bits != 8 or o.act_bits not in (8, 16):
             raise DGHError(
                 f"tflite-int8 quantizes to 8 bits (or int16 activations with int8 weights), not W{o.weight_bits}"
                 f"A{o.act_bits}",
                 "drop the bit-width options for this target",
             )
-        if o.act_bits == 16 and o.io_dtype != "int8":
-            raise DGHError(f"with 16-bit activations the model I/O is int16, not {o.io_dtype}", "drop --io-dtype")
-        if o.power_of_two or o.act_symmetric or not o.weight_symmetric:
-            raise DGHError(
-                "tflite-int8 follows the TFLite int8 spec (symmetric weights, asymmetric activations, "
-                "free-form scales)",
-                "drop --power-of-two / symmetric-activation / asymmetric-weight options for this target",
-            )
+        if o.act_bits == 16 and self.io_dtype != "int8":
+            raise DGHError(f"with 16-bit activations the model I/O is int16, not {self.io_dtype}", "drop --io-dtype")
+        if not o.weight_symmetric:
+            raise DGHError("tflite-int8 follows the TFLite int8 spec: symmetric weights (zero point 0)",
+                           "drop weight_symmetric=False for this target")
         self.converter(model).check_settings()
         o.check_percentile(act_range_for(model, o)[0])
         check_layout(self.layout, model, self.name)
