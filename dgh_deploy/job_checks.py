@@ -92,6 +92,20 @@ def check_real_images(target: str) -> None:
                        "point --calib real: at a folder of images (searched recursively) or a data YAML")
 
 
+def check_val_data_yaml(val_data: str) -> None:
+    """A data YAML given to ``--val-data`` names a val split whose images are there: checked before
+    the model loads (a folder's form depends on the task, so the task checks it once it is known)."""
+    from dgh_deploy.generation.baselines import is_data_yaml
+
+    if is_data_yaml(val_data):
+        from dgh_deploy.tasks.detect_data import resolve_data_yaml, split_images
+
+        split_images(resolve_data_yaml(val_data, "val", "--val-data path/to/data.yaml"), "val")
+    elif Path(val_data).is_file():
+        raise DGHError(f"--val-data '{val_data}' is a file, neither an image folder nor a data YAML",
+                       "pass an ImageFolder (classify) or an Ultralytics data YAML (detect)")
+
+
 def nearest_existing(path: Path) -> Path:
     path = path.absolute()
     while not path.exists() and path != path.parent:

@@ -25,6 +25,7 @@ from dgh_deploy.job_checks import (
     check_exists,
     check_free_space,
     check_numbers,
+    check_val_data_yaml,
     check_writable_folder,
     job_bytes,
 )
@@ -191,6 +192,7 @@ def check_config(config: DeployConfig) -> None:
         job_recipe(config.calib, config.precision, config.device)  # bf16 where the device lacks it: refused now
     if config.val_data:
         check_exists(config.val_data, "--val-data")
+        check_val_data_yaml(config.val_data)
     check_output_folder(config.out)
     check_writable_folder(config.out, "--out")
     if config.junit:

@@ -178,6 +178,8 @@ CASES: list[tuple[str, list[str], int, list[str]]] = [
      ["bad.yaml"]),
     ("data YAML without val", ["--model", "yolov8n.yaml", "--val-data", "{no_val_yaml}", "--imgsz", "64"], 2,
      ["no_val.yaml"]),
+    ("val data YAML whose val folder is missing", ["--val-data", "{missing_splits_yaml}"], 2,
+     ["images/val", "missing_splits.yaml"]),
     ("detector size off its stride", ["--model", "yolov8n.yaml", "--imgsz", "100"], 2, ["100"]),
 ]
 GENERATE_CASES: list[tuple[str, list[str], int, list[str]]] = [
@@ -221,6 +223,29 @@ def test_job_refuses_bad_input(case: str, args: list[str], code: int, words: lis
     check_failure(lambda: main([*argv, "--no-cache", "--quiet"]), capsys, code, words, out)
     if before is not None:
         assert sorted(p.name for p in out.iterdir()) == before  # the folder is as it was
+
+
+BEFORE_THE_MODEL = ["missing real folder", "real folder without images", "real data YAML whose folders are missing",
+                    "missing val data", "val data is a file", "val data YAML whose val folder is missing",
+                    "missing calibration file", "out is a file", "zero n-images", "cuda without a GPU"]
+
+
+@pytest.mark.parametrize("case", BEFORE_THE_MODEL)
+def test_paths_and_counts_are_refused_before_the_model_loads(case: str, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing the user names on the command line waits for the model to load (seconds to a minute)."""
+    import dgh_deploy.pipeline as pipeline
+
+    def no_model(*_: object, **__: object) -> None:
+        raise AssertionError("the model loaded before the bad input was refused")
+
+    monkeypatch.setattr(pipeline, "load_model", no_model)
+    _, args, code, words = next(c for c in CASES if c[0] == case)
+    argv = fill(args, files(tmp_path), tmp_path)
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    check_failure(lambda: main([*argv, "--no-cache", "--quiet"]), capsys, code, words, tmp_path / "out")
 
 
 @pytest.mark.parametrize(("case", "args", "code", "words"), GENERATE_CASES, ids=[c[0] for c in GENERATE_CASES])
