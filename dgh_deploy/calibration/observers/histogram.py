@@ -7,10 +7,11 @@ It serves the readings that need the distribution (a percentile within a bin, th
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
-from dgh_deploy.calibration.observers.base import Range, check_percentile
+from dgh_deploy.calibration.observers.base import Observer, Range, as_torch, check_percentile
 
 
 class Histogram:
@@ -58,3 +59,29 @@ def percentile_range(hist: Histogram, percentile: float) -> Range:
     check_percentile(percentile)
     lo = hist.quantile(1.0 - percentile / 100.0) if hist.lo < 0 else hist.lo
     return min(lo, 0.0) if hist.lo < 0 else lo, hist.quantile(percentile / 100.0)
+
+
+class TwoLookHistogram(Observer):
+    """An observer over one :class:`Histogram`, filled in two looks: the extremes, then the counts
+    between them. Subclasses read the range off the histogram."""
+
+    passes = 2
+
+    def __init__(self, bins: int = 2048) -> None:
+        self.hist = Histogram(bins)
+        self.step = 0
+
+    def begin_pass(self, index: int) -> None:
+        self.step = index
+
+    def start_counts(self, lo: float, hi: float) -> None:
+        """Skip the first look: the extremes ``lo``, ``hi`` are known (another observer found them)."""
+        self.hist.lo, self.hist.hi = lo, hi
+        self.step = 1
+
+    def observe(self, x: Any) -> None:
+        t = as_torch(x)
+        if self.step == 0:
+            self.hist.observe_range(t)
+        else:
+            self.hist.observe_counts(t)

@@ -7,11 +7,9 @@ method the user chose. TFLite's percentile is the exact :class:`PercentileObserv
 
 from __future__ import annotations
 
-from typing import Any
-
-from dgh_deploy.calibration.observers.base import Observer, Range, as_torch, check_percentile
+from dgh_deploy.calibration.observers.base import Range, check_percentile
 from dgh_deploy.calibration.observers.grid import QuantGrid
-from dgh_deploy.calibration.observers.histogram import Histogram, percentile_range
+from dgh_deploy.calibration.observers.histogram import Histogram, TwoLookHistogram, percentile_range
 from dgh_deploy.calibration.observers.mse import histogram_mse_range
 from dgh_deploy.errors import DGHError
 
@@ -29,7 +27,7 @@ def estimate_range(hist: Histogram, method: str, grid: QuantGrid, percentile: fl
     raise DGHError(f"unknown activation range method '{method}'", f"use one of: {', '.join(METHODS)}")
 
 
-class HistogramObserver(Observer):
+class HistogramObserver(TwoLookHistogram):
     """One tensor's histogram, read by ``method``: one look for minmax, two for percentile and mse."""
 
     def __init__(self, method: str, grid: QuantGrid, percentile: float = 99.99, bins: int = 2048) -> None:
@@ -37,20 +35,9 @@ class HistogramObserver(Observer):
             raise DGHError(f"unknown activation range method '{method}'", f"use one of: {', '.join(METHODS)}")
         if method == "percentile":
             check_percentile(percentile)
+        super().__init__(bins)
         self.method, self.grid, self.percentile = method, grid, percentile
         self.passes = 1 if method == "minmax" else 2
-        self.hist = Histogram(bins)
-        self.step = 0
-
-    def begin_pass(self, index: int) -> None:
-        self.step = index
-
-    def observe(self, x: Any) -> None:
-        t = as_torch(x)
-        if self.step == 0:
-            self.hist.observe_range(t)
-        else:
-            self.hist.observe_counts(t)
 
     def range(self) -> Range:
         return estimate_range(self.hist, self.method, self.grid, self.percentile)

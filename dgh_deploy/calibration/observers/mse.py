@@ -8,13 +8,12 @@ by counts), as activations are calibrated.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
-from dgh_deploy.calibration.observers.base import Observer, Range, as_torch
+from dgh_deploy.calibration.observers.base import Range
 from dgh_deploy.calibration.observers.grid import QuantGrid
-from dgh_deploy.calibration.observers.histogram import Histogram
+from dgh_deploy.calibration.observers.histogram import Histogram, TwoLookHistogram
 
 
 def mse_range(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, grid: QuantGrid,
@@ -59,30 +58,12 @@ def histogram_mse_range(hist: Histogram, grid: QuantGrid) -> Range:
     return float(lo[0]), float(hi[0])
 
 
-class MseObserver(Observer):
+class MseObserver(TwoLookHistogram):
     """Two looks: the extremes, then a histogram between them; the range is :func:`histogram_mse_range`'s."""
 
-    passes = 2
-
     def __init__(self, grid: QuantGrid, bins: int = 2048) -> None:
+        super().__init__(bins)
         self.grid = grid
-        self.hist = Histogram(bins)
-        self.step = 0
-
-    def begin_pass(self, index: int) -> None:
-        self.step = index
-
-    def start_counts(self, lo: float, hi: float) -> None:
-        """Skip the first look: the extremes ``lo``, ``hi`` are known (another observer found them)."""
-        self.hist.lo, self.hist.hi = lo, hi
-        self.step = 1
-
-    def observe(self, x: Any) -> None:
-        t = as_torch(x)
-        if self.step == 0:
-            self.hist.observe_range(t)
-        else:
-            self.hist.observe_counts(t)
 
     def range(self) -> Range:
         return histogram_mse_range(self.hist, self.grid)
