@@ -49,11 +49,12 @@ def test_the_desktop_runtime_scores_the_device_images_once(cap: int | None, desk
     reused, not computed again; only a device capped below the job's images needs a second run."""
     model = LoadedModel(module=FirstThree(), name="three", task="classify", imgsz=(4, 4), preprocessing=Preprocessing())
     desktop, device = CountingRunner("litert"), CountingRunner("micro", flip=True, image_limit=cap)
-    desktop.device_runner = device  # type: ignore[attr-defined]
+    desktop.device_runner = device
     out = verify(model, FakeTask(), desktop, None, "fake", progress=True)
     assert desktop.images == desktop_runs
     assert device.images == min(20, cap or 20)
-    dev = out["device"]
-    assert dev["desktop"]["top1"] == 100.0 and dev["quantized"]["top1"] == 0.0  # each runtime's own answers
-    assert dev["agreement"]["top1_agreement"] == 0.0 and dev["desktop_minus_device"] == 100.0
-    assert dev["float"]["images"] == dev["quantized"]["images"]
+    dev = out.device
+    assert dev is not None and dev.desktop is not None and dev.quantized is not None and dev.agreement is not None
+    assert dev.desktop["top1"] == 100.0 and dev.quantized["top1"] == 0.0  # each runtime's own answers
+    assert dev.agreement["top1_agreement"] == 0.0 and dev.desktop_minus_device == 100.0
+    assert dev.float_scores is not None and dev.float_scores["images"] == dev.quantized["images"]
