@@ -276,7 +276,35 @@ class Generator:
 
         return sum(estimate_seconds(self._forward_loss_probe, inputs_of(s.stage.imgsz), self.n_local, s.stage.iters,
                                     s.chunk, None if s.retain else self._forward)
+                   + s.stage.iters * self._update_seconds(s)
                    for s in self._setups if s.stage.iters)
+
+    def _update_seconds(self, setup: _StageSetup) -> float:
+        """One step's work on the stored images besides the model, at ``setup``'s stage: the image
+        pipeline's views of every chunk and their backward (a second view of each on the two-pass
+        path) and the optimiser's update of the whole set. At 640 an estimate without it came out
+        0.67-0.82 of the time taken (bench/results/input_sizes_cpu.json); timed after a warm-up."""
+        images = torch.randn(self.n_local, 3, *setup.pipeline.stored_hw, device=self.device, dtype=self.dtype)
+        images.requires_grad_(True)
+        flip, dy, dx = draws.augment_draws(self.seed, 0, np.arange(self.n_local), setup.pipeline.extra)
+        optimizer, _ = self._optimizer(images)
+
+        def step() -> None:
+            for lo in range(0, self.n_local, setup.chunk):
+                hi = min(lo + setup.chunk, self.n_local)
+                if not setup.retain:
+                    with torch.no_grad():
+                        setup.pipeline.train_view(images[lo:hi], flip[lo:hi], dy[lo:hi], dx[lo:hi])
+                view = setup.pipeline.train_view(images[lo:hi], flip[lo:hi], dy[lo:hi], dx[lo:hi])
+                view.float().sum().mul(1e-6).backward()
+            optimizer.step()
+
+        step()  # warm-up: the first call of a shape is slow
+        t0 = time.perf_counter()
+        step()
+        if images.is_cuda:
+            torch.cuda.synchronize(images.device)
+        return time.perf_counter() - t0
 
     def announce(self) -> float | None:
         """Log what is about to run and how long it should take (the lead process only); return

@@ -65,8 +65,7 @@ def estimate_seconds(step: Callable[[torch.Tensor], None], make_input: Callable[
     pass is far more than a third of a step (YOLOv5n at 640: two passes 1.7x the retained step).
     Each is timed after a warm-up at the timed shape: oneDNN builds its kernels per shape (at
     YOLOv5n's 160 px a first call of a 36-image chunk took 19x a later one). The image pipeline
-    and the optimiser are left out: cheap next to the model at CIFAR sizes, but not at 640, where
-    the estimate came out 0.67-0.82 of the time taken (bench/results/input_sizes_cpu.json)."""
+    and the optimiser over the whole set are timed by the generator beside this."""
     x = make_input(min(chunk, n_images))
     per_image = _timed(step, x, make_input) / len(x)
     if statistics_pass is not None and chunk < n_images:
