@@ -781,9 +781,10 @@ def ranges_table(data: dict) -> Table:
 
 def section_ranges(files: dict[str, dict]) -> list[str]:
     lines = ["`tflite-int8`'s activation-range methods on a detector over seeds and picks (`python -m "
-             "bench.tflite_ranges`): one 72-image set per (source, seed), three picks of 64 each (the set rotated "
-             "by 8 images), each built as a job builds it and scored on LiteRT on the validation images; one float "
-             "conversion for all. The default for detectors is chosen by these spreads, not by one run.", ""]
+             "bench.tflite_ranges`): one 72-image set per (source, seed), picks of 64 (the set rotated "
+             "by 8 images; three at 320, one at 640), each built as a job builds it and scored on LiteRT on the "
+             "validation images; one float conversion for all. The default for detectors is chosen by these "
+             "spreads, not by one run.", ""]
     for name, data in files.items():
         lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; {data['model']} at "
                   f"{data['imgsz']}, converter {data.get('converter') or 'the installed one'}, mAP50-95 "
@@ -993,7 +994,8 @@ def readme_block(results: dict[str, Any]) -> str:
 
 def readme_ranges(results: dict[str, dict]) -> list[str]:
     """One line: tflite-int8's range methods on YOLOv5n over seeds and picks, per converter (one file each)."""
-    files = {n: d for n, d in results.items() if n.startswith("tflite_ranges_yolov5n")}
+    files = {n: d for n, d in results.items()
+             if n.startswith("tflite_ranges_yolov5n") and d.get("imgsz") == 320}  # the size the README quotes
     if not files:
         return []
     first = next(iter(files.values()))
