@@ -84,9 +84,7 @@ def check_real_images(target: str) -> None:
     from dgh_deploy.generation.baselines import is_data_yaml, list_images
 
     if is_data_yaml(target):
-        from dgh_deploy.tasks.detect_data import resolve_data_yaml, split_images
-
-        split_images(resolve_data_yaml(target, "train", "--calib real:path/to/data.yaml"), "train")
+        check_yaml_split(target, "train", "--calib real:path/to/data.yaml")
     elif Path(target).is_dir() and not list_images(Path(target)):
         raise DGHError(f"--calib real:{target} holds no image files",
                        "point --calib real: at a folder of images (searched recursively) or a data YAML")
@@ -98,12 +96,17 @@ def check_val_data_yaml(val_data: str) -> None:
     from dgh_deploy.generation.baselines import is_data_yaml
 
     if is_data_yaml(val_data):
-        from dgh_deploy.tasks.detect_data import resolve_data_yaml, split_images
-
-        split_images(resolve_data_yaml(val_data, "val", "--val-data path/to/data.yaml"), "val")
+        check_yaml_split(val_data, "val", "--val-data path/to/data.yaml")
     elif Path(val_data).is_file():
         raise DGHError(f"--val-data '{val_data}' is a file, neither an image folder nor a data YAML",
                        "pass an ImageFolder (classify) or an Ultralytics data YAML (detect)")
+
+
+def check_yaml_split(path: str, split: str, usage: str) -> None:
+    """A data YAML's ``split`` resolves (offline, as Ultralytics reads it) to a folder of images."""
+    from dgh_deploy.tasks.detect_data import resolve_data_yaml, split_images
+
+    split_images(resolve_data_yaml(path, split, usage), split)
 
 
 def nearest_existing(path: Path) -> Path:
