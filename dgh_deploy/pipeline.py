@@ -20,6 +20,7 @@ from dgh_deploy.errors import DGHError, QualityGateFailed
 from dgh_deploy.generation.budget import Budget, default_budget
 from dgh_deploy.generation.config import job_recipe
 from dgh_deploy.generation.preflight import check_device
+from dgh_deploy.io_contract import io_contract
 from dgh_deploy.job_checks import (
     check_calibration_source,
     check_exists,
@@ -136,6 +137,8 @@ def _deploy(config: DeployConfig) -> Report:
         times["verification"] = time.perf_counter() - t0
 
         report = build_report(config, model, target, result, calib, held, hit, metrics, times)
+        report.contract = io_contract(model, result.artifacts["model"].name, result.runner.io_details(),
+                                      task.output_meanings(model, str(result.info.get("layout", "split"))))
         verdict = gate_verdict(report.metrics, config.max_drop, target.gate_checks(report))
         if verdict is not None:
             report.gate = verdict.entry(config.max_drop)

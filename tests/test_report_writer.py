@@ -32,13 +32,30 @@ MOVED_TO_TARGETS = ("io_dtype", "allow_float_ops", "act_symmetric", "power_of_tw
 
 
 def since_golden(old: dict[str, Any]) -> dict[str, Any]:
-    """A 1.1 report as the current schema writes the same job: :data:`MOVED_TO_TARGETS` taken out of
-    config.options (none of the seven jobs gives one, so none lands in target_settings)."""
+    """A 1.1 report as the current schema writes the same job, less 1.3's ``contract`` (checked on its
+    own below): 1.2 took :data:`MOVED_TO_TARGETS` out of config.options (none of the seven jobs gives
+    one, so none lands in target_settings)."""
     new = json.loads(json.dumps(old))
-    new["schema_version"] = "1.2"
+    new["schema_version"] = "1.3"
     for key in MOVED_TO_TARGETS:
         new["config"]["options"].pop(key)
     return new
+
+
+def check_contract(contract: dict[str, Any], report: dict[str, Any]) -> None:
+    """1.3's input contract agrees with the rest of the report: the file, its I/O, the preprocessing."""
+    assert contract["file"] == report["artifacts"]["model"]["path"]
+    io = report["target"].get("io")
+    if io:  # a .tflite file: the contract's tensors are the file's own
+        assert {k: contract["input"][k] for k in io["input"] if k in contract["input"]} == {
+            k: v for k, v in io["input"].items() if k in contract["input"]}
+        assert [o["shape"] for o in contract["outputs"]] == [o["shape"] for o in io["outputs"]]
+        assert contract["layout"] == "NHWC" and any("round(x / " in step for step in contract["steps"])
+    else:  # an ONNX or PyTorch model: float NCHW in
+        assert contract["layout"] == "NCHW" and contract["input"]["dtype"] == "float32"
+    letterbox = report["model"]["task"] == "detect"
+    assert contract["resize"] == ("letterbox" if letterbox else "center_crop")
+    assert all(o["meaning"] for o in contract["outputs"])
 
 DEMO = ["--n-images", "16", "--iters", "4", "--holdout", "8", "--val-data", "{assets}/cifar10/test",
         "--val-limit", "64", "--seed", "3"]
@@ -122,4 +139,5 @@ def test_the_typed_report_is_written_as_the_dict_was(name: str, assets: Path, tm
     assert code == 0
     new = json.loads((out / "report.json").read_text())
     validate_report(new)
+    check_contract(new.pop("contract"), new)
     assert differences(since_golden(old), normalised(new, assets)) == []

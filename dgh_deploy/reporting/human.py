@@ -13,7 +13,7 @@ from torch import nn
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.loaded_model import LoadedModel
-from dgh_deploy.reporting.report import Metrics, Report
+from dgh_deploy.reporting.report import ContractEntry, Metrics, Report
 
 
 def write_human_report(out_dir: Path, report: Report, model: LoadedModel, calib: CalibrationSet,
@@ -59,7 +59,7 @@ def _markdown(report: Report, pictures: list[str], target_lines: list[str]) -> s
     if m.data_free is not None:
         lines += ["Data-free check (float against quantized on held-out calibration images): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in m.data_free.items()), ""]
-    lines += _validator_lines(m) + _device_lines(m) + target_lines
+    lines += _validator_lines(m) + _device_lines(m) + target_lines + _contract_lines(report.contract)
     if report.gate is not None:
         lines += [f"Quality gate: {report.gate.verdict}", ""]
     lines += ["| stage | seconds |", "| --- | --- |"]
@@ -73,6 +73,21 @@ def _markdown(report: Report, pictures: list[str], target_lines: list[str]) -> s
     for name in pictures:
         lines += [f"## {captions[name]}", "", f"![{captions[name]}]({name})", ""]
     return "\n".join(lines)
+
+
+def _contract_lines(c: ContractEntry | None) -> list[str]:
+    """How device code feeds the file and reads it: the recipe, then one row per tensor."""
+    if c is None:
+        return []
+    lines = [f"## Feeding {c.file} on the device", ""]
+    lines += [f"{i}. {step}" for i, step in enumerate(c.steps, 1)]
+    lines += ["", "| tensor | name | shape | dtype | scale | zero point | holds |", "|" + " --- |" * 7]
+    for role, t in [("input", c.input), *((f"output {i}", o) for i, o in enumerate(c.outputs))]:
+        scale = "" if t.scale is None else f"{t.scale:.6g}"
+        zero = "" if t.zero_point is None else str(t.zero_point)
+        shape = "x".join(map(str, t.shape))
+        lines.append(f"| {role} | {t.name} | {shape} | {t.dtype} | {scale} | {zero} | {t.meaning} |")
+    return [*lines, ""]
 
 
 def _validator_lines(m: Metrics) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPORT_SCHEMA_VERSION = "1.2"  # report.schema.json's version: a change of the JSON's shape bumps it
+REPORT_SCHEMA_VERSION = "1.3"  # report.schema.json's version: a change of the JSON's shape bumps it
 Scores = dict[str, Any]  # metric name -> points (0..100), and "images": how many were scored
 
 
@@ -106,6 +106,63 @@ class ArtifactEntry:
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "bytes": self.bytes}
+
+
+@dataclass
+class TensorSpec:
+    """One input or output of the deployed file: its name, shape and type, and for an integer tensor
+    the scale and zero point (``real = (q - zero_point) * scale``)."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+    scale: float | None = None
+    zero_point: int | None = None
+    meaning: str = ""  # what the values are (an output's decoding; the input's layout)
+
+    def to_json(self) -> dict[str, Any]:
+        return _written([("name", self.name), ("shape", list(self.shape)), ("dtype", self.dtype),
+                         ("scale", self.scale), ("zero_point", self.zero_point), ("meaning", self.meaning)])
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(d["name"], list(d["shape"]), d["dtype"], d.get("scale"), d.get("zero_point"), d.get("meaning", ""))
+
+
+@dataclass
+class FileIO:
+    """A deployed file's input and outputs, as its runtime sees them (the target reads its file)."""
+
+    input: TensorSpec
+    outputs: list[TensorSpec]
+
+
+@dataclass
+class ContractEntry:
+    """What device code must do to feed the deployed file and read it (since 1.3): the preprocessing
+    the model was trained with, the file's input tensor, and each output's meaning."""
+
+    file: str  # the artifact the contract is for (its name in the output folder)
+    channel_order: str  # "RGB"
+    layout: str  # the input's memory layout: "NHWC" or "NCHW"
+    resize: str  # "letterbox" or "center_crop"
+    pad_value: int | None  # the letterbox's fill
+    mean: list[float]
+    std: list[float]
+    input: TensorSpec
+    outputs: list[TensorSpec]
+    steps: list[str]  # the device's recipe in order, in words, with the numbers filled in
+
+    def to_json(self) -> dict[str, Any]:
+        return _written([("file", self.file), ("channel_order", self.channel_order), ("layout", self.layout),
+                         ("resize", self.resize), ("pad_value", self.pad_value), ("mean", self.mean),
+                         ("std", self.std), ("input", self.input.to_json()),
+                         ("outputs", [o.to_json() for o in self.outputs]), ("steps", self.steps)])
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ContractEntry:
+        return cls(d["file"], d["channel_order"], d["layout"], d["resize"], d.get("pad_value"), d["mean"], d["std"],
+                   TensorSpec.from_json(d["input"]), [TensorSpec.from_json(o) for o in d["outputs"]], d["steps"])
 
 
 @dataclass
@@ -233,6 +290,7 @@ class Report:
     environment: dict[str, Any]
     config: dict[str, Any]
     gate: GateEntry | None = None
+    contract: ContractEntry | None = None
     schema_version: str = REPORT_SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -243,6 +301,7 @@ class Report:
             ("artifacts", {role: a.to_json() for role, a in self.artifacts.items()}),
             ("metrics", self.metrics.to_json()), ("times_s", self.times_s), ("environment", self.environment),
             ("config", self.config), ("gate", self.gate.to_json() if self.gate else None),
+            ("contract", self.contract.to_json() if self.contract else None),
         ])
 
     @classmethod
@@ -252,7 +311,8 @@ class Report:
             CalibrationEntry.from_json(d["calibration"]),
             {role: ArtifactEntry(a["path"], a["bytes"]) for role, a in d["artifacts"].items()},
             Metrics.from_json(d["metrics"]), d["times_s"], d["environment"], d.get("config", {}),
-            GateEntry.from_json(d["gate"]) if d.get("gate") else None, d["schema_version"],
+            GateEntry.from_json(d["gate"]) if d.get("gate") else None,
+            ContractEntry.from_json(d["contract"]) if d.get("contract") else None, d["schema_version"],
         )
 
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,12 @@ class Runner(ABC):
 
     @abstractmethod
     def infer(self, x: np.ndarray) -> list[np.ndarray]: ...
+
+    def io_details(self) -> dict[str, Any]:
+        """The file's own input and outputs (name, shape, dtype, scale, zero_point; scale 0 for a float
+        tensor) as ``{"input": ..., "outputs": [...]}``, for the report's input contract; ``{}`` for a
+        runner without a file."""
+        return {}
 
     def infer_all(self, x: np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
         chunks = [self.infer(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]

@@ -11,11 +11,15 @@ the int32 requantization only.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.runtime.base import Runner
+
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
+             "tensor(uint8)": "uint8"}
 
 
 class OnnxRuntimeRunner(Runner):
@@ -46,6 +50,15 @@ class OnnxRuntimeRunner(Runner):
         batch = inputs[0].shape[0] if inputs[0].shape else None
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def io_details(self) -> dict[str, Any]:
+        def describe(arg: Any) -> dict[str, Any]:  # a dynamic dimension (a name) is -1
+            shape = [d if isinstance(d, int) else -1 for d in arg.shape]
+            dtype = ORT_TYPES.get(arg.type, arg.type)
+            return {"name": arg.name, "shape": shape, "dtype": dtype, "scale": 0.0, "zero_point": 0}
+
+        return {"input": describe(self.session.get_inputs()[0]),
+                "outputs": [describe(o) for o in self.session.get_outputs()]}
 
     def infer(self, x: np.ndarray) -> list[np.ndarray]:
         x = np.ascontiguousarray(x, dtype=np.float32)

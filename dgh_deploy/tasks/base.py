@@ -39,6 +39,11 @@ class TaskAdapter(ABC):
         """Up to ``n`` real inputs (model input space) for range comparisons; None if not supported."""
         return None
 
+    def output_meanings(self, model: LoadedModel, layout: str) -> list[str]:
+        """What each output of the deployed file holds, in output order (the report's input contract);
+        ``layout`` is the target's output layout (``split`` or ``ultralytics`` for detectors)."""
+        return []
+
     @abstractmethod
     def agreement(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float]:
         """Data-free check: how closely a quantized model's outputs follow the float model's."""

@@ -57,6 +57,12 @@ class ClassifyTask(TaskAdapter):
     def __init__(self) -> None:
         self._loaded: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
+    def output_meanings(self, model: LoadedModel, layout: str) -> list[str]:
+        names = model.class_names
+        classes = f"{len(names)} classes ({', '.join(names[:3])}, ...)" if names else "each class"
+        return [f"N x classes: one score for each of {classes} in class-index order, as the model "
+                "returns it (logits for the built-in models); the predicted class is the largest"]
+
     def evaluate(self, runner: Runner, model: LoadedModel, val_data: str, limit: int | None = None) -> dict[str, float]:
         x, labels = self._load(model, val_data, limit)
         correct = 0

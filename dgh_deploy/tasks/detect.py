@@ -76,6 +76,23 @@ class DetectTask(TaskAdapter):
             raise DGHError(f"{NO_HEAD} (the model returned no N x C x ... head maps)", NO_HEAD_FIX)
         return tensors
 
+    def output_meanings(self, model: LoadedModel, layout: str) -> list[str]:
+        from dgh_deploy.runtime.base import TorchRunner
+
+        parts = layout_of(model.module, TorchRunner(model.module).infer(model.dummy_input().numpy()))
+        nc, after = parts.nc, (f"then keep scores >= a threshold and run NMS per class (IoU {self.nms.iou:g}), "
+                               "and map boxes back through the letterbox")
+        if layout == "ultralytics":
+            return [f"N x (4 + {nc}) x anchors: cx, cy, w, h in input pixels, then {nc} class probabilities; "
+                    "Ultralytics' YOLO(file) decodes it"]
+        merged = "" if parts.objectness else ", objectness multiplied in"
+        meanings = {
+            "boxes": "N x 4 x anchors: cx, cy, w, h of each anchor's box, divided by the input width and height",
+            "objectness": "N x 1 x anchors: objectness probability; multiply into the class scores",
+            "scores": f"N x {nc} x anchors: class probabilities (sigmoid applied{merged}); {after}",
+        }
+        return [meanings[name] for name in parts.names]
+
     # -- real labelled data ------------------------------------------------------------------
 
     def evaluate(self, runner: Runner, model: LoadedModel, val_data: str, limit: int | None = None) -> dict[str, float]:
