@@ -239,7 +239,18 @@ def summarise(report: Report, out: str) -> str:
     if m.data_free is not None:
         df = ", ".join(f"{k} {v:.2f}" for k, v in m.data_free.items() if k != "images")
         lines.append(f"data-free check on {int(m.data_free['images'])} held-out calibration images: {df}")
-    return "\n".join(lines + _validator_lines(m) + target.summary_lines(report) + _device_lines(m))
+    return "\n".join(lines + _validator_lines(m) + target.summary_lines(report) + _device_lines(m)
+                     + _layer_lines(report))
+
+
+def _layer_lines(report: Report) -> list[str]:
+    """The weakest layer, where the job could compare them."""
+    d = report.layers
+    if d is None or not d.worst:
+        return []
+    w = d.worst[0]
+    return [f"weakest layer: {w.layer} ({w.op}) {w.sqnr_db:.1f} dB SQNR, median {d.median_db} dB over "
+            f"{d.tensors} tensors (report.md; {d.table})"]
 
 
 def _validator_lines(m: Metrics) -> list[str]:

@@ -16,7 +16,7 @@ from dgh_deploy import __version__
 from dgh_deploy.artifacts import check_output_folder, staging_dir, write_json
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.calibration.cache import cached
-from dgh_deploy.errors import DGHError, QualityGateFailed
+from dgh_deploy.errors import DGHError, QualityGateFailed, exc_reason
 from dgh_deploy.generation.budget import Budget, default_budget
 from dgh_deploy.generation.config import job_recipe
 from dgh_deploy.generation.preflight import check_device
@@ -32,11 +32,13 @@ from dgh_deploy.job_checks import (
 )
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.loading import image_size, load_model, model_label
+from dgh_deploy.progress import progress_bar
 from dgh_deploy.reporting import write_human_report, write_junit
 from dgh_deploy.reporting.report import (
     ArtifactEntry,
     BudgetEntry,
     CalibrationEntry,
+    LayerDiagnosis,
     Metrics,
     ModelEntry,
     Report,
@@ -46,6 +48,7 @@ from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.targets import DEFAULT_TARGET, BuildResult, Target, TargetOptions, get_target
 from dgh_deploy.tasks import get_task
 from dgh_deploy.verification.gate import gate_verdict
+from dgh_deploy.verification.layers import LAYER_TABLE, diagnosis_images, summarise, write_table
 from dgh_deploy.verification.scoring import verify
 from dgh_deploy.versions import installed_versions
 
@@ -135,8 +138,12 @@ def _deploy(config: DeployConfig) -> Report:
             metrics.validator = compare_with_ultralytics(
                 model, result.runner, result.artifacts["model"], config.val_data, config.val_limit)
         times["verification"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        layers = layer_diagnosis(target, model, result, held, stage, config.progress)
+        times["layer_diagnosis"] = time.perf_counter() - t0
 
         report = build_report(config, model, target, result, calib, held, hit, metrics, times)
+        report.layers = layers
         report.contract = io_contract(model, result.artifacts["model"].name, result.runner.io_details(),
                                       task.output_meanings(model, str(result.info.get("layout", "split"))))
         verdict = gate_verdict(report.metrics, config.max_drop, target.gate_checks(report))
@@ -151,6 +158,30 @@ def _deploy(config: DeployConfig) -> Report:
     if verdict is not None and not verdict.passed:
         raise QualityGateFailed(verdict.verdict, verdict.fix)
     return report
+
+
+def layer_diagnosis(target: Target, model: LoadedModel, result: BuildResult, held: CalibrationSet | None,
+                    stage: Path, progress: bool) -> LayerDiagnosis | None:
+    """Each layer of the built model against float on held-out images: the report's weakest layers and
+    ``layer_sqnr.csv``. A diagnosis, not a check: a failure is reported, and the job goes on."""
+    if held is None or not len(held):
+        return None
+    n = diagnosis_images(len(held), model.imgsz)
+    bar = progress_bar(1, f"comparing layers on {n} held-out images", progress)
+    try:
+        rows = target.layer_errors(model, result, held.images[:n])
+    except Exception as exc:  # any converter or runtime failure: say why, keep the job's result
+        log.warning("per-layer diagnosis failed: %s", exc_reason(exc, 200))
+        return LayerDiagnosis(n, target.layer_runtime, 0, "", None, [], skipped=exc_reason(exc, 200))
+    finally:
+        if bar is not None:
+            bar.update(1)
+            bar.close()
+    if rows is None:
+        return LayerDiagnosis(0, "", 0, "", None, [], skipped=f"{target.name} cannot see inside its model")
+    table = write_table(rows, stage / LAYER_TABLE)
+    result.artifacts["layer_sqnr"] = table
+    return summarise(rows, n, target.layer_runtime, table.name)
 
 
 def _checked_inputs(config: DeployConfig) -> tuple[Target, LoadedModel, Any]:

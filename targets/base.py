@@ -26,6 +26,7 @@ from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.reporting.report import Report
 from dgh_deploy.runtime.base import Runner
 from dgh_deploy.verification.gate import GateCheck
+from dgh_deploy.verification.layers import LayerError
 
 DEFAULT_PERCENTILE = 99.99  # of |x| (TensorRT) or of x's two tails (sim, TFLite), when no target picks another
 
@@ -153,6 +154,15 @@ class Target(ABC):
     def report_schema(cls) -> dict[str, Any]:
         """JSON-schema properties of the keys this target adds to report.json's ``target`` object."""
         return {}
+
+    # --- where the quantized model loses accuracy -----------------------------------------------
+    layer_runtime: ClassVar[str] = ""  # what runs both models for layer_errors(), every tensor visible
+
+    def layer_errors(self, model: LoadedModel, result: BuildResult, images: np.ndarray) -> list[LayerError] | None:
+        """Each tensor of the built model against the float model on ``images`` (model input space,
+        NCHW), in execution order, for the report's per-layer diagnosis; None where the target cannot
+        see inside its model."""
+        return None
 
     def missing_requirements(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]

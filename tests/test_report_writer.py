@@ -32,8 +32,8 @@ MOVED_TO_TARGETS = ("io_dtype", "allow_float_ops", "act_symmetric", "power_of_tw
 
 
 def since_golden(old: dict[str, Any]) -> dict[str, Any]:
-    """A 1.1 report as the current schema writes the same job, less 1.3's ``contract`` (checked on its
-    own below): 1.2 took :data:`MOVED_TO_TARGETS` out of config.options (none of the seven jobs gives
+    """A 1.1 report as the current schema writes the same job, less 1.3's ``contract``, ``layers`` and
+    ``layer_sqnr.csv`` artifact (checked on their own below): 1.2 took :data:`MOVED_TO_TARGETS` out of config.options (none of the seven jobs gives
     one, so none lands in target_settings)."""
     new = json.loads(json.dumps(old))
     new["schema_version"] = "1.3"
@@ -56,6 +56,15 @@ def check_contract(contract: dict[str, Any], report: dict[str, Any]) -> None:
     letterbox = report["model"]["task"] == "detect"
     assert contract["resize"] == ("letterbox" if letterbox else "center_crop")
     assert all(o["meaning"] for o in contract["outputs"])
+
+
+def check_layers(layers: dict[str, Any], table: dict[str, Any], out: Path) -> None:
+    """1.3's per-layer diagnosis: the weakest layers, lowest first, and every tensor in the CSV beside it."""
+    assert table["path"] == layers["table"] == "layer_sqnr.csv" and (out / table["path"]).is_file()
+    rows = (out / table["path"]).read_text().splitlines()
+    assert len(rows) == layers["tensors"] + 1 > len(layers["worst"]) > 0
+    worst = [w["sqnr_db"] for w in layers["worst"]]
+    assert worst == sorted(worst) and 0 < worst[0] <= layers["median_db"] < 100
 
 DEMO = ["--n-images", "16", "--iters", "4", "--holdout", "8", "--val-data", "{assets}/cifar10/test",
         "--val-limit", "64", "--seed", "3"]
@@ -140,4 +149,6 @@ def test_the_typed_report_is_written_as_the_dict_was(name: str, assets: Path, tm
     new = json.loads((out / "report.json").read_text())
     validate_report(new)
     check_contract(new.pop("contract"), new)
+    check_layers(new.pop("layers"), new["artifacts"].pop("layer_sqnr"), out)
+    assert new["times_s"].pop("layer_diagnosis") >= 0
     assert differences(since_golden(old), normalised(new, assets)) == []

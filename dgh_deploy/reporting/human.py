@@ -13,7 +13,7 @@ from torch import nn
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.loaded_model import LoadedModel
-from dgh_deploy.reporting.report import ContractEntry, Metrics, Report
+from dgh_deploy.reporting.report import ContractEntry, LayerDiagnosis, Metrics, Report
 
 
 def write_human_report(out_dir: Path, report: Report, model: LoadedModel, calib: CalibrationSet,
@@ -59,7 +59,8 @@ def _markdown(report: Report, pictures: list[str], target_lines: list[str]) -> s
     if m.data_free is not None:
         lines += ["Data-free check (float against quantized on held-out calibration images): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in m.data_free.items()), ""]
-    lines += _validator_lines(m) + _device_lines(m) + target_lines + _contract_lines(report.contract)
+    lines += _validator_lines(m) + _device_lines(m) + target_lines
+    lines += _layer_lines(report.layers) + _contract_lines(report.contract)
     if report.gate is not None:
         lines += [f"Quality gate: {report.gate.verdict}", ""]
     lines += ["| stage | seconds |", "| --- | --- |"]
@@ -73,6 +74,26 @@ def _markdown(report: Report, pictures: list[str], target_lines: list[str]) -> s
     for name in pictures:
         lines += [f"## {captions[name]}", "", f"![{captions[name]}]({name})", ""]
     return "\n".join(lines)
+
+
+def _layer_lines(d: LayerDiagnosis | None) -> list[str]:
+    """The weakest layers, quantized against float: where to look when the metric drops."""
+    if d is None:
+        return []
+    if d.skipped:
+        return ["## Per-layer diagnosis", "", f"Not available: {d.skipped}.", ""]
+    lines = ["## Where quantization noise is largest (per-layer SQNR)", "",
+             f"{d.tensors} tensors compared on {d.images} held-out calibration images ({d.runtime}); median "
+             f"{d.median_db} dB; every tensor in `{d.table}`. The SQNR of a tensor includes the noise of every "
+             "layer before it: the layer to fix is where it falls."]
+    if d.largest_fall is not None:
+        f = d.largest_fall
+        lines.append(f"Largest fall: {f.fall_db} dB at `{f.layer}` ({f.op}), to {f.sqnr_db} dB.")
+    lines += ["", "| # | layer | op | SQNR dB | float range | scale |", "|" + " --- |" * 6]
+    for e in d.worst:
+        lines.append(f"| {e.index} | `{e.layer}` | {e.op} | {e.sqnr_db} | {e.float_range[0]:.3g} .. "
+                     f"{e.float_range[1]:.3g} | {e.scale:.3g} |")
+    return [*lines, ""]
 
 
 def _contract_lines(c: ContractEntry | None) -> list[str]:

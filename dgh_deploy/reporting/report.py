@@ -166,6 +166,56 @@ class ContractEntry:
 
 
 @dataclass
+class LayerEntry:
+    index: int  # the op's position in the quantized model's execution order
+    op: str
+    layer: str  # the PyTorch module (or the tensor's name where the converter does not keep modules)
+    sqnr_db: float
+    float_range: list[float]  # [min, max] of the float tensor on the images
+    scale: float  # the quantized tensor's scale (0: per-channel or float)
+    zero_point: int
+    fall_db: float | None = None  # how far the SQNR fell from the tensor before (the largest fall only)
+
+    def to_json(self) -> dict[str, Any]:
+        return _written([("index", self.index), ("op", self.op), ("layer", self.layer), ("sqnr_db", self.sqnr_db),
+                         ("float_range", self.float_range), ("scale", self.scale), ("zero_point", self.zero_point),
+                         ("fall_db", self.fall_db)])
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LayerEntry:
+        return cls(d["index"], d["op"], d["layer"], d["sqnr_db"], list(d["float_range"]), d["scale"],
+                   d["zero_point"], d.get("fall_db"))
+
+
+@dataclass
+class LayerDiagnosis:
+    """Per-layer SQNR of the quantized model against float on held-out calibration images (since 1.3):
+    the weakest layers and the largest fall; every tensor is in ``table`` (a CSV in the output folder)."""
+
+    images: int
+    runtime: str  # what ran both models, every tensor visible
+    tensors: int
+    table: str
+    median_db: float | None
+    worst: list[LayerEntry]
+    largest_fall: LayerEntry | None = None
+    skipped: str | None = None  # why no layer could be compared (the target cannot see inside its model)
+
+    def to_json(self) -> dict[str, Any]:
+        return _written([("images", self.images), ("runtime", self.runtime), ("tensors", self.tensors),
+                         ("table", self.table), ("median_db", self.median_db),
+                         ("worst", [w.to_json() for w in self.worst]),
+                         ("largest_fall", self.largest_fall.to_json() if self.largest_fall else None),
+                         ("skipped", self.skipped)])
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LayerDiagnosis:
+        fall = LayerEntry.from_json(d["largest_fall"]) if d.get("largest_fall") else None
+        return cls(d["images"], d["runtime"], d["tensors"], d.get("table", ""), d.get("median_db"),
+                   [LayerEntry.from_json(w) for w in d.get("worst", [])], fall, d.get("skipped"))
+
+
+@dataclass
 class DeviceScores:
     """The same checks on the device's own runtime, beside the desktop runtime that scored the job.
 
@@ -291,6 +341,7 @@ class Report:
     config: dict[str, Any]
     gate: GateEntry | None = None
     contract: ContractEntry | None = None
+    layers: LayerDiagnosis | None = None
     schema_version: str = REPORT_SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -302,6 +353,7 @@ class Report:
             ("metrics", self.metrics.to_json()), ("times_s", self.times_s), ("environment", self.environment),
             ("config", self.config), ("gate", self.gate.to_json() if self.gate else None),
             ("contract", self.contract.to_json() if self.contract else None),
+            ("layers", self.layers.to_json() if self.layers else None),
         ])
 
     @classmethod
@@ -312,7 +364,8 @@ class Report:
             {role: ArtifactEntry(a["path"], a["bytes"]) for role, a in d["artifacts"].items()},
             Metrics.from_json(d["metrics"]), d["times_s"], d["environment"], d.get("config", {}),
             GateEntry.from_json(d["gate"]) if d.get("gate") else None,
-            ContractEntry.from_json(d["contract"]) if d.get("contract") else None, d["schema_version"],
+            ContractEntry.from_json(d["contract"]) if d.get("contract") else None,
+            LayerDiagnosis.from_json(d["layers"]) if d.get("layers") else None, d["schema_version"],
         )
 
     @classmethod

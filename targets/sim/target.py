@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from dgh_deploy.artifacts import write_json
@@ -34,6 +35,7 @@ from dgh_deploy.targets.sim.fake_quant import (
     quantize_layers,
 )
 from dgh_deploy.targets.sim.gptq import ROUNDINGS
+from dgh_deploy.verification.layers import LayerError
 
 DEFAULT_ACT_RANGE = "mse"
 
@@ -126,6 +128,15 @@ class SimTarget(Target):
                 "calibration_images": len(calib)}
         return BuildResult(artifacts={"model": path}, runner=SimRunner(sim), info=info,
                            timings={"calibration": seconds})
+
+    layer_runtime: ClassVar[str] = "PyTorch, the fake-quantized model against float (BN folded alike)"
+
+    def layer_errors(self, model: LoadedModel, result: BuildResult, images: np.ndarray) -> list[LayerError]:
+        from dgh_deploy.targets.sim.layer_errors import sim_layer_errors
+
+        runner = result.runner
+        assert isinstance(runner, SimRunner)
+        return sim_layer_errors(model.module, runner.module, images)
 
     def _fake_quantized(self, model: LoadedModel, rounding: str) -> tuple[QuantOutputs, list[QuantLayer],
                                                                              tuple[int, int]]:

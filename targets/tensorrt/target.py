@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import numpy as np
 
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
@@ -49,6 +51,7 @@ from dgh_deploy.targets.tensorrt.engine import (
 )
 from dgh_deploy.targets.tensorrt.qdq import activation_bytes_per_image, calibration_tensors, insert_qdq
 from dgh_deploy.tasks.ultralytics_format import LAYOUT_HELP, LAYOUTS, check_layout
+from dgh_deploy.verification.layers import LayerError
 
 log = logging.getLogger("dgh_deploy")
 
@@ -127,6 +130,14 @@ class TensorRTInt8Target(Target):
         if self.layout == "ultralytics":  # after the engine: TensorRT builds from the split Q/DQ file
             runner, info["ultralytics"] = self._ultralytics_file(model, artifacts, calib)
         return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
+
+    layer_runtime: ClassVar[str] = "ONNX Runtime CPU, the Q/DQ model against the float ONNX model"
+
+    def layer_errors(self, model: LoadedModel, result: BuildResult, images: np.ndarray) -> list[LayerError]:
+        from dgh_deploy.targets.tensorrt.layer_errors import qdq_layer_errors
+
+        qdq = result.artifacts.get("split_model", result.artifacts["model"])
+        return qdq_layer_errors(result.artifacts["float_model"], qdq, images, self.options.threads)
 
     def _ultralytics_file(self, model: LoadedModel, artifacts: dict[str, Path],
                           calib: CalibrationSet) -> tuple[Runner, dict[str, Any]]:

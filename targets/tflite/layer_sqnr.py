@@ -9,26 +9,12 @@ order: the layers where the SQNR falls are the ones to fix (a range too wide, a 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class LayerError:
-    index: int  # position of the producing op in the int8 file's execution plan
-    op: str
-    tensor: str
-    sqnr_db: float  # 10 log10(mean x^2 / mean (q - x)^2) over the images; inf when exact
-    float_min: float
-    float_max: float
-    scale: float  # the int8 tensor's scale (0 for a tensor left in float)
-    zero_point: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from dgh_deploy.verification.layers import LayerError, sqnr_db
 
 
 def _run_all(path: str | Path, x: np.ndarray) -> tuple[dict[str, np.ndarray], list[tuple[int, str, dict[str, Any]]]]:
@@ -73,11 +59,29 @@ def layer_sqnr(float_path: str | Path, int8_path: str | Path, images: np.ndarray
         name = t["name"]
         if name not in ref or name not in got or ref[name].shape != got[name].shape:
             continue
-        x, q = ref[name].astype(np.float64), got[name].astype(np.float64)
-        noise = float(((q - x) ** 2).mean())
-        sqnr = float("inf") if noise == 0 else 10.0 * float(np.log10(max(float((x**2).mean()), 1e-30) / noise))
+        x = ref[name]
         qp = t["quantization_parameters"]
         scale = float(qp["scales"][0]) if len(qp["scales"]) == 1 else 0.0
         zp = int(qp["zero_points"][0]) if len(qp["zero_points"]) == 1 else 0
-        rows.append(LayerError(index, op, name, sqnr, float(x.min()), float(x.max()), scale, zp))
+        rows.append(LayerError(index, op, name, module_path(name), sqnr_db(x, got[name]), float(x.min()),
+                               float(x.max()), scale, zp))
     return rows
+
+
+def module_path(tensor: str) -> str:
+    """The PyTorch module path in a litert-torch tensor name, else the name itself.
+
+    litert-torch names a tensor by the module stack that produced it (``pkg.Class_attr/...``, fused ops
+    ';'-joined, the op's own last): ``.../C3_2/ultralytics...Conv_cv2/...Conv2d_conv;2`` -> ``2.cv2.conv``.
+    Other converters' names (TensorFlow's ``model/tf.math.add_3/Add``) are kept as they are.
+    """
+    own = tensor.split(";;")[-1].split(";")[0]
+    elements = own.split("/")
+    if not all("." in e for e in elements):
+        return tensor
+    parts = []
+    for element in elements:
+        _cls, _, attr = element.rsplit(".", 1)[-1].partition("_")
+        if attr and attr != "wrapped":  # litert-torch's I/O wrapper holds the model as "wrapped"
+            parts.append(attr)
+    return ".".join(parts) or "(model)"

@@ -62,6 +62,7 @@ from dgh_deploy.targets.tflite.converter import (
 from dgh_deploy.targets.tflite.integer_ops import check_full_integer
 from dgh_deploy.targets.tflite.silu_floor import DEFAULT_FLOOR, floor_silu
 from dgh_deploy.tasks.ultralytics_format import LAYOUT_HELP, LAYOUTS, check_layout
+from dgh_deploy.verification.layers import LayerError
 from dgh_deploy.verification.parity import ParityResult, check_float_parity, compare_outputs
 
 log = logging.getLogger("dgh_deploy")
@@ -374,6 +375,14 @@ class TFLiteInt8Target(Target):
                 what=f"{self.converter_name}'s float conversion")
         except DGHError as err:
             raise DGHError(err.problem, self.converter(model).parity_fix) from None
+
+    layer_runtime: ClassVar[str] = "LiteRT reference kernels, the int8 file against its float twin"
+
+    def layer_errors(self, model: LoadedModel, result: BuildResult, images: np.ndarray) -> list[LayerError]:
+        from dgh_deploy.targets.tflite.layer_sqnr import layer_sqnr
+
+        int8 = result.artifacts.get("split_model", result.artifacts["model"])  # the file in integers end to end
+        return layer_sqnr(result.artifacts["float_model"], int8, images)
 
     def check_options(self, model: LoadedModel) -> None:
         """Refuse what a TFLite int8 model cannot be, rather than silently building something else."""
