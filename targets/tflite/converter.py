@@ -49,6 +49,7 @@ class ConversionSettings:
     percentile: float = 99.99
     verbose: bool = False
     threads: int = 2
+    int16_layers: tuple[str, ...] = ()  # PyTorch modules whose ops take int16 activations (16x8), the rest int8
 
     @property
     def quant_type(self) -> str:
@@ -86,6 +87,7 @@ class Converter(ABC):
     act_ranges: ClassVar[tuple[str, ...]] = ("minmax",)  # range methods it can apply
     act_bits: ClassVar[tuple[int, ...]] = (8,)
     io_dtypes: ClassVar[tuple[str, ...]] = ("int8", "uint8")
+    mixed_precision: ClassVar[bool] = False  # can keep chosen layers at int16 activations (--int16-layers)
     # The fix a float-parity failure gets: what to do when this converter computes something else.
     parity_fix: ClassVar[str] = ("rewrite that layer into an equivalent converter-friendly form (a model export_form), "
                                  "or report the op to the converter")
@@ -107,6 +109,12 @@ class Converter(ABC):
         if s.act_bits not in self.act_bits:
             raise DGHError(f"--converter {self.name} has no {s.act_bits}-bit activations",
                            f"drop --act-bits, or use {other}")
+        if s.int16_layers and not self.mixed_precision:
+            raise DGHError(f"--converter {self.name} cannot keep single layers at int16 (--int16-layers)",
+                           f"drop --int16-layers, or use {other}")
+        if s.int16_layers and s.act_bits != 8:
+            raise DGHError("--int16-layers keeps some layers of an int8 model at int16; every activation is "
+                           f"{s.act_bits}-bit already", "drop --int16-layers or --bits")
         if s.act_bits == 8 and s.io_dtype not in self.io_dtypes:  # 16-bit activations come with int16 I/O
             raise DGHError(f"--converter {self.name} writes no '{s.io_dtype}' I/O "
                            f"(it writes {' or '.join(self.io_dtypes)})",

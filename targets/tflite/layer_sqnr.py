@@ -9,6 +9,7 @@ order: the layers where the SQNR falls are the ones to fix (a range too wide, a 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,22 @@ def module_path(tensor: str) -> str:
         if attr and attr != "wrapped":  # litert-torch's I/O wrapper holds the model as "wrapped"
             parts.append(attr)
     return ".".join(parts) or "(model)"
+
+
+def layer_regex(path: str) -> str:
+    """A regex that finds the ops of module ``path`` (``2.cv2``; and its submodules) in litert-torch's
+    tensor names (and ai-edge-quantizer's op scopes, the same names with a ';' after): the inverse of
+    :func:`module_path`, matched on the op's own (last) name only, so a fused op that merely mentions
+    another module is not taken."""
+    steps = "".join(rf"/[^/;]*_{re.escape(attr)}" for attr in path.split("."))
+    return rf"(?:^|;;)[^;]*_wrapped{steps}(?:/[^;]*)?(?:;\d*)*$"  # ai-edge-quantizer appends a ';'
+
+
+def layers_in(path: str | Path, layers: tuple[str, ...]) -> dict[str, int]:
+    """How many ops of the .tflite file at ``path`` each of ``layers`` (module paths) names."""
+    from dgh_deploy.runtime.litert_runner import open_interpreter
+
+    it = open_interpreter(path, delegates=False)
+    details = {t["index"]: t["name"] for t in it.get_tensor_details()}
+    names = [details[int(i)] for op in it._get_ops_details() for i in op["outputs"][:1]]
+    return {layer: sum(bool(re.search(layer_regex(layer), n)) for n in names) for layer in layers}

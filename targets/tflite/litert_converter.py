@@ -45,6 +45,7 @@ from dgh_deploy.targets.tflite.converter import (
     file_stem,
 )
 from dgh_deploy.targets.tflite.flatbuffer import inline_buffers, uint8_io
+from dgh_deploy.targets.tflite.layer_sqnr import layer_regex
 from dgh_deploy.targets.tflite.litert_qsv import calibration_result
 from dgh_deploy.versions import installed_version
 
@@ -59,6 +60,7 @@ class LiteRTTorchConverter(Converter):
     act_ranges: ClassVar[tuple[str, ...]] = ACT_RANGES
     act_bits: ClassVar[tuple[int, ...]] = (8, 16)
     io_dtypes: ClassVar[tuple[str, ...]] = ("int8", "uint8")  # uint8: QUANTIZE ops around the recipe's int8 I/O
+    mixed_precision: ClassVar[bool] = True  # ai-edge-quantizer takes a recipe per op (name regex)
 
     # --- float --------------------------------------------------------------------------------
     def convert_float(self, model: LoadedModel, module: nn.Module, scratch: Path) -> FloatModel:
@@ -106,6 +108,9 @@ class LiteRTTorchConverter(Converter):
                     qtyping.QuantGranularity.CHANNELWISE
                 qt.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=s.act_bits,
                                      weight_num_bits=8, weight_granularity=granularity)
+                for layer in s.int16_layers:  # later configs win: these ops take int16, QUANTIZE ops between
+                    qt.add_static_config(layer_regex(layer), qtyping.TFLOperationName.ALL_SUPPORTED,
+                                         activation_num_bits=16, weight_num_bits=8, weight_granularity=granularity)
                 qsvs = calibration_result(float_bytes, qt.get_quantization_recipe(), data.signature, data.ranges)
                 content = bytes(qt.quantize(qsvs, enable_progress_report=False).quantized_model)
         except DGHError:
@@ -121,12 +126,15 @@ class LiteRTTorchConverter(Converter):
             content = uint8_io(content)
         path.write_bytes(content)
         info: dict[str, Any] = {
-            "quant_type": s.quant_type, "recipe": f"static_wi8_ai{s.act_bits}",
+            "quant_type": s.quant_type, "recipe": f"static_wi8_ai{s.act_bits}"
+                                                  + (" (ai16 for --int16-layers)" if s.int16_layers else ""),
             "act_range": data.method, "project_ranges": len(qsvs),
             "litert_torch_version": installed_version("litert-torch"),
             "ai_edge_quantizer_version": installed_version("ai-edge-quantizer"),
             "float_conversion_s": round(float_model.seconds, 3),
         }
+        if s.int16_layers:
+            info["int16_layers"] = list(s.int16_layers)
         return Conversion(float_model.path, path, seconds, info, float_model.diagnose)
 
 

@@ -148,12 +148,17 @@ class TFLiteInt8Target(Target):
                    "onnx2tf (via ONNX and TensorFlow; its own venv: ./install.sh --onnx2tf). Default: the one "
                    "installed, litert-torch first",
                    choices=CONVERTERS),
+        TargetFlag("--int16-layers", "int16_layers",
+                   "keep these PyTorch modules (comma-separated, as report.md's per-layer table names them, e.g. "
+                   "model.9,model.8.m.0) at int16 activations with int8 weights (TFLite's 16x8 kernels), the "
+                   "rest int8 (litert-torch)"),
     )
 
     def __init__(self, options: TargetOptions | None = None, silu_floor: float = DEFAULT_FLOOR,
                  parity_images: int = PARITY_IMAGES, converter: str = "", layout: str = "split",
-                 io_dtype: str = "int8", allow_float_ops: bool = False) -> None:
+                 io_dtype: str = "int8", allow_float_ops: bool = False, int16_layers: str = "") -> None:
         super().__init__(options)
+        self.int16_layers = tuple(name.strip() for name in int16_layers.split(",") if name.strip())
         self.io_dtype = io_dtype  # int8 | uint8 model I/O (int16 with 16-bit activations)
         self.allow_float_ops = allow_float_ops
         self.layout = layout  # split | ultralytics (detectors): see LAYOUT_HELP
@@ -170,7 +175,8 @@ class TFLiteInt8Target(Target):
         method, percentile = act_range_for(model, o)
         settings = ConversionSettings(
             per_tensor=o.per_tensor, io_dtype=self.io_dtype, act_bits=o.act_bits, act_range=method,
-            percentile=percentile, verbose=log.isEnabledFor(logging.DEBUG), threads=o.threads)
+            percentile=percentile, verbose=log.isEnabledFor(logging.DEBUG), threads=o.threads,
+            int16_layers=self.int16_layers)
         return converter_class(self.converter_name)(settings)
 
     def missing_requirements(self) -> list[str]:
@@ -232,7 +238,20 @@ class TFLiteInt8Target(Target):
         float_model = self.converter(model).convert_float(model, module, Path(folder.name))
         reference = module if rewrites.get("silu_floor") else model.module
         parity = self._check_parity(model, float_model.path, float_model.diagnose, reference, probes.images)
+        self._check_int16_layers(float_model.path)
         return EarlyConversion(self._key(model, rewrites), float_model, folder, parity)
+
+    def _check_int16_layers(self, float_path: Path) -> None:
+        """Every --int16-layers name must be a module with ops in the converted file: a typo fails here,
+        before generation, not as a silently all-int8 model."""
+        from dgh_deploy.targets.tflite.layer_sqnr import layers_in
+
+        if not self.int16_layers:
+            return
+        missing = [name for name, ops in layers_in(float_path, self.int16_layers).items() if not ops]
+        if missing:
+            raise DGHError(f"--int16-layers names no op of the converted model: {', '.join(missing)}",
+                           "give PyTorch module paths as report.md's per-layer table names them (e.g. model.9)")
 
     def _key(self, model: LoadedModel, rewrites: dict[str, Any]) -> tuple[str, bool]:
         return (model.name, bool(rewrites.get("silu_floor")))
@@ -249,6 +268,7 @@ class TFLiteInt8Target(Target):
             module, rewrites = self.export_module(model, calib)
             t1 = time.perf_counter()
             float_model = self._float_model(model, module, rewrites, converter, scratch, early)
+            self._check_int16_layers(float_model.path)
             t2 = time.perf_counter()
             reference = module if rewrites.get("silu_floor") else None
             data = self._calibrator(model, scratch, float_model, converter).calibrate(calib)
