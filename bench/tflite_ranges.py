@@ -50,7 +50,7 @@ class Builder:
     def float_metric(self) -> float:
         from dgh_deploy.runtime.base import TorchRunner
 
-        return self._metric(TorchRunner(self.model.module))
+        return self.metric(TorchRunner(self.model.module))
 
     def int8_metric(self, calib_path: Path, method: str) -> tuple[float, dict[str, Any]]:
         """mAP50-95 on LiteRT of the file built from ``calib_path``'s first 64 images by ``method``."""
@@ -61,10 +61,10 @@ class Builder:
         calib, _held = CalibrationSet.load(calib_path).split(HOLDOUT)
         with tempfile.TemporaryDirectory(prefix="dgh-bench-ranges-") as tmp:
             result = self.target.build(self.model, calib, Path(tmp), self.early)
-            value = self._metric(result.runner)
+            value = self.metric(result.runner)
         return value, {k: round(v, 1) for k, v in result.timings.items()}
 
-    def _metric(self, runner: Any) -> float:
+    def metric(self, runner: Any) -> float:
         return float(self.task.evaluate(runner, self.model, self.case.val_data, None)[self.task.metric])
 
 

@@ -502,3 +502,41 @@ def test_choosing_a_converter_imports_neither_stack() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow  # one more conversion (mixed int8 / int16)
+def test_int16_layers_keep_the_named_modules_at_int16(r20: LoadedModel, calib: CalibrationSet, tmp_path: Path) -> None:
+    """--int16-layers: the ops of the named modules (and only those) get int16 activations on a grid
+    about 256 times finer, and the file stays integer-only with int8 I/O."""
+    from dgh_deploy.targets.tflite.layer_sqnr import module_path
+
+    stack_or_skip(LITERT_TORCH)
+    held = calib.images[:4]
+    plain, _ = build_offline(TargetOptions(), r20, calib, tmp_path / "int8", LITERT_TORCH)
+    mixed, _ = build_offline(TargetOptions(), r20, calib, tmp_path / "mixed", LITERT_TORCH, int16_layers="layer3.2")
+    assert mixed.info["int16_layers"] == ["layer3.2"] and "ai16" in mixed.info["recipe"]
+    assert io_dtypes(mixed.artifacts["model"]) == {"inputs": ["int8"], "outputs": ["int8"]}
+    assert list_float_ops(mixed.artifacts["model"]) == []
+    it = open_interpreter(mixed.artifacts["model"], delegates=False)
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    dtypes = {}
+    for op in it._get_ops_details():
+        out = tensors[int(op["outputs"][0])]
+        if op["op_name"] != "QUANTIZE":
+            dtypes.setdefault(module_path(out["name"]).startswith("layer3.2"), set()).add(out["dtype"].__name__)
+    assert dtypes == {True: {"int16"}, False: {"int8"}}
+    target = tflite_target(LITERT_TORCH)
+    rows = {name: {r.layer: r for r in target.layer_errors(r20, result, held)}
+            for name, result in (("int8", plain), ("mixed", mixed))}
+    for layer in ("layer3.2.conv1", "layer3.2.conv2", "layer3.2"):
+        assert rows["mixed"][layer].scale < rows["int8"][layer].scale / 100  # 16 bits over the same range
+    assert rows["mixed"]["layer3.1"].scale == rows["int8"]["layer3.1"].scale  # the module before: untouched
+
+
+def test_int16_layers_that_name_nothing_are_refused_before_generation(r20: LoadedModel) -> None:
+    stack_or_skip(LITERT_TORCH)
+    target = tflite_target(LITERT_TORCH, int16_layers="layer3.2,layer9")
+    with pytest.raises(DGHError, match="names no op of the converted model: layer9"):
+        target.preflight(r20)
+    with pytest.raises(DGHError, match="cannot keep single layers at int16"):
+        tflite_target(ONNX2TF, int16_layers="layer3.2").check_options(r20)

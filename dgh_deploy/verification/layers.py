@@ -37,6 +37,14 @@ class LayerError:
     float_max: float
     scale: float = 0.0  # the quantized tensor's scale (0 where per-channel or float)
     zero_point: int = 0
+    input_sqnr_db: float | None = None  # its noisiest input's SQNR, where the target knows the graph
+
+    @property
+    def fall_db(self) -> float | None:
+        """The noise this op adds: how far the SQNR falls from its noisiest input to its output."""
+        if self.input_sqnr_db is None or not math.isfinite(self.sqnr_db):
+            return None
+        return self.input_sqnr_db - self.sqnr_db if math.isfinite(self.input_sqnr_db) else math.inf
 
 
 def sqnr_db(reference: np.ndarray, quantized: np.ndarray) -> float:
@@ -52,18 +60,34 @@ def diagnosis_images(held: int, imgsz: tuple[int, int]) -> int:
 
 
 def summarise(rows: list[LayerError], images: int, runtime: str, table: str) -> LayerDiagnosis:
-    """The report's view: the weakest layers (finite SQNR, lowest first), the median, and where the
-    largest fall from one tensor to the next is."""
+    """The report's view: the weakest layers (finite SQNR, lowest first), the median, and the op that
+    adds the most noise (the largest fall from its inputs' SQNR; from the tensor before it in execution
+    order where the target does not know the graph)."""
     finite = [r for r in rows if math.isfinite(r.sqnr_db)]
     worst = sorted(finite, key=lambda r: r.sqnr_db)[:WORST]
-    falls = [(finite[i - 1].sqnr_db - finite[i].sqnr_db, finite[i]) for i in range(1, len(finite))]
-    fall = max(falls, key=lambda f: f[0], default=None)
+    fall = max(falls(finite), key=lambda f: f[0], default=None)
     return LayerDiagnosis(
         images=images, runtime=runtime, tensors=len(rows), table=table,
         median_db=round(median(r.sqnr_db for r in finite), 2) if finite else None,
         worst=[_entry(r) for r in worst],
         largest_fall=None if fall is None else _entry(fall[1], round(fall[0], 2)),
     )
+
+
+def falls(rows: list[LayerError]) -> list[tuple[float, LayerError]]:
+    """(dB the SQNR falls at the op, the op) for every finite row."""
+    if any(r.input_sqnr_db is not None for r in rows):
+        return [(f, r) for r in rows if (f := r.fall_db) is not None and math.isfinite(f)]
+    return [(rows[i - 1].sqnr_db - rows[i].sqnr_db, rows[i]) for i in range(1, len(rows))]
+
+
+def repair_candidates(rows: list[LayerError], k: int) -> list[str]:
+    """The ``k`` modules whose ops add the most noise (their falls summed): where higher precision pays."""
+    added: dict[str, float] = {}
+    for f, r in falls([r for r in rows if math.isfinite(r.sqnr_db)]):
+        if r.layer != "(model)" and f > 0:
+            added[r.layer] = added.get(r.layer, 0.0) + f
+    return sorted(added, key=lambda name: -added[name])[:k]
 
 
 def _entry(r: LayerError, fall_db: float | None = None) -> LayerEntry:
@@ -77,5 +101,6 @@ def write_table(rows: list[LayerError], path: Path) -> Path:
         writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(LayerError)])
         writer.writeheader()
         for r in rows:
-            writer.writerow({**asdict(r), "sqnr_db": round(r.sqnr_db, 3) if math.isfinite(r.sqnr_db) else "inf"})
+            writer.writerow({**asdict(r), "sqnr_db": round(r.sqnr_db, 3) if math.isfinite(r.sqnr_db) else "inf",
+                             "input_sqnr_db": "" if r.input_sqnr_db is None else round(r.input_sqnr_db, 3)})
     return path

@@ -24,12 +24,15 @@ def qdq_layer_errors(float_path: Path, qdq_path: Path, images: np.ndarray, threa
     names = [o for _, o in nodes]
     ref, got = _run(float_proto, names, images, threads), _run(qdq_proto, names, images, threads)
     rows = []
+    known: dict[str, float] = {}  # tensor -> SQNR, for the noise each node adds to its inputs'
     for index, (node, name) in enumerate(nodes):
         x, q = ref[name], got[name]
         if x.shape != q.shape or x.dtype.kind != "f" or not x.size:
             continue
-        rows.append(LayerError(index, node.op_type, name, onnx_layer(node.name), sqnr_db(x, q), float(x.min()),
-                               float(x.max())))
+        into = [known[i] for i in node.input if i in known]
+        db = known[name] = sqnr_db(x, q)
+        rows.append(LayerError(index, node.op_type, name, onnx_layer(node.name), db, float(x.min()), float(x.max()),
+                               input_sqnr_db=min(into) if into else None))
     return rows
 
 

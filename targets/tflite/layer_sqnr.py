@@ -17,8 +17,10 @@ import numpy as np
 
 from dgh_deploy.verification.layers import LayerError, sqnr_db
 
+Op = tuple[int, str, dict[str, Any], list[int]]  # index, type, output tensor, input tensor indices
 
-def _run_all(path: str | Path, x: np.ndarray) -> tuple[dict[str, np.ndarray], list[tuple[int, str, dict[str, Any]]]]:
+
+def _run_all(path: str | Path, x: np.ndarray) -> tuple[dict[str, np.ndarray], list[Op]]:
     """Every op output of ``path`` for ``x`` (N x 3 x H x W float32, one image at a time), dequantized."""
     from dgh_deploy.runtime.litert_runner import open_interpreter, tensor_io
 
@@ -44,7 +46,8 @@ def _run_all(path: str | Path, x: np.ndarray) -> tuple[dict[str, np.ndarray], li
                 elif v.dtype.kind != "f":
                     continue
                 values.setdefault(t["name"], []).append(np.asarray(v, np.float32))
-    order = [(int(op["index"]), str(op["op_name"]), details[int(i)]) for op in ops for i in op["outputs"]]
+    order = [(int(op["index"]), str(op["op_name"]), details[int(i)], [int(j) for j in op["inputs"] if j >= 0])
+             for op in ops for i in op["outputs"]]
     return {k: np.concatenate(v) for k, v in values.items()}, order
 
 
@@ -56,16 +59,21 @@ def layer_sqnr(float_path: str | Path, int8_path: str | Path, images: np.ndarray
     ref, _ = _run_all(float_path, images)
     got, order = _run_all(int8_path, images)
     rows = []
-    for index, op, t in order:
+    known: dict[int, float] = {}  # tensor index -> SQNR, for the noise each op adds to its inputs'
+    for index, op, t, inputs in order:
         name = t["name"]
+        into = [known[i] for i in inputs if i in known]
         if name not in ref or name not in got or ref[name].shape != got[name].shape:
+            if op in ("QUANTIZE", "DEQUANTIZE") and into:  # a requantization between int8 and int16 ops
+                known[t["index"]] = into[0]
             continue
         x = ref[name]
+        db = known[t["index"]] = sqnr_db(x, got[name])
         qp = t["quantization_parameters"]
         scale = float(qp["scales"][0]) if len(qp["scales"]) == 1 else 0.0
         zp = int(qp["zero_points"][0]) if len(qp["zero_points"]) == 1 else 0
-        rows.append(LayerError(index, op, name, module_path(name), sqnr_db(x, got[name]), float(x.min()),
-                               float(x.max()), scale, zp))
+        rows.append(LayerError(index, op, name, module_path(name), db, float(x.min()), float(x.max()), scale, zp,
+                               min(into) if into else None))
     return rows
 
 
