@@ -21,6 +21,7 @@ from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.reporting.report import LayerDiagnosis, LayerEntry
 
 WORST = 10  # layers kept in the report (all are in the CSV)
+NOISIEST = 4  # modules named as the first to keep at higher precision
 PIXEL_BUDGET = 8 * 320 * 320  # images x pixels compared: 8 images at 320, 2 at 640, 800 at 32 (capped below)
 MAX_IMAGES = 32
 LAYER_TABLE = "layer_sqnr.csv"
@@ -71,6 +72,7 @@ def summarise(rows: list[LayerError], images: int, runtime: str, table: str) -> 
         median_db=round(median(r.sqnr_db for r in finite), 2) if finite else None,
         worst=[_entry(r) for r in worst],
         largest_fall=None if fall is None else _entry(fall[1], round(fall[0], 2)),
+        noisiest_modules=repair_candidates(rows, NOISIEST),
     )
 
 
