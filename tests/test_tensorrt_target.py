@@ -10,6 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.loading import load_model
 from dgh_deploy.runtime.base import TorchRunner
@@ -170,3 +171,22 @@ def test_max_range_gives_wider_ranges(r20: LoadedModel, calib256: CalibrationSet
     by_entropy = read_calibration_cache(built.artifacts["cache"]).scales
     wider = sum(by_max[k] >= by_entropy[k] for k in by_entropy)
     assert wider >= 0.8 * len(by_entropy)  # entropy clips most tensors below their max
+
+
+def test_float_layers_get_no_qdq_and_less_noise(r20: LoadedModel, calib256: CalibrationSet, built: BuildResult,
+                                                tmp_path: Path) -> None:
+    """--float-layers: the named module's convs and residual adds get no Q/DQ (TensorRT runs them in
+    float), the rest is as before, and the noise they added is gone."""
+    target = get_target("tensorrt-int8", float_layers="layer3")
+    target.options = TargetOptions(threads=1)
+    mixed = target.build(r20, calib256, tmp_path)
+    kept = mixed.info["float_layers"]
+    assert sorted(k for k in kept if "layer3" in k) == sorted(kept) and len(kept) == 7  # 6 convs + 1 shortcut
+    assert mixed.info["quantized_layers"] == built.info["quantized_layers"] - 7 - 3  # and its 3 residual adds
+    x = calib256.images[:16]
+    rows = {name: {r.tensor: r for r in target.layer_errors(r20, result, x)}
+            for name, result in (("int8", built), ("mixed", mixed))}
+    add = "/layer3/layer3.2/Add_output_0"  # the last residual add: its own noise (fall) was int8's
+    assert rows["mixed"][add].fall_db < rows["int8"][add].fall_db
+    with pytest.raises(DGHError, match="names no layer of the exported model: layer9"):
+        get_target("tensorrt-int8", float_layers="layer9").preflight(r20)

@@ -178,11 +178,11 @@ def _node_name(node: Any, i: int) -> str:
     return node.name or f"{node.op_type}_{i}"
 
 
-def plan_qdq(model: Any, per_channel: bool = True) -> QdqPlan:
+def plan_qdq(model: Any, per_channel: bool = True, float_modules: tuple[str, ...] = ()) -> QdqPlan:
     facts = graph_facts(model)
     index = GraphIndex.of(model)
     plan = QdqPlan()
-    compute = _compute_layers(index, plan)
+    compute = _compute_layers(index, plan, float_modules)
     if not compute:
         raise DGHError(
             "the model has no Conv, Gemm or MatMul layer to quantize for TensorRT INT8",
@@ -191,22 +191,32 @@ def plan_qdq(model: Any, per_channel: bool = True) -> QdqPlan:
     for i, node in enumerate(index.nodes):
         if i in compute:
             _plan_compute_layer(plan, facts, i, node, per_channel)
-        elif node.op_type == "Add" and len(node.input) == 2:
+        elif node.op_type == "Add" and len(node.input) == 2 and not in_modules(node.name, float_modules):
             _plan_residual_add(plan, facts, index, compute, i, node)
     return plan
 
 
-def _compute_layers(index: GraphIndex, plan: QdqPlan) -> set[int]:
+def _compute_layers(index: GraphIndex, plan: QdqPlan, float_modules: tuple[str, ...] = ()) -> set[int]:
     """Positions of the layers that compute in int8; the ones kept in float go to ``plan.float_layers``."""
     compute = set()
     for i, node in enumerate(index.nodes):
         if node.op_type not in QUANTIZED_OPS:
             continue
-        if node.input and index.fed_by_softmax(node.input[0]):
+        if in_modules(node.name, float_modules):
+            plan.float_layers[_node_name(node, i)] = "kept in float (--float-layers)"
+        elif node.input and index.fed_by_softmax(node.input[0]):
             plan.float_layers[_node_name(node, i)] = "fed by a Softmax (e.g. DFL box decoding)"
         else:
             compute.add(i)
     return compute
+
+
+def in_modules(node_name: str, modules: tuple[str, ...]) -> bool:
+    """Whether a torch.onnx node belongs to one of the PyTorch ``modules`` (or their submodules)."""
+    from dgh_deploy.targets.tensorrt.layer_errors import onnx_layer
+
+    path = onnx_layer(node_name)
+    return any(path == m or path.startswith(m + ".") for m in modules)
 
 
 def _plan_compute_layer(plan: QdqPlan, facts: GraphFacts, i: int, node: Any, per_channel: bool) -> None:
@@ -261,8 +271,10 @@ def weight_amax(w: np.ndarray, axis: int | None) -> np.ndarray:
     return a.max(axis=other) if other else a
 
 
-def insert_qdq(model: Any, act_amax: dict[str, float], per_channel: bool = True) -> tuple[Any, QdqPlan]:
-    """The float ``model`` with Q/DQ pairs on every quantized input; scales are ``amax / 127``."""
+def insert_qdq(model: Any, act_amax: dict[str, float], per_channel: bool = True,
+               float_modules: tuple[str, ...] = ()) -> tuple[Any, QdqPlan]:
+    """The float ``model`` with Q/DQ pairs on every quantized input; scales are ``amax / 127``. The layers
+    of ``float_modules`` (PyTorch module paths) get none: TensorRT runs them in float."""
     import onnx
     from onnx import numpy_helper
 
@@ -270,7 +282,7 @@ def insert_qdq(model: Any, act_amax: dict[str, float], per_channel: bool = True)
     if opset < MIN_OPSET:
         raise DGHError(f"the ONNX model uses opset {opset}", f"export with opset {MIN_OPSET} or newer")
     model = constants_to_initializers(model)
-    plan = plan_qdq(model, per_channel)
+    plan = plan_qdq(model, per_channel, float_modules)
     missing = [t for t in plan.activations if t not in act_amax]
     if missing:
         raise DGHError(f"no calibrated range for tensor '{missing[0]}'", "calibrate every tensor the plan quantizes")

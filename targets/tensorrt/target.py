@@ -18,6 +18,7 @@ explains how close that is to TensorRT's int8 math).
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -72,11 +73,32 @@ class TensorRTInt8Target(Target):
     runtime = "ONNX Runtime CPU (Q/DQ); TensorRT engine when a GPU and tensorrt are present"
     requires = ("onnx", "onnxruntime")
     install_hint = "pip install onnx onnxruntime (tensorrt is only needed on the GPU machine that builds the engine)"
-    flags = (TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),)  # shared with tflite-int8
+    flags = (
+        TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),  # shared with tflite-int8
+        TargetFlag("--float-layers", "float_layers",
+                   "leave these PyTorch modules (comma-separated, as report.md's per-layer table names them, "
+                   "e.g. model.9) without Q/DQ: TensorRT runs them in float"),
+    )
 
-    def __init__(self, options: TargetOptions | None = None, layout: str = "split") -> None:
+    def __init__(self, options: TargetOptions | None = None, layout: str = "split", float_layers: str = "") -> None:
         super().__init__(options)
         self.layout = layout  # split | ultralytics (detectors): see LAYOUT_HELP
+        self.float_layers = tuple(name.strip() for name in float_layers.split(",") if name.strip())
+
+    def preflight(self, model: LoadedModel) -> None:
+        """--float-layers must name modules of the exported graph: a typo fails before generation."""
+        if not self.float_layers:
+            return
+        import onnx
+
+        from dgh_deploy.targets.tensorrt.qdq import in_modules
+
+        with tempfile.TemporaryDirectory(prefix="dgh-trt-names-") as tmp:
+            names = [n.name for n in onnx.load(str(export_onnx(model, Path(tmp) / FLOAT_MODEL))).graph.node]
+        missing = [m for m in self.float_layers if not any(in_modules(n, (m,)) for n in names)]
+        if missing:
+            raise DGHError(f"--float-layers names no layer of the exported model: {', '.join(missing)}",
+                           "give PyTorch module paths as report.md's per-layer table names them (e.g. model.9)")
 
     @property
     def constraints(self) -> QuantConstraints:
@@ -163,7 +185,8 @@ class TensorRTInt8Target(Target):
         import onnx
 
         opts = self.options
-        qdq_proto, plan = insert_qdq(float_proto, amax, per_channel=not opts.per_tensor)
+        qdq_proto, plan = insert_qdq(float_proto, amax, per_channel=not opts.per_tensor,
+                                     float_modules=self.float_layers)
         qdq_path = workdir / QDQ_MODEL
         with atomic_path(qdq_path) as tmp:
             onnx.save(qdq_proto, str(tmp))
