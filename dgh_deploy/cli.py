@@ -250,7 +250,7 @@ def _layer_lines(report: Report) -> list[str]:
         return []
     w = d.worst[0]
     return [f"weakest layer: {w.layer} ({w.op}) {w.sqnr_db:.1f} dB SQNR, median {d.median_db} dB over "
-            f"{d.tensors} tensors (report.md; {d.table})"]
+            f"{d.tensors} tensors (report.md; {d.table})", *([d.advice] if d.advice else [])]
 
 
 def _validator_lines(m: Metrics) -> list[str]:

@@ -143,6 +143,8 @@ def _deploy(config: DeployConfig) -> Report:
         times["layer_diagnosis"] = time.perf_counter() - t0
 
         report = build_report(config, model, target, result, calib, held, hit, metrics, times)
+        if layers is not None:
+            layers.advice = target.repair_advice(metrics.drop, layers.noisiest_modules)
         report.layers = layers
         report.contract = io_contract(model, result.artifacts["model"].name, result.runner.io_details(),
                                       task.output_meanings(model, str(result.info.get("layout", "split"))))

@@ -103,6 +103,9 @@ class TargetFlag:
     switched: Any = True  # a switch's value when given (False for a --no-... switch)
 
 
+ADVICE_DROP = 1.0  # a metric drop (points) worth a rebuild with the noisiest modules at a higher precision
+
+
 @dataclass
 class BuildResult:
     """What a target produced, and how to run it for verification."""
@@ -157,6 +160,19 @@ class Target(ABC):
 
     # --- where the quantized model loses accuracy -----------------------------------------------
     layer_runtime: ClassVar[str] = ""  # what runs both models for layer_errors(), every tensor visible
+    repair_flag: ClassVar[str] = ""  # this target's flag that keeps chosen modules at a higher precision
+
+    def repair_in_use(self) -> bool:
+        """Whether this job already keeps modules at a higher precision (then no advice is given)."""
+        return False
+
+    def repair_advice(self, drop: float | None, noisiest: list[str]) -> str | None:
+        """Where the metric dropped more than :data:`ADVICE_DROP` points, the flag to try with the modules
+        the per-layer diagnosis found adding the most noise."""
+        if not self.repair_flag or drop is None or drop <= ADVICE_DROP or not noisiest or self.repair_in_use():
+            return None
+        return (f"the drop ({drop:.2f}) is over {ADVICE_DROP:g}: keep the modules adding the most noise at a "
+                f"higher precision with {self.repair_flag} {','.join(noisiest)}")
 
     def layer_errors(self, model: LoadedModel, result: BuildResult, images: np.ndarray) -> list[LayerError] | None:
         """Each tensor of the built model against the float model on ``images`` (model input space,

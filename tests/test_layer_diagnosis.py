@@ -76,3 +76,14 @@ def test_sim_compares_every_quantized_layer_in_execution_order(tmp_path: Path) -
     for coarse_row, fine_row in zip(rows["W4A4"], rows["W8A8"], strict=True):
         assert fine_row.sqnr_db > coarse_row.sqnr_db + 6  # 4 more bits: much less noise, measured not assumed
     assert 20 < rows["W8A8"][0].sqnr_db < 80
+
+
+def test_the_advice_names_the_targets_own_flag_only_when_the_drop_is_real() -> None:
+    mods = ["model.9", "model.8.m.0"]
+    tflite, trt = get_target("tflite-int8"), get_target("tensorrt-int8")
+    assert tflite.repair_advice(2.4, mods).endswith("--int16-layers model.9,model.8.m.0")
+    assert trt.repair_advice(2.4, mods).endswith("--float-layers model.9,model.8.m.0")
+    assert tflite.repair_advice(0.6, mods) is None and tflite.repair_advice(None, mods) is None
+    assert get_target("tflite-int8", int16_layers="model.9").repair_advice(2.4, mods) is None  # already repairing
+    assert get_target("ethos-u").repair_advice(2.4, mods) is None  # not one of its flags
+    assert get_target("sim").repair_advice(2.4, mods) is None

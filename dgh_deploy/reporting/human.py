@@ -91,6 +91,8 @@ def _layer_lines(d: LayerDiagnosis | None) -> list[str]:
         lines.append(f"Largest fall: {f.fall_db} dB at `{f.layer}` ({f.op}), to {f.sqnr_db} dB.")
     if d.noisiest_modules:
         lines.append(f"Modules adding the most noise: {', '.join(f'`{m}`' for m in d.noisiest_modules)}.")
+    if d.advice:
+        lines += ["", f"**To recover**: {d.advice}."]
     lines += ["", "| # | layer | op | SQNR dB | float range | scale |", "|" + " --- |" * 6]
     for e in d.worst:
         lines.append(f"| {e.index} | `{e.layer}` | {e.op} | {e.sqnr_db} | {e.float_range[0]:.3g} .. "

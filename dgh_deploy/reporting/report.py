@@ -200,6 +200,7 @@ class LayerDiagnosis:
     worst: list[LayerEntry]
     largest_fall: LayerEntry | None = None
     noisiest_modules: list[str] = field(default_factory=list)  # the modules whose ops add the most noise
+    advice: str | None = None  # the target's flag with those modules, where the metric dropped too far
     skipped: str | None = None  # why no layer could be compared (the target cannot see inside its model)
 
     def to_json(self) -> dict[str, Any]:
@@ -207,14 +208,15 @@ class LayerDiagnosis:
                          ("table", self.table), ("median_db", self.median_db),
                          ("worst", [w.to_json() for w in self.worst]),
                          ("largest_fall", self.largest_fall.to_json() if self.largest_fall else None),
-                         ("noisiest_modules", self.noisiest_modules or None), ("skipped", self.skipped)])
+                         ("noisiest_modules", self.noisiest_modules or None), ("advice", self.advice),
+                         ("skipped", self.skipped)])
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LayerDiagnosis:
         fall = LayerEntry.from_json(d["largest_fall"]) if d.get("largest_fall") else None
         return cls(d["images"], d["runtime"], d["tensors"], d.get("table", ""), d.get("median_db"),
                    [LayerEntry.from_json(w) for w in d.get("worst", [])], fall, d.get("noisiest_modules", []),
-                   d.get("skipped"))
+                   d.get("advice"), d.get("skipped"))
 
 
 @dataclass

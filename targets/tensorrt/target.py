@@ -154,6 +154,10 @@ class TensorRTInt8Target(Target):
         return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
 
     layer_runtime: ClassVar[str] = "ONNX Runtime CPU, the Q/DQ model against the float ONNX model"
+    repair_flag: ClassVar[str] = "--float-layers"
+
+    def repair_in_use(self) -> bool:
+        return bool(self.float_layers)
 
     def layer_errors(self, model: LoadedModel, result: BuildResult, images: np.ndarray) -> list[LayerError]:
         from dgh_deploy.targets.tensorrt.layer_errors import qdq_layer_errors

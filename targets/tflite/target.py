@@ -130,9 +130,6 @@ def installed_converter() -> str:
     return DEFAULT_CONVERTER  # neither: the job then names the default's install line
 
 
-ADVICE_DROP = 1.0  # a metric drop (points) worth a rebuild with the noisiest modules at int16
-
-
 class TFLiteInt8Target(Target):
     name: ClassVar[str] = "tflite-int8"
     summary: ClassVar[str] = ("full-integer INT8 .tflite (int8/uint8 I/O) via litert-torch or onnx2tf, "
@@ -205,27 +202,16 @@ class TFLiteInt8Target(Target):
         )
 
     def summary_lines(self, report: Report) -> list[str]:
-        """The RAM TFLite Micro needed besides the weights, when the file ran there, and the fix for a drop."""
+        """The RAM TFLite Micro needed besides the weights, when the file ran there."""
         arena = report.target.facts.get("tflite_micro", {}).get("arena_bytes")
-        lines = [f"TFLite Micro tensor arena: {arena / 1024:.1f} KiB (RAM besides the weights)"] if arena else []
-        return lines + self._int16_advice(report)
+        return [f"TFLite Micro tensor arena: {arena / 1024:.1f} KiB (RAM besides the weights)"] if arena else []
 
     def markdown_lines(self, report: Report) -> list[str]:
         arena = report.target.facts.get("tflite_micro", {}).get("arena_bytes")
-        lines = ["## TFLite Micro", "", f"Tensor arena (RAM besides the weights): {arena:,} bytes "
-                 f"({arena / 1024:.1f} KiB).", ""] if arena else []
-        advice = self._int16_advice(report)
-        return lines + (["## Recovering the drop", "", *advice, ""] if advice else [])
-
-    def _int16_advice(self, report: Report) -> list[str]:
-        """Where the metric dropped more than a point, the per-layer diagnosis's modules as the flag to try."""
-        drop, layers = report.metrics.drop, report.layers
-        if drop is None or drop <= ADVICE_DROP or layers is None or not layers.noisiest_modules:
+        if not arena:
             return []
-        if self.int16_layers or "--int16-layers" not in {f.flag for f in self.flags}:
-            return []
-        return [f"the drop ({drop:.2f}) is over {ADVICE_DROP:g}: the modules adding the most noise can keep int16 "
-                f"activations: --int16-layers {','.join(layers.noisiest_modules)}"]
+        return ["## TFLite Micro", "", f"Tensor arena (RAM besides the weights): {arena:,} bytes "
+                f"({arena / 1024:.1f} KiB).", ""]
 
     @classmethod
     def report_schema(cls) -> dict[str, Any]:
@@ -411,6 +397,10 @@ class TFLiteInt8Target(Target):
             raise DGHError(err.problem, self.converter(model).parity_fix) from None
 
     layer_runtime: ClassVar[str] = "LiteRT reference kernels, the int8 file against its float twin"
+    repair_flag: ClassVar[str] = "--int16-layers"
+
+    def repair_in_use(self) -> bool:
+        return bool(self.int16_layers)
 
     def layer_errors(self, model: LoadedModel, result: BuildResult, images: np.ndarray) -> list[LayerError]:
         from dgh_deploy.targets.tflite.layer_sqnr import layer_sqnr
