@@ -17,6 +17,7 @@ from torch import nn
 from dgh_deploy.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 DEMO_WEIGHTS = Path(__file__).resolve().parent / "demo" / "cifar10_resnet20_demo.pt"
+MOBILENET_WEIGHTS = Path(__file__).resolve().parent / "demo" / "cifar10_mobilenetv2_w05.pt"
 COCO80_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
     "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
@@ -56,6 +57,12 @@ def _cifar(depth: int) -> Callable[[], nn.Module]:
     return build
 
 
+def _cifar_mobilenetv2() -> nn.Module:
+    from dgh_deploy.models.cifar_mobilenetv2 import cifar_mobilenetv2
+
+    return cifar_mobilenetv2()
+
+
 def _cifar_export_form(model: nn.Module) -> nn.Module:
     from dgh_deploy.models.cifar_resnet import export_form
 
@@ -92,9 +99,15 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
         Architecture(
             "demo", _cifar(20), "classify", (32, 32), _CIFAR_PRE,
-            "the bundled demo: ResNet-20 trained by models/train_demo.py on CIFAR-10 (87.7% top-1 "
+            "the bundled demo: ResNet-20 trained by models/train_cifar.py on CIFAR-10 (87.7% top-1 "
             "on the JPEG test set); the default when --model is absent",
             default_weights=DEMO_WEIGHTS, class_names=CIFAR10_CLASSES, export_form=_cifar_export_form,
+        ),
+        Architecture(
+            "cifar_mobilenetv2", _cifar_mobilenetv2, "classify", (32, 32), _CIFAR_PRE,
+            "a depthwise classifier of the project's own, bundled: MobileNetV2 (width 0.5, inverted residuals, "
+            "depthwise 3x3, ReLU6) trained by models/train_cifar.py on CIFAR-10",
+            default_weights=MOBILENET_WEIGHTS, class_names=CIFAR10_CLASSES,
         ),
         Architecture(
             "yolov5n", _yolov5n, "detect", (640, 640), _YOLO_PRE,
