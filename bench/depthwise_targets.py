@@ -15,7 +15,6 @@ images. Finished builds are kept in ``--json``: stop and run again to continue.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -63,18 +62,10 @@ def sets(args: argparse.Namespace, model: Any) -> dict[str, np.ndarray]:
 
 
 def summary(state: dict[str, Any]) -> str:
-    lines = [f"Measured on {state['machine']}; {state['model']} ({state['params']:,} parameters) top-1 on "
-             f"{state['val_images']} CIFAR-10 test images, float {state['float']:.2f}. Each cell: the builds of "
-             "seeds 0, 1, 2 (mean); real: 256 CIFAR-10 training images.", "",
-             "| build | " + " | ".join(state["sources"]) + " | real |", "|" + " --- |" * (len(state["sources"]) + 2)]
-    for build in BUILDS:
-        cells = []
-        for src in state["sources"]:
-            got = [v for k, v in state["top1"].items() if k.startswith(f"{build}|{src} seed")]
-            cells.append(", ".join(f"{v:.2f}" for v in got) + (f" ({statistics.fmean(got):.2f})" if got else ""))
-        real = state["top1"].get(f"{build}|real")
-        lines.append(f"| {build} | " + " | ".join(cells) + f" | {'-' if real is None else f'{real:.2f}'} |")
-    return "\n".join(lines)
+    from bench.results_doc import depthwise_targets_table, markdown
+
+    return "\n".join([f"{state['model']} top-1 on {state['val_images']} test images (float {state['float']:.2f}), "
+                      f"measured on {state['machine']}:", *markdown(depthwise_targets_table(state))])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,7 +16,6 @@ continue.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -68,22 +67,10 @@ def run_seed(builder: Builder, path: Path, k: int, all16: bool) -> dict[str, Any
 
 
 def summary(state: dict[str, Any]) -> str:
-    flt = state["float"]
-    lines = [f"Measured on {state['machine']}; {state['model']} at {state['imgsz']}, tflite-int8 (litert-torch, "
-             f"min/max ranges) mAP50-95 on LiteRT, coco128 val (float {flt:.2f}); int16: the {state['k']} modules "
-             "adding the most noise by the job's per-layer diagnosis, kept at int16 activations.", "",
-             "| set | int8 | int8 + int16 modules | recovered | modules at int16 | size int8 / mixed (KiB) | "
-             "all int16 |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    gains = []
-    for key, e in sorted(state["sets"].items()):
-        a, b = e["int8"]["map"], e["mixed"]["map"]
-        gains.append(b - a)
-        all16 = f"{e['all16']['map']:.2f}" if "all16" in e else "-"
-        lines.append(f"| {key} | {a:.2f} | {b:.2f} | {b - a:+.2f} | {', '.join(e['int16_layers'])} | "
-                     f"{e['int8']['bytes'] / 1024:.0f} / {e['mixed']['bytes'] / 1024:.0f} | {all16} |")
-    if gains:
-        lines += ["", f"Mean recovery {statistics.fmean(gains):+.2f} over {len(gains)} sets."]
-    return "\n".join(lines)
+    from bench.results_doc import int16_repair_table, markdown
+
+    return "\n".join([f"{state['model']} at {state['imgsz']}, mAP50-95 (float {state['float']:.2f}), measured on "
+                      f"{state['machine']}:", *markdown(int16_repair_table(state))])
 
 
 def run(args: argparse.Namespace, case: Case) -> dict[str, Any]:

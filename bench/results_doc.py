@@ -883,6 +883,61 @@ def section_depthwise(files: dict[str, dict]) -> list[str]:
     return lines
 
 
+def int16_repair_table(data: dict) -> Table:
+    """``bench/int16_repair.py``: per set, int8, int8 with the diagnosis's modules at int16, and all int16."""
+    rows = []
+    for key, e in sorted(data.get("sets", {}).items()):
+        a, b = e["int8"]["map"], e["mixed"]["map"]
+        rows.append([key, num(a), num(b), signed(b - a), ", ".join(f"`{m}`" for m in e["int16_layers"]),
+                     f"{e['int8']['bytes'] / 1024:,.0f} / {e['mixed']['bytes'] / 1024:,.0f}",
+                     num(e["all16"]["map"]) if "all16" in e else "-"])
+    return ["set", "int8", "int8 + int16 modules", "recovered", "modules at int16", "KiB int8 / mixed",
+            "all int16"], rows
+
+
+def section_int16_repair(files: dict[str, dict]) -> list[str]:
+    lines = ["The per-layer diagnosis's fix, measured (`python -m bench.int16_repair`): for each set the job's "
+             "int8 file is built and scored, the job's per-layer diagnosis runs on the set's held-out images, and "
+             "the modules adding the most noise are kept at int16 activations (`--int16-layers`, TFLite's 16x8 "
+             "kernels), built and scored again; 'all int16' is the whole model at int16 activations (`--bits "
+             "W8A16`), the most 16-bit activations can give.", ""]
+    for name, data in files.items():
+        gains = [e["mixed"]["map"] - e["int8"]["map"] for e in data.get("sets", {}).values()]
+        mean = f"; mean recovery {signed(statistics.fmean(gains))} over {len(gains)} sets" if gains else ""
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; {data['model']} at "
+                  f"{data['imgsz']}, tflite-int8 (litert-torch, min/max ranges), mAP50-95 on LiteRT (float "
+                  f"{num(data.get('float'))}), {data['k']} modules at int16{mean}.", "",
+                  *markdown(int16_repair_table(data)), ""]
+    return lines
+
+
+def depthwise_targets_table(data: dict) -> Table:
+    """``bench/depthwise_targets.py``: build -> the seeds' top-1 per source (mean), and real images'."""
+    sources = data.get("sources", [])
+    builds = list(dict.fromkeys(k.split("|")[0] for k in data.get("top1", {})))
+    rows = []
+    for build in builds:
+        row = [build]
+        for src in sources:
+            got = [v for k, v in data["top1"].items() if k.startswith(f"{build}|{src} seed")]
+            row.append(", ".join(num(v) for v in got) + (f" ({num(statistics.fmean(got))})" if got else "") or "-")
+        row.append(num(data["top1"].get(f"{build}|real")))
+        rows.append(row)
+    return ["build", *(f"{s} (seeds 0, 1, 2; mean)" for s in sources), "real"], rows
+
+
+def section_depthwise_targets(files: dict[str, dict]) -> list[str]:
+    lines = ["The bundled depthwise classifier (`cifar_mobilenetv2`) on every target by calibration source and "
+             "seed (`python -m bench.depthwise_targets`): each set built as the job builds it for the target "
+             "and scored on the same CIFAR-10 test images; real: 256 CIFAR-10 training images.", ""]
+    for name, data in files.items():
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; {data['model']} "
+                  f"({num(data.get('params'))} parameters), top-1 on {num(data.get('val_images'))} test images, "
+                  f"float {num(data.get('float'))}; generated sets {data.get('n_images')} images x "
+                  f"{data.get('iters')} iterations.", "", *markdown(depthwise_targets_table(data)), ""]
+    return lines
+
+
 Section = tuple[str, Callable[[str], bool], Callable[[dict[str, dict]], list[str]]]
 SECTIONS: list[Section] = [
     ("Calibration sources x targets", lambda n: n.endswith("_state.json"), section_compare),
@@ -905,6 +960,9 @@ SECTIONS: list[Section] = [
     ("tflite-int8 activation ranges", lambda n: n.startswith("tflite_ranges_"), section_ranges),
     ("DGH detector images: do their artifacts set the ranges", lambda n: n.startswith("artifacts_"),
      section_artifacts),
+    ("Keeping the noisiest modules at int16", lambda n: n.startswith("int16_repair_"), section_int16_repair),
+    ("A depthwise classifier on every target", lambda n: n.startswith("depthwise_targets_"),
+     section_depthwise_targets),
 ]
 
 
