@@ -64,11 +64,13 @@ def test_repack_multiplies_objectness_in_as_ultralytics_expects() -> None:
 
 
 def test_unclipped_boxes_map_back_like_scale_boxes_without_its_clip() -> None:
+    from dgh_deploy.preprocessing import Placement
     from dgh_deploy.tasks.detect_postprocess import unletterbox
 
     det = torch.tensor([[10.0, 30.0, 200.0, 300.0, 0.9, 1.0], [-20.0, 50.0, 100.0, 310.0, 0.8, 2.0]])
-    kept = unletterbox(det, (320, 320), 0.5, (0, 40), (480, 640), clip=False)
-    clipped = unletterbox(det, (320, 320), 0.5, (0, 40), (480, 640))
+    placement = Placement(original=(480, 640), resized=(240, 320), pad=(0, 40), extent=(240.0, 320.0))
+    kept = unletterbox(det, placement, clip=False)
+    clipped = unletterbox(det, placement)
     np.testing.assert_allclose(kept[0, :4].numpy(), [20.0, -20.0, 400.0, 520.0])  # into the padding, as given
     np.testing.assert_allclose(clipped[0, :4].numpy(), [20.0, 0.0, 400.0, 480.0])  # cut at the image's edges
     np.testing.assert_array_equal(kept[:, 4:], det[:, 4:])
@@ -195,10 +197,10 @@ def _own_detections_as_labels(model: LoadedModel, images: list[Path], per_image:
     runner, labels = TorchRunner(model.module), {}
     for f in images:
         rgb = np.asarray(open_image(f))
-        canvas, ratio, pad = letterbox(rgb, model.imgsz, 114)
+        canvas, placement = letterbox(rgb, model.imgsz, 114)
         boxes, scores = model.module.detect_layout.unpack(runner.infer(model.preprocessing.normalise(canvas[None])))
         det = nms(boxes, scores, model.imgsz, NMSConfig(conf=0.0, iou=0.5, max_det=per_image))[0]
-        det = unletterbox(det, model.imgsz, ratio, pad, rgb.shape[:2]).numpy()
+        det = unletterbox(det, placement).numpy()
         h0, w0 = rgb.shape[:2]
         x1, y1, x2, y2 = (np.clip(det[:, k] / s, 0, 1) for k, s in zip(range(4), (w0, h0, w0, h0), strict=True))
         rows = [f"{int(c)} {(a + b) / 2:.6f} {(t + d) / 2:.6f} {b - a:.6f} {d - t:.6f}"
