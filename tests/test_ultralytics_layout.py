@@ -2,7 +2,7 @@
 
 The fast tests pin the pieces (the layout repacking, the metadata, the refusals). The slow ones run
 the whole job and then Ultralytics' ``yolo val`` command on the file it wrote, and hold the two
-mAP50-95s within 0.3 of each other: YOLOv5n (anchor-based head) on coco128 at 320, and an anchor-free
+mAP50-95s within 0.1 of each other: YOLOv5n (anchor-based head) on coco128 at 320, and an anchor-free
 YOLOv8n from its YAML (random weights, seeded) scored against its own float detections as labels, so
 that its mAP means something although the model has never been trained.
 """
@@ -29,7 +29,7 @@ from dgh_deploy.reporting.report import Report, ValidatorComparison
 from dgh_deploy.tasks.detect_layout import DetectLayout, repack, ultralytics_layout
 from dgh_deploy.tasks.ultralytics_format import check_layout, embed_metadata, read_metadata, ultralytics_metadata
 
-AGREEMENT = 0.3  # mAP50-95 points between yolo val and the job's report, on the same file (issue 19)
+AGREEMENT = 0.1  # mAP50-95 points between yolo val and the job's report, on the same file (issues 19, 29)
 PRINTED = 0.05  # yolo val prints mAP50-95 to 3 places (0.283 is 28.25 to 28.35 points): read back, it is that coarse
 IMGSZ = 320
 
@@ -211,8 +211,9 @@ def _own_detections_as_labels(model: LoadedModel, images: list[Path], per_image:
 
 def input_sized(files: list[Path], folder: Path) -> list[Path]:
     """The images at the input size, as PNG: neither scorer resizes them. An untrained detector answers
-    a one-level pixel change with other boxes, so PIL's resize (ours) against OpenCV's (Ultralytics')
-    alone moves its mAP50-95 on these labels from 2.2 to 0.6 (a trained YOLOv5n: 0.2)."""
+    a one-level pixel change with other boxes (when our letterbox resized with Pillow and Ultralytics'
+    with OpenCV, that alone moved its mAP50-95 on these labels from 2.2 to 0.6); both now resize
+    alike, and the labels made here from our float run stay on the pixels both scorers see."""
     from PIL import Image
 
     folder.mkdir()
