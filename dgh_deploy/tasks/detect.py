@@ -8,6 +8,7 @@ metric code, so the float numbers are the ones Ultralytics reports and any runne
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,13 +17,13 @@ from torch import nn
 
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
-from dgh_deploy.preprocessing import letterbox, open_image
+from dgh_deploy.preprocessing import Placement, letterbox, open_image
 from dgh_deploy.runtime.base import Runner, flatten_outputs
 from dgh_deploy.tasks.base import TaskAdapter
 from dgh_deploy.tasks.classify import evenly_spaced, sqnr_db
 from dgh_deploy.tasks.detect_data import DetectionData, read_data_yaml
 from dgh_deploy.tasks.detect_layout import DetectLayout, infer_layout, layout_of
-from dgh_deploy.tasks.detect_postprocess import NMSConfig, nms, unletterbox
+from dgh_deploy.tasks.detect_postprocess import NMSConfig, clip_to_image, nms
 
 NO_HEAD = "the detection adapter found no detection head"
 NO_HEAD_FIX = "use an Ultralytics detection .pt/.yaml (Detect head) or the built-in yolov5n"
@@ -57,7 +58,7 @@ class DetectTask(TaskAdapter):
         self.nms = nms or NMSConfig()
         self.clip = clip
         self.batch_size = batch_size
-        self._loaded: dict[tuple, tuple[DetectionData, np.ndarray, np.ndarray, list]] = {}
+        self._loaded: dict[tuple, tuple[DetectionData, np.ndarray, np.ndarray, list[Placement]]] = {}
 
     # -- generation --------------------------------------------------------------------------
 
@@ -104,7 +105,8 @@ class DetectTask(TaskAdapter):
         """
         from dgh_deploy.tasks.detect_metrics import MapAccumulator
 
-        data, index, canvases, geometry = self._load(model, val_data, limit)
+        data, index, canvases, placements = self._load(model, val_data, limit)
+        cfg = self._nms_for(data, index)
         layout: DetectLayout | None = getattr(model.module, "detect_layout", None)
         acc = MapAccumulator(data.names)
         for i in range(0, len(index), self.batch_size):
@@ -116,27 +118,31 @@ class DetectTask(TaskAdapter):
                     "evaluate on data labelled with the model's own classes",
                 )
             boxes, scores = layout.unpack(outputs)
-            for j, det in enumerate(nms(boxes, scores, model.imgsz, self.nms)):
-                k = int(index[i + j])
-                ratio, pad, (h0, w0) = geometry[i + j]
-                det = unletterbox(det, model.imgsz, ratio, pad, (h0, w0), self.clip)
+            for j, det in enumerate(nms(boxes, scores, model.imgsz, cfg)):
+                k, placement = int(index[i + j]), placements[i + j]
                 lab = data.labels[k]
-                gt = np.stack([(lab[:, 1] - lab[:, 3] / 2) * w0, (lab[:, 2] - lab[:, 4] / 2) * h0,
-                               (lab[:, 1] + lab[:, 3] / 2) * w0, (lab[:, 2] + lab[:, 4] / 2) * h0], 1)
-                acc.add(det, lab[:, 0], gt, data.images[k].name)
+                # Scored in input pixels, labels moved onto the canvas, as Ultralytics' validator scores.
+                det = clip_to_image(det, placement) if self.clip else det
+                acc.add(det, lab[:, 0], placement.labels_to_input(lab[:, 1:5]), data.images[k].name)
         return acc.result()
+
+    def _nms_for(self, data: DetectionData, index: np.ndarray) -> NMSConfig:
+        """``self.nms``, its box cap raised to the most labelled objects in one image where that is
+        more: Ultralytics' validator raises its default cap so, else recall is capped below 100%."""
+        most = max((len(data.labels[int(k)]) for k in index), default=0)
+        return replace(self.nms, max_det=most) if most > self.nms.max_det else self.nms
 
     def check_val_data(self, val_data: str) -> None:
         """Fail fast on a bad data YAML (before hours of generation), with the same errors as evaluate."""
         read_data_yaml(val_data, "val")
 
     def _load(self, model: LoadedModel, val_data: str, limit: int | None) -> tuple[DetectionData, np.ndarray,
-                                                                                   np.ndarray, list]:
+                                                                                   np.ndarray, list[Placement]]:
         """Letterbox once per (data, size, preprocessing): float and quantized runs share the uint8 canvases."""
         pre = model.preprocessing
         if pre.resize != "letterbox":
             raise DGHError(
-                f"detection evaluation maps boxes back through a letterbox, but '{model.name}' resizes by {pre.resize}",
+                f"detection evaluation scores letterboxed inputs, but '{model.name}' resizes by {pre.resize}",
                 "give the detector Preprocessing(resize='letterbox')",
             )
         key = (str(val_data), limit, model.imgsz, pre)
@@ -144,12 +150,12 @@ class DetectTask(TaskAdapter):
             data = read_data_yaml(val_data, "val")
             index = evenly_spaced(len(data.images), limit)
             canvases = np.empty((len(index), *model.imgsz, 3), np.uint8)  # uint8: a quarter of float32
-            geometry = []
+            placements = []
             for n, k in enumerate(index):
                 rgb = np.asarray(open_image(data.images[k]))  # upright as yolo val reads it: labels follow EXIF
-                canvases[n], ratio, pad = letterbox(rgb, model.imgsz, pre.pad_value)
-                geometry.append((ratio, pad, rgb.shape[:2]))
-            self._loaded = {key: (data, index, canvases, geometry)}  # keep one set: they can be large
+                canvases[n], placement = letterbox(rgb, model.imgsz, pre.pad_value)
+                placements.append(placement)
+            self._loaded = {key: (data, index, canvases, placements)}  # keep one set: they can be large
         return self._loaded[key]
 
     # -- data-free -----------------------------------------------------------------------------

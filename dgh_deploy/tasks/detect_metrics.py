@@ -1,7 +1,7 @@
 """Detection metrics with Ultralytics' own code: box IoU, prediction matching and ``DetMetrics``.
 
 mAP50-95 computed here is exactly what Ultralytics' ``DetectionValidator`` would report for the
-same detections and labels (both in original image pixels).
+same detections and labels (both in the same pixels: the validator's, and ours, are input pixels).
 """
 
 from __future__ import annotations

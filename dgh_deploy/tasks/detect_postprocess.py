@@ -1,4 +1,4 @@
-"""Deploy-form outputs -> detections: NMS in input pixels, then back through the letterbox.
+"""Deploy-form outputs -> detections: NMS in input pixels; back through the letterbox on request.
 
 NMS is Ultralytics' own ``non_max_suppression``, so that float numbers match what Ultralytics'
 validator reports for the same boxes and scores.
@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from dgh_deploy.preprocessing import Placement
 
 
 @dataclass(frozen=True)
@@ -43,18 +45,18 @@ def nms(
     )
 
 
-def unletterbox(
-    det: torch.Tensor, imgsz: tuple[int, int], ratio: float, pad: tuple[float, float], orig_hw: tuple[int, int],
-    clip: bool = True,
-) -> torch.Tensor:
-    """Boxes of ``det`` from the letterboxed input back to original image pixels, clipped to it unless
-    ``clip`` is off (Ultralytics' 8.4 validator scores unclipped boxes, in the letterboxed input)."""
-    from ultralytics.utils.ops import scale_boxes
-
+def unletterbox(det: torch.Tensor, placement: Placement, clip: bool = True) -> torch.Tensor:
+    """Boxes of ``det`` from the letterboxed input back to original image pixels, clipped to the
+    image unless ``clip`` is off (what a deployed detector reports). Scoring needs none of this:
+    like Ultralytics' validator, :class:`~dgh_deploy.tasks.detect.DetectTask` scores in input pixels."""
     det = det.clone()
-    if clip:
-        det[:, :4] = scale_boxes(imgsz, det[:, :4], orig_hw, ratio_pad=((ratio, ratio), pad))
-    else:  # scale_boxes' own mapping, without its final clip
-        det[:, [0, 2]] = (det[:, [0, 2]] - pad[0]) / ratio
-        det[:, [1, 3]] = (det[:, [1, 3]] - pad[1]) / ratio
+    xyxy = placement.clip(det[:, :4].numpy()) if clip else det[:, :4].numpy()
+    det[:, :4] = torch.from_numpy(placement.to_original(xyxy))
+    return det
+
+
+def clip_to_image(det: torch.Tensor, placement: Placement) -> torch.Tensor:
+    """Boxes of ``det`` (input pixels) cut at the edges of the image on the canvas."""
+    det = det.clone()
+    det[:, :4] = torch.from_numpy(placement.clip(det[:, :4].numpy()))
     return det
