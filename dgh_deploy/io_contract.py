@@ -82,10 +82,11 @@ def feeding_steps(model: LoadedModel, inp: TensorSpec, layout: str) -> list[str]
 
 
 def _resize_step(resize: str, pad_value: int, h: int, w: int) -> str:
-    if resize == "letterbox":
-        return (f"letterbox to {h}x{w}: scale by min({h}/height, {w}/width) keeping the aspect ratio, "
-                f"resize bilinearly, centre on a canvas filled with {pad_value} (map boxes back through "
-                "the same scale and offset)")
+    if resize == "letterbox":  # Ultralytics' validation letterbox, as preprocessing.letterbox does it
+        return (f"letterbox to {h}x{w} as Ultralytics does: resize the long side to {max(h, w)} (bilinear, "
+                f"OpenCV's; the short side scaled alike and rounded up), shrink again to fit {h}x{w} if it "
+                f"still exceeds it, and centre on a canvas filled with {pad_value} (map boxes back through the "
+                "same scale and offset)")
     return f"resize the shorter side to {min(h, w)} bilinearly, then centre-crop {h}x{w}"
 
 
