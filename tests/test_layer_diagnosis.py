@@ -17,7 +17,7 @@ from dgh_deploy.preprocessing import Preprocessing
 from dgh_deploy.reporting.report import LayerDiagnosis
 from dgh_deploy.targets import TargetOptions, get_target
 from dgh_deploy.targets.tensorrt.layer_errors import onnx_layer
-from dgh_deploy.targets.tflite.layer_sqnr import module_path
+from dgh_deploy.targets.tflite.layer_sqnr import full_path, module_path
 from dgh_deploy.verification.layers import LayerError, diagnosis_images, sqnr_db, summarise
 
 LITERT = ("litert_torch._convert.to_channel_last_io.ChannelLastIOWrapper"
@@ -28,6 +28,9 @@ def test_names_are_the_pytorch_modules() -> None:
     assert module_path(f"{LITERT}_x;;{LITERT};2") == "2.cv2.conv"  # the fused op's own name is the last
     assert module_path("litert_torch._convert.to_channel_last_io.ChannelLastIOWrapper/m.Net_wrapped;61") == "(model)"
     assert module_path("model/tf.math.add_3/Add") == "model/tf.math.add_3/Add"  # another converter's: as it is
+    # litert-torch leaves out containers the model indexes instead of calling (YOLOv5's model.1)
+    names = ["model", "model.1", "model.1.conv", "model.4.m.1.conv", "a.x", "b.x"]
+    assert full_path("1.conv", names) == "model.1.conv" and full_path("x", names) == "x"  # x: ambiguous
     assert onnx_layer("/layer1/layer1.0/conv1/Conv") == "layer1.0.conv1"
     assert onnx_layer("/model.9/cv2/conv/Conv") == "model.9.cv2.conv"
     assert onnx_layer("/Relu") == "(model)"

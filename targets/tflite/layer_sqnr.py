@@ -113,3 +113,27 @@ def layers_in(path: str | Path, layers: tuple[str, ...]) -> dict[str, int]:
     details = {t["index"]: t["name"] for t in it.get_tensor_details()}
     names = [details[int(i)] for op in it._get_ops_details() for i in op["outputs"][:1]]
     return {layer: sum(bool(re.search(layer_regex(layer), n)) for n in names) for layer in layers}
+
+
+def scope_path(path: str, float_path: str | Path) -> str:
+    """The name litert-torch gives module ``path`` (a PyTorch module path) in ``float_path``'s tensors.
+
+    litert-torch names a tensor by the modules that were *called*: a container the model indexes
+    instead of calling (``self.model[i](x)``, a ModuleList) is not in the name, so YOLOv5's
+    ``model.1.conv`` is ``1.conv`` there. The longest tail of ``path`` that names ops is the one."""
+    parts = path.split(".")
+    tails = [".".join(parts[i:]) for i in range(len(parts))]
+    counts = layers_in(float_path, tuple(tails))
+    return next((tail for tail in tails if counts[tail]), path)
+
+
+def full_path(path: str, names: list[str]) -> str:
+    """A litert-torch module path (``1.conv``) as the PyTorch model names it (``model.1.conv``): the module
+    with the fewest segments before it (only uncalled containers are dropped, and they lead), where one
+    is fewest; else as it is."""
+    if path in names:
+        return path
+    matches = sorted((n.count("."), n) for n in names if n.endswith("." + path))
+    if not matches or (len(matches) > 1 and matches[0][0] == matches[1][0]):
+        return path
+    return matches[0][1]

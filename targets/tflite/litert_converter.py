@@ -45,7 +45,7 @@ from dgh_deploy.targets.tflite.converter import (
     file_stem,
 )
 from dgh_deploy.targets.tflite.flatbuffer import inline_buffers, uint8_io
-from dgh_deploy.targets.tflite.layer_sqnr import layer_regex
+from dgh_deploy.targets.tflite.layer_sqnr import layer_regex, scope_path
 from dgh_deploy.targets.tflite.litert_qsv import calibration_result
 from dgh_deploy.versions import installed_version
 
@@ -109,7 +109,8 @@ class LiteRTTorchConverter(Converter):
                 qt.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=s.act_bits,
                                      weight_num_bits=8, weight_granularity=granularity)
                 for layer in s.int16_layers:  # later configs win: these ops take int16, QUANTIZE ops between
-                    qt.add_static_config(layer_regex(layer), qtyping.TFLOperationName.ALL_SUPPORTED,
+                    scope = layer_regex(scope_path(layer, float_model.path))
+                    qt.add_static_config(scope, qtyping.TFLOperationName.ALL_SUPPORTED,
                                          activation_num_bits=16, weight_num_bits=8, weight_granularity=granularity)
                 qsvs = calibration_result(float_bytes, qt.get_quantization_recipe(), data.signature, data.ranges)
                 content = bytes(qt.quantize(qsvs, enable_progress_report=False).quantized_model)

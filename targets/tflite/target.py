@@ -21,6 +21,7 @@ model and dropped if it moves them more than :data:`REWRITE_RTOL` of their scale
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import logging
 import shutil
@@ -244,11 +245,13 @@ class TFLiteInt8Target(Target):
     def _check_int16_layers(self, float_path: Path) -> None:
         """Every --int16-layers name must be a module with ops in the converted file: a typo fails here,
         before generation, not as a silently all-int8 model."""
-        from dgh_deploy.targets.tflite.layer_sqnr import layers_in
+        from dgh_deploy.targets.tflite.layer_sqnr import layers_in, scope_path
 
         if not self.int16_layers:
             return
-        missing = [name for name, ops in layers_in(float_path, self.int16_layers).items() if not ops]
+        scopes = {name: scope_path(name, float_path) for name in self.int16_layers}
+        found = layers_in(float_path, tuple(scopes.values()))
+        missing = [name for name, scope in scopes.items() if not found[scope]]
         if missing:
             raise DGHError(f"--int16-layers names no op of the converted model: {', '.join(missing)}",
                            "give PyTorch module paths as report.md's per-layer table names them (e.g. model.9)")
@@ -403,10 +406,13 @@ class TFLiteInt8Target(Target):
         return bool(self.int16_layers)
 
     def layer_errors(self, model: LoadedModel, result: BuildResult, images: np.ndarray) -> list[LayerError]:
-        from dgh_deploy.targets.tflite.layer_sqnr import layer_sqnr
+        from dgh_deploy.targets.tflite.layer_sqnr import full_path, layer_sqnr
 
         int8 = result.artifacts.get("split_model", result.artifacts["model"])  # the file in integers end to end
-        return layer_sqnr(result.artifacts["float_model"], int8, images)
+        # the module the file was made of; a shared module (Ultralytics' one SiLU) under each of its names
+        names = [n for n, _ in model.for_export().named_modules(remove_duplicate=False) if n]
+        rows = layer_sqnr(result.artifacts["float_model"], int8, images)
+        return [dataclasses.replace(r, layer=full_path(r.layer, names)) for r in rows]
 
     def check_options(self, model: LoadedModel) -> None:
         """Refuse what a TFLite int8 model cannot be, rather than silently building something else."""
