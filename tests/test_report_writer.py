@@ -65,7 +65,7 @@ def check_layers(layers: dict[str, Any], table: dict[str, Any], out: Path) -> No
     rows = (out / table["path"]).read_text().splitlines()
     assert len(rows) == layers["tensors"] + 1 > len(layers["worst"]) > 0
     worst = [w["sqnr_db"] for w in layers["worst"]]
-    assert worst == sorted(worst) and 0 < worst[0] <= layers["median_db"] < 100
+    assert worst == sorted(worst) and worst[0] <= layers["median_db"] < 100  # noise may exceed signal: < 0 dB
 
 DEMO = ["--n-images", "16", "--iters", "4", "--holdout", "8", "--val-data", "{assets}/cifar10/test",
         "--val-limit", "64", "--seed", "3"]
