@@ -900,7 +900,9 @@ def section_int16_repair(files: dict[str, dict]) -> list[str]:
              "int8 file is built and scored, the job's per-layer diagnosis runs on the set's held-out images, and "
              "the modules adding the most noise are kept at int16 activations (`--int16-layers`, TFLite's 16x8 "
              "kernels), built and scored again; 'all int16' is the whole model at int16 activations (`--bits "
-             "W8A16`), the most 16-bit activations can give.", ""]
+             "W8A16`), the most 16-bit activations can give. Names without `model.` are litert-torch's, as "
+             "files written before the job mapped them back show them (`1.conv` is `model.1.conv`, `0.obj` "
+             "`model.24.m.0.obj`: litert-torch leaves out the containers a model indexes).", ""]
     for name, data in files.items():
         gains = [e["mixed"]["map"] - e["int8"]["map"] for e in data.get("sets", {}).values()]
         mean = f"; mean recovery {signed(statistics.fmean(gains))} over {len(gains)} sets" if gains else ""
