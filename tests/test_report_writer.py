@@ -33,7 +33,8 @@ MOVED_TO_TARGETS = ("io_dtype", "allow_float_ops", "act_symmetric", "power_of_tw
 
 def since_golden(old: dict[str, Any]) -> dict[str, Any]:
     """A 1.1 report as the current schema writes the same job, less 1.3's additions (``contract``,
-    ``layers``, the ``layer_sqnr.csv`` artifact and its time: checked on their own below). 1.2 took
+    ``layers``, the ``layer_sqnr.csv`` artifact and its time, ``tflite_micro.kernels``: checked on
+    their own below). 1.2 took
     :data:`MOVED_TO_TARGETS` out of config.options (none of the seven jobs gives one, so none lands
     in target_settings)."""
     new = json.loads(json.dumps(old))
@@ -57,6 +58,15 @@ def check_contract(contract: dict[str, Any], report: dict[str, Any]) -> None:
     letterbox = report["model"]["task"] == "detect"
     assert contract["resize"] == ("letterbox" if letterbox else "center_crop")
     assert all(o["meaning"] for o in contract["outputs"])
+
+
+def check_kernels(kernels: dict[str, Any]) -> None:
+    """1.3's view of where LiteRT's and TFLite Micro's kernels part, op by op, on one image."""
+    assert kernels["images"] == 1 and 0 <= kernels["ops_differing"] <= kernels["ops"]
+    added = [k["added_rms_steps"] for k in kernels["adding_most"]]
+    assert added == sorted(added, reverse=True) and all(k["max_steps"] >= 1 for k in kernels["adding_most"])
+    if kernels["ops_differing"]:
+        assert kernels["first"]["index"] <= min(k["index"] for k in kernels["adding_most"])
 
 
 def check_layers(layers: dict[str, Any], table: dict[str, Any], out: Path) -> None:
@@ -152,4 +162,6 @@ def test_the_typed_report_is_written_as_the_dict_was(name: str, assets: Path, tm
     check_contract(new.pop("contract"), new)
     check_layers(new.pop("layers"), new["artifacts"].pop("layer_sqnr"), out)
     assert new["times_s"].pop("layer_diagnosis") >= 0
+    if "arena_bytes" in new["target"].get("tflite_micro", {}):  # the file ran on TFLite Micro
+        check_kernels(new["target"]["tflite_micro"].pop("kernels"))
     assert differences(since_golden(old), normalised(new, assets)) == []

@@ -36,7 +36,7 @@ from torch import nn
 
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
-from dgh_deploy.errors import DGHError
+from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.reporting.report import Report
 from dgh_deploy.runtime.base import Runner, TorchRunner
@@ -212,7 +212,7 @@ class TFLiteInt8Target(Target):
         if not arena:
             return []
         return ["## TFLite Micro", "", f"Tensor arena (RAM besides the weights): {arena:,} bytes "
-                f"({arena / 1024:.1f} KiB).", ""]
+                f"({arena / 1024:.1f} KiB).", "", *kernel_lines(report.target.facts["tflite_micro"].get("kernels"))]
 
     @classmethod
     def report_schema(cls) -> dict[str, Any]:
@@ -223,6 +223,10 @@ class TFLiteInt8Target(Target):
             "properties": {"runtime": {"type": "string"}, "version": {"type": "string"},
                            "arena_bytes": {"type": ["integer", "null"], "minimum": 0},
                            "image_limit": {"type": ["integer", "null"], "minimum": 1},
+                           "kernels": {"type": "object", "description": (
+                               "Where LiteRT's and TFLite Micro's kernels part on one calibration image: ops "
+                               "whose int8 outputs differ, the first, those adding the most difference (RMS "
+                               "int8 steps over their inputs'), and how many of each op type add some")},
                            "skipped": {"type": "string"}, "error": {"type": "string"}}}}
 
     # --- the check before generation ------------------------------------------------------------
@@ -359,6 +363,8 @@ class TFLiteInt8Target(Target):
                                                 "beside it is the one for TFLite Micro"}
         else:
             runner.device_runner, micro = micro_runner(artifacts["model"], checks.output_shapes)
+            if runner.device_runner is not None:
+                micro["kernels"] = kernel_parity(artifacts["model"], calib.images[:1], model)
         info: dict[str, Any] = {
             "converter": self.converter_name,
             "float_parity": {**checks.parity.as_dict(), "inputs": "calibration images",
@@ -409,9 +415,8 @@ class TFLiteInt8Target(Target):
         from dgh_deploy.targets.tflite.layer_sqnr import full_path, layer_sqnr
 
         int8 = result.artifacts.get("split_model", result.artifacts["model"])  # the file in integers end to end
-        # the module the file was made of; a shared module (Ultralytics' one SiLU) under each of its names
-        names = [n for n, _ in model.for_export().named_modules(remove_duplicate=False) if n]
         rows = layer_sqnr(result.artifacts["float_model"], int8, images)
+        names = export_names(model)
         return [dataclasses.replace(r, layer=full_path(r.layer, names)) for r in rows]
 
     def check_options(self, model: LoadedModel) -> None:
@@ -468,6 +473,40 @@ def micro_runner(path: Path, shapes: list[tuple[int, ...]]) -> tuple[Runner | No
         log.warning("not verifying on TFLite Micro: %s", err)
         return None, {"error": str(err)}
     return runner, runner.describe()
+
+
+def kernel_parity(path: Path, image: np.ndarray, model: LoadedModel) -> dict[str, Any]:
+    """Where LiteRT's and TFLite Micro's kernels part on ``path`` for one calibration image (the report's
+    ``tflite_micro.kernels``); a failure is reported, not fatal."""
+    from dgh_deploy.runtime.tflite_micro_runner import ARENA_LIMIT
+    from dgh_deploy.targets.tflite.kernel_parity import kernel_differences, summary
+
+    t0 = time.perf_counter()
+    try:
+        rows, ops = kernel_differences(path, image, ARENA_LIMIT, export_names(model))
+    except Exception as exc:  # a diagnosis: whatever fails, say so and keep the build
+        return {"error": exc_reason(exc, 200)}
+    return {**summary(rows, ops), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def kernel_lines(kernels: dict[str, Any] | None) -> list[str]:
+    """report.md's view of where LiteRT's and TFLite Micro's kernels part."""
+    if not kernels or "ops" not in kernels:
+        return []
+    lines = [f"LiteRT and TFLite Micro on the same file and one calibration image: {kernels['ops_differing']} of "
+             f"{kernels['ops']} ops give different int8 outputs."]
+    if kernels.get("adding_most"):
+        kinds = ", ".join(f"{op} {n}" for op, n in sorted(kernels["adding_by_op"].items(), key=lambda kv: -kv[1]))
+        lines += [f"Ops that add a difference, by type: {kinds}. Those adding the most:", "",
+                  "| # | layer | op | max steps | share differing | RMS steps added |", "|" + " --- |" * 6]
+        lines += [f"| {k['index']} | `{k['layer']}` | {k['op']} | {k['max_steps']} | {k['share_differing']:.3f} | "
+                  f"{k['added_rms_steps']:.2f} |" for k in kernels["adding_most"]]
+    return [*lines, ""]
+
+
+def export_names(model: LoadedModel) -> list[str]:
+    """The module paths of what the file was made of; a shared module (Ultralytics' one SiLU) under each name."""
+    return [n for n, _ in model.for_export().named_modules(remove_duplicate=False) if n]
 
 
 def output_shapes(model: LoadedModel) -> list[tuple[int, ...]]:
