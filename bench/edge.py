@@ -36,10 +36,12 @@ VAL_LIMIT = 2000
 
 
 def edge_cases(assets: Path) -> dict[str, common.Case]:
-    """The shared cases, plus the bundled demo (a CIFAR-10 ResNet-20 with its own weights)."""
+    """The shared cases, plus the bundled models (the demo ResNet-20 and the depthwise MobileNetV2, each
+    with its own weights)."""
     cases = common.cases(assets)
     c10 = cases["cifar_resnet20"]
-    return {"demo": common.Case("demo", "", c10.val_data, c10.real), **cases}
+    bundled = {name: common.Case(name, "", c10.val_data, c10.real) for name in ("demo", "cifar_mobilenetv2")}
+    return {**bundled, **cases}
 
 
 def dgh_set(case: common.Case, path: Path) -> Path:
