@@ -98,9 +98,8 @@ class LiteRTCalibrator(Calibrator[LiteRTCalibration]):
     layout: ClassVar[Layout] = "NHWC"
 
     def __init__(self, float_model: Path, imgsz: tuple[int, int], method: str = "minmax",
-                 percentile: float = 99.99, act_bits: int = 8, channels: int = 3, threads: int = 2) -> None:
+                 percentile: float = 99.99, act_bits: int = 8, channels: int = 3) -> None:
         super().__init__(batch_size=16)
-        self.threads = threads
         self.float_model = Path(float_model)
         self.imgsz = tuple(imgsz)
         self.method = method
@@ -124,8 +123,7 @@ class LiteRTCalibrator(Calibrator[LiteRTCalibration]):
         from dgh_deploy.targets.tflite.ranges import activation_ranges
 
         signature = next(iter(open_interpreter(self.float_model, delegates=False).get_signature_list()))
-        ranges = activation_ranges(self.float_model, self._samples, self.method, self.percentile, self.act_bits,
-                                   self.threads)
+        ranges = activation_ranges(self.float_model, self._samples, self.method, self.percentile, self.act_bits)
         self._samples = []  # the ranges are all the quantizer takes
         return LiteRTCalibration(signature, self.method, ranges)
 

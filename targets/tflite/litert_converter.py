@@ -90,8 +90,7 @@ class LiteRTTorchConverter(Converter):
     # --- int8 ---------------------------------------------------------------------------------
     def calibrator(self, model: LoadedModel, scratch: Path, float_model: FloatModel) -> LiteRTCalibrator:
         s = self.settings
-        return LiteRTCalibrator(float_model.path, model.imgsz, s.act_range, s.percentile, s.act_bits,
-                                threads=s.threads)
+        return LiteRTCalibrator(float_model.path, model.imgsz, s.act_range, s.percentile, s.act_bits)
 
     def quantize(self, model: LoadedModel, module: nn.Module, float_model: FloatModel, data: LiteRTCalibration,
                  scratch: Path) -> Conversion:

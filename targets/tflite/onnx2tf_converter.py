@@ -152,7 +152,7 @@ def quantize_saved_model(saved_model: Path, data: RepresentativeData, settings: 
     converter.inference_input_type = converter.inference_output_type = io_type
     normalised = (np.asarray(images) - data.mean) / data.std
     with capture_output(log_path, enabled=not settings.verbose), \
-            project_ranges(normalised, settings.act_range, settings.percentile, settings.threads) as ranges:
+            project_ranges(normalised, settings.act_range, settings.percentile) as ranges:
         try:
             path.write_bytes(converter.convert())
         except Exception as exc:  # TensorFlow's quantizer refuses an op: say which, not where it failed

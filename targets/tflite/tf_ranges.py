@@ -20,7 +20,7 @@ from dgh_deploy.targets.tflite.ranges import Ranges, activation_ranges
 
 
 @contextlib.contextmanager
-def project_ranges(images: np.ndarray, method: str, percentile: float, threads: int = 2) -> Iterator[dict[str, int]]:
+def project_ranges(images: np.ndarray, method: str, percentile: float) -> Iterator[dict[str, int]]:
     """While open, TensorFlow's converter quantizes with ``method``'s ranges of ``images`` (NHWC);
     the dict it yields counts the tensors whose range was replaced (``replaced``)."""
     counts = {"replaced": 0}
@@ -35,7 +35,7 @@ def project_ranges(images: np.ndarray, method: str, percentile: float, threads: 
         def calibrate(self, dataset_gen: Any) -> bytes:
             calibrated = bytes(super().calibrate(dataset_gen))
             samples = [images[i : i + 1] for i in range(len(images))]
-            ranges = activation_ranges(calibrated, samples, method, percentile, threads=threads)
+            ranges = activation_ranges(calibrated, samples, method, percentile)
             content, counts["replaced"] = with_ranges(calibrated, ranges)
             return content
 
