@@ -157,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     state = common.read_state(args.json, {"models": {}})
     from dgh_deploy.targets.tflite.target import installed_converter
 
-    state.update(machine=common.machine(), versions=versions(), configs=configs, converter=installed_converter())
+    # The file's machine and versions are its first run's; a model run later records its own.
+    state.setdefault("machine", common.machine())
+    state.setdefault("versions", versions())
+    state["configs"] = configs
     for name in models:
         if name in state["models"] and not args.rerun:
             print(f"{name}: in {args.json} already (--rerun to run it again)")
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         case = cases[name]
         limit = args.val_limit if name != "yolov5n" else None
         report = run_job(case, dgh_set(case, Path(args.work) / f"{name}_dgh.npz"), out, limit, args.threads)
-        state["models"][name] = model_result(report, out, configs, time.perf_counter() - t0)
+        state["models"][name] = {**model_result(report, out, configs, time.perf_counter() - t0),
+                                 "converter": installed_converter(), "versions": versions()}
         common.write_result(args.json, state)
         r = state["models"][name]
         print(f"{name}: {r['metric']} float {r['float']:.2f}, LiteRT {r['litert']:.2f}, TFLite Micro "

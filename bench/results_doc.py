@@ -631,7 +631,9 @@ def readme_edge(results: dict[str, Any]) -> list[str]:
         m = data["models"][key]
         shown = m["ethos_u"][:2]
         e = shown[0]
-        label = f"{key} (untrained: placement only)" if m.get("placement_only") else f"{key} ({m['metric']})"
+        own = m.get("converter")  # a model run later than the file's first run, with another converter
+        via = f"; {own}" if own and own != converter_of(name, data) else ""
+        label = f"{key} (untrained: placement only)" if m.get("placement_only") else f"{key} ({m['metric']}{via})"
         rows.append([label, f"{e['npu_ops']} of {e['npu_ops'] + e['cpu_ops']}", num(e["sram_kib"], 1),
                      num(e["flash_kib"], 1), *(num(c["inference_ms"], 2) for c in shown), num(m.get("litert")),
                      num(m.get("tflite_micro")), num((m.get("arena_bytes") or 0) / 1024 or None, 1)])
