@@ -927,13 +927,18 @@ def depthwise_targets_table(data: dict) -> Table:
             row.append(", ".join(num(v) for v in got) + (f" ({num(statistics.fmean(got))})" if got else "") or "-")
         row.append(num(data["top1"].get(f"{build}|real")))
         rows.append(row)
-    return ["build", *(f"{s} (seeds 0, 1, 2; mean)" for s in sources), "real"], rows
+    def seeds(src: str) -> str:
+        found = sorted({k.split(" seed ")[1] for k in data.get("top1", {}) if f"|{src} seed " in k}, key=int)
+        return ", ".join(found)
+
+    return ["build", *(f"{s} (seed {seeds(s)}; mean)" for s in sources), "real"], rows
 
 
 def section_depthwise_targets(files: dict[str, dict]) -> list[str]:
     lines = ["The bundled depthwise classifier (`cifar_mobilenetv2`) on every target by calibration source and "
              "seed (`python -m bench.depthwise_targets`): each set built as the job builds it for the target "
-             "and scored on the same CIFAR-10 test images; real: 256 CIFAR-10 training images.", ""]
+             "and scored on the same CIFAR-10 test images; real: 256 CIFAR-10 training images. A DGH set is the "
+             "job's: 288 images generated together at the job's default budget, the first 256 calibrating.", ""]
     for name, data in files.items():
         lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; {data['model']} "
                   f"({num(data.get('params'))} parameters), top-1 on {num(data.get('val_images'))} test images, "
