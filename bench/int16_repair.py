@@ -1,7 +1,8 @@
 """The per-layer diagnosis's fix, measured: tflite-int8 with the noisiest modules at int16 (16x8).
 
-The 640 YOLOv5n job loses about 2.4 mAP50-95 to int8 on every DGH set (float 33.08, DGH minmax
-30.58 / 30.76 / 30.68: ``bench/tflite_ranges.py --imgsz 640``). For each (source, seed) set this
+The 640 YOLOv5n job loses 2.4 to 3 mAP50-95 to int8 on every DGH set (float 33.08, DGH minmax
+30.58 / 30.76 / 30.68 with ranges taken on two threads, ``bench/tflite_ranges.py --imgsz 640``;
+30.00 / 30.31 / 30.66 on one, as every build takes them now). For each (source, seed) set this
 builds the job's int8 file, scores it on LiteRT, runs the job's per-layer diagnosis on the job's
 held-out images (the last 8 of the set; 2 of them at 640, the job's pixel budget), keeps the
 ``--k`` modules that add the most noise (``repair_candidates``) at int16 activations

@@ -160,7 +160,7 @@ class Target(ABC):
 
     # --- where the quantized model loses accuracy -----------------------------------------------
     layer_runtime: ClassVar[str] = ""  # what runs both models for layer_errors(), every tensor visible
-    repair_flag: ClassVar[str] = ""  # this target's flag that keeps chosen modules at a higher precision
+    repair_flag: ClassVar[str] = ""  # the flag that keeps chosen modules at a higher precision (one of flags)
 
     def repair_in_use(self) -> bool:
         """Whether this job already keeps modules at a higher precision (then no advice is given)."""
@@ -169,7 +169,8 @@ class Target(ABC):
     def repair_advice(self, drop: float | None, noisiest: list[str]) -> str | None:
         """Where the metric dropped more than :data:`ADVICE_DROP` points, the flag to try with the modules
         the per-layer diagnosis found adding the most noise."""
-        if not self.repair_flag or drop is None or drop <= ADVICE_DROP or not noisiest or self.repair_in_use():
+        own = self.repair_flag in {f.flag for f in self.flags}  # a subclass may not take its parent's flags
+        if not own or drop is None or drop <= ADVICE_DROP or not noisiest or self.repair_in_use():
             return None
         return (f"the drop ({drop:.2f}) is over {ADVICE_DROP:g}: keep the modules adding the most noise at a "
                 f"higher precision with {self.repair_flag} {','.join(noisiest)}")

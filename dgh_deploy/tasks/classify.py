@@ -12,6 +12,7 @@ from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.runtime.base import Runner, flatten_outputs
 from dgh_deploy.tasks.base import TaskAdapter
+from dgh_deploy.verification.layers import sqnr_db
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -90,15 +91,8 @@ class ClassifyTask(TaskAdapter):
 
     def agreement(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float]:
         ref, cand = reference[0], candidate[0]
-        err = cand - ref
         return {
             "top1_agreement": 100.0 * float((ref.argmax(1) == cand.argmax(1)).mean()),
-            "output_sqnr_db": sqnr_db(ref, err),
+            "output_sqnr_db": sqnr_db(ref, cand),
             "images": float(len(ref)),
         }
-
-
-def sqnr_db(ref: np.ndarray, err: np.ndarray) -> float:
-    noise = float((err.astype(np.float64) ** 2).mean())
-    signal = float((ref.astype(np.float64) ** 2).mean())
-    return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)

@@ -20,10 +20,11 @@ from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.preprocessing import Placement, letterbox, open_image
 from dgh_deploy.runtime.base import Runner, flatten_outputs
 from dgh_deploy.tasks.base import TaskAdapter
-from dgh_deploy.tasks.classify import evenly_spaced, sqnr_db
+from dgh_deploy.tasks.classify import evenly_spaced
 from dgh_deploy.tasks.detect_data import DetectionData, read_data_yaml
 from dgh_deploy.tasks.detect_layout import DetectLayout, infer_layout, layout_of
 from dgh_deploy.tasks.detect_postprocess import NMSConfig, clip_to_image, nms
+from dgh_deploy.verification.layers import sqnr_db
 
 NO_HEAD = "the detection adapter found no detection head"
 NO_HEAD_FIX = "use an Ultralytics detection .pt/.yaml (Detect head) or the built-in yolov5n"
@@ -171,8 +172,8 @@ class DetectTask(TaskAdapter):
 
         layout = infer_layout(reference)
         ref_parts, cand_parts = layout.parts(reference), layout.parts(candidate)
-        out = {f"{name}_sqnr_db": sqnr_db(np.asarray(ref_parts[name]), np.asarray(cand_parts[name]) -
-                                        np.asarray(ref_parts[name])) for name in layout.names}
+        out = {f"{name}_sqnr_db": sqnr_db(np.asarray(ref_parts[name]), np.asarray(cand_parts[name]))
+               for name in layout.names}
         imgsz = (1, 1)  # boxes stay normalised: IoU does not change with per-axis scaling
         ref_det = nms(*layout.unpack(reference), imgsz, AGREEMENT_NMS)
         cand_det = nms(*layout.unpack(candidate), imgsz, AGREEMENT_NMS)

@@ -66,7 +66,6 @@ class EthosUTarget(TFLiteInt8Target):
                    "fail the job (exit 3, after writing the report) if Vela leaves any op to the CPU", None),
     )
     summary_artifacts: ClassVar[tuple[str, ...]] = ("model", "vela_model")
-    repair_flag: ClassVar[str] = ""  # tflite-int8's --int16-layers is not among this target's flags
 
     def summary_lines(self, report: Report) -> list[str]:
         """Where Vela put the ops, and what the NPU costs."""
