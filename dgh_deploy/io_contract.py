@@ -15,8 +15,6 @@ import numpy as np
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.reporting.report import ContractEntry, TensorSpec
 
-CHANNEL_ORDER = "RGB"  # every preprocessing the project knows reads RGB pixels
-
 
 def io_contract(model: LoadedModel, file_name: str, io: dict[str, Any], meanings: list[str]) -> ContractEntry:
     """The contract of ``file_name`` whose runtime I/O is ``io`` (``{"input": ..., "outputs": [...]}``, as
@@ -24,12 +22,12 @@ def io_contract(model: LoadedModel, file_name: str, io: dict[str, Any], meanings
     pre = model.preprocessing
     inp = _input_spec(model, io)
     layout = input_layout(inp.shape, model.imgsz)
-    inp.meaning = f"{layout}, {CHANNEL_ORDER}, {_value_range(inp)}"
+    inp.meaning = f"{layout}, {pre.channel_order}, {_value_range(inp)}"
     outputs = [spec_of(o) for o in io.get("outputs", [])] or model_outputs(model)
     for spec, meaning in zip(outputs, meanings, strict=False):
         spec.meaning = meaning + _dequantize_note(spec)
     return ContractEntry(
-        file=file_name, channel_order=CHANNEL_ORDER, layout=layout, resize=pre.resize,
+        file=file_name, channel_order=pre.channel_order, layout=layout, resize=pre.resize,
         pad_value=pre.pad_value if pre.resize == "letterbox" else None,
         mean=[float(m) for m in pre.mean], std=[float(s) for s in pre.std], input=inp, outputs=outputs,
         steps=feeding_steps(model, inp, layout),
@@ -66,7 +64,7 @@ def feeding_steps(model: LoadedModel, inp: TensorSpec, layout: str) -> list[str]
     """From a decoded image to the input tensor, in order, with this job's numbers."""
     pre = model.preprocessing
     h, w = model.imgsz
-    steps = [f"decode to 8-bit {CHANNEL_ORDER} pixels (0..255), turned upright by the EXIF orientation",
+    steps = [f"decode to 8-bit {pre.channel_order} pixels (0..255), turned upright by the EXIF orientation",
              _resize_step(pre.resize, pre.pad_value, h, w)]
     plain = all(m == 0 for m in pre.mean) and all(s == 1 for s in pre.std)
     steps.append("x = pixel / 255" if plain else
@@ -87,6 +85,9 @@ def _resize_step(resize: str, pad_value: int, h: int, w: int) -> str:
                 f"OpenCV's; the short side scaled alike and rounded up), shrink again to fit {h}x{w} if it "
                 f"still exceeds it, and centre on a canvas filled with {pad_value} (map boxes back through the "
                 "same scale and offset)")
+    if resize == "stretch":
+        return (f"resize to {h}x{w} bilinearly (OpenCV's INTER_LINEAR), not keeping the aspect ratio (map boxes "
+                "back by each axis' own scale)")
     return f"resize the shorter side to {min(h, w)} bilinearly, then centre-crop {h}x{w}"
 
 

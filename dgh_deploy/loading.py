@@ -7,7 +7,8 @@ Accepted forms of ``--model``:
 * an Ultralytics checkpoint (``.pt``) or model YAML (``.yaml``): a detector;
 * ``path/to/file.py:factory`` for anything else: ``factory()`` returns an ``nn.Module``.
   Optional attributes on it override the defaults: ``input_size`` (int or (h, w)),
-  ``mean``/``std`` (on 0..1 pixels), ``task`` (``classify``/``detect``).
+  ``mean``/``std`` (on 0..1 pixels), ``task`` (``classify``/``detect``). A detector states the
+  detector protocol (:mod:`dgh_deploy.tasks.detector`: ``head_maps``, ``decode`` and a few attributes).
 
 From Python, ``model`` may also be the object itself: an Ultralytics ``YOLO`` or
 ``DetectionModel``, a built-in detector, or any ``nn.Module`` (read like a factory's result).
@@ -63,6 +64,11 @@ def load_model(
             f"unknown model '{spec}'",
             f"use a built-in name ({known}), torchvision:NAME, an Ultralytics .pt/.yaml, or file.py:factory",
         )
+    if task == "detect" and loaded.task != "detect":
+        from dgh_deploy.tasks.detector import PROTOCOL_FIX
+
+        raise DGHError(f"--task detect given, but '{spec}' is not a detector (it has no head_maps or decode)",
+                       PROTOCOL_FIX)
     if task is not None and task != loaded.task:
         raise DGHError(
             f"--task {task} given, but '{spec}' is a {loaded.task} model",
@@ -211,7 +217,12 @@ def _load_factory(spec: str, weights: str | None) -> LoadedModel:
 
 
 def _from_module(net: nn.Module, name: str, weights: str | None) -> LoadedModel:
-    """A plain nn.Module, its input read from optional attributes (``input_size``, ``mean``, ``std``, ``task``)."""
+    """A plain nn.Module, its input read from optional attributes (``input_size``, ``mean``, ``std``, ``task``);
+    a detector through the detector protocol (:mod:`dgh_deploy.tasks.detector`)."""
+    from dgh_deploy.tasks.detector import load_detector, states_detector
+
+    if states_detector(net):
+        return load_detector(net, name, weights)
     size = getattr(net, "input_size", 224)
     imgsz = (size, size) if isinstance(size, int) else tuple(size)
     task = getattr(net, "task", "classify")

@@ -19,6 +19,8 @@ EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera sets instead of turning the p
 # process-wide with one that, for a file Pillow cannot identify, tries to pip-install a HEIF plugin.
 _pillow_open = Image.open
 
+RESIZES = ("center_crop", "letterbox", "stretch")
+CHANNEL_ORDERS = ("RGB", "BGR")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -28,13 +30,30 @@ class Preprocessing:
     """RGB pixels in 0..255 -> ``(pixels / 255 - mean) / std``, after resizing to the input size.
 
     ``resize``: ``"center_crop"`` (classifiers: shorter side to the input size, then a center
-    crop) or ``"letterbox"`` (YOLO: keep the aspect ratio, pad with ``pad_value``).
+    crop), ``"letterbox"`` (YOLO: keep the aspect ratio, pad with ``pad_value``) or ``"stretch"``
+    (both sides to the input size, the aspect ratio not kept, as OpenCV's ``cv2.resize``).
+    ``channel_order``: ``"RGB"``, or ``"BGR"`` for models trained on OpenCV's ``imread`` pixels;
+    ``mean`` and ``std`` are in the model's channel order.
     """
 
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     resize: str = "center_crop"
     pad_value: int = 114
+    channel_order: str = "RGB"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZES:
+            raise DGHError(f"resize '{self.resize}' is not one of {', '.join(RESIZES)}", "pick one of those")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise DGHError(f"channel order '{self.channel_order}' is not RGB or BGR", "use 'RGB' or 'BGR'")
+
+    def __repr__(self) -> str:
+        # The repr keys cached calibration sets (LoadedModel.fingerprint): RGB, the order every model
+        # had before BGR existed, is left out so those keys stay what they were.
+        order = "" if self.channel_order == "RGB" else f", channel_order={self.channel_order!r}"
+        return (f"Preprocessing(mean={self.mean!r}, std={self.std!r}, resize={self.resize!r}, "
+                f"pad_value={self.pad_value!r}{order})")
 
     def pixel_range(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (low, high) of the model input for pixel values 0 and 255: DGH clips to it."""
@@ -42,8 +61,10 @@ class Preprocessing:
         return ((0.0 - mean) / std).astype(np.float32), ((1.0 - mean) / std).astype(np.float32)
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
-        """N x H x W x 3 (or H x W x 3) uint8/float pixels -> N x 3 x H x W float32 model input."""
+        """N x H x W x 3 (or H x W x 3) uint8/float RGB pixels -> N x 3 x H x W float32 model input."""
         x = np.asarray(pixels, dtype=np.float32) / 255.0
+        if self.channel_order == "BGR":
+            x = x[..., ::-1]
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.moveaxis(x, -1, -3).astype(np.float32)
 
@@ -51,6 +72,8 @@ class Preprocessing:
         """Inverse of :meth:`normalise`, clipped to uint8: for pictures of generated images."""
         x = np.moveaxis(np.asarray(x, np.float32), -3, -1)
         x = (x * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)) * 255.0
+        if self.channel_order == "BGR":
+            x = x[..., ::-1]
         return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
     def resize_image(self, image: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -61,6 +84,8 @@ class Preprocessing:
             return np.asarray(image)
         if self.resize == "letterbox":
             return letterbox(np.asarray(image), size, self.pad_value)[0]
+        if self.resize == "stretch":
+            return stretch(np.asarray(image), size)[0]
         scale = max(h / image.height, w / image.width)
         new = (max(w, round(image.width * scale)), max(h, round(image.height * scale)))
         image = image.resize(new, Image.BILINEAR)
@@ -182,6 +207,17 @@ def letterbox(image: np.ndarray, size: tuple[int, int], pad_value: int = 114) ->
     left, top = round((size[1] - new_w) / 2 - 0.1), round((size[0] - new_h) / 2 - 0.1)
     canvas[top : top + new_h, left : left + new_w] = resized.reshape(new_h, new_w, -1)
     return canvas, Placement((h0, w0), (new_h, new_w), (left, top), (h1 * r, w1 * r))
+
+
+def stretch(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Placement]:
+    """Both sides to ``size`` with OpenCV's bilinear resize (``cv2.resize(..., INTER_LINEAR)``, as
+    detectors trained on plain resizes read their images), and the image's :class:`Placement`."""
+    import cv2
+
+    h0, w0 = image.shape[:2]
+    h, w = size
+    out = image if (h0, w0) == (h, w) else cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    return out.reshape(h, w, -1), Placement((h0, w0), (h, w), (0, 0), (float(h), float(w)))
 
 
 def _long_side_to(image: np.ndarray, side: int) -> np.ndarray:

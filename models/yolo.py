@@ -3,8 +3,10 @@
 A deploy-form detector (:class:`YoloDeploy`) is one module whose ``forward`` returns exactly what
 the int8 artifact will output: boxes ``cx, cy, w, h`` divided by the input width/height, and
 scores as probabilities, laid out as its :class:`~dgh_deploy.tasks.detect_layout.DetectLayout`
-says. ``raw_outputs`` returns the head's raw per-level maps instead (box regression or DFL
-logits, class logits, objectness), before any sigmoid or decoding: what DGH stretches.
+says. It implements the detector protocol (:mod:`dgh_deploy.tasks.detector`): ``head_maps`` returns
+the head's raw per-level maps (box regression or DFL logits, class logits, objectness), before any
+sigmoid or decoding: what DGH stretches; ``decode`` turns them into boxes and scores. Unlike a
+user's detector, its ``forward`` decodes inside the graph (``forward(x) = pack(decode(head_maps(x)))``).
 
 Two head families share the Ultralytics backbone/neck layers (``model.0`` ... ``model.{n-1}``,
 run with Ultralytics' own ``f``/``i`` routing): Ultralytics' anchor-free ``Detect`` (YOLOv5u,
@@ -15,7 +17,7 @@ v8, 11: :class:`UltralyticsDetector`) and the classic anchor-based YOLOv5 head
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,10 @@ class YoloDeploy(nn.Module):
     def nc(self) -> int:
         return self.detect_layout.nc
 
+    @property
+    def num_classes(self) -> int:
+        return self.nc
+
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The head's inputs, one per level (Ultralytics' ``_predict_once`` routing)."""
         y: list[torch.Tensor | None] = []
@@ -76,7 +82,7 @@ class YoloDeploy(nn.Module):
         if h % self.max_stride or w % self.max_stride:
             raise ValueError(f"image size {h}x{w} is not a multiple of the model's stride {self.max_stride}")
 
-    def raw_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def head_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Raw head maps per level (N x C x h x w, or N x na x k x h x w for anchor heads), before sigmoid
         or decoding: for DGH."""
         self.check_size(x)
@@ -84,17 +90,29 @@ class YoloDeploy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         self.check_size(x)
-        boxes, scores, obj = self.decode(self.features(x), (int(x.shape[-2]), int(x.shape[-1])))
+        boxes, scores, obj = self.decode_features(self.features(x), (int(x.shape[-2]), int(x.shape[-1])))
         return self.detect_layout.pack(boxes, scores, obj)
+
+    def decode_outputs(self, outputs: Sequence[Any], imgsz: tuple[int, int]) -> tuple[Any, Any]:
+        """Runner outputs in this model's deploy layout -> (boxes N x 4 x A, final scores N x nc x A)."""
+        return self.detect_layout.unpack(outputs)
 
     def head_raw(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def decode(
+        self, maps: list[torch.Tensor], size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``head_maps``' maps -> boxes N x 4 x A (normalised cx cy w h), class probabilities N x nc x A,
+        objectness N x 1 x A or None."""
+        raise NotImplementedError
+
+    def decode_features(
         self, feats: list[torch.Tensor], size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """-> boxes N x 4 x A (normalised cx cy w h), class probabilities N x nc x A, objectness N x 1 x A or None."""
-        raise NotImplementedError
+        """:meth:`decode` from the head's inputs: what ``forward`` runs (a head may decode its inputs in a
+        form that converts better than the maps it gives DGH)."""
+        return self.decode(self.head_raw(feats), size)
 
 
 class UltralyticsDetector(YoloDeploy):
@@ -111,15 +129,15 @@ class UltralyticsDetector(YoloDeploy):
         return [t for i, f in enumerate(feats) for t in (h.cv2[i](f), h.cv3[i](f))]
 
     def decode(
-        self, feats: list[torch.Tensor], size: tuple[int, int]
+        self, maps: list[torch.Tensor], size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        raw = self.head_raw(feats)
+        raw = maps
         box = torch.cat([r.flatten(2) for r in raw[0::2]], 2)
         # Sigmoid per level, then join: TFLite's concatenation forces one int8 scale on everything it
         # joins, and sigmoid outputs all have the fixed scale 1/256 (raw logits of three levels do not).
         cls = torch.cat([r.sigmoid().flatten(2) for r in raw[1::2]], 2)
         dist = self.head.dfl(box)  # N x 4 x A: left, top, right, bottom in stride units
-        centre, scale = self._grid(feats, size)
+        centre, scale = self._grid(raw[0::2], size)
         lt, rb = dist.chunk(2, 1)
         xy = (centre + (rb - lt) * 0.5) * scale
         wh = (lt + rb) * scale
@@ -142,9 +160,10 @@ class UltralyticsDetector(YoloDeploy):
         return self._grids[key]
 
 
-def deploy_form_of(module: nn.Module) -> YoloDeploy | None:
-    """``module`` as a deploy-form detector: itself, a wrapped Ultralytics DetectionModel, or None."""
-    if isinstance(module, YoloDeploy):
+def deploy_form_of(module: nn.Module) -> nn.Module | None:
+    """``module`` as a deploy-form detector: itself (a built-in or a loaded protocol detector, with
+    ``head_maps``), a wrapped Ultralytics DetectionModel, or None."""
+    if isinstance(module, YoloDeploy) or callable(getattr(module, "head_maps", None)):
         return module
     layers = getattr(module, "model", None)
     if isinstance(layers, nn.Sequential) and len(layers) and _is_detect_head(layers[-1]):

@@ -104,7 +104,20 @@ class YOLOv5Detector(YoloDeploy):
         return [t for i, f in enumerate(feats) for t in self.head.level_maps(i, f)]
 
     def decode(
+        self, maps: list[torch.Tensor], size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`head_raw`'s maps (box, objectness, class, N x na x k x h x w, per level) -> deploy outputs."""
+        flat = [m.flatten(1, 2) for m in maps]  # -> N x na*k x h x w, anchor-major, as level_parts gives them
+        return self._decode_parts([tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)], size)
+
+    def decode_features(
         self, feats: list[torch.Tensor], size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The graph's decode: 4-D channel slices of each head conv (see below), never the 5-D maps."""
+        return self._decode_parts([self.head.level_parts(i, f) for i, f in enumerate(feats)], size)
+
+    def _decode_parts(
+        self, levels: list[tuple[torch.Tensor, ...]], size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         h = self.head
         # Each part goes through its sigmoid per level, before anything joins them: TFLite's
@@ -113,12 +126,12 @@ class YOLOv5Detector(YoloDeploy):
         # Per anchor a channel slice then a flatten: 4-D/3-D ops only, which converters map to
         # NHWC cleanly (a 5-D view + permute, as in YOLOv5's own export, is riskier for onnx2tf).
         cols: tuple[list[torch.Tensor], ...] = ([], [], [])
-        for i, f in enumerate(feats):
-            for col, p in zip(cols, h.level_parts(i, f), strict=True):
+        for parts in levels:
+            for col, p in zip(cols, parts, strict=True):
                 s, width = p.sigmoid(), p.shape[1] // h.na
                 col += [s[:, a * width : (a + 1) * width].flatten(2) for a in range(h.na)]
         box, obj, cls = (torch.cat(c, 2) for c in cols)  # N x C x A
-        gain, offset, anchor_wh = self._grid(feats, size)
+        gain, offset, anchor_wh = self._grid([parts[0] for parts in levels], size)
         xy = box[:, 0:2] * gain + offset  # (2 s - 0.5 + grid) * stride / size
         wh = box[:, 2:4] * box[:, 2:4] * anchor_wh  # (2 s)^2 * anchor * stride / size
         return torch.cat((xy, wh), 1), cls, obj

@@ -173,7 +173,7 @@ CASES: list[tuple[str, list[str], int, list[str]]] = [
     ("factory raises", ["--model", "{factory}:broken"], 2, ["boom"]),
     ("not an image model", ["--model", "{factory}:vector_model", "--target", "sim"], 2,
      ["does not take a 1x3x"]),
-    ("wrong task", ["--task", "detect"], 2, ["is a classify model"]),
+    ("wrong task", ["--task", "detect"], 2, ["is not a detector", "head_maps"]),
     ("malformed data YAML", ["--model", "yolov8n.yaml", "--val-data", "{bad_yaml}", "--imgsz", "64"], 2,
      ["bad.yaml"]),
     ("data YAML without val", ["--model", "yolov8n.yaml", "--val-data", "{no_val_yaml}", "--imgsz", "64"], 2,

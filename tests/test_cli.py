@@ -45,7 +45,7 @@ def test_subprocess_exit_code_and_no_traceback(tmp_path: Path) -> None:
         (["--model", "cifar_resnet20", "--weights", "missing.th"], ["weights file 'missing.th' not found"]),
         (["--model", "cifar_resnet56", "--weights", str(DEMO_WEIGHTS)], ["do not fit architecture"]),
         (["--bits", "8bit"], ["--bits '8bit'", "W8A8"]),
-        (["--task", "detect"], ["is a classify model"]),
+        (["--task", "detect"], ["is not a detector"]),
     ],
 )
 def test_deploy_bad_input(args: list[str], needles: list[str], tmp_path: Path,

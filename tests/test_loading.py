@@ -94,7 +94,7 @@ def test_ultralytics_yaml_builds_offline(monkeypatch: pytest.MonkeyPatch) -> Non
         ({"model": "cifar_resnet20"}, "needs weights"),
         ({"model": "cifar_resnet20", "weights": "/nonexistent/w.th"}, "not found"),
         ({"model": "cifar_resnet56", "weights": str(DEMO_WEIGHTS)}, "do not fit architecture 'cifar_resnet56'"),
-        ({"model": "demo", "task": "detect"}, "is a classify model"),
+        ({"model": "demo", "task": "detect"}, "is not a detector"),
         ({"model": "demo", "imgsz": 0}, "not valid"),
         ({"model": "yolov8n.yaml", "imgsz": 100}, "not a multiple of the model's stride 32"),
         ({"model": "torchvision:resnet18"}, "needs a weights file"),

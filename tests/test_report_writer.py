@@ -21,6 +21,7 @@ import pytest
 
 from dgh_deploy.cli import main
 from dgh_deploy.reporting import validate_report
+from dgh_deploy.reporting.report import REPORT_SCHEMA_VERSION
 
 GOLDEN = Path(__file__).parent / "data" / "reports"
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def since_golden(old: dict[str, Any]) -> dict[str, Any]:
     :data:`MOVED_TO_TARGETS` out of config.options (none of the seven jobs gives one, so none lands
     in target_settings)."""
     new = json.loads(json.dumps(old))
-    new["schema_version"] = "1.3"
+    new["schema_version"] = REPORT_SCHEMA_VERSION  # 1.4 added values (BGR, stretch), no keys
     for key in MOVED_TO_TARGETS:
         new["config"]["options"].pop(key)
     return new

@@ -159,7 +159,7 @@ def test_yolov5_export_form_splits_each_head_conv(v5: LoadedModel, street: np.nd
     with torch.no_grad():
         for a, b in zip(split(x), v5.module(x), strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-        for a, b in zip(split.raw_outputs(x), v5.module.raw_outputs(x), strict=True):
+        for a, b in zip(split.head_maps(x), v5.module.head_maps(x), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     graph = onnx.load(str(export_onnx(v5, tmp_path / "v5.onnx"))).graph
     inits = {i.name: list(i.dims) for i in graph.initializer}

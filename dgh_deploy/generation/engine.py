@@ -124,7 +124,7 @@ class Generator:
         self.offset, self.n_local = self._shard_bounds()
         self.dtype = dtype
         cfg = self.config
-        self.task = get_task(model.task)
+        self.task = get_task(model.task, model)
         self.channels_last = (cfg.channels_last and self.device.type in ("cpu", "cuda")
                               and dtype == torch.float32)  # faster convolutions (oneDNN, tensor cores)
         self.module = self._prepare_module()

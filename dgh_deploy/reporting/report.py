@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPORT_SCHEMA_VERSION = "1.3"  # report.schema.json's version: a change of the JSON's shape bumps it
+REPORT_SCHEMA_VERSION = "1.4"  # report.schema.json's version: a change of the JSON's shape bumps it
 Scores = dict[str, Any]  # metric name -> points (0..100), and "images": how many were scored
 
 

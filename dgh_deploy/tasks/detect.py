@@ -17,17 +17,17 @@ from torch import nn
 
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
-from dgh_deploy.preprocessing import Placement, letterbox, open_image
+from dgh_deploy.preprocessing import Placement, letterbox, open_image, stretch
 from dgh_deploy.runtime.base import Runner, flatten_outputs
 from dgh_deploy.tasks.base import TaskAdapter
 from dgh_deploy.tasks.classify import evenly_spaced
 from dgh_deploy.tasks.detect_data import DetectionData, read_data_yaml
 from dgh_deploy.tasks.detect_layout import DetectLayout, infer_layout, layout_of
 from dgh_deploy.tasks.detect_postprocess import NMSConfig, clip_to_image, nms
+from dgh_deploy.tasks.detector import PROTOCOL_FIX, HostDecodeDetector
 from dgh_deploy.verification.layers import sqnr_db
 
 NO_HEAD = "the detection adapter found no detection head"
-NO_HEAD_FIX = "use an Ultralytics detection .pt/.yaml (Detect head) or the built-in yolov5n"
 # Data-free agreement compares what a deployed detector would report: Ultralytics' predict defaults.
 AGREEMENT_NMS = NMSConfig(conf=0.25, iou=0.7, max_det=300, multi_label=False)
 
@@ -43,7 +43,7 @@ class RawHeadOutputs(nn.Module):
         self.detector = detector
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.detector.raw_outputs(x)
+        return self.detector.head_maps(x)
 
 
 class DetectTask(TaskAdapter):
@@ -55,10 +55,12 @@ class DetectTask(TaskAdapter):
     name = "detect"
     metric = "mAP50-95"
 
-    def __init__(self, nms: NMSConfig | None = None, batch_size: int = 8, clip: bool = True) -> None:
+    def __init__(self, nms: NMSConfig | None = None, batch_size: int = 8, clip: bool = True,
+                 model: LoadedModel | None = None) -> None:
         self.nms = nms or NMSConfig()
         self.clip = clip
         self.batch_size = batch_size
+        self.model = model  # whose outputs the data-free check reads (a host-decoded detector's maps need it)
         self._loaded: dict[tuple, tuple[DetectionData, np.ndarray, np.ndarray, list[Placement]]] = {}
 
     # -- generation --------------------------------------------------------------------------
@@ -68,22 +70,28 @@ class DetectTask(TaskAdapter):
 
         detector = deploy_form_of(model.module)
         if detector is None:
-            raise DGHError(f"{NO_HEAD} in '{model.name}' ({type(model.module).__name__})", NO_HEAD_FIX)
+            raise DGHError(f"{NO_HEAD} in '{model.name}' ({type(model.module).__name__})", PROTOCOL_FIX)
         return RawHeadOutputs(detector).eval()
 
     def stretch_outputs(self, output: Any) -> list[torch.Tensor]:
         """Every raw head map (class logits, box/DFL logits, objectness), each widened on its own."""
         tensors = [t for t in flatten_outputs(output) if t.is_floating_point() and t.ndim >= 3]
         if not tensors:
-            raise DGHError(f"{NO_HEAD} (the model returned no N x C x ... head maps)", NO_HEAD_FIX)
+            raise DGHError(f"{NO_HEAD} (the model returned no N x C x ... head maps)", PROTOCOL_FIX)
         return tensors
 
     def output_meanings(self, model: LoadedModel, layout: str) -> list[str]:
         from dgh_deploy.runtime.base import TorchRunner
 
-        parts = layout_of(model.module, TorchRunner(model.module).infer(model.dummy_input().numpy()))
-        nc, after = parts.nc, (f"then keep scores >= a threshold and run NMS per class (IoU {self.nms.iou:g}), "
-                               "and map boxes back through the letterbox")
+        outputs = TorchRunner(model.module).infer(model.dummy_input().numpy())
+        after = (f"then keep scores >= a threshold and run NMS per class (IoU {self.nms.iou:g}), and map boxes "
+                 f"back through the {model.preprocessing.resize}")
+        if isinstance(model.module, HostDecodeDetector):
+            return [f"raw head map {i + 1} of {len(outputs)} ({'x'.join(map(str, o.shape))}), before any sigmoid or "
+                    f"softmax: decode all maps on the host with the detector's decode(maps, {model.imgsz}) into boxes "
+                    f"and class scores, {after}" for i, o in enumerate(outputs)]
+        parts = layout_of(model.module, outputs)
+        nc = parts.nc
         if layout == "ultralytics":
             return [f"N x (4 + {nc}) x anchors: cx, cy, w, h in input pixels, then {nc} class probabilities; "
                     "Ultralytics' YOLO(file) decodes it"]
@@ -108,17 +116,15 @@ class DetectTask(TaskAdapter):
 
         data, index, canvases, placements = self._load(model, val_data, limit)
         cfg = self._nms_for(data, index)
-        layout: DetectLayout | None = getattr(model.module, "detect_layout", None)
         acc = MapAccumulator(data.names)
         for i in range(0, len(index), self.batch_size):
             outputs = runner.infer(model.preprocessing.normalise(canvases[i : i + self.batch_size]))
-            layout = layout or layout_of(model.module, outputs)
-            if layout.nc != len(data.names):
+            boxes, scores = boxes_and_scores(model.module, outputs, model.imgsz)
+            if scores.shape[1] != len(data.names):
                 raise DGHError(
-                    f"model '{model.name}' predicts {layout.nc} classes but '{val_data}' names {len(data.names)}",
-                    "evaluate on data labelled with the model's own classes",
+                    f"model '{model.name}' predicts {scores.shape[1]} classes but '{val_data}' names "
+                    f"{len(data.names)}", "evaluate on data labelled with the model's own classes",
                 )
-            boxes, scores = layout.unpack(outputs)
             for j, det in enumerate(nms(boxes, scores, model.imgsz, cfg)):
                 k, placement = int(index[i + j]), placements[i + j]
                 lab = data.labels[k]
@@ -141,10 +147,10 @@ class DetectTask(TaskAdapter):
                                                                                    np.ndarray, list[Placement]]:
         """Letterbox once per (data, size, preprocessing): float and quantized runs share the uint8 canvases."""
         pre = model.preprocessing
-        if pre.resize != "letterbox":
+        if pre.resize not in ("letterbox", "stretch"):
             raise DGHError(
-                f"detection evaluation scores letterboxed inputs, but '{model.name}' resizes by {pre.resize}",
-                "give the detector Preprocessing(resize='letterbox')",
+                f"detection evaluation scores letterboxed or stretched inputs, but '{model.name}' resizes by "
+                f"{pre.resize}", "give the detector resize='letterbox' or 'stretch'",
             )
         key = (str(val_data), limit, model.imgsz, pre)
         if key not in self._loaded:
@@ -154,7 +160,8 @@ class DetectTask(TaskAdapter):
             placements = []
             for n, k in enumerate(index):
                 rgb = np.asarray(open_image(data.images[k]))  # upright as yolo val reads it: labels follow EXIF
-                canvases[n], placement = letterbox(rgb, model.imgsz, pre.pad_value)
+                canvases[n], placement = (letterbox(rgb, model.imgsz, pre.pad_value) if pre.resize == "letterbox"
+                                          else stretch(rgb, model.imgsz))
                 placements.append(placement)
             self._loaded = {key: (data, index, canvases, placements)}  # keep one set: they can be large
         return self._loaded[key]
@@ -170,14 +177,35 @@ class DetectTask(TaskAdapter):
         """
         from dgh_deploy.tasks.detect_metrics import box_agreement
 
-        layout = infer_layout(reference)
-        ref_parts, cand_parts = layout.parts(reference), layout.parts(candidate)
+        ref_parts, cand_parts = self._parts(reference), self._parts(candidate)
         out = {f"{name}_sqnr_db": sqnr_db(np.asarray(ref_parts[name]), np.asarray(cand_parts[name]))
-               for name in layout.names}
+               for name in ref_parts}
         imgsz = (1, 1)  # boxes stay normalised: IoU does not change with per-axis scaling
-        ref_det = nms(*layout.unpack(reference), imgsz, AGREEMENT_NMS)
-        cand_det = nms(*layout.unpack(candidate), imgsz, AGREEMENT_NMS)
+        ref_det = nms(*_final(ref_parts), imgsz, AGREEMENT_NMS)
+        cand_det = nms(*_final(cand_parts), imgsz, AGREEMENT_NMS)
         out.update(box_agreement(ref_det, cand_det))
         out["images"] = float(len(reference[0]))
         return out
 
+
+    def _parts(self, outputs: list[np.ndarray]) -> dict[str, Any]:
+        """The parts of deploy outputs (boxes, scores, objectness) as the model's layout has them; a
+        host-decoded detector's maps decoded first (then boxes and final scores)."""
+        module = self.model.module if self.model is not None else None
+        if isinstance(module, HostDecodeDetector):
+            boxes, scores = module.decode_outputs(outputs, self.model.imgsz)  # type: ignore[union-attr]
+            return {"boxes": boxes, "scores": scores}
+        layout = getattr(module, "detect_layout", None)
+        return (layout if isinstance(layout, DetectLayout) else infer_layout(outputs)).parts(outputs)
+
+
+def _final(parts: dict[str, Any]) -> tuple[Any, Any]:
+    scores = parts["scores"]
+    return parts["boxes"], scores * parts["objectness"] if "objectness" in parts else scores
+
+
+def boxes_and_scores(module: nn.Module, outputs: list[np.ndarray], imgsz: tuple[int, int]) -> tuple[Any, Any]:
+    """A runner's outputs of ``module``'s deploy form -> (boxes N x 4 x A normalised, final scores N x nc x A):
+    decoded on the host for a protocol detector, unpacked by its layout for one that decodes in its graph."""
+    decode = getattr(module, "decode_outputs", None)
+    return decode(outputs, imgsz) if callable(decode) else layout_of(module, outputs).unpack(outputs)

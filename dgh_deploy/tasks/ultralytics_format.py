@@ -36,6 +36,9 @@ def check_layout(layout: str, model: LoadedModel, target: str) -> None:
     if layout == "ultralytics" and model.task != "detect":
         raise DGHError(f"--layout ultralytics is for detectors, and '{model.name}' is a {model.task} model",
                        "drop --layout for this model")
+    if layout == "ultralytics" and not hasattr(model.module, "detect_layout"):
+        raise DGHError(f"--layout ultralytics needs boxes and scores inside the graph, and '{model.name}' is decoded "
+                       "on the host (its file ends at the raw head maps)", "drop --layout for this model")
 
 
 def model_layout(model: LoadedModel) -> DetectLayout:
