@@ -35,7 +35,7 @@ class TinyDetector(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(conv(3, 16, 2), conv(16, 32, 2))  # stride 4
+        self.stem = nn.Sequential(conv(3, 16, 2), nn.MaxPool2d(3, 2, 1), conv(16, 32))  # stride 4
         self.stage16 = nn.Sequential(conv(32, 32, 2, groups=32), conv(32, 64), conv(64, 64, 2, groups=64),
                                      conv(64, 96))
         self.stage32 = nn.Sequential(conv(96, 96, 2, groups=96), conv(96, 128))

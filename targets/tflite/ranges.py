@@ -89,5 +89,13 @@ def _activations(it: Any, image: np.ndarray) -> dict[str, np.ndarray]:
     for idx in produced:
         value = it.get_tensor(idx)
         if value.dtype == np.float32:
-            out[names[idx]] = value
+            out[names[idx]] = finite_values(value)
     return out
+
+
+def finite_values(value: np.ndarray) -> np.ndarray:
+    """``value``, less any infinity: a max pool's padding is a PAD op filling with -inf in the float file
+    (ShuffleNetV2's stem pool, via litert-torch); the int8 file pads with the lowest level instead, so
+    the range is that of the values the images make."""
+    finite = np.isfinite(value)
+    return value if finite.all() else value[finite]
