@@ -947,6 +947,40 @@ def section_depthwise_targets(files: dict[str, dict]) -> list[str]:
     return lines
 
 
+def protocol_detector_table(data: dict) -> Table:
+    """``bench/protocol_detector.py``: per target, int8 mAP50-95 per DGH seed (mean), real calibration,
+    and what the device runtime and Vela said on the jobs that report them."""
+    jobs = data.get("jobs", {})
+    rows = []
+    for target in dict.fromkeys(k.split("|")[0] for k in jobs):
+        mine = {k.split("|", 1)[1]: v for k, v in jobs.items() if k.startswith(f"{target}|")}
+        dgh = [v for label, v in mine.items() if label.startswith("dgh seed ")]
+        values = [v["int8"] for v in dgh]
+        mean = f" ({num(statistics.fmean(values))})" if values else ""
+        rows.append([target, ", ".join(num(v) for v in values) + mean or "-",
+                     num(mine["real"]["int8"]) if "real" in mine else "-",
+                     ", ".join(num(v["tflite-micro"]) for v in dgh if "tflite-micro" in v) or "-",
+                     ", ".join(sorted({v["npu ops"] for v in mine.values() if "npu ops" in v})) or "-"])
+    seeds = sorted({k.split(" seed ")[1] for k in jobs if " seed " in k}, key=int)
+    return ["target", f"DGH (seed {', '.join(seeds)}; mean)", "real (coco128 train images)",
+            "TFLite Micro, DGH", "ops on the NPU"], rows
+
+
+def section_protocol_detector(files: dict[str, dict]) -> list[str]:
+    lines = ["A real non-Ultralytics detector through the detector protocol (`python -m bench.protocol_detector`): "
+             "Yolo-FastestV2 (dog-qiuqiu; ShuffleNetV2 backbone, two levels, softmax classes; the authors' COCO "
+             "weights, their network code read from their repository outside this one, `bench/zoo/"
+             "yolo_fastestv2.py`), whole jobs as a user runs them, default settings; the int8 file ends at the six "
+             "raw head maps, decoded on the host. mAP50-95 on coco128 val (128 images).", ""]
+    for name, data in files.items():
+        f = data.get("float", {})
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; float mAP50-95 through "
+                  f"the protocol {num(f.get('protocol mAP50-95'))}, through the authors' own decode "
+                  f"{num(f.get('authors mAP50-95'))} (mAP50 {num(f.get('protocol mAP50'))} and "
+                  f"{num(f.get('authors mAP50'))}).", "", *markdown(protocol_detector_table(data)), ""]
+    return lines
+
+
 Section = tuple[str, Callable[[str], bool], Callable[[dict[str, dict]], list[str]]]
 SECTIONS: list[Section] = [
     ("Calibration sources x targets", lambda n: n.endswith("_state.json"), section_compare),
@@ -972,6 +1006,8 @@ SECTIONS: list[Section] = [
     ("Keeping the noisiest modules at int16", lambda n: n.startswith("int16_repair_"), section_int16_repair),
     ("A depthwise classifier on every target", lambda n: n.startswith("depthwise_targets_"),
      section_depthwise_targets),
+    ("A detector through the protocol: Yolo-FastestV2", lambda n: n.startswith("protocol_detector_"),
+     section_protocol_detector),
 ]
 
 

@@ -39,6 +39,8 @@ NO_HEAD_FIX = "use an Ultralytics detection .pt/.yaml (Detect head) or the built
 class YoloDeploy(nn.Module):
     """Ultralytics layers (head last) -> deploy-form outputs. Subclasses implement the head."""
 
+    input_size = DEFAULT_IMGSZ  # the protocol's trained size: Ultralytics' and YOLOv5's default
+
     def __init__(self, layers: nn.Sequential, save: Iterable[int], strides: list[int], layout: DetectLayout) -> None:
         super().__init__()
         self.model = layers  # keeps Ultralytics' parameter names: model.0..., head = model.<last>

@@ -44,6 +44,24 @@ def test_example_loads_as_a_host_decoded_detector() -> None:
     assert 0.0 <= float(scores.min()) and float(scores.max()) <= 1.0
 
 
+@pytest.mark.parametrize("spec", ["yolov5n", "yolov8n.yaml"])
+def test_builtin_heads_implement_the_protocol(spec: str) -> None:
+    """One path: the YOLOv5 and Ultralytics heads state the same protocol, and what their graph outputs is
+    their own decode of their own head maps."""
+    from dgh_deploy.models.yolov5 import yolov5n
+    from dgh_deploy.tasks.detector import final_scores, missing_parts
+
+    module = yolov5n().eval() if spec == "yolov5n" else load_model(spec, imgsz=128).module
+    assert missing_parts(module) == []
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        out = module(x)
+        deployed = module.decode_outputs(list(out) if isinstance(out, tuple) else [out], (128, 128))
+        decoded = final_scores(module.decode(module.head_maps(x), (128, 128)))
+    for a, b in zip(deployed, decoded, strict=True):
+        assert torch.allclose(torch.as_tensor(a), b, atol=1e-6)
+
+
 def test_generation_stretches_the_head_maps() -> None:
     model = load_model(EXAMPLE)
     task = get_task("detect", model)
