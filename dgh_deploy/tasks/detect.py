@@ -24,7 +24,7 @@ from dgh_deploy.tasks.classify import evenly_spaced
 from dgh_deploy.tasks.detect_data import DetectionData, read_data_yaml
 from dgh_deploy.tasks.detect_layout import DetectLayout, infer_layout, layout_of
 from dgh_deploy.tasks.detect_postprocess import NMSConfig, clip_to_image, nms
-from dgh_deploy.tasks.detector import PROTOCOL_FIX, HostDecodeDetector
+from dgh_deploy.tasks.detector import PROTOCOL_FIX, HostDecodeDetector, final_scores
 from dgh_deploy.verification.layers import sqnr_db
 
 NO_HEAD = "the detection adapter found no detection head"
@@ -187,7 +187,6 @@ class DetectTask(TaskAdapter):
         out["images"] = float(len(reference[0]))
         return out
 
-
     def _parts(self, outputs: list[np.ndarray]) -> dict[str, Any]:
         """The parts of deploy outputs (boxes, scores, objectness) as the model's layout has them; a
         host-decoded detector's maps decoded first (then boxes and final scores)."""
@@ -200,8 +199,7 @@ class DetectTask(TaskAdapter):
 
 
 def _final(parts: dict[str, Any]) -> tuple[Any, Any]:
-    scores = parts["scores"]
-    return parts["boxes"], scores * parts["objectness"] if "objectness" in parts else scores
+    return final_scores((parts["boxes"], parts["scores"], parts.get("objectness")))
 
 
 def boxes_and_scores(module: nn.Module, outputs: list[np.ndarray], imgsz: tuple[int, int]) -> tuple[Any, Any]:

@@ -84,8 +84,9 @@ class HostDecodeDetector(nn.Module):
             return final_scores(self.detector.decode(maps, imgsz))
 
 
-def final_scores(decoded: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``decode``'s (boxes, scores[, objectness]) -> (boxes, scores with the objectness multiplied in)."""
+def final_scores(decoded: Sequence[Any]) -> tuple[Any, Any]:
+    """``decode``'s (boxes, scores[, objectness]) -> (boxes, scores with the objectness multiplied in);
+    tensors or arrays, objectness None where the head has none."""
     boxes, scores, *rest = decoded
     objectness = rest[0] if rest else None
     return boxes, scores if objectness is None else scores * objectness
