@@ -44,6 +44,7 @@ from dgh_deploy.reporting.report import (
     Report,
     TargetEntry,
 )
+from dgh_deploy.reporting.section import output_layout
 from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.targets import DEFAULT_TARGET, BuildResult, Target, TargetOptions, get_target
 from dgh_deploy.tasks import get_task
@@ -132,7 +133,7 @@ def _deploy(config: DeployConfig) -> Report:
 
         t0 = time.perf_counter()
         metrics = verify(model, task, result.runner, held, config.val_data, config.val_limit, config.progress)
-        if config.val_data and result.info.get("layout") == "ultralytics":  # yolo val's own score beside ours
+        if config.val_data and output_layout(result.info) == "ultralytics":  # yolo val's own score beside ours
             from dgh_deploy.verification.ultralytics_val import compare_with_ultralytics
 
             metrics.validator = compare_with_ultralytics(
@@ -147,7 +148,7 @@ def _deploy(config: DeployConfig) -> Report:
             layers.advice = target.repair_advice(metrics.drop, layers.noisiest_modules)
         report.layers = layers
         report.contract = io_contract(model, result.artifacts["model"].name, result.runner.io_details(),
-                                      task.output_meanings(model, str(result.info.get("layout", "split"))))
+                                      task.output_meanings(model, output_layout(result.info)))
         verdict = gate_verdict(report.metrics, config.max_drop, target.gate_checks(report))
         if verdict is not None:
             report.gate = verdict.entry(config.max_drop)
@@ -314,7 +315,7 @@ def build_report(config: DeployConfig, model: LoadedModel, target: Target, resul
     """The job's report (written as report.json; the schema is ``dgh_deploy/reporting/report.schema.json``)."""
     return Report(
         model=ModelEntry(model.name, model.weights, model.task, list(model.imgsz), model.fingerprint()),
-        target=TargetEntry(target.name, target.runtime, target.constraints.as_dict(), dict(result.info)),
+        target=TargetEntry(target.name, target.runtime, target.constraints.as_dict(), result.info),
         calibration=CalibrationEntry(calib.source, len(calib), len(held) if held else 0, cached_set, calib.settings,
                                      calib.stats, _budget_entry(config, model) if _generates(config) else None),
         artifacts={role: ArtifactEntry(p.name, p.stat().st_size) for role, p in result.artifacts.items()},

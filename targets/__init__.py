@@ -16,13 +16,14 @@ import pkgutil
 from typing import Any
 
 from dgh_deploy.errors import DGHError
+from dgh_deploy.reporting.section import TargetSection, register_section_source
 from dgh_deploy.targets.base import BuildResult, Calibrator, QuantConstraints, Target, TargetFlag, TargetOptions
 
 DEFAULT_TARGET = "tflite-int8"  # what the job builds when --target is not given
 
 __all__ = [
     "DEFAULT_TARGET", "BuildResult", "Calibrator", "QuantConstraints", "Target", "TargetFlag", "TargetOptions",
-    "all_targets", "get_target",
+    "all_targets", "get_target", "section_types",
 ]
 
 
@@ -35,6 +36,15 @@ def all_targets() -> dict[str, type[Target]]:
         if target is not None:
             found[target.name] = target
     return dict(sorted(found.items()))
+
+
+def section_types() -> dict[str, type[TargetSection]]:
+    """Each target's declared report section type, by target name (those that declare one)."""
+    return {name: cls.section for name, cls in all_targets().items() if cls.section is not None}
+
+
+# A report read back gets each known target's section typed: reporting asks this registry, never a target.
+register_section_source(section_types)
 
 
 def get_target(name: str, **settings: Any) -> Target:

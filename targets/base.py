@@ -24,6 +24,7 @@ from dgh_deploy.calibration.observers import check_percentile
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.reporting.report import Report
+from dgh_deploy.reporting.section import Facts, TargetSection
 from dgh_deploy.runtime.base import Runner
 from dgh_deploy.verification.gate import GateCheck
 from dgh_deploy.verification.layers import LayerError
@@ -112,7 +113,7 @@ class BuildResult:
 
     artifacts: dict[str, Path]  # role -> file inside the working folder ("model", "cache", ...)
     runner: Runner  # the quantized model on the target's runtime (or its closest CPU stand-in)
-    info: dict[str, Any] = field(default_factory=dict)  # target-specific facts for report.json
+    info: TargetSection | Facts = field(default_factory=dict)  # the target's own section of report.json
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
 
 
@@ -124,6 +125,9 @@ class Target(ABC):
     install_hint: ClassVar[str] = ""
     flags: ClassVar[tuple[TargetFlag, ...]] = ()  # this target's own CLI options
     summary_artifacts: ClassVar[tuple[str, ...]] = ("model",)  # the files the CLI's last lines name
+    # The type of its report.json section (what build puts in BuildResult.info), for reading a report
+    # back; None: the section is a plain dict.
+    section: ClassVar[type[TargetSection] | None] = None
 
     def __init__(self, options: TargetOptions | None = None) -> None:
         self.options = options or TargetOptions()
@@ -140,7 +144,8 @@ class Target(ABC):
 
     # --- what the target adds to the report, the gate and the console -------------------------
     # Each reads the target's own section (``report.target.facts``, what its build put in
-    # BuildResult.info): the shared reporting names no target, and a new target touches only its folder.
+    # BuildResult.info, of type ``section``): the shared reporting names no target, and a new target
+    # touches only its folder.
     def summary_lines(self, report: Report) -> list[str]:
         """What this target adds to the CLI's closing lines."""
         return []
@@ -155,8 +160,9 @@ class Target(ABC):
 
     @classmethod
     def report_schema(cls) -> dict[str, Any]:
-        """JSON-schema properties of the keys this target adds to report.json's ``target`` object."""
-        return {}
+        """JSON-schema properties of the keys this target adds to report.json's ``target`` object: its
+        section type's, so the schema and the typed section are declared in one place."""
+        return cls.section.json_schema() if cls.section is not None else {}
 
     # --- where the quantized model loses accuracy -----------------------------------------------
     layer_runtime: ClassVar[str] = ""  # what runs both models for layer_errors(), every tensor visible

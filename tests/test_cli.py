@@ -127,7 +127,7 @@ def test_sim_bias_correction_flag_reaches_the_report(flag: list[str], expected: 
                         "--no-cache", "--no-human-report", "--out", str(out), *flag], capsys)
     assert code == 0, err
     target = Report.read(out / "report.json").target
-    assert target.facts["bias_correction"] is expected and target.constraints["weight_bits"] == 4
+    assert target.facts.bias_correction is expected and target.constraints["weight_bits"] == 4
 
 
 @pytest.mark.parametrize("quiet", [False, True])

@@ -76,14 +76,14 @@ def test_tflite_detector_is_full_integer_with_outputs_in_pytorch_order(jobs: dic
     assert rep.model.fingerprint == v8.fingerprint()  # the same random weights as the fixture's
     assert rep.calibration.source == "dgh" and rep.calibration.images == 8
     int8 = folder / rep.artifacts["model"].path
-    via_onnx = {"onnx"} if rep.target.facts["converter"] == "onnx2tf" else set()  # litert-torch needs no ONNX
+    via_onnx = {"onnx"} if rep.target.facts.converter == "onnx2tf" else set()  # litert-torch needs no ONNX
     assert {"model", "float_model", *via_onnx} <= set(rep.artifacts)
 
     assert list_float_ops(int8) == [] and check_full_integer(int8, "int8") == []
     assert io_dtypes(int8) == {"inputs": ["int8"], "outputs": ["int8", "int8"]}
 
     # Float parity was checked per output (boxes, scores), each against its own scale.
-    parity = rep.target.facts["float_parity"]
+    parity = rep.target.facts.float_parity
     assert parity["passed"] and len(parity["tolerance"]) == 2
     assert all(e <= t for e, t in zip(parity["max_abs_error"], parity["tolerance"], strict=True))
     assert parity["tolerance"][0] != parity["tolerance"][1]
@@ -109,7 +109,7 @@ def test_tflite_detector_is_full_integer_with_outputs_in_pytorch_order(jobs: dic
 @pytest.mark.slow  # shares one DGH generation and two conversions (~100 s)
 def test_tflite_sigmoids_are_int8_logistic_and_silu_inputs_are_floored(jobs: dict[str, Any]) -> None:
     report, folder = jobs["tflite-int8"]
-    rewrites = report.target.facts["export_rewrites"]
+    rewrites = report.target.facts.export_rewrites
     assert rewrites["silu_floor"] == 8.0 and rewrites["silu_layers"] > 50
     assert all(d <= t for d, t in zip(rewrites["max_abs_deviation"], rewrites["tolerance"], strict=True))
 
@@ -172,7 +172,7 @@ def test_tensorrt_detector_qdq_follows_tensorrt_rules(jobs: dict[str, Any], v8: 
     assert {"model", "float_model", "cache", "build_script"} <= set(rep.artifacts)
     info = rep.target.facts
     # detectors: percentile 99.999 (entropy clips the strong responses that make confident boxes)
-    assert (info["act_range"], info["percentile"], info["act_range_default"]) == ("percentile", 99.999, True)
+    assert (info.act_range, info.percentile, info.act_range_default) == ("percentile", 99.999, True)
 
     model = onnx.load(str(folder / rep.artifacts["model"].path))
     onnx.checker.check_model(model, full_check=True)
@@ -191,7 +191,7 @@ def test_tensorrt_detector_qdq_follows_tensorrt_rules(jobs: dict[str, Any], v8: 
     dfl = [n for n in convs if producer[n.input[0]].op_type == "Softmax"]
     assert len(dfl) == 1 and not dq(dfl[0].input[0]) and not dq(dfl[0].input[1])  # DFL decoding stays float
     assert all(dq(n.input[0]) and dq(n.input[1]) for n in convs if n not in dfl)
-    assert set(info["float_layers"]) == {dfl[0].name} | {n.name for n in g.node if n.op_type == "Add"
+    assert set(info.float_layers) == {dfl[0].name} | {n.name for n in g.node if n.op_type == "Add"
                                                         and not any(dq(i) for i in n.input)
                                                         and all(i in producer for i in n.input)}
     # Residual joins (C2f bottlenecks in the backbone): both inputs quantized; the decode's lt + rb is not.

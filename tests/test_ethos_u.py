@@ -20,8 +20,11 @@ from dgh_deploy.errors import DGHError
 from dgh_deploy.reporting import validate_report
 from dgh_deploy.reporting.report import CalibrationEntry, DeviceScores, Metrics, ModelEntry, Report, TargetEntry
 from dgh_deploy.targets import get_target
+from dgh_deploy.targets.ethos_u.section import EthosUSection, NpuSection
 from dgh_deploy.targets.ethos_u.vela import (
     ACCELERATORS,
+    CPUOp,
+    VelaReport,
     VelaSettings,
     compile_model,
     installed_accelerators,
@@ -30,6 +33,7 @@ from dgh_deploy.targets.ethos_u.vela import (
     sram_capacity_kib,
     sram_only_mode,
 )
+from dgh_deploy.targets.tflite.section import MicroSection
 from dgh_deploy.verification.gate import GateVerdict, gate_verdict
 
 LOG_SOFTMAX_NET = '''
@@ -169,9 +173,12 @@ def npu_report(cpu_fallback: list[dict[str, str]], require: bool = True, device:
     if device:
         metrics.device = DeviceScores("tflite-micro", "litert-int8", scored=True, float_scores={"top1": 80.0},
                                       quantized={"top1": 76.0, "images": 9}, drop=4.0)
-    npu = {"accelerator": "ethos-u55-128", "system_config": "S", "memory_mode": "M", "npu_ops": 9,
-           "cpu_ops": len(cpu_fallback), "cpu_fallback": cpu_fallback, "require_npu": require}
-    return Report(ModelEntry("m", None, "classify", [32, 32], "f"), TargetEntry("ethos-u", "r", {}, {"ethos_u": npu}),
+    vela = VelaReport("ethos-u55-128", "S", "M", 9, len(cpu_fallback), [CPUOp(**op) for op in cpu_fallback],
+                      sram_kib=1.0, flash_kib=1.0, dram_kib=0.0, sram_capacity_kib=None, fits_sram=None,
+                      inference_ms=1.0, cycles_total=1, cycles_npu=1, macs=1, core_clock_mhz=500.0)
+    section = EthosUSection("litert-torch", {}, [], {}, 8, {}, MicroSection(), "split",
+                            ethos_u=NpuSection(vela, require))
+    return Report(ModelEntry("m", None, "classify", [32, 32], "f"), TargetEntry("ethos-u", "r", {}, section),
                   CalibrationEntry("noise", 8, 0, False, {}, {}), {}, metrics, {}, {}, {})
 
 
@@ -275,21 +282,23 @@ def test_require_npu_is_a_junit_case(fallback_job: tuple[int, str, Path]) -> Non
 
 
 def test_the_report_has_vela_s_figures(fallback_job: tuple[int, str, Path]) -> None:
-    npu = Report.read(fallback_job[2] / "report.json").target.facts["ethos_u"]
-    assert (npu["accelerator"], npu["system_config"], npu["memory_mode"]) == (
+    section = Report.read(fallback_job[2] / "report.json").target.facts
+    assert isinstance(section, EthosUSection) and section.ethos_u is not None
+    npu = section.ethos_u.vela
+    assert (npu.accelerator, npu.system_config, npu.memory_mode) == (
         "ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram")
-    assert (npu["npu_ops"], npu["cpu_ops"], npu["vela_version"], npu["require_npu"]) == (4, 1, "5.2.0", True)
-    assert npu["cpu_fallback"] == [{"op": "LOG_SOFTMAX", "name": "PartitionedCall:0", "reason": "Unsupported opType",
-                                    "constraint": ""}]
-    assert npu["sram_kib"] > 0 and npu["flash_kib"] > 0 and npu["inference_ms"] > 0
-    assert npu["macs"] > 0 and npu["cycles_total"] >= npu["cycles_npu"] > 0
+    assert (npu.npu_ops, npu.cpu_ops, npu.vela_version, section.ethos_u.require_npu) == (4, 1, "5.2.0", True)
+    assert npu.cpu_fallback == [CPUOp("LOG_SOFTMAX", "PartitionedCall:0", "Unsupported opType", "")]
+    assert npu.sram_kib > 0 and npu.flash_kib > 0 and npu.inference_ms > 0
+    assert npu.macs > 0 and npu.cycles_total >= npu.cycles_npu > 0
 
 
 def test_the_job_verifies_on_tflite_micro(fallback_job: tuple[int, str, Path]) -> None:
     report = Report.read(fallback_job[2] / "report.json")
-    micro, dev = report.target.facts["tflite_micro"], report.metrics.device
+    section, dev = report.target.facts, report.metrics.device
+    assert isinstance(section, EthosUSection) and (section.tflite_micro.arena_bytes or 0) > 0
     assert dev is not None and dev.quantized is not None and dev.agreement is not None
-    assert micro["arena_bytes"] > 0 and dev.runtime == "tflite-micro" and dev.desktop_runtime == "litert-int8"
+    assert dev.runtime == "tflite-micro" and dev.desktop_runtime == "litert-int8"
     assert dev.data_free_agreement is not None and dev.data_free_agreement["images"] == 4
     assert dev.quantized["images"] == 20
     assert dev.agreement["top1_agreement"] >= 90 and dev.agreement["images"] == 20
@@ -315,8 +324,8 @@ def test_the_demo_runs_every_op_on_the_npu(tmp_path: Path) -> None:
 
     report = dgh_deploy.deploy(target="ethos-u", calib="noise", n_images=8, holdout=4, out=str(tmp_path / "demo"),
                                human_report=False, require_npu=True).report
-    npu = report.target.facts["ethos_u"]
-    assert npu["cpu_ops"] == 0 and npu["npu_ops"] > 30 and report.gate is not None and report.gate.passed
+    npu = report.target.facts.ethos_u.vela
+    assert npu.cpu_ops == 0 and npu.npu_ops > 30 and report.gate is not None and report.gate.passed
     assert report.metrics.device is not None and report.metrics.device.data_free_agreement is not None
     assert report.metrics.device.data_free_agreement["top1_agreement"] >= 75
 
@@ -329,6 +338,6 @@ def test_the_anchor_free_head_runs_every_op_on_the_npu(tmp_path: Path) -> None:
 
     report = dgh_deploy.deploy(target="ethos-u", model="yolov8n.yaml", imgsz=64, calib="noise", n_images=8, holdout=4,
                                out=str(tmp_path / "v8"), human_report=False, require_npu=True).report
-    npu = report.target.facts["ethos_u"]
-    assert npu["cpu_ops"] == 0 and npu["npu_ops"] > 300 and report.gate is not None and report.gate.passed, \
-        npu["cpu_fallback"]
+    npu = report.target.facts.ethos_u.vela
+    assert npu.cpu_ops == 0 and npu.npu_ops > 300 and report.gate is not None and report.gate.passed, \
+        npu.cpu_fallback

@@ -106,8 +106,8 @@ def test_sim_build_tiny(tmp_path: Path) -> None:
     images = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
     res = _build(model, images, tmp_path, weight_bits=8, act_bits=8, power_of_two=True, act_symmetric=True)
     scales = json.loads(res.artifacts["model"].read_text())
-    assert res.info["quantized_layers"] == 3 and res.info["bn_folded"] == 2
-    assert res.info["quantized_tensors"] == 4  # 3 layer inputs + the output
+    assert res.info.quantized_layers == 3 and res.info.bn_folded == 2
+    assert res.info.quantized_tensors == 4  # 3 layer inputs + the output
     for a in scales["activations"].values():
         assert np.log2(a["scale"]) == round(np.log2(a["scale"])) and a["zero_point"] == 0
     ref = torch.from_numpy(images[:8])
@@ -173,7 +173,7 @@ def test_bias_correction_option(tmp_path: Path) -> None:
     images = (rng.standard_normal((32, 3, 16, 16)) + 1.5).astype(np.float32)  # a non-zero input mean
     on = _build(model, images, tmp_path, weight_bits=3, act_bits=8, weight_rounding="nearest")
     off = _build(model, images, tmp_path, weight_bits=3, act_bits=8, bias_correction=False, weight_rounding="nearest")
-    assert on.info["bias_correction"] and not off.info["bias_correction"]
+    assert on.info.bias_correction and not off.info.bias_correction
     with torch.no_grad():
         f = model.module(torch.from_numpy(images)).numpy()
     err_on = abs((on.runner.infer(images)[0] - f).mean())
@@ -226,11 +226,11 @@ def test_weight_rounding_option(tmp_path: Path) -> None:
     common = dict(weight_bits=3, act_bits=16, bias_correction=False)  # weight rounding dominates the error
     gptq = _build(model, images, tmp_path, **common)  # the default below 8 bits
     nearest = _build(model, images, tmp_path, **common, weight_rounding="nearest")
-    assert gptq.info["weight_rounding"] == "gptq" and nearest.info["weight_rounding"] == "nearest"
+    assert gptq.info.weight_rounding == "gptq" and nearest.info.weight_rounding == "nearest"
     with torch.no_grad():
         f = model.module(torch.from_numpy(images)).numpy()
     err = {k: float(((r.runner.infer(images)[0] - f) ** 2).mean()) for k, r in (("g", gptq), ("n", nearest))}
     assert err["g"] < err["n"]  # on the images it was rounded for
-    assert _build(model, images, tmp_path, weight_bits=8, act_bits=8).info["weight_rounding"] == "nearest"
+    assert _build(model, images, tmp_path, weight_bits=8, act_bits=8).info.weight_rounding == "nearest"
     with pytest.raises(DGHError, match="weight rounding 'adaround' not supported"):
         _build(model, images, tmp_path, weight_rounding="adaround")

@@ -55,17 +55,36 @@ def test_every_target_is_one_folder_with_its_calibrator() -> None:
 
 
 TOY_TARGET = """
+from dataclasses import dataclass
 from pathlib import Path
 
+from dgh_deploy.reporting.section import TargetSection
 from dgh_deploy.runtime.base import TorchRunner
 from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetFlag
 from dgh_deploy.verification.gate import GateCheck
+
+@dataclass
+class ToySection(TargetSection):
+    turns: int
+    strict: bool
+
+    def to_json(self):
+        return {"toy": {"turns": self.turns, "strict": self.strict}}
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(**d["toy"])
+
+    @classmethod
+    def json_schema(cls):
+        return {"toy": {"type": "object", "required": ["turns"], "properties": {"turns": {"type": "integer"}}}}
 
 class ToyTarget(Target):
     name = "toy"
     summary = "a toy"
     runtime = "none"
     constraints = QuantConstraints()
+    section = ToySection
     flags = (TargetFlag("--toy-knob", "knob", "how far to turn it", int),
              TargetFlag("--toy-strict", "strict", "a switch", None))
 
@@ -79,26 +98,21 @@ class ToyTarget(Target):
     def build(self, model, calib, workdir, early=None):
         path = Path(workdir) / "toy.bin"
         path.write_bytes(b"toy")
-        return BuildResult({"model": path}, TorchRunner(model.module),
-                           {"toy": {"turns": self.knob, "strict": self.strict}})
+        return BuildResult({"model": path}, TorchRunner(model.module), ToySection(self.knob, self.strict))
 
     def summary_lines(self, report):
-        return [f"toy: turned {report.target.facts['toy']['turns']} times"]
+        return [f"toy: turned {report.target.facts.turns} times"]
 
     def markdown_lines(self, report):
-        return ["## Toy", "", f"Turned {report.target.facts['toy']['turns']} times.", ""]
+        return ["## Toy", "", f"Turned {report.target.facts.turns} times.", ""]
 
     def gate_checks(self, report):
-        toy = report.target.facts["toy"]
-        if not toy["strict"]:
+        toy = report.target.facts
+        if not toy.strict:
             return []
-        ok = toy["turns"] <= 3
-        return [GateCheck("toy_turns", ok, f"{'PASS' if ok else 'FAIL'}: turned {toy['turns']} times",
+        ok = toy.turns <= 3
+        return [GateCheck("toy_turns", ok, f"{'PASS' if ok else 'FAIL'}: turned {toy.turns} times",
                           "turn it 3 times at most")]
-
-    @classmethod
-    def report_schema(cls):
-        return {"toy": {"type": "object", "required": ["turns"], "properties": {"turns": {"type": "integer"}}}}
 
 TARGET = ToyTarget
 """
@@ -141,8 +155,8 @@ def test_a_target_brings_its_own_cli_flags(toy_target: None, capsys: pytest.Capt
 
 def test_a_target_brings_its_report_section_gate_check_and_lines(toy_target: None, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    """The toy folder alone gives the job its report.json section (in the schema), its report.md
-    section, its closing line and its own gate check, failing the job like --max-drop does."""
+    """The toy folder alone gives the job its report.json section (typed, and in the schema), its
+    report.md section, its closing line and its own gate check, failing the job like --max-drop does."""
     from dgh_deploy import cli
 
     job = ["--target", "toy", "--calib", "noise", "--n-images", "8", "--holdout", "8", "--no-cache"]
@@ -158,8 +172,22 @@ def test_a_target_brings_its_report_section_gate_check_and_lines(toy_target: Non
 
     assert cli.main([*job, "--toy-knob", "5", "--toy-strict", "--out", str(tmp_path / "strict")]) == 3
     assert "dgh-deploy: error: FAIL: turned 5 times. turn it 3 times at most" in capsys.readouterr().err
-    gate = Report.read(tmp_path / "strict" / "report.json").gate
+    strict = Report.read(tmp_path / "strict" / "report.json")
+    gate, toy = strict.gate, strict.target.facts
     assert gate is not None and [(c.name, c.passed) for c in gate.checks] == [("toy_turns", False)]
+    assert type(toy).__name__ == "ToySection" and (toy.turns, toy.strict) == (5, True)  # type: ignore[union-attr]
+
+
+def test_a_section_without_a_declared_type_reads_back_as_the_dict_written(
+        toy_target: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dgh_deploy import cli
+
+    job = ["--target", "toy", "--calib", "noise", "--n-images", "8", "--holdout", "8", "--no-cache"]
+    assert cli.main([*job, "--toy-knob", "2", "--out", str(tmp_path / "ok"), "--no-human-report"]) == 0
+    monkeypatch.setattr(all_targets()["toy"], "section", None)  # a target that declares no type
+    report = Report.read(tmp_path / "ok" / "report.json")
+    assert report.target.facts == {"toy": {"turns": 2, "strict": False}}
+    assert report.to_json() == json.loads((tmp_path / "ok" / "report.json").read_text())
 
 
 def test_the_shared_code_names_no_target_and_no_runtime() -> None:

@@ -59,15 +59,15 @@ def test_artifacts_info_and_build_commands(built: BuildResult) -> None:
     a = built.artifacts
     assert {"model", "float_model", "cache", "build_script"} <= set(a) and all(p.is_file() for p in a.values())
     info = built.info
-    assert info["act_range"] == "entropy" and set(built.timings) >= {"export", "calibration", "qdq"}
-    cmds = info["build_commands"]
+    assert info.act_range == "entropy" and set(built.timings) >= {"export", "calibration", "qdq"}
+    cmds = info.build_commands
     assert any(c.startswith("trtexec --onnx=model_qdq.onnx --stronglyTyped ") and "--saveEngine=" in c for c in cmds)
     assert any(c.startswith("trtexec --onnx=model_float.onnx --int8 --calib=model.cache ") for c in cmds)
     assert any(c.startswith("polygraphy convert model_float.onnx --int8 --calibration-cache model.cache") for c in cmds)
     script = a["build_script"].read_text()
     assert all(c in script for c in cmds if c.startswith("trtexec"))
     if not can_build_here():  # no tensorrt or no GPU: the build ends with the commands
-        assert info["engine"] is None and "engine" not in a
+        assert info.engine is None and "engine" not in a
 
 
 def test_qdq_graph_follows_tensorrt_rules(built: BuildResult) -> None:
@@ -128,7 +128,7 @@ def test_cache_names_and_scales_are_the_qdq_ones(built: BuildResult) -> None:
         if n.op_type == "QuantizeLinear" and n.input[0] in cache.scales:
             assert float(inits[n.input[1]]) == cache.scales[n.input[0]]  # one set of scales, bit for bit
             checked += 1
-    assert checked == built.info["qdq_activations"] > 20
+    assert checked == built.info.qdq_activations > 20
 
 
 def test_per_tensor_weights(built: BuildResult) -> None:
@@ -166,7 +166,7 @@ def test_max_range_gives_wider_ranges(r20: LoadedModel, calib256: CalibrationSet
     target.options = TargetOptions(act_range="max")
     small = CalibrationSet(calib256.images[:64], calib256.source)
     result = target.build(r20, small, tmp_path)
-    assert result.info["act_range"] == "max"
+    assert result.info.act_range == "max"
     by_max = read_calibration_cache(result.artifacts["cache"]).scales
     by_entropy = read_calibration_cache(built.artifacts["cache"]).scales
     wider = sum(by_max[k] >= by_entropy[k] for k in by_entropy)
@@ -180,9 +180,9 @@ def test_float_layers_get_no_qdq_and_less_noise(r20: LoadedModel, calib256: Cali
     target = get_target("tensorrt-int8", float_layers="layer3")
     target.options = TargetOptions(threads=1)
     mixed = target.build(r20, calib256, tmp_path)
-    kept = mixed.info["float_layers"]
+    kept = mixed.info.float_layers
     assert sorted(k for k in kept if "layer3" in k) == sorted(kept) and len(kept) == 7  # 6 convs + 1 shortcut
-    assert mixed.info["quantized_layers"] == built.info["quantized_layers"] - 7 - 3  # and its 3 residual adds
+    assert mixed.info.quantized_layers == built.info.quantized_layers - 7 - 3  # and its 3 residual adds
     x = calib256.images[:16]
     rows = {name: {r.tensor: r for r in target.layer_errors(r20, result, x)}
             for name, result in (("int8", built), ("mixed", mixed))}

@@ -185,13 +185,13 @@ def test_build_writes_only_checked_artifacts(built: dict[str, Any]) -> None:
     assert result.artifacts["float_model"] == workdir / "cifar_resnet20_float32.tflite"
     assert all(p.stat().st_size > 0 for p in result.artifacts.values())
     info = result.info
-    assert info["float_parity"]["passed"] and info["float_parity"]["top1_agreement"] == 100.0
-    assert max(info["float_parity"]["max_abs_error"]) < 1e-3  # float rounding, not a conversion error
-    assert info["float_ops"] == []
-    assert info["io"]["input"]["dtype"] == "int8" and info["io"]["outputs"][0]["dtype"] == "int8"
-    assert info["calibration_images"] == N_CALIB and info["quant_type"] == "per-channel"
-    assert info["converter"] == built["converter"]
-    assert info["io"]["input"]["shape"] == [1, 32, 32, 3]  # NHWC, as edge runtimes take images
+    assert info.float_parity["passed"] and info.float_parity["top1_agreement"] == 100.0
+    assert max(info.float_parity["max_abs_error"]) < 1e-3  # float rounding, not a conversion error
+    assert info.float_ops == []
+    assert info.io["input"]["dtype"] == "int8" and info.io["outputs"][0]["dtype"] == "int8"
+    assert info.calibration_images == N_CALIB and info.conversion["quant_type"] == "per-channel"
+    assert info.converter == built["converter"]
+    assert info.io["input"]["shape"] == [1, 32, 32, 3]  # NHWC, as edge runtimes take images
     assert {"export", "conversion", "parity"} <= set(result.timings)
 
 
@@ -261,7 +261,7 @@ def test_per_tensor_weights_and_the_other_io_type(r20: LoadedModel, calib: Calib
                                                   tmp_path: Path) -> None:
     converter = built["converter"]
     result, _ = build_offline(TargetOptions(per_tensor=True), r20, calib, tmp_path, converter, io_dtype="uint8")
-    assert result.info["io"]["input"]["dtype"] == "uint8" and result.info["quant_type"] == "per-tensor"
+    assert result.info.io["input"]["dtype"] == "uint8" and result.info.conversion["quant_type"] == "per-tensor"
     assert io_dtypes(result.artifacts["model"]) == {"inputs": ["uint8"], "outputs": ["uint8"]}
     assert check_full_integer(result.artifacts["model"], "uint8") == []
 
@@ -287,7 +287,7 @@ def test_the_projects_ranges_replace_the_converters_own(converter: str, r20: Loa
     """Both converters quantize with the project's per-tensor ranges: MSE keeps the accuracy, and a
     low percentile visibly narrows the logits' range (its int8 step) against min/max."""
     mse, _ = build_offline(TargetOptions(act_range="mse"), r20, calib, tmp_path / "mse", converter)
-    assert mse.info["act_range"] == "mse" and mse.info["project_ranges"] > 20  # every activation
+    assert mse.info.conversion["act_range"] == "mse" and mse.info.conversion["project_ranges"] > 20  # every activation
     x = calib.images[:32]
     ref = TorchRunner(r20.module).infer(x)
     assert ClassifyTask().agreement(ref, mse.runner.infer(x))["top1_agreement"] >= 85.0
@@ -295,7 +295,8 @@ def test_the_projects_ranges_replace_the_converters_own(converter: str, r20: Loa
     narrow, _ = build_offline(TargetOptions(act_range="percentile", percentile=90.0), r20, calib, tmp_path / "p90",
                               converter)
     minmax = built["result"]
-    assert minmax.info["project_ranges"] == (0 if converter == ONNX2TF else minmax.info["project_ranges"])
+    ranges = minmax.info.conversion["project_ranges"]
+    assert ranges == (0 if converter == ONNX2TF else ranges)
     step = {name: r.runner.io_details()["outputs"][0]["scale"] for name, r in (("p90", narrow), ("minmax", minmax))}
     assert step["p90"] < 0.8 * step["minmax"], step
 
@@ -306,7 +307,7 @@ def test_litert_writes_int16_activations(r20: LoadedModel, calib: CalibrationSet
     x = calib.images[:32]
     ref = TorchRunner(r20.module).infer(x)
     a16, _ = build_offline(TargetOptions(act_bits=16), r20, calib, tmp_path / "a16", LITERT_TORCH)
-    assert a16.info["recipe"] == "static_wi8_ai16"
+    assert a16.info.conversion["recipe"] == "static_wi8_ai16"
     assert io_dtypes(a16.artifacts["model"]) == {"inputs": ["int16"], "outputs": ["int16"]}
     assert list_float_ops(a16.artifacts["model"]) == []
     agree = ClassifyTask().agreement(ref, a16.runner.infer(x))
@@ -323,10 +324,10 @@ def test_a_detector_keeps_its_split_outputs(converter: str, tmp_path: Path) -> N
     result = tflite_target(converter).build(model, CalibrationSet(x, "noise"), tmp_path)
     assert io_dtypes(result.artifacts["model"]) == {"inputs": ["int8"], "outputs": ["int8", "int8"]}
     assert list_float_ops(result.artifacts["model"]) == []
-    outputs = result.info["io"]["outputs"]
+    outputs = result.info.io["outputs"]
     assert [o["shape"][1:] for o in outputs] == [[4, anchors], [80, anchors]]
     assert outputs[0]["scale"] != outputs[1]["scale"]
-    parity = result.info["float_parity"]
+    parity = result.info.float_parity
     assert parity["passed"] and len(parity["tolerance"]) == 2
     ref, q = TorchRunner(model.module).infer(x[:2]), result.runner.infer(x[:2])
     assert [o.shape for o in q] == [o.shape for o in ref] == [(2, 4, anchors), (2, 80, anchors)]
@@ -358,8 +359,8 @@ def test_a_users_option_a_resnet_converts_with_litert_and_onnx2tf_refuses_it(con
         mp.setattr(cls, "convert_float", lambda *a, **k: converts.append(1) or real_convert(*a, **k))
         result = target.build(model, calib, tmp_path / "work", early)
     assert converts == []
-    assert result.info["float_parity_before_generation"]["passed"] and result.info["float_parity"]["passed"]
-    assert max(result.info["float_parity"]["max_abs_error"]) < 1e-4
+    assert result.info.float_parity_before_generation["passed"] and result.info.float_parity["passed"]
+    assert max(result.info.float_parity["max_abs_error"]) < 1e-4
     assert check_full_integer(result.artifacts["model"], "int8") == []
 
 
@@ -420,8 +421,8 @@ def test_float_ops_are_refused_or_recorded_and_the_converter_stays_quiet(
     target.allow_float_ops = True
     result = target.build(model, noise_calib(), tmp_path / "mixed")
     out, err = capfd.readouterr()
-    assert "SIN" in {f["op"] for f in result.info["float_ops"]}
-    assert result.info["io"]["input"]["dtype"] == "int8"  # the I/O contract holds even for a mixed model
+    assert "SIN" in {f["op"] for f in result.info.float_ops}
+    assert result.info.io["input"]["dtype"] == "int8"  # the I/O contract holds even for a mixed model
     chatter = [ln for ln in (out + err).splitlines() if ln.strip()]
     assert chatter == [], chatter[:5]  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line too
 
@@ -430,7 +431,7 @@ def test_runner_gives_multiple_nchw_outputs_in_pytorch_order(converter: str, tmp
     model = tiny_model("three_maps", ThreeMaps())
     calib = noise_calib(16)
     result = tflite_target(converter).build(model, calib, tmp_path)
-    assert result.info["float_parity"]["passed"]  # the float file through the same runner mapping
+    assert result.info.float_parity["passed"]  # the float file through the same runner mapping
     ref = TorchRunner(model.module).infer(calib.images)
     out = result.runner.infer(calib.images)
     assert [o.shape for o in out] == [r.shape for r in ref] == [(16, 4, 8, 8), (16, 4, 8, 8), (16, 8, 8, 8)]
@@ -515,7 +516,7 @@ def test_int16_layers_keep_the_named_modules_at_int16(r20: LoadedModel, calib: C
     held = calib.images[:4]
     plain, _ = build_offline(TargetOptions(), r20, calib, tmp_path / "int8", LITERT_TORCH)
     mixed, _ = build_offline(TargetOptions(), r20, calib, tmp_path / "mixed", LITERT_TORCH, int16_layers="layer3.2")
-    assert mixed.info["int16_layers"] == ["layer3.2"] and "ai16" in mixed.info["recipe"]
+    assert mixed.info.conversion["int16_layers"] == ["layer3.2"] and "ai16" in mixed.info.conversion["recipe"]
     assert io_dtypes(mixed.artifacts["model"]) == {"inputs": ["int8"], "outputs": ["int8"]}
     assert list_float_ops(mixed.artifacts["model"]) == []
     it = open_interpreter(mixed.artifacts["model"], delegates=False)

@@ -133,7 +133,7 @@ def test_the_tflite_targets_attach_tflite_micro(two_heads: Path) -> None:
     from dgh_deploy.targets.tflite.target import micro_runner
 
     runner, info = micro_runner(two_heads, SHAPES)
-    assert runner is not None and info["arena_bytes"] == runner.arena_bytes
+    assert runner is not None and info.arena_bytes == runner.arena_bytes
 
 
 class Doubling(Runner):

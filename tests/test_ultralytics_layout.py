@@ -152,7 +152,7 @@ def _round_trip(report: Report, out: Path, data: Path, project: Path) -> tuple[f
     """yolo val's mAP50-95 on the job's file, and the job's Ultralytics comparison."""
     from ultralytics.nn.backends.base import BaseBackend
 
-    assert report.target.facts["layout"] == "ultralytics" and report.metrics.validator is not None
+    assert report.target.facts.layout == "ultralytics" and report.metrics.validator is not None
     file = out / report.artifacts["model"].path
     meta = BaseBackend.read_metadata(file)  # as Ultralytics reads it (a zip entry, or ONNX metadata_props)
     imgsz = ast.literal_eval(meta["imgsz"]) if isinstance(meta["imgsz"], str) else meta["imgsz"]

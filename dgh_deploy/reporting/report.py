@@ -3,8 +3,8 @@ writer turns them into the versioned JSON (``report.schema.json``; a change of s
 :data:`REPORT_SCHEMA_VERSION`).
 
 The JSON keeps the shape it had as a dict: a key that was absent stays absent (an optional record
-left ``None`` is not written), and a target's own facts sit beside the target's name, runtime and
-constraints. :meth:`Report.from_json` reads a written report back.
+left ``None`` is not written), and a target's own section (:mod:`.section`, typed by the target) sits
+beside the target's name, runtime and constraints. :meth:`Report.from_json` reads a written report back.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dgh_deploy.reporting.section import Facts, TargetSection, read_section, section_json, written
+
 REPORT_SCHEMA_VERSION = "1.4"  # report.schema.json's version: a change of the JSON's shape bumps it
 Scores = dict[str, Any]  # metric name -> points (0..100), and "images": how many were scored
-
-
-def _written(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """The JSON object of ``pairs``, leaving out the optional ones that are None."""
-    return {key: value for key, value in pairs if value is not None}
 
 
 @dataclass
@@ -43,20 +40,22 @@ class ModelEntry:
 @dataclass
 class TargetEntry:
     """The target, its hardware constraints, and its own section: what the target put in
-    :attr:`~dgh_deploy.targets.BuildResult.info` (written beside the three, as the target wrote it)."""
+    :attr:`~dgh_deploy.targets.BuildResult.info`, typed by the target (a dict where it declares no
+    type), written beside the three."""
 
     name: str
     runtime: str
     constraints: dict[str, Any]
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: TargetSection | Facts = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "runtime": self.runtime, "constraints": self.constraints, **self.facts}
+        return {"name": self.name, "runtime": self.runtime, "constraints": self.constraints,
+                **section_json(self.facts)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TargetEntry:
-        facts = {k: v for k, v in d.items() if k not in ("name", "runtime", "constraints")}
-        return cls(d["name"], d["runtime"], d["constraints"], facts)
+        own = {k: v for k, v in d.items() if k not in ("name", "runtime", "constraints")}
+        return cls(d["name"], d["runtime"], d["constraints"], read_section(d["name"], own))
 
 
 @dataclass
@@ -88,7 +87,7 @@ class CalibrationEntry:
     budget: BudgetEntry | None = None  # only for a generated set (dgh, bns)
 
     def to_json(self) -> dict[str, Any]:
-        return _written([("source", self.source), ("images", self.images), ("held_out", self.held_out),
+        return written([("source", self.source), ("images", self.images), ("held_out", self.held_out),
                          ("cached", self.cached), ("settings", self.settings), ("stats", self.stats),
                          ("budget", self.budget.to_json() if self.budget else None)])
 
@@ -121,7 +120,7 @@ class TensorSpec:
     meaning: str = ""  # what the values are (an output's decoding; the input's layout)
 
     def to_json(self) -> dict[str, Any]:
-        return _written([("name", self.name), ("shape", list(self.shape)), ("dtype", self.dtype),
+        return written([("name", self.name), ("shape", list(self.shape)), ("dtype", self.dtype),
                          ("scale", self.scale), ("zero_point", self.zero_point), ("meaning", self.meaning)])
 
     @classmethod
@@ -154,7 +153,7 @@ class ContractEntry:
     steps: list[str]  # the device's recipe in order, in words, with the numbers filled in
 
     def to_json(self) -> dict[str, Any]:
-        return _written([("file", self.file), ("channel_order", self.channel_order), ("layout", self.layout),
+        return written([("file", self.file), ("channel_order", self.channel_order), ("layout", self.layout),
                          ("resize", self.resize), ("pad_value", self.pad_value), ("mean", self.mean),
                          ("std", self.std), ("input", self.input.to_json()),
                          ("outputs", [o.to_json() for o in self.outputs]), ("steps", self.steps)])
@@ -177,7 +176,7 @@ class LayerEntry:
     fall_db: float | None = None  # how far the SQNR fell from the tensor before (the largest fall only)
 
     def to_json(self) -> dict[str, Any]:
-        return _written([("index", self.index), ("op", self.op), ("layer", self.layer), ("sqnr_db", self.sqnr_db),
+        return written([("index", self.index), ("op", self.op), ("layer", self.layer), ("sqnr_db", self.sqnr_db),
                          ("float_range", self.float_range), ("scale", self.scale), ("zero_point", self.zero_point),
                          ("fall_db", self.fall_db)])
 
@@ -204,7 +203,7 @@ class LayerDiagnosis:
     skipped: str | None = None  # why no layer could be compared (the target cannot see inside its model)
 
     def to_json(self) -> dict[str, Any]:
-        return _written([("images", self.images), ("runtime", self.runtime), ("tensors", self.tensors),
+        return written([("images", self.images), ("runtime", self.runtime), ("tensors", self.tensors),
                          ("table", self.table), ("median_db", self.median_db),
                          ("worst", [w.to_json() for w in self.worst]),
                          ("largest_fall", self.largest_fall.to_json() if self.largest_fall else None),
@@ -241,7 +240,7 @@ class DeviceScores:
     desktop_minus_device: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out = _written([("runtime", self.runtime), ("desktop_runtime", self.desktop_runtime),
+        out = written([("runtime", self.runtime), ("desktop_runtime", self.desktop_runtime),
                         ("data_free", self.data_free), ("data_free_agreement", self.data_free_agreement)])
         if self.scored:
             out.update({"image_limit": self.image_limit, "float": self.float_scores, "quantized": self.quantized,
@@ -293,7 +292,7 @@ class Metrics:
         return None if scores is None else scores.get(self.metric)
 
     def to_json(self) -> dict[str, Any]:
-        return _written([("metric", self.metric), ("data_free", self.data_free), ("float", self.float_scores),
+        return written([("metric", self.metric), ("data_free", self.data_free), ("float", self.float_scores),
                          ("quantized", self.quantized), ("drop", self.drop),
                          ("device", self.device.to_json() if self.device else None),
                          ("ultralytics", self.validator.to_json() if self.validator else None)])
@@ -350,7 +349,7 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         """report.json's content."""
-        return _written([
+        return written([
             ("schema_version", self.schema_version), ("model", self.model.to_json()),
             ("target", self.target.to_json()), ("calibration", self.calibration.to_json()),
             ("artifacts", {role: a.to_json() for role, a in self.artifacts.items()}),

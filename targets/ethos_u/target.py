@@ -18,14 +18,15 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.reporting.report import Report
 from dgh_deploy.targets.base import BuildResult, QuantConstraints, TargetFlag, TargetOptions
-from dgh_deploy.targets.ethos_u.report import ETHOS_U_SCHEMA, npu_check, npu_markdown
+from dgh_deploy.targets.ethos_u.report import npu_check, npu_markdown
+from dgh_deploy.targets.ethos_u.section import EthosUSection, NpuSection
 from dgh_deploy.targets.ethos_u.vela import (
     ACCELERATORS,
     DEFAULT_ACCELERATOR,
@@ -66,30 +67,28 @@ class EthosUTarget(TFLiteInt8Target):
                    "fail the job (exit 3, after writing the report) if Vela leaves any op to the CPU", None),
     )
     summary_artifacts: ClassVar[tuple[str, ...]] = ("model", "vela_model")
+    section: ClassVar[type[EthosUSection]] = EthosUSection
 
     def summary_lines(self, report: Report) -> list[str]:
         """Where Vela put the ops, and what the NPU costs."""
-        npu = report.target.facts.get("ethos_u")
-        if not npu:
+        npu = _npu(report)
+        if npu is None:
             return super().summary_lines(report)
-        memory = f"flash {npu['flash_kib']:.1f} KiB" + (f", DRAM {npu['dram_kib']:.1f} KiB" if npu["dram_kib"] else "")
-        lines = [f"{npu['accelerator']} ({npu['system_config']}, {npu['memory_mode']}): {npu['npu_ops']} of "
-                 f"{npu['npu_ops'] + npu['cpu_ops']} ops on the NPU, SRAM {npu['sram_kib']:.1f} KiB, {memory}, "
-                 f"{npu['inference_ms']:.2f} ms per inference (Vela's estimate)"]
-        lines += [f"  on the CPU: {op['op']} '{op['name']}': {op['reason']}" for op in npu["cpu_fallback"]]
+        v = npu.vela
+        memory = f"flash {v.flash_kib:.1f} KiB" + (f", DRAM {v.dram_kib:.1f} KiB" if v.dram_kib else "")
+        lines = [f"{v.accelerator} ({v.system_config}, {v.memory_mode}): {v.npu_ops} of "
+                 f"{v.npu_ops + v.cpu_ops} ops on the NPU, SRAM {v.sram_kib:.1f} KiB, {memory}, "
+                 f"{v.inference_ms:.2f} ms per inference (Vela's estimate)"]
+        lines += [f"  on the CPU: {op.op} '{op.name}': {op.reason}" for op in v.cpu_fallback]
         return super().summary_lines(report) + lines
 
     def markdown_lines(self, report: Report) -> list[str]:
-        npu = report.target.facts.get("ethos_u")
+        npu = _npu(report)
         return super().markdown_lines(report) + (npu_markdown(npu) if npu else [])
 
     def gate_checks(self, report: Report) -> list[GateCheck]:
-        npu = report.target.facts.get("ethos_u")
-        return [npu_check(npu)] if npu and npu.get("require_npu") else []
-
-    @classmethod
-    def report_schema(cls) -> dict[str, Any]:
-        return {**super().report_schema(), "ethos_u": ETHOS_U_SCHEMA}
+        npu = _npu(report)
+        return [npu_check(npu)] if npu and npu.require_npu else []
 
     def __init__(self, options: TargetOptions | None = None, npu: str = DEFAULT_ACCELERATOR, system_config: str = "",
                  memory_mode: str = "", require_npu: bool = False, silu_floor: float = DEFAULT_FLOOR,
@@ -137,9 +136,17 @@ class EthosUTarget(TFLiteInt8Target):
             result.artifacts["vela_summary"] = install(out.summary, workdir / f"{int8.stem}_vela_summary.csv")
         result.artifacts["vela_log"] = _write(workdir / f"{int8.stem}_vela.log", out.log)
         _log_placement(out.report)
-        result.info["ethos_u"] = {**out.report.as_dict(), "require_npu": self.require_npu}
+        section = result.info
+        assert isinstance(section, EthosUSection)  # tflite-int8's build writes this target's section type
+        section.ethos_u = NpuSection(out.report, self.require_npu)
         result.timings["vela"] = out.report.seconds
         return result
+
+
+def _npu(report: Report) -> NpuSection | None:
+    """Vela's compilation in the report, where an ethos-u build wrote it."""
+    section = report.target.facts
+    return section.ethos_u if isinstance(section, EthosUSection) else None
 
 
 def _log_placement(report: VelaReport) -> None:

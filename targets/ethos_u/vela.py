@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,13 @@ class VelaReport:
         d = asdict(self)
         d["npu_op_share"] = round(self.npu_share, 2)
         return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> VelaReport:
+        """The compilation as :meth:`as_dict` wrote it (``npu_op_share`` is worked out again)."""
+        named = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in named}
+        return cls(**{**values, "cpu_fallback": [CPUOp(**op) for op in d["cpu_fallback"]]})
 
 
 @dataclass

@@ -35,6 +35,7 @@ from dgh_deploy.targets.sim.fake_quant import (
     quantize_layers,
 )
 from dgh_deploy.targets.sim.gptq import ROUNDINGS
+from dgh_deploy.targets.sim.section import SimSection
 from dgh_deploy.verification.layers import LayerError
 
 DEFAULT_ACT_RANGE = "mse"
@@ -56,6 +57,7 @@ class SimTarget(Target):
     name: ClassVar[str] = "sim"
     summary: ClassVar[str] = "fake-quant simulation of a fully integer pipeline (any bits, power-of-two scales)"
     runtime: ClassVar[str] = "pytorch-fakequant"
+    section: ClassVar[type[SimSection]] = SimSection
     flags: ClassVar[tuple[TargetFlag, ...]] = (
         TargetFlag("--act-symmetric", "act_symmetric", "symmetric activations", None),
         TargetFlag("--pot", "power_of_two", "power-of-two scales (as Sony IMX500 requires)", None),
@@ -122,10 +124,8 @@ class SimTarget(Target):
 
         path = workdir / "sim_scales.json"
         write_json(path, self._scales(method, quantizers, layers))
-        info = {"quantized_layers": len(layers), "quantized_tensors": len(quantizers), "bn_folded": folded[0],
-                "bn_layers": folded[1], "act_range": method, "bias_correction": self.bias_correction,
-                "weight_rounding": rounding,
-                "calibration_images": len(calib)}
+        info = SimSection(len(layers), len(quantizers), folded[0], folded[1], method, self.bias_correction, rounding,
+                          len(calib))
         return BuildResult(artifacts={"model": path}, runner=SimRunner(sim), info=info,
                            timings={"calibration": seconds})
 

@@ -51,6 +51,7 @@ from dgh_deploy.targets.tensorrt.engine import (
     write_build_script,
 )
 from dgh_deploy.targets.tensorrt.qdq import activation_bytes_per_image, calibration_tensors, insert_qdq
+from dgh_deploy.targets.tensorrt.section import TensorRTSection
 from dgh_deploy.tasks.ultralytics_format import LAYOUT_HELP, LAYOUTS, check_layout
 from dgh_deploy.verification.layers import LayerError
 
@@ -73,6 +74,7 @@ class TensorRTInt8Target(Target):
     runtime = "ONNX Runtime CPU (Q/DQ); TensorRT engine when a GPU and tensorrt are present"
     requires = ("onnx", "onnxruntime")
     install_hint = "pip install onnx onnxruntime (tensorrt is only needed on the GPU machine that builds the engine)"
+    section = TensorRTSection
     flags = (
         TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),  # shared with tflite-int8
         TargetFlag("--float-layers", "float_layers",
@@ -148,9 +150,9 @@ class TensorRTInt8Target(Target):
             self._build_engine(artifacts, info, (1, 3, *model.imgsz))
             timings["engine"] = time.perf_counter() - t0
         runner: Runner = OnnxRuntimeRunner(artifacts["model"], self.options.threads)
-        info["layout"] = self.layout
+        info.layout = self.layout
         if self.layout == "ultralytics":  # after the engine: TensorRT builds from the split Q/DQ file
-            runner, info["ultralytics"] = self._ultralytics_file(model, artifacts, calib)
+            runner, info.ultralytics = self._ultralytics_file(model, artifacts, calib)
         return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
 
     layer_runtime: ClassVar[str] = "ONNX Runtime CPU, the Q/DQ model against the float ONNX model"
@@ -184,7 +186,7 @@ class TensorRTInt8Target(Target):
         return TensorRTCalibrator(float_proto, tensors, act_range, batch, self.options.threads).calibrate(calib)
 
     def _write_int8(self, model: LoadedModel, float_proto: Any, amax: dict[str, float], calib: CalibrationSet,
-                    act_range: ActRange, workdir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+                    act_range: ActRange, workdir: Path) -> tuple[dict[str, Path], TensorRTSection]:
         """The Q/DQ model, the calibration cache and the build script, from one set of ranges."""
         import onnx
 
@@ -202,33 +204,25 @@ class TensorRTInt8Target(Target):
                  f"activation ranges by {act_range}, computed on the CPU.")
         script = write_build_script(workdir / BUILD_SCRIPT, engine_inputs, commands, about)
         artifacts = {"model": qdq_path, "cache": cache_path, "build_script": script}
-        info = {
-            "tensorrt": tensorrt_version(),
-            "act_range": act_range.method,
-            "act_range_default": not opts.act_range,
-            "percentile": act_range.percentile,
-            "build_commands": commands,
-            "engine": None,
-            "cache_header": header,
-            "cache_tensors": len(amax),
-            "quantized_layers": len(plan.layers),
-            "qdq_activations": len(plan.activations),
-            "float_layers": plan.float_layers,
-            "weights": "per-tensor" if opts.per_tensor else "per-channel",
-        }
+        info = TensorRTSection(
+            tensorrt=tensorrt_version(), act_range=act_range.method, act_range_default=not opts.act_range,
+            percentile=act_range.percentile, build_commands=commands, engine=None, cache_header=header,
+            cache_tensors=len(amax), quantized_layers=len(plan.layers), qdq_activations=len(plan.activations),
+            float_layers=plan.float_layers, weights="per-tensor" if opts.per_tensor else "per-channel",
+        )
         return artifacts, info
 
-    def _build_engine(self, artifacts: dict[str, Path], info: dict[str, Any], shape: tuple[int, ...]) -> None:
+    def _build_engine(self, artifacts: dict[str, Path], info: TensorRTSection, shape: tuple[int, ...]) -> None:
         """The engine, where tensorrt and a GPU are here; a failure leaves the CPU artifacts valid."""
         qdq_path = artifacts["model"]
         try:
             engine = build_engine(qdq_path, qdq_path.parent / EXPLICIT_ENGINE, INPUT_NAME, shape)
         except Exception as exc:  # report, and leave the commands
             log.warning("TensorRT engine build failed (%s); build it with %s", exc, BUILD_SCRIPT)
-            info["engine_error"] = exc_reason(exc, 300)
+            info.engine_error = exc_reason(exc, 300)
             return
         artifacts["engine"] = engine
-        info["engine"] = engine.name
+        info.engine = engine.name
 
 
 def act_range_for(model: LoadedModel, opts: TargetOptions) -> ActRange:

@@ -61,6 +61,7 @@ from dgh_deploy.targets.tflite.converter import (
     file_stem,
 )
 from dgh_deploy.targets.tflite.integer_ops import check_full_integer
+from dgh_deploy.targets.tflite.section import MicroSection, TFLiteSection, tflite_section
 from dgh_deploy.targets.tflite.silu_floor import DEFAULT_FLOOR, floor_silu
 from dgh_deploy.tasks.ultralytics_format import LAYOUT_HELP, LAYOUTS, check_layout
 from dgh_deploy.verification.layers import LayerError
@@ -138,6 +139,7 @@ class TFLiteInt8Target(Target):
     runtime: ClassVar[str] = "LiteRT interpreter (ai_edge_litert), and TFLite Micro's reference kernels (tflite-micro)"
     requires: ClassVar[tuple[str, ...]] = ("ai_edge_litert",)  # and the chosen converter's stack
     install_hint: ClassVar[str] = "pip install 'dgh-deploy[tflite]'"
+    section: ClassVar[type[TFLiteSection]] = TFLiteSection
     # --layout is a target flag (tensorrt-int8 declares the same), not a shared option: the CLI then
     # refuses it in the first second for a target that writes no such file, instead of ignoring it.
     flags: ClassVar[tuple[TargetFlag, ...]] = (
@@ -204,30 +206,17 @@ class TFLiteInt8Target(Target):
 
     def summary_lines(self, report: Report) -> list[str]:
         """The RAM TFLite Micro needed besides the weights, when the file ran there."""
-        arena = report.target.facts.get("tflite_micro", {}).get("arena_bytes")
+        micro = _micro(report)
+        arena = micro.arena_bytes if micro else None
         return [f"TFLite Micro tensor arena: {arena / 1024:.1f} KiB (RAM besides the weights)"] if arena else []
 
     def markdown_lines(self, report: Report) -> list[str]:
-        arena = report.target.facts.get("tflite_micro", {}).get("arena_bytes")
-        if not arena:
+        micro = _micro(report)
+        if micro is None or not micro.arena_bytes:
             return []
+        arena = micro.arena_bytes
         return ["## TFLite Micro", "", f"Tensor arena (RAM besides the weights): {arena:,} bytes "
-                f"({arena / 1024:.1f} KiB).", "", *kernel_lines(report.target.facts["tflite_micro"].get("kernels"))]
-
-    @classmethod
-    def report_schema(cls) -> dict[str, Any]:
-        return {"tflite_micro": {
-            "description": "The int8 file on TFLite Micro: arena_bytes is its tensor arena (RAM besides the "
-                           "weights); skipped or error when it did not run.",
-            "type": "object",
-            "properties": {"runtime": {"type": "string"}, "version": {"type": "string"},
-                           "arena_bytes": {"type": ["integer", "null"], "minimum": 0},
-                           "image_limit": {"type": ["integer", "null"], "minimum": 1},
-                           "kernels": {"type": "object", "description": (
-                               "Where LiteRT's and TFLite Micro's kernels part on one calibration image: ops "
-                               "whose int8 outputs differ, the first, those adding the most difference (RMS "
-                               "int8 steps over their inputs'), and how many of each op type add some")},
-                           "skipped": {"type": "string"}, "error": {"type": "string"}}}}
+                f"({arena / 1024:.1f} KiB).", "", *kernel_lines(micro.kernels)]
 
     # --- the check before generation ------------------------------------------------------------
     def preflight(self, model: LoadedModel) -> EarlyConversion:
@@ -285,8 +274,10 @@ class TFLiteInt8Target(Target):
         # float_conversion is 0 when the preflight's file was reused; calibration is onnx2tf's file
         # writing or litert-torch's per-tensor ranges (onnx2tf calibrates inside its conversion).
         result.timings = {"export": t1 - t0, "float_conversion": t2 - t1, "calibration": t3 - t2, **result.timings}
-        result.info["export_rewrites"] = rewrites
-        result.info["act_range_default"] = not self.options.act_range
+        section = tflite_section(result.info)
+        assert section is not None  # _check_and_install wrote it
+        section.export_rewrites = rewrites
+        section.act_range_default = not self.options.act_range
         return result
 
     def _float_model(self, model: LoadedModel, module: nn.Module, rewrites: dict[str, Any], converter: Converter,
@@ -356,29 +347,21 @@ class TFLiteInt8Target(Target):
             **{role: _install(p, workdir / p.name) for role, p in conv.sources.items()},
         }
         runner: Runner = LiteRTRunner(artifacts["model"], o.threads, checks.output_shapes)
-        extra: dict[str, Any] = {}
+        ultralytics = None
         if self.layout == "ultralytics":  # a file for LiteRT: its MCU twin is the split file beside it
-            runner, extra = self._ultralytics_file(model, artifacts, calib)
-            micro: dict[str, Any] = {"skipped": "--layout ultralytics (float I/O, for LiteRT); the split int8 file "
-                                                "beside it is the one for TFLite Micro"}
+            runner, ultralytics = self._ultralytics_file(model, artifacts, calib)
+            micro = MicroSection(skipped="--layout ultralytics (float I/O, for LiteRT); the split int8 file "
+                                         "beside it is the one for TFLite Micro")
         else:
             runner.device_runner, micro = micro_runner(artifacts["model"], checks.output_shapes)
             if runner.device_runner is not None:
-                micro["kernels"] = kernel_parity(artifacts["model"], calib.images[:1], model)
-        info: dict[str, Any] = {
-            "converter": self.converter_name,
-            "float_parity": {**checks.parity.as_dict(), "inputs": "calibration images",
-                             "reference": "PyTorch float32" + (" (as exported)" if reference is not None else "")},
-            "float_ops": checks.float_ops,
-            "io": runner.io_details(),
-            "calibration_images": len(calib),
-            **conv.info,
-            "tflite_micro": micro,
-            "layout": self.layout,
-            **extra,
-        }
+                micro.kernels = kernel_parity(artifacts["model"], calib.images[:1], model)
+        parity = {**checks.parity.as_dict(), "inputs": "calibration images",
+                  "reference": "PyTorch float32" + (" (as exported)" if reference is not None else "")}
+        info = self.section(self.converter_name, parity, checks.float_ops, runner.io_details(), len(calib),
+                             dict(conv.info), micro, self.layout, ultralytics)
         if early is not None:
-            info["float_parity_before_generation"] = {**early.parity.as_dict(), "inputs": "random-pixel probes"}
+            info.float_parity_before_generation = {**early.parity.as_dict(), "inputs": "random-pixel probes"}
         timings = {"conversion": conv.seconds, **checks.timings}
         return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
 
@@ -441,7 +424,8 @@ class TFLiteInt8Target(Target):
 
     def _ultralytics_file(self, model: LoadedModel, artifacts: dict[str, Path],
                           calib: CalibrationSet) -> tuple[Runner, dict[str, Any]]:
-        """--layout ultralytics: the checked int8 file rewrapped as 'model', the split one kept beside it."""
+        """--layout ultralytics: the checked int8 file rewrapped as 'model', the split one kept beside it;
+        its runner, and the report's facts about it."""
         from dgh_deploy.targets.tflite.ultralytics_file import ultralytics_artifact
 
         split = artifacts["split_model"] = artifacts["model"]
@@ -449,7 +433,7 @@ class TFLiteInt8Target(Target):
         runner, info = ultralytics_artifact(model, split, output_shapes(model), path,
                                             calib.images[:IDENTITY_IMAGES], self.options.threads)
         artifacts["model"] = path
-        return runner, {"ultralytics": info}
+        return runner, info
 
 
 def probe_images(model: LoadedModel, n: int, seed: int = 0) -> np.ndarray:
@@ -459,20 +443,20 @@ def probe_images(model: LoadedModel, n: int, seed: int = 0) -> np.ndarray:
     return model.preprocessing.normalise(pixels)
 
 
-def micro_runner(path: Path, shapes: list[tuple[int, ...]]) -> tuple[Runner | None, dict[str, Any]]:
+def micro_runner(path: Path, shapes: list[tuple[int, ...]]) -> tuple[Runner | None, MicroSection]:
     """The int8 file on TFLite Micro (what a microcontroller runs), for the job to verify on as well,
     and what the report says about it. A file TFLite Micro cannot run is reported, not fatal: LiteRT
     still verifies it."""
     if importlib.util.find_spec("tflite_micro") is None:
-        return None, {"skipped": "tflite-micro is not installed (pip install 'dgh-deploy[tflite]')"}
+        return None, MicroSection(skipped="tflite-micro is not installed (pip install 'dgh-deploy[tflite]')")
     from dgh_deploy.runtime.tflite_micro_runner import TFLiteMicroRunner
 
     try:
         runner = TFLiteMicroRunner(path, shapes)
     except DGHError as err:
         log.warning("not verifying on TFLite Micro: %s", err)
-        return None, {"error": str(err)}
-    return runner, runner.describe()
+        return None, MicroSection(error=str(err))
+    return runner, MicroSection.from_json(runner.describe())
 
 
 def kernel_parity(path: Path, image: np.ndarray, model: LoadedModel) -> dict[str, Any]:
@@ -502,6 +486,12 @@ def kernel_lines(kernels: dict[str, Any] | None) -> list[str]:
         lines += [f"| {k['index']} | `{k['layer']}` | {k['op']} | {k['max_steps']} | {k['share_differing']:.3f} | "
                   f"{k['added_rms_steps']:.2f} |" for k in kernels["adding_most"]]
     return [*lines, ""]
+
+
+def _micro(report: Report) -> MicroSection | None:
+    """The report's TFLite Micro run, where a tflite-int8 build wrote the report."""
+    section = tflite_section(report.target.facts)
+    return section.tflite_micro if section else None
 
 
 def export_names(model: LoadedModel) -> list[str]:
