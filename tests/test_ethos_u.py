@@ -331,6 +331,30 @@ def test_the_demo_runs_every_op_on_the_npu(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_int16_layers_run_on_the_npu(tmp_path: Path) -> None:
+    """--int16-layers on ethos-u: the named modules' ops at int16 activations (TFLite's 16x8 kernels), and
+    Vela still places every op, the int8/int16 borders (QUANTIZE) included, on the NPU."""
+    import dgh_deploy
+    from dgh_deploy.runtime.litert_runner import open_interpreter
+    from dgh_deploy.targets.tflite.layer_sqnr import module_path
+    from dgh_deploy.targets.tflite.target import installed_converter
+
+    if installed_converter() != "litert-torch":
+        pytest.skip("--int16-layers needs litert-torch")
+    result = dgh_deploy.deploy(target="ethos-u", model="cifar_mobilenetv2", calib="noise", n_images=8, holdout=4,
+                               out=str(tmp_path / "mbv2"), human_report=False, require_npu=True,
+                               int16_layers="features.3")
+    npu = result.report.target.facts.ethos_u.vela
+    assert npu.cpu_ops == 0 and result.report.gate is not None and result.report.gate.passed, npu.cpu_fallback
+    it = open_interpreter(result.artifacts["model"], delegates=False)
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    int16_modules = {module_path(tensors[int(op["outputs"][0])]["name"]).split(".conv")[0]
+                     for op in it._get_ops_details()
+                     if op["op_name"] != "QUANTIZE" and tensors[int(op["outputs"][0])]["dtype"].__name__ == "int16"}
+    assert int16_modules and all(m.startswith("features.3") for m in int16_modules), int16_modules
+
+
+@pytest.mark.slow
 def test_the_anchor_free_head_runs_every_op_on_the_npu(tmp_path: Path) -> None:
     """Ultralytics' YOLOv8n from its yaml (the anchor-free head: DFL softmax, box decoding): placement
     depends on the graph, not the weights, so untrained weights and noise calibration show it."""

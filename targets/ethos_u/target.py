@@ -65,6 +65,10 @@ class EthosUTarget(TFLiteInt8Target):
                    "Shared_Sram; Sram_Only_512KB: an Ethos-U55 with 512 KiB of SRAM and nothing else)"),
         TargetFlag("--require-npu", "require_npu",
                    "fail the job (exit 3, after writing the report) if Vela leaves any op to the CPU", None),
+        TargetFlag("--int16-layers", "int16_layers",
+                   "keep these PyTorch modules (comma-separated, as report.md's per-layer table names them) at "
+                   "int16 activations with int8 weights (TFLite's 16x8 kernels, which Vela and TFLite Micro run), "
+                   "the rest int8 (litert-torch)"),
     )
     summary_artifacts: ClassVar[tuple[str, ...]] = ("model", "vela_model")
     section: ClassVar[type[EthosUSection]] = EthosUSection
@@ -92,8 +96,8 @@ class EthosUTarget(TFLiteInt8Target):
 
     def __init__(self, options: TargetOptions | None = None, npu: str = DEFAULT_ACCELERATOR, system_config: str = "",
                  memory_mode: str = "", require_npu: bool = False, silu_floor: float = DEFAULT_FLOOR,
-                 parity_images: int = PARITY_IMAGES) -> None:
-        super().__init__(options, silu_floor, parity_images)
+                 parity_images: int = PARITY_IMAGES, int16_layers: str = "") -> None:
+        super().__init__(options, silu_floor, parity_images, int16_layers=int16_layers)
         self.vela = VelaSettings(npu, system_config, memory_mode)
         self.require_npu = require_npu
 
@@ -108,7 +112,7 @@ class EthosUTarget(TFLiteInt8Target):
             weight_bits=8, act_bits=8, weight_granularity=base.weight_granularity, weight_symmetric=True,
             act_symmetric=False, power_of_two=False, io_dtype="int8", all_layers_quantized=True,
             notes=f"Vela {vela_version() or '(not installed)'}: int8 weights, symmetric (zero point 0) per channel; "
-                  f"int8 activations, asymmetric per tensor (Vela takes int16 too, not produced here); int8 I/O; "
+                  f"int8 activations, asymmetric per tensor (int16 for the modules --int16-layers names); int8 I/O; "
                   f"{ops}",
         )
 
