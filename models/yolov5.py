@@ -10,6 +10,7 @@ xy = (2 s_xy - 0.5 + grid) * stride, wh = (2 s_wh)^2 * anchor * stride, score = 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -114,10 +115,12 @@ class YOLOv5Detector(YoloDeploy):
         self, feats: list[torch.Tensor], size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The graph's decode: 4-D channel slices of each head conv (see below), never the 5-D maps."""
-        return self._decode_parts([self.head.level_parts(i, f) for i, f in enumerate(feats)], size)
+        # A generator: each level's convs run just before its sigmoids, the op order the converted files
+        # have always had (all convs first reorders the graph: same values, other bytes).
+        return self._decode_parts((self.head.level_parts(i, f) for i, f in enumerate(feats)), size)
 
     def _decode_parts(
-        self, levels: list[tuple[torch.Tensor, ...]], size: tuple[int, int]
+        self, levels: Iterable[tuple[torch.Tensor, ...]], size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         h = self.head
         # Each part goes through its sigmoid per level, before anything joins them: TFLite's
@@ -126,12 +129,14 @@ class YOLOv5Detector(YoloDeploy):
         # Per anchor a channel slice then a flatten: 4-D/3-D ops only, which converters map to
         # NHWC cleanly (a 5-D view + permute, as in YOLOv5's own export, is riskier for onnx2tf).
         cols: tuple[list[torch.Tensor], ...] = ([], [], [])
+        firsts = []  # each level's first part: the grid's shapes
         for parts in levels:
+            firsts.append(parts[0])
             for col, p in zip(cols, parts, strict=True):
                 s, width = p.sigmoid(), p.shape[1] // h.na
                 col += [s[:, a * width : (a + 1) * width].flatten(2) for a in range(h.na)]
         box, obj, cls = (torch.cat(c, 2) for c in cols)  # N x C x A
-        gain, offset, anchor_wh = self._grid([parts[0] for parts in levels], size)
+        gain, offset, anchor_wh = self._grid(firsts, size)
         xy = box[:, 0:2] * gain + offset  # (2 s - 0.5 + grid) * stride / size
         wh = box[:, 2:4] * box[:, 2:4] * anchor_wh  # (2 s)^2 * anchor * stride / size
         return torch.cat((xy, wh), 1), cls, obj
