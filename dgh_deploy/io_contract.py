@@ -64,7 +64,8 @@ def feeding_steps(model: LoadedModel, inp: TensorSpec, layout: str) -> list[str]
     """From a decoded image to the input tensor, in order, with this job's numbers."""
     pre = model.preprocessing
     h, w = model.imgsz
-    steps = [f"decode to 8-bit {pre.channel_order} pixels (0..255), turned upright by the EXIF orientation",
+    order = "BGR pixels (OpenCV's imread order)" if pre.channel_order == "BGR" else "RGB pixels"
+    steps = [f"decode to 8-bit {order} (0..255), turned upright by the EXIF orientation",
              _resize_step(pre.resize, pre.pad_value, h, w)]
     plain = all(m == 0 for m in pre.mean) and all(s == 1 for s in pre.std)
     steps.append("x = pixel / 255" if plain else

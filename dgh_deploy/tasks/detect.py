@@ -84,12 +84,11 @@ class DetectTask(TaskAdapter):
         from dgh_deploy.runtime.base import TorchRunner
 
         outputs = TorchRunner(model.module).infer(model.dummy_input().numpy())
-        after = (f"then keep scores >= a threshold and run NMS per class (IoU {self.nms.iou:g}), and map boxes "
-                 f"back through the {model.preprocessing.resize}")
+        back = ("scale boxes back by each axis' own factor" if model.preprocessing.resize == "stretch"
+                else "map boxes back through the letterbox")
+        after = f"then keep scores >= a threshold and run NMS per class (IoU {self.nms.iou:g}), and {back}"
         if isinstance(model.module, HostDecodeDetector):
-            return [f"raw head map {i + 1} of {len(outputs)} ({'x'.join(map(str, o.shape))}), before any sigmoid or "
-                    f"softmax: decode all maps on the host with the detector's decode(maps, {model.imgsz}) into boxes "
-                    f"and class scores, {after}" for i, o in enumerate(outputs)]
+            return host_decode_meanings([o.shape for o in outputs], model.imgsz, after)
         parts = layout_of(model.module, outputs)
         nc = parts.nc
         if layout == "ultralytics":
@@ -200,6 +199,16 @@ class DetectTask(TaskAdapter):
 
 def _final(parts: dict[str, Any]) -> tuple[Any, Any]:
     return final_scores((parts["boxes"], parts["scores"], parts.get("objectness")))
+
+
+def host_decode_meanings(shapes: list[tuple[int, ...]], imgsz: tuple[int, int], after: str) -> list[str]:
+    """What each raw map of a host-decoded detector's file holds, and how device code decodes them."""
+    n = len(shapes)
+    first = (f"dequantize all {n} maps, lay each out as PyTorch's N x C x H x W, and decode them together with the "
+             f"detector's decode(maps, {imgsz}) into boxes and class scores; {after}")
+    return [f"raw head map {i + 1} of {n} (PyTorch shape {'x'.join(map(str, shape))}), before any sigmoid or "
+            f"softmax: " + (first if i == 0 else "decoded with the others (see the first output)")
+            for i, shape in enumerate(shapes)]
 
 
 def boxes_and_scores(module: nn.Module, outputs: list[np.ndarray], imgsz: tuple[int, int]) -> tuple[Any, Any]:
