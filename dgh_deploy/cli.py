@@ -144,7 +144,7 @@ def _target_flags(p: argparse.ArgumentParser) -> None:
                                help=f.help)
             else:
                 g.add_argument(f.flag, dest=f.dest, type=f.type, choices=f.choices or None, default=None,
-                               help=f.help)
+                               metavar=f.metavar, help=f.help)
 
 
 def target_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -102,6 +102,7 @@ class TargetFlag:
     type: Callable[[str], Any] | None = str  # None: a switch, ``switched`` when present
     choices: tuple[str, ...] = ()
     switched: Any = True  # a switch's value when given (False for a --no-... switch)
+    metavar: str | None = None  # what --help shows for the value (argparse's default: the dest in capitals)
 
 
 ADVICE_DROP = 1.0  # a metric drop (points) worth a rebuild with the noisiest modules at a higher precision

@@ -65,7 +65,7 @@ class EthosUTarget(TFLiteInt8Target):
                    "Shared_Sram; Sram_Only_512KB: an Ethos-U55 with 512 KiB of SRAM and nothing else)"),
         TargetFlag("--require-npu", "require_npu",
                    "fail the job (exit 3, after writing the report) if Vela leaves any op to the CPU", None),
-        TargetFlag("--int16-layers", "int16_layers",
+        TargetFlag("--int16-layers", "int16_layers", metavar="MODULES", help=
                    "keep these PyTorch modules (comma-separated, as report.md's per-layer table names them) at "
                    "int16 activations with int8 weights (TFLite's 16x8 kernels, which Vela and TFLite Micro run), "
                    "the rest int8 (litert-torch)"),

@@ -77,7 +77,7 @@ class TensorRTInt8Target(Target):
     section = TensorRTSection
     flags = (
         TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),  # shared with tflite-int8
-        TargetFlag("--float-layers", "float_layers",
+        TargetFlag("--float-layers", "float_layers", metavar="MODULES", help=
                    "leave these PyTorch modules (comma-separated, as report.md's per-layer table names them, "
                    "e.g. model.9) without Q/DQ: TensorRT runs them in float"),
     )

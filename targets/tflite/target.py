@@ -151,7 +151,7 @@ class TFLiteInt8Target(Target):
                    "onnx2tf (via ONNX and TensorFlow; its own venv: ./install.sh --onnx2tf). Default: the one "
                    "installed, litert-torch first",
                    choices=CONVERTERS),
-        TargetFlag("--int16-layers", "int16_layers",
+        TargetFlag("--int16-layers", "int16_layers", metavar="MODULES", help=
                    "keep these PyTorch modules (comma-separated, as report.md's per-layer table names them, e.g. "
                    "model.9,model.8.m.0) at int16 activations with int8 weights (TFLite's 16x8 kernels), the "
                    "rest int8 (litert-torch)"),
