@@ -6,6 +6,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,6 +14,7 @@ from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.loaded_model import LoadedModel
 
+log = logging.getLogger("dgh_deploy")
 INPUT_NAME = "images"
 DEFAULT_OPSET = 17
 
@@ -28,11 +30,29 @@ def export_onnx(
     """Export ``model`` (with its export rewrites, or ``module`` if given) to ONNX at ``path``.
 
     Uses the TorchScript exporter: it gives plain, static graphs that onnx2tf and TensorRT's
-    parser both take. Output names are ``output0``, ``output1``, ... in forward order.
+    parser both take. Output names are ``output0``, ``output1``, ... in forward order. A
+    ``dynamic_batch`` graph that cannot run a batch of two is written with the static ``batch``
+    instead (its runner then feeds it ``batch`` images at a time).
     """
+    net = (module if module is not None else model.for_export()).eval()
+    proto = _exported(model, net, batch, dynamic_batch, opset)
+    if dynamic_batch and not _takes_any_batch(proto, model):
+        # A model that reads its batch size as a Python number (ShuffleNetV2's channel shuffle:
+        # ``x.data.size()`` in a reshape) traces it as a constant: the "dynamic" graph fails on any other.
+        log.info("'%s' fixes its batch size inside the graph: exported with a static batch of %d", model.name, batch)
+        proto = _exported(model, net, batch, False, opset)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        import onnx
+
+        onnx.save(proto, str(tmp))
+    return path
+
+
+def _exported(model: LoadedModel, net: torch.nn.Module, batch: int, dynamic_batch: bool, opset: int) -> Any:
+    """The checked ONNX proto of ``net``."""
     import onnx
 
-    net = (module if module is not None else model.for_export()).eval()
     dummy = model.dummy_input(batch)
     with torch.no_grad():
         n_out = len(_flatten(net(dummy)))
@@ -55,10 +75,19 @@ def export_onnx(
         ) from exc
     proto = onnx.load_from_string(buf.getvalue())
     onnx.checker.check_model(proto)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        onnx.save(proto, str(tmp))
-    return path
+    return proto
+
+
+def _takes_any_batch(proto: Any, model: LoadedModel) -> bool:
+    """Whether the graph runs on a batch of two in ONNX Runtime."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    try:
+        session.run(None, {INPUT_NAME: model.dummy_input(2).numpy()})
+    except Exception:  # ORT's RuntimeException: the reshape of a traced batch size
+        return False
+    return True
 
 
 def _flatten(out: object) -> list[torch.Tensor]:

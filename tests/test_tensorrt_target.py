@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import numpy_helper
 
 from dgh_deploy.calibration import CalibrationSet
@@ -190,3 +191,32 @@ def test_float_layers_get_no_qdq_and_less_noise(r20: LoadedModel, calib256: Cali
     assert rows["mixed"][add].fall_db < rows["int8"][add].fall_db
     with pytest.raises(DGHError, match="names no layer of the exported model: layer9"):
         get_target("tensorrt-int8", float_layers="layer9").preflight(r20)
+
+
+class ShuffleLike(torch.nn.Module):
+    """Reads its batch size as a Python number, as ShuffleNetV2's channel shuffle does (``x.data.size()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        b, c, h, w = y.data.size()
+        return y.reshape(b * c // 2, 2, h * w).permute(1, 0, 2).reshape(2, -1, c // 2, h, w)[0]
+
+
+def test_a_traced_batch_size_is_exported_static_and_run_in_chunks(tmp_path: Path) -> None:
+    """The tensorrt-int8 export asks for a dynamic batch; a graph that fixes its batch inside is written
+    with batch 1 instead (not left to fail on the calibrator's batches), and runs any batch in chunks."""
+    from dgh_deploy.onnx_export import export_onnx
+
+    model = load_model(ShuffleLike(), imgsz=16)
+    path = export_onnx(model, tmp_path / "m.onnx", dynamic_batch=True)
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_value == 1  # static
+    x = np.random.default_rng(0).random((3, 3, 16, 16), np.float32)
+    got = OnnxRuntimeRunner(path).infer(x)[0]
+    np.testing.assert_allclose(got, TorchRunner(model.module).infer(x)[0], atol=1e-5)
+    plain = export_onnx(load_model(torch.nn.Conv2d(3, 4, 3), imgsz=16), tmp_path / "c.onnx", dynamic_batch=True)
+    assert onnx.load(str(plain)).graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"

@@ -29,19 +29,21 @@ class EngineInputs:
     cache: str
     input_name: str
     shape: tuple[int, ...]  # the engine's input shape, batch first
+    static: bool = False  # the ONNX models fix their batch (a model that traces its batch size): no --shapes
 
 
 def build_commands(e: EngineInputs) -> list[str]:
     """[trtexec explicit, polygraphy explicit, trtexec implicit, polygraphy implicit]."""
     dims = "x".join(str(d) for d in e.shape)
     poly = f"{e.input_name}:[{','.join(str(d) for d in e.shape)}]"
-    poly_shapes = f"--trt-min-shapes {poly} --trt-opt-shapes {poly} --trt-max-shapes {poly}"
+    # A static model takes no shapes (trtexec refuses them); the others get the one the engine is built for.
+    shapes = "" if e.static else f" --shapes={e.input_name}:{dims}"
+    poly_shapes = "" if e.static else f" --trt-min-shapes {poly} --trt-opt-shapes {poly} --trt-max-shapes {poly}"
     return [
-        f"trtexec --onnx={e.qdq} --stronglyTyped --shapes={e.input_name}:{dims} --saveEngine={EXPLICIT_ENGINE}",
-        f"polygraphy convert {e.qdq} --strongly-typed {poly_shapes} -o {EXPLICIT_ENGINE}",
-        f"trtexec --onnx={e.float_model} --int8 --calib={e.cache} --shapes={e.input_name}:{dims} "
-        f"--saveEngine={IMPLICIT_ENGINE}",
-        f"polygraphy convert {e.float_model} --int8 --calibration-cache {e.cache} {poly_shapes} -o {IMPLICIT_ENGINE}",
+        f"trtexec --onnx={e.qdq} --stronglyTyped{shapes} --saveEngine={EXPLICIT_ENGINE}",
+        f"polygraphy convert {e.qdq} --strongly-typed{poly_shapes} -o {EXPLICIT_ENGINE}",
+        f"trtexec --onnx={e.float_model} --int8 --calib={e.cache}{shapes} --saveEngine={IMPLICIT_ENGINE}",
+        f"polygraphy convert {e.float_model} --int8 --calibration-cache {e.cache}{poly_shapes} -o {IMPLICIT_ENGINE}",
     ]
 
 
@@ -49,6 +51,10 @@ def write_build_script(path: Path, e: EngineInputs, commands: list[str], about: 
     """``build_engine.sh``: explicit by default, ``MODE=implicit`` for TensorRT <= 10's cache path."""
     trtexec_explicit, poly_explicit, trtexec_implicit, poly_implicit = commands
     dims = "x".join(str(d) for d in e.shape)
+    batch_note = (f"The ONNX models fix their input at {dims} (the model traces its batch size)." if e.static else
+                  f"The ONNX models take any batch; the engine is built for {dims}. For another batch B, change\n"
+                  "# --shapes (or give --minShapes/--optShapes/--maxShapes).")
+    shapes = "" if e.static else f" --shapes={e.input_name}:{dims}"
     text = f"""#!/usr/bin/env bash
 # Build the TensorRT INT8 engine on a machine with an NVIDIA GPU and TensorRT (written by dgh-deploy).
 # {about}
@@ -57,8 +63,7 @@ def write_build_script(path: Path, e: EngineInputs, commands: list[str], about: 
 #   TensorRT <= 10 (implicit INT8, scales from {e.cache}):  MODE=implicit ./build_engine.sh
 #   TensorRT 8.6 (Q/DQ model, weakly typed):                    MODE=trt8 ./build_engine.sh
 #
-# The ONNX models take any batch; the engine is built for {dims}. For another batch B, change
-# --shapes (or give --minShapes/--optShapes/--maxShapes). In the build log of the implicit path,
+# {batch_note} In the build log of the implicit path,
 # "Missing scale and zero-point for tensor" names tensors the cache does not cover (TensorRT-internal
 # tensors): those layers fall back to higher precision. The cache's header carries the TensorRT
 # version it was written for; TensorRT may ignore a cache from another version and calibrate anew.
@@ -71,7 +76,7 @@ cd "$(dirname "$0")"
 case "${{MODE:-explicit}}" in
   explicit) {trtexec_explicit} ;;
   implicit) {trtexec_implicit} ;;
-  trt8) trtexec --onnx={e.qdq} --int8 --shapes={e.input_name}:{dims} --saveEngine={EXPLICIT_ENGINE} ;;
+  trt8) trtexec --onnx={e.qdq} --int8{shapes} --saveEngine={EXPLICIT_ENGINE} ;;
   *) echo "MODE must be explicit, implicit or trt8" >&2; exit 2 ;;
 esac
 """

@@ -198,7 +198,8 @@ class TensorRTInt8Target(Target):
             onnx.save(qdq_proto, str(tmp))
         cache_path = workdir / CACHE
         header = write_calibration_cache(cache_path, amax)
-        engine_inputs = EngineInputs(QDQ_MODEL, FLOAT_MODEL, CACHE, INPUT_NAME, (1, 3, *model.imgsz))
+        static = bool(float_proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value)  # see export_onnx
+        engine_inputs = EngineInputs(QDQ_MODEL, FLOAT_MODEL, CACHE, INPUT_NAME, (1, 3, *model.imgsz), static)
         commands = build_commands(engine_inputs)
         about = (f"{model.name}: scales from {len(calib)} calibration images ({calib.source}), "
                  f"activation ranges by {act_range}, computed on the CPU.")
