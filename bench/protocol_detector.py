@@ -53,7 +53,8 @@ def job(target: str, calib: str, seed: int, val_data: str, threads: int, out: Pa
         row[m.device.runtime] = m.device.quantized["mAP50-95"]
     npu = report.target.to_json().get("ethos_u")
     if npu:
-        row["npu ops"] = f"{npu.get('npu_ops')} of {npu.get('total_ops')}"
+        row["npu ops"] = f"{npu['npu_ops']} of {npu['npu_ops'] + npu['cpu_ops']}"
+        row["vela"] = {k: npu[k] for k in ("accelerator", "inference_ms", "sram_kib", "flash_kib")}
     return row
 
 

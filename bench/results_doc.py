@@ -960,10 +960,15 @@ def protocol_detector_table(data: dict) -> Table:
         rows.append([target, ", ".join(num(v) for v in values) + mean or "-",
                      num(mine["real"]["int8"]) if "real" in mine else "-",
                      ", ".join(num(v["tflite-micro"]) for v in dgh if "tflite-micro" in v) or "-",
-                     ", ".join(sorted({v["npu ops"] for v in mine.values() if "npu ops" in v})) or "-"])
+                     "; ".join(sorted({npu_cell(v) for v in mine.values() if "npu ops" in v})) or "-"])
     seeds = sorted({k.split(" seed ")[1] for k in jobs if " seed " in k}, key=int)
     return ["target", f"DGH (seed {', '.join(seeds)}; mean)", "real (coco128 train images)",
-            "TFLite Micro, DGH", "ops on the NPU"], rows
+            "TFLite Micro, DGH", "Vela: ops on the NPU, ms"], rows
+
+
+def npu_cell(row: dict) -> str:
+    vela = row.get("vela", {})
+    return f"{row['npu ops']}, {num(vela.get('inference_ms'))} ms on {vela.get('accelerator', '?')}"
 
 
 def section_protocol_detector(files: dict[str, dict]) -> list[str]:
