@@ -88,5 +88,5 @@ def test_the_advice_names_the_targets_own_flag_only_when_the_drop_is_real() -> N
     assert trt.repair_advice(2.4, mods).endswith("--float-layers model.9,model.8.m.0")
     assert tflite.repair_advice(0.6, mods) is None and tflite.repair_advice(None, mods) is None
     assert get_target("tflite-int8", int16_layers="model.9").repair_advice(2.4, mods) is None  # already repairing
-    assert get_target("ethos-u").repair_advice(2.4, mods) is None  # not one of its flags
+    assert get_target("ethos-u").repair_advice(2.4, mods).endswith("--int16-layers model.9,model.8.m.0")  # its own
     assert get_target("sim").repair_advice(2.4, mods) is None

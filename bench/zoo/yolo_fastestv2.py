@@ -19,6 +19,8 @@ Input as their ``test.py`` and ``evaluation.py`` feed it: OpenCV's BGR pixels, `
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
+import importlib.util
 import io
 import os
 import sys
@@ -49,11 +51,20 @@ def authors_detector_class(repo: Path) -> type[nn.Module]:
     """``model.detector.Detector`` from the checkout (its backbone file imports ``torchsummary``, for a
     summary it never prints: a stand-in module keeps that import from failing)."""
     sys.modules.setdefault("torchsummary", types.SimpleNamespace(summary=None))  # type: ignore[arg-type]
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
+    checkout_package("model", repo)
     from model.detector import Detector  # type: ignore[import-not-found]
 
     return Detector
+
+
+def checkout_package(name: str, repo: Path) -> None:
+    """The checkout's top-level folder ``name`` as the package ``name`` (the authors' modules import each
+    other as ``model.fpn``, ``utils.utils``), found through the package's own path, not ``sys.path``."""
+    if name in sys.modules:
+        return
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = [str(repo / name)]
+    sys.modules[name] = importlib.util.module_from_spec(spec)
 
 
 def protocol_class(detector: type[nn.Module]) -> type[nn.Module]:
@@ -108,6 +119,7 @@ def build_with_authors_decode() -> nn.Module:
     checkout): the reference the protocol's decode is held to."""
     repo = checkout()
     base = protocol_class(authors_detector_class(repo))
+    checkout_package("utils", repo)
     from utils.utils import handel_preds, load_datafile  # type: ignore[import-not-found]
 
     cfg = load_datafile(str(repo / "data" / "coco.data"))
