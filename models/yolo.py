@@ -17,7 +17,7 @@ v8, 11: :class:`UltralyticsDetector`) and the classic anchor-based YOLOv5 head
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +94,6 @@ class YoloDeploy(nn.Module):
         self.check_size(x)
         boxes, scores, obj = self.decode_features(self.features(x), (int(x.shape[-2]), int(x.shape[-1])))
         return self.detect_layout.pack(boxes, scores, obj)
-
-    def decode_outputs(self, outputs: Sequence[Any], imgsz: tuple[int, int]) -> tuple[Any, Any]:
-        """Runner outputs in this model's deploy layout -> (boxes N x 4 x A, final scores N x nc x A)."""
-        return self.detect_layout.unpack(outputs)
 
     def head_raw(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         raise NotImplementedError

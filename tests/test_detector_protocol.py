@@ -56,7 +56,7 @@ def test_builtin_heads_implement_the_protocol(spec: str) -> None:
     x = torch.rand(2, 3, 128, 128)
     with torch.no_grad():
         out = module(x)
-        deployed = module.decode_outputs(list(out) if isinstance(out, tuple) else [out], (128, 128))
+        deployed = module.detect_layout.unpack(list(out) if isinstance(out, tuple) else [out])
         decoded = final_scores(module.decode(module.head_maps(x), (128, 128)))
     for a, b in zip(deployed, decoded, strict=True):
         assert torch.allclose(torch.as_tensor(a), b, atol=1e-6)

@@ -22,7 +22,7 @@ from dgh_deploy.runtime.base import Runner, flatten_outputs
 from dgh_deploy.tasks.base import TaskAdapter
 from dgh_deploy.tasks.classify import evenly_spaced
 from dgh_deploy.tasks.detect_data import DetectionData, read_data_yaml
-from dgh_deploy.tasks.detect_layout import DetectLayout, infer_layout, layout_of
+from dgh_deploy.tasks.detect_layout import infer_layout, layout_of
 from dgh_deploy.tasks.detect_postprocess import NMSConfig, clip_to_image, nms
 from dgh_deploy.tasks.detector import PROTOCOL_FIX, HostDecodeDetector, final_scores
 from dgh_deploy.verification.layers import sqnr_db
@@ -118,7 +118,7 @@ class DetectTask(TaskAdapter):
         acc = MapAccumulator(data.names)
         for i in range(0, len(index), self.batch_size):
             outputs = runner.infer(model.preprocessing.normalise(canvases[i : i + self.batch_size]))
-            boxes, scores = boxes_and_scores(model.module, outputs, model.imgsz)
+            boxes, scores = _final(deploy_parts(model.module, outputs, model.imgsz))
             if scores.shape[1] != len(data.names):
                 raise DGHError(
                     f"model '{model.name}' predicts {scores.shape[1]} classes but '{val_data}' names "
@@ -187,14 +187,10 @@ class DetectTask(TaskAdapter):
         return out
 
     def _parts(self, outputs: list[np.ndarray]) -> dict[str, Any]:
-        """The parts of deploy outputs (boxes, scores, objectness) as the model's layout has them; a
-        host-decoded detector's maps decoded first (then boxes and final scores)."""
-        module = self.model.module if self.model is not None else None
-        if isinstance(module, HostDecodeDetector):
-            boxes, scores = module.decode_outputs(outputs, self.model.imgsz)  # type: ignore[union-attr]
-            return {"boxes": boxes, "scores": scores}
-        layout = getattr(module, "detect_layout", None)
-        return (layout if isinstance(layout, DetectLayout) else infer_layout(outputs)).parts(outputs)
+        """:func:`deploy_parts` of the bound model (unbound: the layout the outputs have)."""
+        if self.model is None:
+            return infer_layout(outputs).parts(outputs)
+        return deploy_parts(self.model.module, outputs, self.model.imgsz)
 
 
 def _final(parts: dict[str, Any]) -> tuple[Any, Any]:
@@ -211,8 +207,11 @@ def host_decode_meanings(shapes: list[tuple[int, ...]], imgsz: tuple[int, int], 
             for i, shape in enumerate(shapes)]
 
 
-def boxes_and_scores(module: nn.Module, outputs: list[np.ndarray], imgsz: tuple[int, int]) -> tuple[Any, Any]:
-    """A runner's outputs of ``module``'s deploy form -> (boxes N x 4 x A normalised, final scores N x nc x A):
-    decoded on the host for a protocol detector, unpacked by its layout for one that decodes in its graph."""
-    decode = getattr(module, "decode_outputs", None)
-    return decode(outputs, imgsz) if callable(decode) else layout_of(module, outputs).unpack(outputs)
+def deploy_parts(module: nn.Module, outputs: list[np.ndarray], imgsz: tuple[int, int]) -> dict[str, Any]:
+    """A runner's outputs of ``module``'s deploy form -> {part: N x C x A} (boxes normalised, scores and,
+    where the layout keeps it apart, objectness): decoded on the host for a protocol detector, as its
+    layout packs them for one that decodes in its graph."""
+    if isinstance(module, HostDecodeDetector):
+        boxes, scores = module.decode_outputs(outputs, imgsz)
+        return {"boxes": boxes, "scores": scores}
+    return layout_of(module, outputs).parts(outputs)

@@ -100,11 +100,11 @@ def load_detector(net: nn.Module, name: str, weights: str | None) -> LoadedModel
     size = net.input_size
     imgsz = (size, size) if isinstance(size, int) else tuple(size)
     names = getattr(net, "class_names", None)
+    module = HostDecodeDetector(net.float().eval()).eval()
     loaded = LoadedModel(
-        module=HostDecodeDetector(net.float().eval()).eval(), name=name, task="detect",
-        imgsz=imgsz,  # type: ignore[arg-type]
+        module=module, name=name, task="detect", imgsz=imgsz,  # type: ignore[arg-type]
         preprocessing=detector_preprocessing(net, name), weights=weights,
-        class_names=tuple(names) if names else None, extra={"stride": max(int(s) for s in net.strides)},
+        class_names=tuple(names) if names else None, extra={"stride": module.max_stride},
     )
     check_decode(loaded)
     return loaded
