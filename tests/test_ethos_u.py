@@ -33,7 +33,7 @@ from dgh_deploy.targets.ethos_u.vela import (
     sram_capacity_kib,
     sram_only_mode,
 )
-from dgh_deploy.targets.tflite.section import MicroSection
+from dgh_deploy.targets.tflite.section import MicroSection, TFLiteSection
 from dgh_deploy.verification.gate import GateVerdict, gate_verdict
 
 LOG_SOFTMAX_NET = '''
@@ -176,8 +176,8 @@ def npu_report(cpu_fallback: list[dict[str, str]], require: bool = True, device:
     vela = VelaReport("ethos-u55-128", "S", "M", 9, len(cpu_fallback), [CPUOp(**op) for op in cpu_fallback],
                       sram_kib=1.0, flash_kib=1.0, dram_kib=0.0, sram_capacity_kib=None, fits_sram=None,
                       inference_ms=1.0, cycles_total=1, cycles_npu=1, macs=1, core_clock_mhz=500.0)
-    section = EthosUSection("litert-torch", {}, [], {}, 8, {}, MicroSection(), "split",
-                            ethos_u=NpuSection(vela, require))
+    tflite = TFLiteSection("litert-torch", {}, [], {}, 8, {}, MicroSection(), "split")
+    section = EthosUSection(tflite, NpuSection(vela, require))
     return Report(ModelEntry("m", None, "classify", [32, 32], "f"), TargetEntry("ethos-u", "r", {}, section),
                   CalibrationEntry("noise", 8, 0, False, {}, {}), {}, metrics, {}, {}, {})
 
@@ -296,7 +296,8 @@ def test_the_report_has_vela_s_figures(fallback_job: tuple[int, str, Path]) -> N
 def test_the_job_verifies_on_tflite_micro(fallback_job: tuple[int, str, Path]) -> None:
     report = Report.read(fallback_job[2] / "report.json")
     section, dev = report.target.facts, report.metrics.device
-    assert isinstance(section, EthosUSection) and (section.tflite_micro.arena_bytes or 0) > 0
+    assert isinstance(section, EthosUSection) and isinstance(section.tflite, TFLiteSection)
+    assert (section.tflite.tflite_micro.arena_bytes or 0) > 0
     assert dev is not None and dev.quantized is not None and dev.agreement is not None
     assert dev.runtime == "tflite-micro" and dev.desktop_runtime == "litert-int8"
     assert dev.data_free_agreement is not None and dev.data_free_agreement["images"] == 4

@@ -5,8 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Self
 
+from dgh_deploy.reporting.section import Facts, TargetSection
+from dgh_deploy.targets import section_types
 from dgh_deploy.targets.ethos_u.vela import VelaReport
-from dgh_deploy.targets.tflite.section import TFLiteSection
+
+# The target whose file Vela compiles. It is found by name in the registry, never imported: no target
+# folder imports another.
+TFLITE_INT8 = "tflite-int8"
 
 ETHOS_U_SCHEMA: dict[str, Any] = {
     "description": (
@@ -83,21 +88,31 @@ class NpuSection:
         return cls(VelaReport.from_json(d), d["require_npu"])
 
 
-@dataclass
-class EthosUSection(TFLiteSection):
-    """tflite-int8's section (this target builds that file), then Vela's compilation of it."""
+def tflite_section_type() -> type[TargetSection]:
+    """tflite-int8's section type, as the registry declares it."""
+    return section_types()[TFLITE_INT8]
 
+
+@dataclass
+class EthosUSection(TargetSection):
+    """tflite-int8's section (this target builds that file), then Vela's compilation of it. report.json
+    shows them as one flat object: tflite-int8's keys, then ``ethos_u``."""
+
+    tflite: TargetSection  # of tflite_section_type(): what tflite-int8's build wrote
     ethos_u: NpuSection | None = None  # None until Vela has compiled the file
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> Facts:
         npu = {"ethos_u": self.ethos_u.to_json()} if self.ethos_u else {}
-        return {**super().to_json(), **npu}
+        return {**self.tflite.to_json(), **npu}
 
     @classmethod
-    def arguments(cls, d: dict[str, Any]) -> dict[str, Any]:
-        npu = NpuSection.from_json(d["ethos_u"]) if "ethos_u" in d else None
-        return {**super().arguments(d), "ethos_u": npu}
+    def from_json(cls, d: Facts) -> Self:
+        tflite = tflite_section_type().from_json({k: v for k, v in d.items() if k != "ethos_u"})
+        return cls(tflite, NpuSection.from_json(d["ethos_u"]) if "ethos_u" in d else None)
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
-        return {**super().json_schema(), "ethos_u": ETHOS_U_SCHEMA}
+        return {**tflite_section_type().json_schema(), "ethos_u": ETHOS_U_SCHEMA}
+
+    def output_layout(self) -> str:
+        return self.tflite.output_layout()

@@ -1,10 +1,10 @@
 """Arm Ethos-U NPUs (U55, U65, U85): the tflite-int8 file, compiled by Vela, verified on TFLite Micro.
 
-The full-integer .tflite is built exactly as ``tflite-int8`` builds it (this target is that target
-with one more step), because Vela compiles such a file: int8 weights with zero point 0, per
-channel, and int8 activations and I/O. Vela then places every op it can on the NPU, leaves the
-rest to the Cortex-M (TFLite Micro's kernels), and estimates memory and time for a system
-configuration. The Vela-compiled file sits beside the plain int8 one; the report gets the op
+The full-integer .tflite is built by ``tflite-int8`` itself (this target holds one, found by name
+in the registry, and adds one step), because Vela compiles such a file: int8 weights with zero
+point 0, per channel, and int8 activations and I/O. Vela then places every op it can on the NPU,
+leaves the rest to the Cortex-M (TFLite Micro's kernels), and estimates memory and time for a
+system configuration. The Vela-compiled file sits beside the plain int8 one; the report gets the op
 placement (every op left to the CPU, with Vela's reason), SRAM and flash, cycles, the estimated
 time per inference and the MACs.
 
@@ -15,18 +15,23 @@ Ethos-U silicon or simulator runs here: Vela's times are its estimates for the c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import numpy as np
 
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.reporting.report import Report
-from dgh_deploy.targets.base import BuildResult, QuantConstraints, TargetFlag, TargetOptions
+from dgh_deploy.reporting.section import TargetSection
+from dgh_deploy.targets import get_target
+from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetFlag, TargetOptions
 from dgh_deploy.targets.ethos_u.report import npu_check, npu_markdown
-from dgh_deploy.targets.ethos_u.section import EthosUSection, NpuSection
+from dgh_deploy.targets.ethos_u.section import TFLITE_INT8, EthosUSection, NpuSection
 from dgh_deploy.targets.ethos_u.vela import (
     ACCELERATORS,
     DEFAULT_ACCELERATOR,
@@ -39,20 +44,23 @@ from dgh_deploy.targets.ethos_u.vela import (
     supported_op_count,
     vela_version,
 )
-from dgh_deploy.targets.tflite.silu_floor import DEFAULT_FLOOR
-from dgh_deploy.targets.tflite.target import PARITY_IMAGES, EarlyConversion, TFLiteInt8Target
 from dgh_deploy.verification.gate import GateCheck
+from dgh_deploy.verification.layers import LayerError
 
 log = logging.getLogger("dgh_deploy")
 
 
-class EthosUTarget(TFLiteInt8Target):
+class EthosUTarget(Target):
+    """tflite-int8's build, held and asked by name through the registry (no target folder imports
+    another), then Vela's step; the report gets tflite-int8's section and lines, then Vela's."""
+
     name: ClassVar[str] = "ethos-u"
     summary: ClassVar[str] = ("Arm Ethos-U NPU (U55/U65/U85): the full-integer INT8 .tflite compiled by Vela, "
                               "with op placement, SRAM, flash and time per inference")
     runtime: ClassVar[str] = ("TFLite Micro reference kernels (tflite-micro) and LiteRT, on the int8 .tflite "
                               "before Vela; NPU figures are Vela's estimates")
-    requires: ClassVar[tuple[str, ...]] = (*TFLiteInt8Target.requires, "ethosu", "tflite_micro")
+    # tflite-int8's own (its converter's stack is checked by asking it), then Vela's and TFLite Micro's.
+    requires: ClassVar[tuple[str, ...]] = ("ai_edge_litert", "ethosu", "tflite_micro")
     install_hint: ClassVar[str] = INSTALL_HINT
     flags: ClassVar[tuple[TargetFlag, ...]] = (
         TargetFlag("--npu", "npu", f"Ethos-U accelerator configuration (default {DEFAULT_ACCELERATOR}; Vela's: "
@@ -72,38 +80,57 @@ class EthosUTarget(TFLiteInt8Target):
     )
     summary_artifacts: ClassVar[tuple[str, ...]] = ("model", "vela_model")
     section: ClassVar[type[EthosUSection]] = EthosUSection
-
-    def summary_lines(self, report: Report) -> list[str]:
-        """Where Vela put the ops, and what the NPU costs."""
-        npu = _npu(report)
-        if npu is None:
-            return super().summary_lines(report)
-        v = npu.vela
-        memory = f"flash {v.flash_kib:.1f} KiB" + (f", DRAM {v.dram_kib:.1f} KiB" if v.dram_kib else "")
-        lines = [f"{v.accelerator} ({v.system_config}, {v.memory_mode}): {v.npu_ops} of "
-                 f"{v.npu_ops + v.cpu_ops} ops on the NPU, SRAM {v.sram_kib:.1f} KiB, {memory}, "
-                 f"{v.inference_ms:.2f} ms per inference (Vela's estimate)"]
-        lines += [f"  on the CPU: {op.op} '{op.name}': {op.reason}" for op in v.cpu_fallback]
-        return super().summary_lines(report) + lines
-
-    def markdown_lines(self, report: Report) -> list[str]:
-        npu = _npu(report)
-        return super().markdown_lines(report) + (npu_markdown(npu) if npu else [])
-
-    def gate_checks(self, report: Report) -> list[GateCheck]:
-        npu = _npu(report)
-        return [npu_check(npu)] if npu and npu.require_npu else []
+    repair_flag: ClassVar[str] = "--int16-layers"  # passed on to tflite-int8, whose converter keeps them at int16
 
     def __init__(self, options: TargetOptions | None = None, npu: str = DEFAULT_ACCELERATOR, system_config: str = "",
-                 memory_mode: str = "", require_npu: bool = False, silu_floor: float = DEFAULT_FLOOR,
-                 parity_images: int = PARITY_IMAGES, int16_layers: str = "") -> None:
-        super().__init__(options, silu_floor, parity_images, int16_layers=int16_layers)
+                 memory_mode: str = "", require_npu: bool = False, silu_floor: float | None = None,
+                 parity_images: int | None = None, int16_layers: str = "") -> None:
+        # What the user left unset is not passed on, so tflite-int8's defaults stay its own.
+        given = {"silu_floor": silu_floor, "parity_images": parity_images}
+        self.tflite = get_target(TFLITE_INT8, int16_layers=int16_layers,
+                                 **{k: v for k, v in given.items() if v is not None})
+        super().__init__(options)
         self.vela = VelaSettings(npu, system_config, memory_mode)
         self.require_npu = require_npu
 
+    # The job sets the options after making the target; the build they steer is tflite-int8's.
+    @property
+    def options(self) -> TargetOptions:
+        return self.tflite.options
+
+    @options.setter
+    def options(self, value: TargetOptions) -> None:
+        self.tflite.options = value
+
+    @property
+    def layer_runtime(self) -> str:  # type: ignore[override]  # tflite-int8's: its file is what is diagnosed
+        return self.tflite.layer_runtime
+
+    def summary_lines(self, report: Report) -> list[str]:
+        """tflite-int8's, then where Vela put the ops, and what the NPU costs."""
+        lines = self.tflite.summary_lines(_as_tflite(report))
+        npu = _npu(report)
+        if npu is None:
+            return lines
+        v = npu.vela
+        memory = f"flash {v.flash_kib:.1f} KiB" + (f", DRAM {v.dram_kib:.1f} KiB" if v.dram_kib else "")
+        own = [f"{v.accelerator} ({v.system_config}, {v.memory_mode}): {v.npu_ops} of "
+               f"{v.npu_ops + v.cpu_ops} ops on the NPU, SRAM {v.sram_kib:.1f} KiB, {memory}, "
+               f"{v.inference_ms:.2f} ms per inference (Vela's estimate)"]
+        own += [f"  on the CPU: {op.op} '{op.name}': {op.reason}" for op in v.cpu_fallback]
+        return lines + own
+
+    def markdown_lines(self, report: Report) -> list[str]:
+        npu = _npu(report)
+        return self.tflite.markdown_lines(_as_tflite(report)) + (npu_markdown(npu) if npu else [])
+
+    def gate_checks(self, report: Report) -> list[GateCheck]:
+        npu = _npu(report)
+        return self.tflite.gate_checks(_as_tflite(report)) + ([npu_check(npu)] if npu and npu.require_npu else [])
+
     @property
     def constraints(self) -> QuantConstraints:
-        base = super().constraints
+        base = self.tflite.constraints
         u55, u85 = supported_op_count("EthosU55"), supported_op_count("EthosU85")
         ops = (f"{u55} TFLite ops can run on the Ethos-U55/U65 NPU and {u85} on the U85, each under its "
                "constraints (vela --supported-ops-report); any other op falls back to the CPU"
@@ -120,16 +147,36 @@ class EthosUTarget(TFLiteInt8Target):
         """tflite-int8's checks (its I/O is int8: --io-dtype is not an ethos-u option), and an NPU, system
         configuration and memory mode Vela knows."""
         check_settings(self.vela)
-        super().check_options(model)
+        self.tflite.check_options(model)
+
+    def missing_requirements(self) -> list[str]:
+        own = super().missing_requirements()
+        return own + [m for m in self.tflite.missing_requirements() if m not in own]
+
+    def install_hint_for(self, missing: list[str]) -> str:
+        hint = self.tflite.install_hint_for(missing)
+        # tflite-int8 names its converter's own install line when that stack is missing; else ours, which
+        # brings Vela and TFLite Micro too.
+        return hint if hint != self.tflite.install_hint else self.install_hint
+
+    def repair_in_use(self) -> bool:
+        return self.tflite.repair_in_use()
+
+    def layer_errors(self, model: LoadedModel, result: BuildResult, images: np.ndarray) -> list[LayerError] | None:
+        return self.tflite.layer_errors(model, _tflite_result(result), images)
 
     # --- build -----------------------------------------------------------------------------
-    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path,
-              early: EarlyConversion | None = None) -> BuildResult:
-        return self.compile_for_npu(super().build(model, calib, workdir, early), Path(workdir))
+    def preflight(self, model: LoadedModel) -> Any:
+        return self.tflite.preflight(model)
+
+    def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path, early: Any = None) -> BuildResult:
+        return self.compile_for_npu(self.tflite.build(model, calib, workdir, early), Path(workdir))
 
     def build_from_onnx(self, model: LoadedModel, onnx_path: str | Path, calib: CalibrationSet,
                         workdir: Path) -> BuildResult:
-        return self.compile_for_npu(super().build_from_onnx(model, onnx_path, calib, workdir), Path(workdir))
+        # Not every target builds from an ONNX file (not a Target hook); tflite-int8 does, with onnx2tf.
+        built = self.tflite.build_from_onnx(model, onnx_path, calib, workdir)  # type: ignore[attr-defined]
+        return self.compile_for_npu(built, Path(workdir))
 
     def compile_for_npu(self, result: BuildResult, workdir: Path) -> BuildResult:
         """Run Vela on the int8 file of ``result``; add its files, placement and estimates."""
@@ -140,11 +187,25 @@ class EthosUTarget(TFLiteInt8Target):
             result.artifacts["vela_summary"] = install(out.summary, workdir / f"{int8.stem}_vela_summary.csv")
         result.artifacts["vela_log"] = _write(workdir / f"{int8.stem}_vela.log", out.log)
         _log_placement(out.report)
-        section = result.info
-        assert isinstance(section, EthosUSection)  # tflite-int8's build writes this target's section type
-        section.ethos_u = NpuSection(out.report, self.require_npu)
+        assert isinstance(result.info, TargetSection)  # tflite-int8's build writes its typed section
+        result.info = EthosUSection(result.info, NpuSection(out.report, self.require_npu))
         result.timings["vela"] = out.report.seconds
         return result
+
+
+def _as_tflite(report: Report) -> Report:
+    """``report`` as tflite-int8 reads it: with its own section where ours holds it, so that target
+    need not know this one exists."""
+    section = report.target.facts
+    if not isinstance(section, EthosUSection):
+        return report
+    return dataclasses.replace(report, target=dataclasses.replace(report.target, facts=section.tflite))
+
+
+def _tflite_result(result: BuildResult) -> BuildResult:
+    """``result`` with tflite-int8's own section, as its build returned it."""
+    section = result.info
+    return dataclasses.replace(result, info=section.tflite) if isinstance(section, EthosUSection) else result
 
 
 def _npu(report: Report) -> NpuSection | None:

@@ -91,5 +91,5 @@ class TFLiteSection(TargetSection):
 
 
 def tflite_section(facts: TargetSection | Facts) -> TFLiteSection | None:
-    """``facts`` as tflite-int8's section (ethos-u's too); None for a section of another type."""
+    """``facts`` as tflite-int8's section; None for a section of another type."""
     return facts if isinstance(facts, TFLiteSection) else None

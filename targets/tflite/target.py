@@ -358,7 +358,7 @@ class TFLiteInt8Target(Target):
                 micro.kernels = kernel_parity(artifacts["model"], calib.images[:1], model)
         parity = {**checks.parity.as_dict(), "inputs": "calibration images",
                   "reference": "PyTorch float32" + (" (as exported)" if reference is not None else "")}
-        info = self.section(self.converter_name, parity, checks.float_ops, runner.io_details(), len(calib),
+        info = TFLiteSection(self.converter_name, parity, checks.float_ops, runner.io_details(), len(calib),
                              dict(conv.info), micro, self.layout, ultralytics)
         if early is not None:
             info.float_parity_before_generation = {**early.parity.as_dict(), "inputs": "random-pixel probes"}
