@@ -274,6 +274,29 @@ def test_calibration_sits_below_generation() -> None:
     assert not found, "calibration imports from above it:\n" + "\n".join(found)
 
 
+def cross_target_imports(roots: dict[str, Path], targets: str = "dgh_deploy.targets") -> list[str]:
+    """Imports in one target folder (a subpackage of ``targets``) of another's modules. The package
+    itself (the registry) and its modules beside the folders (``base``) are what targets share."""
+    modules, edges = all_imports(roots)
+    depth = len(targets.split(".")) + 1
+
+    def folder(name: str) -> str | None:
+        top = ".".join(name.split(".")[:depth])
+        if not _is_ancestor(targets, name) or top not in modules or not modules[top].is_package:
+            return None
+        return top
+
+    return [f"{modules[e.importer].where}:{e.line}: {e.importer} imports {e.target}" for e in edges
+            if folder(e.importer) is not None and folder(e.target) not in (None, folder(e.importer))]
+
+
+def test_no_target_imports_another() -> None:
+    """A target that builds on another's file (ethos-u on tflite-int8's) gets that target from the
+    registry by name and holds it: a change inside one target folder cannot break another."""
+    found = cross_target_imports(ROOTS)
+    assert not found, "target folders importing other target folders:\n" + "\n".join(found)
+
+
 def _tree(root: Path, files: dict[str, str]) -> dict[str, Path]:
     for name, text in files.items():
         path = root / "pkg" / name
@@ -304,3 +327,18 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
     assert any(c.startswith("pkg.low (pkg/low.py:2) -> pkg (pkg/__init__.py:1) -> pkg.low") for c in cycles)
     private = private_imports(roots)
     assert [p.split(":")[0:2] for p in private] == [["pkg/b.py", "1"]] + [["pkg/c.py", str(n)] for n in (1, 2, 3)]
+
+
+def test_the_target_check_catches_a_cross_import(tmp_path: Path) -> None:
+    """On a made-up package of targets: an import of another folder is found, at module level or in a
+    function, relative or absolute; the registry, the shared module and a folder's own modules are not."""
+    roots = _tree(tmp_path, {
+        "__init__.py": "def get_target():\n    pass\n",
+        "base.py": "X = 1\n",
+        "a/__init__.py": "from pkg import get_target\nfrom pkg.base import X\nfrom pkg.a import own\n",
+        "a/own.py": "def f():\n    from pkg.b.t import Y\n",
+        "b/__init__.py": "",
+        "b/t.py": "from ..a import own\nY = 1\n",
+    })
+    found = cross_target_imports(roots, "pkg")
+    assert [f.split(": ")[0] for f in found] == ["pkg/a/own.py:2", "pkg/b/t.py:1"], found
