@@ -176,7 +176,7 @@ class Target(ABC):
     def repair_advice(self, drop: float | None, noisiest: list[str]) -> str | None:
         """Where the metric dropped more than :data:`ADVICE_DROP` points, the flag to try with the modules
         the per-layer diagnosis found adding the most noise."""
-        own = self.repair_flag in {f.flag for f in self.flags}  # a subclass may not take its parent's flags
+        own = self.repair_flag in {f.flag for f in self.flags}  # advice names only a flag the CLI lets this target take
         if not own or drop is None or drop <= ADVICE_DROP or not noisiest or self.repair_in_use():
             return None
         return (f"the drop ({drop:.2f}) is over {ADVICE_DROP:g}: keep the modules adding the most noise at a "
