@@ -1,4 +1,4 @@
-"""tflite-int8 activation-range methods on a detector, over seeds and picks: int8 mAP50-95 per build.
+"""tflite-int8 activation ranges and weight rounding on a detector, over seeds and picks: int8 mAP50-95 per build.
 
 One job on YOLOv5n at 320 with min/max ranges scored anywhere from 25.4 to 28.0 mAP50-95 by the
 DGH set it calibrated on (float 27.37): a range method must be chosen by its spread over sets,
@@ -12,6 +12,12 @@ the float score too. Sets and picks are ``bench/detect_picks.py``'s (same folder
 and run again to continue.
 
     .venv/bin/python -m bench.tflite_ranges --methods minmax,percentile:99.999,mse --sources dgh,real
+    .venv/bin/python -m bench.tflite_ranges --imgsz 640 --methods minmax/gptq,mse/gptq --picks 1 \
+        --json bench/results/tflite_ranges_yolov5n_640_litert_cpu.json
+
+A method is an ``--act-range`` value (``percentile:P`` sets ``--percentile P``), optionally followed by
+``/ROUNDING``, the ``--weight-rounding`` (``minmax/gptq``); without it the weights are rounded to the
+nearest, as every build before GPTQ pre-rounding was.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class Builder:
         self.task = get_task(self.model.task)
         self.target = get_target("tflite-int8", converter=converter)
         self.target.options = replace(self.target.options, threads=threads)
+        self.target.progress = False
         t0 = time.perf_counter()
         self.early = self.target.preflight(self.model)
         print(f"float conversion and check: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -56,7 +63,9 @@ class Builder:
         """mAP50-95 on LiteRT of the file built from ``calib_path``'s first 64 images by ``method``."""
         from dgh_deploy.calibration import CalibrationSet
 
-        name, _, pct = method.partition(":")
+        spec, _, rounding = method.partition("/")
+        name, _, pct = spec.partition(":")
+        self.target.weight_rounding = rounding or "nearest"
         self.target.options = replace(self.target.options, act_range=name, percentile=float(pct) if pct else None)
         calib, _held = CalibrationSet.load(calib_path).split(HOLDOUT)
         with tempfile.TemporaryDirectory(prefix="dgh-bench-ranges-") as tmp:

@@ -192,6 +192,7 @@ def _checked_inputs(config: DeployConfig) -> tuple[Target, LoadedModel, Any]:
     check_config(config)
     target = get_target(config.target, **config.target_settings)
     target.options = config.options
+    target.progress = config.progress
     missing = target.missing_requirements()
     if missing:
         raise DGHError(

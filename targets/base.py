@@ -129,6 +129,7 @@ class Target(ABC):
     # The type of its report.json section (what build puts in BuildResult.info), for reading a report
     # back; None: the section is a plain dict.
     section: ClassVar[type[TargetSection] | None] = None
+    progress: bool = True  # progress bars for a build's long steps (the job sets it; the CLI's --quiet clears it)
 
     def __init__(self, options: TargetOptions | None = None) -> None:
         self.options = options or TargetOptions()

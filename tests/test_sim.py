@@ -188,7 +188,7 @@ def test_gptq_lowers_the_output_error_on_the_grid(layer: torch.nn.Module) -> Non
     """GPTQ's weights sit on the same grid as round-to-nearest's and give a smaller output error on
     the inputs it saw; its input moment is laid out like the weight's columns (checked through the
     identity ||(W_q - W) X||^2 = tr(D H D^T))."""
-    from dgh_deploy.targets.sim.gptq import InputMoment, gptq_round
+    from dgh_deploy.calibration.weights.gptq import InputMoment, gptq_round
 
     torch.manual_seed(0)
     mix = torch.randn(6, 6) if isinstance(layer, torch.nn.Conv2d) else torch.randn(24, 24)

@@ -25,6 +25,7 @@ import numpy as np
 
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.calibration.weights.gptq import ROUNDING_HELP, ROUNDINGS
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.reporting.report import Report
 from dgh_deploy.reporting.section import TargetSection
@@ -77,6 +78,7 @@ class EthosUTarget(Target):
                    "keep these PyTorch modules (comma-separated, as report.md's per-layer table names them) at "
                    "int16 activations with int8 weights (TFLite's 16x8 kernels, which Vela and TFLite Micro run), "
                    "the rest int8 (litert-torch)"),
+        TargetFlag("--weight-rounding", "weight_rounding", ROUNDING_HELP, choices=ROUNDINGS),
     )
     summary_artifacts: ClassVar[tuple[str, ...]] = ("model", "vela_model")
     section: ClassVar[type[EthosUSection]] = EthosUSection
@@ -84,10 +86,10 @@ class EthosUTarget(Target):
 
     def __init__(self, options: TargetOptions | None = None, npu: str = DEFAULT_ACCELERATOR, system_config: str = "",
                  memory_mode: str = "", require_npu: bool = False, silu_floor: float | None = None,
-                 parity_images: int | None = None, int16_layers: str = "") -> None:
+                 parity_images: int | None = None, int16_layers: str = "", weight_rounding: str = "") -> None:
         # What the user left unset is not passed on, so tflite-int8's defaults stay its own.
         given = {"silu_floor": silu_floor, "parity_images": parity_images}
-        self.tflite = get_target(TFLITE_INT8, int16_layers=int16_layers,
+        self.tflite = get_target(TFLITE_INT8, int16_layers=int16_layers, weight_rounding=weight_rounding,
                                  **{k: v for k, v in given.items() if v is not None})
         super().__init__(options)
         self.vela = VelaSettings(npu, system_config, memory_mode)
@@ -101,6 +103,14 @@ class EthosUTarget(Target):
     @options.setter
     def options(self, value: TargetOptions) -> None:
         self.tflite.options = value
+
+    @property  # type: ignore[override]  # the build that shows progress is tflite-int8's
+    def progress(self) -> bool:
+        return self.tflite.progress
+
+    @progress.setter
+    def progress(self, value: bool) -> None:
+        self.tflite.progress = value
 
     @property
     def layer_runtime(self) -> str:  # type: ignore[override]  # tflite-int8's: its file is what is diagnosed

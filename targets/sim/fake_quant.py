@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from dgh_deploy.calibration.observers import Histogram, QuantGrid, estimate_range, mse_range
+from dgh_deploy.calibration.weights.gptq import InputMoment, gptq_round, supports
 from dgh_deploy.runtime.base import flatten_outputs
-from dgh_deploy.targets.sim.gptq import InputMoment, gptq_round, supports
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -2,7 +2,7 @@
 
 Every conv and linear input and the network output are quantized per tensor, weights per
 channel (or per tensor), BN folded into the convs first, as real integer targets do. Weights
-below 8 bits are rounded to their grid by GPTQ on the calibration set (``gptq.py``; 8-bit
+below 8 bits are rounded to their grid by GPTQ on the calibration set (``dgh_deploy/calibration/weights/gptq.py``; 8-bit
 weights, or ``--weight-rounding nearest``, round each weight alone), then the mean shift that
 rounding leaves is corrected on the calibration set (empirical bias correction, MCT's PTQ
 default; ``--no-bias-correction`` keeps the trained biases). It runs in seconds in PyTorch, so
@@ -22,6 +22,7 @@ import torch
 from dgh_deploy.artifacts import write_json
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.calibration.observers import METHODS, QuantGrid
+from dgh_deploy.calibration.weights.gptq import ROUNDING_HELP, ROUNDINGS
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.runtime.base import TorchRunner, flatten_outputs
@@ -34,7 +35,6 @@ from dgh_deploy.targets.sim.fake_quant import (
     fold_batchnorm,
     quantize_layers,
 )
-from dgh_deploy.targets.sim.gptq import ROUNDINGS
 from dgh_deploy.targets.sim.section import SimSection
 from dgh_deploy.verification.layers import LayerError
 
@@ -61,8 +61,7 @@ class SimTarget(Target):
     flags: ClassVar[tuple[TargetFlag, ...]] = (
         TargetFlag("--act-symmetric", "act_symmetric", "symmetric activations", None),
         TargetFlag("--pot", "power_of_two", "power-of-two scales (as Sony IMX500 requires)", None),
-        TargetFlag("--weight-rounding", "weight_rounding", "how weights are rounded to their grid: gptq on the "
-                   "calibration set (default below 8 bits) or nearest (default at 8)", choices=ROUNDINGS),
+        TargetFlag("--weight-rounding", "weight_rounding", ROUNDING_HELP, choices=ROUNDINGS),
         TargetFlag("--no-bias-correction", "bias_correction", "keep the biases as trained (by default the mean "
                    "shift weight rounding causes is corrected on the calibration set)", None, switched=False),
     )

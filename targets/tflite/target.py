@@ -36,6 +36,8 @@ from torch import nn
 
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
+from dgh_deploy.calibration.weights.converter_grid import round_onto_converter_grid
+from dgh_deploy.calibration.weights.gptq import ROUNDING_HELP, ROUNDINGS
 from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.reporting.report import Report
@@ -109,6 +111,11 @@ def converter_class(name: str) -> type[Converter]:
     raise DGHError(f"unknown converter '{name}'", f"use --converter {' or '.join(CONVERTERS)}")
 
 
+def default_weight_rounding(model: LoadedModel | None) -> str:
+    """Nearest for every task until measured otherwise (bench/weight_rounding.py)."""
+    return "nearest"
+
+
 def act_range_for(model: LoadedModel | None, opts: TargetOptions) -> tuple[str, float]:
     """(method, percentile) of the activation ranges: the user's ``--act-range`` / ``--percentile``,
     else min/max, for detectors too, by measurement.
@@ -155,12 +162,15 @@ class TFLiteInt8Target(Target):
                    "keep these PyTorch modules (comma-separated, as report.md's per-layer table names them, e.g. "
                    "model.9,model.8.m.0) at int16 activations with int8 weights (TFLite's 16x8 kernels), the "
                    "rest int8 (litert-torch)"),
+        TargetFlag("--weight-rounding", "weight_rounding", ROUNDING_HELP, choices=ROUNDINGS),
     )
 
     def __init__(self, options: TargetOptions | None = None, silu_floor: float = DEFAULT_FLOOR,
                  parity_images: int = PARITY_IMAGES, converter: str = "", layout: str = "split",
-                 io_dtype: str = "int8", allow_float_ops: bool = False, int16_layers: str = "") -> None:
+                 io_dtype: str = "int8", allow_float_ops: bool = False, int16_layers: str = "",
+                 weight_rounding: str = "") -> None:
         super().__init__(options)
+        self.weight_rounding = weight_rounding  # "" = by the task (default_weight_rounding)
         self.int16_layers = tuple(name.strip() for name in int16_layers.split(",") if name.strip())
         self.io_dtype = io_dtype  # int8 | uint8 model I/O (int16 with 16-bit activations)
         self.allow_float_ops = allow_float_ops
@@ -249,8 +259,8 @@ class TFLiteInt8Target(Target):
             raise DGHError(f"--int16-layers names no op of the converted model: {', '.join(missing)}",
                            "give PyTorch module paths as report.md's per-layer table names them (e.g. model.9)")
 
-    def _key(self, model: LoadedModel, rewrites: dict[str, Any]) -> tuple[str, bool]:
-        return (model.name, bool(rewrites.get("silu_floor")))
+    def _key(self, model: LoadedModel, rewrites: dict[str, Any]) -> tuple[str, bool, bool]:
+        return (model.name, bool(rewrites.get("silu_floor")), bool(rewrites.get("weight_rounding")))
 
     # --- build -----------------------------------------------------------------------------
     def build(self, model: LoadedModel, calib: CalibrationSet, workdir: Path,
@@ -262,11 +272,12 @@ class TFLiteInt8Target(Target):
             self._calibrator(model, scratch, None, converter).check(calib)  # before the slow conversion
             t0 = time.perf_counter()
             module, rewrites = self.export_module(model, calib)
+            module, rewrites = self._round_weights(model, module, rewrites, calib)
             t1 = time.perf_counter()
             float_model = self._float_model(model, module, rewrites, converter, scratch, early)
             self._check_int16_layers(float_model.path)
             t2 = time.perf_counter()
-            reference = module if rewrites.get("silu_floor") else None
+            reference = module if rewrites.get("silu_floor") or rewrites.get("weight_rounding") else None
             data = self._calibrator(model, scratch, float_model, converter).calibrate(calib)
             t3 = time.perf_counter()
             conv = converter.quantize(model, module, float_model, data, scratch)
@@ -306,6 +317,22 @@ class TFLiteInt8Target(Target):
             log.warning("not flooring SiLU inputs for int8: it would move the outputs too much (%s)", dev.describe())
             return module, {**info, "silu_floor": None, "reason": f"moves the outputs too much: {dev.describe()}"}
         return rewritten, info
+
+    def _round_weights(self, model: LoadedModel, module: nn.Module, rewrites: dict[str, Any],
+                       calib: CalibrationSet) -> tuple[nn.Module, dict[str, Any]]:
+        """``module`` with its conv weights GPTQ-rounded onto the converter's grid on the calibration
+        set, when that is the rounding (the converter then rounds them where they already are)."""
+        if self.rounding_for(model) != "gptq":
+            return module, rewrites
+        log.info("rounding the weights by GPTQ on %d calibration images", len(calib))
+        rounded, done = round_onto_converter_grid(module, calib.images, not self.options.per_tensor, self.progress)
+        log.info("GPTQ rounded %d convs (%d left to the converter) in %.0f s", done.layers, done.left_to_converter,
+                 done.seconds)
+        return rounded, {**rewrites, "weight_rounding": done.as_dict()}
+
+    def rounding_for(self, model: LoadedModel | None) -> str:
+        """``--weight-rounding``, else the task's default (:func:`default_weight_rounding`)."""
+        return self.weight_rounding or default_weight_rounding(model)
 
     def build_from_onnx(self, model: LoadedModel, onnx_path: str | Path, calib: CalibrationSet,
                         workdir: Path) -> BuildResult:

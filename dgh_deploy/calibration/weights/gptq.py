@@ -1,4 +1,4 @@
-"""GPTQ weight rounding for the ``sim`` target (Frantar et al., ICLR 2023, arXiv 2210.17323).
+"""GPTQ weight rounding (Frantar et al., ICLR 2023, arXiv 2210.17323): sim's grids and tflite-int8's pre-rounding.
 
 Round-to-nearest treats each weight alone. At 4 bits that leaves most of the layer's output
 error on the table, and it makes the calibration images matter only through the activation
@@ -9,8 +9,9 @@ layer's input second moment ``H = X^T X`` over the calibration set: it minimises
 publishes its W4A8 figures with (EPTQ, a gradient-based relative), and it is where the quality
 of the calibration images shows.
 
-The grid (per-channel scales from the MSE search) is fixed before rounding, so the integer
-format is the one ``nearest`` produces: GPTQ changes which grid points are chosen, not the grid.
+The grid (per-channel scales: sim's from its MSE search, a converter's from each channel's
+largest weight) is fixed before rounding, so the integer format is the one ``nearest`` produces:
+GPTQ changes which grid points are chosen, not the grid.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 ROUNDINGS = ("gptq", "nearest")
+ROUNDING_HELP = ("how weights are rounded to their grid: gptq (on the calibration set, so that each layer's output "
+                 "moves least) or nearest (each weight alone). Default: sim gptq below 8 bits; tflite-int8 and "
+                 "ethos-u by task")
 _STEP_ELEMENTS = 1 << 24  # unfolded input values per matmul (64 MB): bounds the accumulation's memory
 
 
