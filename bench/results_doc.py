@@ -777,16 +777,18 @@ def ranges_table(data: dict) -> Table:
                          f"{max(values):.2f}", f"{max(values) - min(values):.2f}",
                          "-" if within is None else f"{within}/{len(values)}",
                          "-" if real is None else f"{mean - real:+.2f}"])
-    return (["range method", "calibration", "mean (builds)", "min", "max", "spread", "within 1.0 of float",
-             "mean minus real"], rows)
+    return (["range method / weight rounding", "calibration", "mean (builds)", "min", "max", "spread",
+             "within 1.0 of float", "mean minus real"], rows)
 
 
 def section_ranges(files: dict[str, dict]) -> list[str]:
     lines = ["`tflite-int8`'s activation-range methods on a detector over seeds and picks (`python -m "
              "bench.tflite_ranges`): one 72-image set per (source, seed), picks of 64 (the set rotated "
              "by 8 images; three at 320, one at 640), each built as a job builds it and scored on LiteRT on the "
-             "validation images; one float conversion for all. The default for detectors is chosen by these "
-             "spreads, not by one run.", ""]
+             "validation images; one float conversion for all. A method ending in `/gptq` has its conv weights "
+             "GPTQ-rounded on the same set onto the converter's grid (`--weight-rounding gptq`); the others are "
+             "rounded to the nearest by the converter. The defaults for detectors are chosen by these spreads, not "
+             "by one run.", ""]
     for name, data in files.items():
         lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; {data['model']} at "
                   f"{data['imgsz']}, converter {data.get('converter') or 'the installed one'}, mAP50-95 "
