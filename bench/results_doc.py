@@ -794,9 +794,6 @@ def section_ranges(files: dict[str, dict]) -> list[str]:
                   f"{data['imgsz']}, converter {data.get('converter') or 'the installed one'}, mAP50-95 "
                   f"(float {num(data.get('float'))}).{' ' + data['note'] if data.get('note') else ''}", "",
                   *markdown(ranges_table(data)), ""]
-        if all("/" in key.split("|")[0] for key in data["builds"]):
-            lines += ["The same sets built with min/max ranges and the converter's own rounding, with the same code: "
-                      "the int8 column of \"Keeping the noisiest modules at int16\" below.", ""]
     return lines
 
 
