@@ -161,3 +161,15 @@ def test_the_int8_file_holds_gptqs_integers(converter: str, tmp_path: Path) -> N
         match = [ints for ints, s in filters if ints.shape == steps.shape and np.allclose(s, scale.numpy(), rtol=1e-5)]
         assert len(match) == 1, f"{name}: no int8 filter with GPTQ's grid in the file"
         assert np.array_equal(match[0].astype(np.int64), steps), f"{name}: the converter rounded again"
+
+
+def test_an_onnx_file_is_not_gptq_rounded_silently(tmp_path: Path) -> None:
+    """build_from_onnx converts a file whose weights the job cannot reach: --weight-rounding gptq is refused."""
+    from dgh_deploy.errors import DGHError
+
+    model = LoadedModel(module=conv_net(), name="convnet", task="classify", imgsz=(8, 8),
+                        preprocessing=Preprocessing())
+    target: Any = get_target("tflite-int8", weight_rounding="gptq")
+    with pytest.raises(DGHError, match="not an ONNX file's") as refused:
+        target.build_from_onnx(model, tmp_path / "model.onnx", CalibrationSet(images(8), "noise"), tmp_path)
+    assert "--weight-rounding nearest" in refused.value.fix

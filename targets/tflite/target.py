@@ -112,7 +112,8 @@ def converter_class(name: str) -> type[Converter]:
 
 
 def default_weight_rounding(model: LoadedModel | None) -> str:
-    """Nearest for every task until measured otherwise (bench/weight_rounding.py)."""
+    """Nearest for every task for now. GPTQ measured better on YOLOv5n (bench/tflite_ranges.py's ``/gptq``
+    builds) but costs about 45 s at 640; the detectors' default waits for the 320 seeds and a timed job."""
     return "nearest"
 
 
@@ -345,6 +346,9 @@ class TFLiteInt8Target(Target):
         from dgh_deploy.targets.tflite.onnx2tf_converter import Onnx2tfConverter
 
         self.check_options(model)
+        if self.rounding_for(model) == "gptq":
+            raise DGHError("--weight-rounding gptq rounds the PyTorch module's weights, not an ONNX file's",
+                           "pass the model itself, or use --weight-rounding nearest")
         converter = self.converter(model)
         if not isinstance(converter, Onnx2tfConverter):
             raise DGHError(f"--converter {self.converter_name} converts the PyTorch module, not an ONNX file",

@@ -25,8 +25,8 @@ from torch import nn
 
 ROUNDINGS = ("gptq", "nearest")
 ROUNDING_HELP = ("how weights are rounded to their grid: gptq (on the calibration set, so that each layer's output "
-                 "moves least) or nearest (each weight alone). Default: sim gptq below 8 bits; tflite-int8 and "
-                 "ethos-u by task")
+                 "moves least) or nearest (each weight alone). Default: sim gptq below 8 bits, nearest at 8; "
+                 "tflite-int8 and ethos-u nearest")
 _STEP_ELEMENTS = 1 << 24  # unfolded input values per matmul (64 MB): bounds the accumulation's memory
 
 
