@@ -64,10 +64,11 @@ def size_cases(assets: Path) -> dict[str, SizeCase]:
 
 
 def job_command(case: SizeCase, calib: str, seed: int, out: Path, cache: Path, threads: int,
-                scales: str | None) -> list[str]:
+                scales: str | None, job_args: str = "") -> list[str]:
     command = [sys.executable, "-m", "dgh_deploy", "--target", "tflite-int8", "--model", case.model,
                "--imgsz", str(case.imgsz), "--seed", str(seed), "--out", str(out), "--cache-dir", str(cache),
-               "--threads", str(threads), "--no-human-report", *(["--scales", scales] if scales else [])]
+               "--threads", str(threads), "--no-human-report", *(["--scales", scales] if scales else []),
+               *job_args.split()]
     if case.weights:
         command += ["--weights", case.weights]
     if case.val_data:
@@ -79,11 +80,12 @@ def job_command(case: SizeCase, calib: str, seed: int, out: Path, cache: Path, t
     return command
 
 
-def run_job(case: SizeCase, calib: str, seed: int, threads: int, scales: str | None) -> dict[str, Any]:
+def run_job(case: SizeCase, calib: str, seed: int, threads: int, scales: str | None,
+            job_args: str = "") -> dict[str, Any]:
     """One cold job in its own process: wall time, stage times, budget, estimate and metric."""
     with tempfile.TemporaryDirectory(prefix="input-sizes-") as tmp:
         out = Path(tmp) / "out"
-        command = job_command(case, calib, seed, out, Path(tmp) / "cache", threads, scales)
+        command = job_command(case, calib, seed, out, Path(tmp) / "cache", threads, scales, job_args)
         t0 = time.perf_counter()
         proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         wall = time.perf_counter() - t0
@@ -156,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before-steps", type=int, default=3, help="full-size steps timed for the projection (0: none)")
     p.add_argument("--scales", default=None, help="the jobs' --scales instead of their default (recorded in the "
                                                   "run's name)")
+    p.add_argument("--job-args", default="", help="more options for every job, e.g. '--weight-rounding gptq' "
+                                                   "(recorded in the run's name)")
     p.add_argument("--force", action="store_true", help="run again what the results file already holds")
     p.add_threads()
     p.add_json(str(common.RESULTS / "input_sizes_cpu.json"))
@@ -171,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         entry = results["cases"].setdefault(name, {"runs": {}})
         for calib in common.split_list(args.calibs):
             for seed in common.parse_seeds(args.seeds):
-                key = f"{calib}[{args.scales}]:seed{seed}" if args.scales else f"{calib}:seed{seed}"
+                key = run_key(calib, seed, args.scales, args.job_args)
                 if key in entry["runs"] and not args.force:
                     continue
-                entry["runs"][key] = record = run_job(case, calib, seed, args.threads, args.scales)
+                entry["runs"][key] = record = run_job(case, calib, seed, args.threads, args.scales, args.job_args)
                 print(f"{name} {key}: {_line(record)}", flush=True)
                 _save(args.json, results)
         dgh = [r for k, r in entry["runs"].items() if k.startswith("dgh") and r.get("budget")]
@@ -185,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} full size only: {entry['full_size']}", flush=True)
             _save(args.json, results)
     return 0
+
+
+def run_key(calib: str, seed: int, scales: str | None, job_args: str) -> str:
+    """A run's name in the results file: the calibration, then what differs from the default job."""
+    name = f"{calib}[{scales}]" if scales else calib
+    return f"{name} {' '.join(job_args.split())}:seed{seed}" if job_args.strip() else f"{name}:seed{seed}"
 
 
 def _line(r: dict[str, Any]) -> str:

@@ -855,6 +855,8 @@ def section_input_sizes(files: dict[str, dict]) -> list[str]:
         lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}.", ""]
         for case_name, case in data["cases"].items():
             lines += [f"**{case_name}**", "", *markdown(input_size_table(case)), ""]
+            if case.get("note"):
+                lines += [case["note"], ""]
             full = case.get("full_size")
             # Times taken under another job's load compare with nothing: the projection is set beside the
             # least loaded default run.

@@ -173,3 +173,25 @@ def test_an_onnx_file_is_not_gptq_rounded_silently(tmp_path: Path) -> None:
     with pytest.raises(DGHError, match="not an ONNX file's") as refused:
         target.build_from_onnx(model, tmp_path / "model.onnx", CalibrationSet(images(8), "noise"), tmp_path)
     assert "--weight-rounding nearest" in refused.value.fix
+
+
+@pytest.mark.parametrize(("task", "expected"), [("detect", "gptq"), ("classify", "nearest")])
+def test_the_default_rounding_follows_the_task(task: str, expected: str) -> None:
+    """Detectors gain from GPTQ (bench/tflite_ranges.py), classifiers did not (EfficientNet-Lite0): the
+    default follows, and an explicit --weight-rounding wins either way."""
+    model = LoadedModel(module=conv_net(), name="convnet", task=task, imgsz=(8, 8), preprocessing=Preprocessing())
+    assert get_target("tflite-int8").rounding_for(model) == expected  # type: ignore[attr-defined]
+    assert get_target("ethos-u").tflite.rounding_for(model) == expected  # type: ignore[attr-defined]
+    other = "nearest" if expected == "gptq" else "gptq"
+    assert get_target("tflite-int8", weight_rounding=other).rounding_for(model) == other  # type: ignore[attr-defined]
+
+
+def test_a_detectors_onnx_file_takes_the_converters_rounding_unasked(tmp_path: Path) -> None:
+    """GPTQ as a detector's default is not a request: an ONNX file (weights out of reach) goes on to the
+    converter, where only an explicit --weight-rounding gptq is refused."""
+    model = LoadedModel(module=conv_net(), name="convnet", task="detect", imgsz=(8, 8), preprocessing=Preprocessing())
+    target: Any = get_target("tflite-int8", converter="litert-torch")
+    from dgh_deploy.errors import DGHError
+
+    with pytest.raises(DGHError, match="converts the PyTorch module, not an ONNX file"):
+        target.build_from_onnx(model, tmp_path / "model.onnx", CalibrationSet(images(8), "noise"), tmp_path)

@@ -26,7 +26,7 @@ from torch import nn
 ROUNDINGS = ("gptq", "nearest")
 ROUNDING_HELP = ("how weights are rounded to their grid: gptq (on the calibration set, so that each layer's output "
                  "moves least) or nearest (each weight alone). Default: sim gptq below 8 bits, nearest at 8; "
-                 "tflite-int8 and ethos-u nearest")
+                 "tflite-int8 and ethos-u gptq for detectors, nearest for classifiers")
 _STEP_ELEMENTS = 1 << 24  # unfolded input values per matmul (64 MB): bounds the accumulation's memory
 
 
