@@ -1093,6 +1093,7 @@ def readme_block(results: dict[str, Any]) -> str:
                  else f"measured on {picks.get('machine', 'a machine not recorded')}")
         lines += ["", f"{picks.get('model')} at {picks.get('imgsz')}, mAP50-95, mean of {over} "
                       f"(`bench/results/picks_yolov5n_cpu.json`, {where}): {text}."]
+    lines += readme_input_sizes(results.get("input_sizes_cpu.json"))
     lines += readme_ranges(results)
     lines += readme_converters(results)
     speed = [(n, results[n]) for n in ("generation_r20_cpu.json", "generation_r20_h100.json") if n in results]
@@ -1107,6 +1108,31 @@ def readme_block(results: dict[str, Any]) -> str:
     lines += readme_edge(results)
     lines += ["", END]
     return "\n".join(lines)
+
+
+def readme_input_sizes(data: dict | None) -> list[str]:
+    """One line: what the default job costs at real input sizes, and its int8 result (the run a case's
+    ``default_run`` names, else its least loaded default DGH run)."""
+    if not data:
+        return []
+    parts = []
+    for name, case in data["cases"].items():
+        runs = case["runs"]
+        key = case.get("default_run") or min((k for k in runs if k.startswith("dgh:")),
+                                             key=lambda k: runs[k].get("load_after") or 0.0, default=None)
+        if key is None:
+            continue
+        run = runs[key]
+        quality = input_size_quality(run).split(" on ")[0]
+        if "agreement" in run:  # one set is one sample: the seeds' mean, beside real calibration's
+            dgh, real = ([r["agreement"]["top1_agreement"] for k, r in runs.items() if k.startswith(f"{source}:")]
+                         for source in ("dgh", "real"))
+            quality = f"top-1 agreement with float {statistics.fmean(dgh):.2f}% over {len(dgh)} DGH seeds" + (
+                f" (real calibration {statistics.fmean(real):.2f}%)" if real else "")
+        parts.append(f"{name.replace(':', ' at ')} {num(run['wall_s'], 0)} s (generation "
+                     f"{num(run['generation_s'], 0)} s, estimated {num(run['estimated_s'], 0)}), {quality}")
+    return ["", f"The default `tflite-int8` job at real input sizes, one process from a cold cache, measured on "
+                f"{data.get('machine')} (`bench/results/input_sizes_cpu.json`): {'; '.join(parts)}."]
 
 
 def readme_ranges(results: dict[str, dict]) -> list[str]:
