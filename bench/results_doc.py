@@ -873,6 +873,26 @@ def section_input_sizes(files: dict[str, dict]) -> list[str]:
     return lines
 
 
+def section_whole_process(files: dict[str, dict]) -> list[str]:
+    """``bench/whole_process.py``: fresh ``generate`` processes of this tree and of a baseline commit, in turns."""
+    lines = ["Generation as a user's process runs it (`python -m bench.whole_process`): one fresh `dgh-deploy "
+             "generate` process of the baseline commit and one of the tree that wrote the file, in turns, each "
+             "with its own default settings; start-up and imports included. The ratio is baseline over this tree.",
+             ""]
+    for name, data in files.items():
+        rows = [[str(i), num(r["baseline"]["wall_s"], 1), num(r["this"]["wall_s"], 1), f"{r['ratio']:.2f}x",
+                 f"{num(r['baseline'].get('load_after'), 2)} / {num(r['this'].get('load_after'), 2)}"]
+                for i, r in enumerate(data["rounds"])]
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}: {data['model']}, "
+                  f"{data['n_images']} images x {data['iters']} iterations, {data['threads']} threads, baseline "
+                  f"`{data['baseline']}`; median {data['median_ratio']:.2f}x.", "",
+                  *markdown((["round", "baseline, s", "this tree, s", "ratio", "load after (baseline / this)"],
+                             rows)), ""]
+        if data.get("note"):
+            lines += [data["note"], ""]
+    return lines
+
+
 def depthwise_table(data: dict, part: str) -> Table:
     """``bench/depthwise_speed.py``: ms per image (median of rounds) per case, at each thread count."""
     threads = sorted(data["threads"], key=int, reverse=True)
@@ -1010,6 +1030,8 @@ SECTIONS: list[Section] = [
     ("The detector job, stage by stage", lambda n: n.startswith("job_stages_"), section_job_stages),
     ("Real input sizes on a CPU: coarse-to-fine generation", lambda n: n.startswith("input_sizes_"),
      section_input_sizes),
+    ("Generation, whole process, against an earlier commit", lambda n: n.startswith("whole_process_"),
+     section_whole_process),
     ("Where a 224-pixel depthwise step goes on CPU", lambda n: n.startswith("depthwise_speed_"), section_depthwise),
     ("Reliability: concurrent jobs and kills at random moments", lambda n: n.startswith("reliability_"),
      section_reliability),

@@ -14,6 +14,8 @@ is made once per precision, interleaved (seed by seed, fp32 then bf16), and labe
     python -m bench.seeds ... --device cuda --skip-eval       # generate on a GPU, score elsewhere
     .venv/bin/python -m bench.seeds --model cifar_resnet20 --weights ../shared/assets/cifar10/resnet20-12fca82f.th \\
         --sources dgh --precisions fp32,bf16 --sets out/precision_r20 --json bench/results/precision_r20_cpu.json
+    python -m bench.seeds --model cifar_resnet20 --weights ... --sources dgh --scales "1 0.5:0.6,1:0.4" \
+        --sets out/scales_r20 --json bench/results/seeds_r20_scales_cpu.json   # full size and coarse to fine
 """
 
 from __future__ import annotations
@@ -32,33 +34,39 @@ from bench.common import set_path
 from bench.evaluation import load_val, sim_top1
 
 GENERATED = ("dgh", "bns")
+FULL_SIZE = "1"  # the --scales schedule of full-size-only generation (sets keep their plain label)
 
 
-def label(source: str, precision: str) -> str:
-    """A set's name in files and results: the source, with ``-bf16`` for a bf16 set."""
-    return source if precision == "fp32" else f"{source}-{precision}"
+def label(source: str, precision: str, scales: str = FULL_SIZE) -> str:
+    """A set's name in files and results: the source, with ``-bf16`` for a bf16 set and ``@SCHEDULE``
+    for a coarse-to-fine one (``--scales``)."""
+    name = source if precision == "fp32" else f"{source}-{precision}"
+    return f"{name}@{scales}" if scales != FULL_SIZE and source in GENERATED else name
 
 
-def runs(sources: list[str], precisions: list[str]) -> list[tuple[str, str]]:
-    """(source, precision) per set of one seed: generated sources once per precision, the others once."""
-    return [(src, p) for src in sources for p in (precisions if src in GENERATED else ["fp32"])]
+def runs(sources: list[str], precisions: list[str], schedules: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """(source, precision, schedule) per set of one seed: generated sources once per precision and
+    schedule, the others once."""
+    return [(src, p, sc) for src in sources for p in (precisions if src in GENERATED else ["fp32"])
+            for sc in (schedules or [FULL_SIZE] if src in GENERATED else [FULL_SIZE])]
 
 
 def generate(model: object, sources: list[str], seeds: list[int], n: int, iters: int, device: str,
-             folder: Path, precisions: list[str] | None = None) -> dict:
+             folder: Path, precisions: list[str] | None = None, schedules: list[str] | None = None) -> dict:
     from dgh_deploy.generation import make_calibration_set
     from dgh_deploy.generation.config import default_recipe
-
+    from dgh_deploy.generation.scales import parse_schedule
     folder.mkdir(parents=True, exist_ok=True)
     made = {}
     for seed in seeds:
-        for src, precision in runs(sources, precisions or ["fp32"]):
-            name = label(src, precision)
+        for src, precision, scales in runs(sources, precisions or ["fp32"], schedules):
+            name = label(src, precision, scales)
             path = set_path(folder, name, seed)
             if path.exists():
                 continue
             generated = src in GENERATED
-            config = replace(default_recipe(src), precision=precision) if generated else None
+            config = (replace(default_recipe(src), precision=precision, scales=parse_schedule(scales))
+                      if generated else None)
             load = common.load_average()
             t0 = time.perf_counter()
             cs = make_calibration_set(model, src, n, iters if generated else 0, seed=seed,  # type: ignore[arg-type]
@@ -114,9 +122,13 @@ def run(args: argparse.Namespace) -> dict:
                  "machine": common.machine(), "device": common.device_label(args.device, args.threads)}
     if precisions != ["fp32"]:
         res["precisions"] = precisions
-    res["generated"] = generate(model, sources, seeds, args.n_images, args.iters, args.device, folder, precisions)
+    schedules = args.scales.split()
+    if schedules != [FULL_SIZE]:
+        res["scales"] = schedules
+    res["generated"] = generate(model, sources, seeds, args.n_images, args.iters, args.device, folder, precisions,
+                                schedules)
     if not args.skip_eval:
-        labels = [label(src, p) for src, p in runs(sources, precisions)]
+        labels = [label(*run) for run in runs(sources, precisions, schedules)]
         res["top1"], res["spread"] = evaluate(model, labels, seeds, common.split_list(args.bits), folder,
                                               args.val_data, args.real_calib)
     return res
@@ -131,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_seeds()
     ap.add_argument("--n-images", type=int, default=256)
     ap.add_argument("--iters", type=int, default=500)
+    ap.add_argument("--scales", default=FULL_SIZE, help="resolution schedules of the generated sources, space-"
+                                                        "separated (as dgh-deploy's --scales; 1: full size only); a "
+                                                        "coarse-to-fine set is labelled SOURCE@SCHEDULE")
     ap.add_argument("--bits", default="W4A8,W8A4")
     ap.add_device()
     ap.add_threads()

@@ -121,3 +121,13 @@ def test_machine_line() -> None:
     from bench import common
 
     assert re.fullmatch(r"\d+-core CPU \(.+\), Python 3\.\d+\.\d+", common.machine())
+
+
+def test_seeds_makes_a_set_per_schedule_for_generated_sources_only() -> None:
+    """bench/seeds.py --scales: a generated source gets one set per schedule (full size keeps its plain
+    label, so earlier sets stay valid); noise and real images have no schedule."""
+    from bench.seeds import label, runs
+
+    made = runs(["dgh", "noise"], ["fp32"], ["1", "0.5:0.6,1:0.4"])
+    assert [label(*r) for r in made] == ["dgh", "dgh@0.5:0.6,1:0.4", "noise"]
+    assert [label(*r) for r in runs(["dgh"], ["fp32", "bf16"])] == ["dgh", "dgh-bf16"]
