@@ -381,8 +381,36 @@ def section_rounding(files: dict[str, dict]) -> list[str]:
     return [*lines, ""]
 
 
+def schedule_times_table(data: dict) -> Table:
+    """Generation seconds of each set of a ``bench/seeds.py --scales`` file, by schedule and seed."""
+    by_label: dict[str, dict[str, dict]] = {}
+    for key, made in data.get("generated", {}).items():
+        name, seed = key.rsplit("/", 1)
+        by_label.setdefault(name, {})[seed] = made
+    seeds = sorted({seed for v in by_label.values() for seed in v})
+    rows = [[f"`{name}`", *(f"{num(v[s]['wall_s'], 1)} (load {num(v[s].get('load'), 2)})" if s in v else "-"
+                            for s in seeds)] for name, v in by_label.items()]
+    return ["set", *(f"seed {s}, s" for s in seeds)], rows
+
+
+def section_schedules(files: dict[str, dict]) -> list[str]:
+    """``bench/seeds.py --scales`` files: the same seeds at full size and coarse to fine."""
+    lines = ["Coarse-to-fine generation at a small input size (`python -m bench.seeds --scales`): per seed, one "
+             "set at the full size only and one per resolution schedule (`dgh@SIDE:SHARE,...`: a stage at that "
+             "fraction of the side for that share of the iterations), each scored by the `sim` target beside "
+             "real calibration images.", ""]
+    for name, data in files.items():
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}: {data.get('model')}, "
+                  f"{data.get('n_images')} images x {data.get('iters')} iterations.", "",
+                  *markdown(seeds_table({name: data})), "", "Generation of each set:", "",
+                  *markdown(schedule_times_table(data)), ""]
+        if data.get("note"):
+            lines += [data["note"], ""]
+    return lines
+
+
 def section_seeds(files: dict[str, dict]) -> list[str]:
-    sets = {n: d for n, d in files.items() if "top1" in d}
+    sets = {n: d for n, d in files.items() if "top1" in d and "scales" not in d}
     runs = {n: d for n, d in files.items() if "variants" in d}
     lines: list[str] = []
     if sets:
@@ -880,14 +908,17 @@ def section_whole_process(files: dict[str, dict]) -> list[str]:
              "with its own default settings; start-up and imports included. The ratio is baseline over this tree.",
              ""]
     for name, data in files.items():
-        rows = [[str(i), num(r["baseline"]["wall_s"], 1), num(r["this"]["wall_s"], 1), f"{r['ratio']:.2f}x",
-                 f"{num(r['baseline'].get('load_after'), 2)} / {num(r['this'].get('load_after'), 2)}"]
-                for i, r in enumerate(data["rounds"])]
+        rows = []
+        for i, r in enumerate(data["rounds"]):
+            rows.append([str(i), f"`{data['baseline']}`", num(r["baseline"]["wall_s"], 1), "1.00x",
+                         num(r["baseline"].get("load_after"), 2)])
+            for run in ["this", *data.get("variants", [])]:
+                rows.append([str(i), "this tree" + (f" `{run}`" if run != "this" else ""), num(r[run]["wall_s"], 1),
+                             f"{r[run]['ratio']:.2f}x", num(r[run].get("load_after"), 2)])
         lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}: {data['model']}, "
                   f"{data['n_images']} images x {data['iters']} iterations, {data['threads']} threads, baseline "
                   f"`{data['baseline']}`; median {data['median_ratio']:.2f}x.", "",
-                  *markdown((["round", "baseline, s", "this tree, s", "ratio", "load after (baseline / this)"],
-                             rows)), ""]
+                  *markdown((["round", "process", "wall, s", "baseline over it", "load after"], rows)), ""]
         if data.get("note"):
             lines += [data["note"], ""]
     return lines
@@ -1020,7 +1051,9 @@ SECTIONS: list[Section] = [
     ("Calibration sources x targets", lambda n: n.endswith("_state.json"), section_compare),
     ("`sim` weight rounding: GPTQ against round-to-nearest", lambda n: n.startswith("sim_rounding_"),
      section_rounding),
-    ("Three seeds per source", lambda n: n.startswith("seeds_"), section_seeds),
+    ("Three seeds per source", lambda n: n.startswith("seeds_") and "_scales" not in n, section_seeds),
+    ("Coarse to fine at 32 pixels: three seeds per schedule", lambda n: n.startswith("seeds_") and "_scales" in n,
+     section_schedules),
     ("YOLOv5n over seeds and picks", lambda n: n.startswith("picks_"), section_picks),
     ("Generation speed against MCT", lambda n: n.startswith("generation_"), section_generation),
     ("bfloat16 generation against float32", lambda n: n.startswith("precision_"), section_precision),

@@ -43,18 +43,19 @@ def export_tree(commit: str, into: Path) -> Path:
     return into
 
 
-def generate_command(args: Any, out: Path) -> list[str]:
+def generate_command(args: Any, out: Path, extra: str = "") -> list[str]:
     return [sys.executable, "-m", "dgh_deploy", "generate", "--model", args.model, "--weights", args.weights,
             "--n-images", str(args.n_images), "--iters", str(args.iters), "--seed", str(args.seed),
-            "--out", str(out)]
+            "--out", str(out), *extra.split()]
 
 
-def run_tree(tree: Path, args: Any, scratch: Path) -> dict[str, Any]:
-    """One whole ``generate`` process of ``tree``: its wall time and the load average after it."""
+def run_tree(tree: Path, args: Any, scratch: Path, extra: str = "") -> dict[str, Any]:
+    """One whole ``generate`` process of ``tree`` (with ``extra`` options): its wall time and the load
+    average after it."""
     out = scratch / f"{tree.name}.npz"
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.perf_counter()
-    proc = subprocess.run(generate_command(args, out), cwd=scratch, env=env, capture_output=True, text=True)
+    proc = subprocess.run(generate_command(args, out, extra), cwd=scratch, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{tree}: generate failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--variants", default="", help="';'-separated options for more runs of this tree in each "
+                                                  "round, e.g. '--scales 0.5:0.4,1:0.6' (each against the baseline)")
     p.add_threads()
     p.add_json(str(common.RESULTS / "whole_process_r20_cpu.json"))
     args = p.parse(argv)
@@ -78,15 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"bench": "whole_process", "machine": common.machine(), "model": args.model,
                                "n_images": args.n_images, "iters": args.iters, "threads": args.threads,
                                "baseline": args.baseline, "rounds": []}
+    variants = [v.strip() for v in args.variants.split(";") if v.strip()]
+    if variants:
+        results["variants"] = variants
     with tempfile.TemporaryDirectory(prefix="whole-process-") as tmp:
         scratch = Path(tmp)
         base = export_tree(args.baseline, scratch / "baseline")
         for r in range(args.rounds):
             rnd = {"baseline": run_tree(base, args, scratch), "this": run_tree(common.REPO, args, scratch)}
             rnd["ratio"] = round(rnd["baseline"]["wall_s"] / rnd["this"]["wall_s"], 3)
+            for v in variants:
+                rnd[v] = run_tree(common.REPO, args, scratch, v)
+                rnd[v]["ratio"] = round(rnd["baseline"]["wall_s"] / rnd[v]["wall_s"], 3)
             results["rounds"].append(rnd)
             print(f"round {r}: baseline {rnd['baseline']['wall_s']} s, this tree {rnd['this']['wall_s']} s: "
-                  f"{rnd['ratio']:.2f}x", flush=True)
+                  f"{rnd['ratio']:.2f}x" + "".join(f"; {v}: {rnd[v]['wall_s']} s, {rnd[v]['ratio']:.2f}x"
+                                                   for v in variants), flush=True)
     results["median_ratio"] = statistics.median(r["ratio"] for r in results["rounds"])
     print(f"median {results['median_ratio']:.2f}x over {args.rounds} rounds ({results['machine']})")
     if args.json:
