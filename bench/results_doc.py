@@ -914,7 +914,7 @@ def section_whole_process(files: dict[str, dict]) -> list[str]:
                          num(r["baseline"].get("load_after"), 2)])
             for run in ["this", *data.get("variants", [])]:
                 rows.append([str(i), "this tree" + (f" `{run}`" if run != "this" else ""), num(r[run]["wall_s"], 1),
-                             f"{r[run]['ratio']:.2f}x", num(r[run].get("load_after"), 2)])
+                             f"{r[run].get('ratio', r['ratio']):.2f}x", num(r[run].get("load_after"), 2)])
         lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}: {data['model']}, "
                   f"{data['n_images']} images x {data['iters']} iterations, {data['threads']} threads, baseline "
                   f"`{data['baseline']}`; median {data['median_ratio']:.2f}x.", "",
