@@ -381,6 +381,16 @@ def section_rounding(files: dict[str, dict]) -> list[str]:
     return [*lines, ""]
 
 
+def per_file_section(intro: str, files: dict[str, dict], render: Callable[[str, dict], list[str]]) -> list[str]:
+    """A section that introduces itself once, then renders each results file (and its ``note``)."""
+    lines = [intro, ""]
+    for name, data in files.items():
+        lines += render(name, data)
+        if data.get("note"):
+            lines += [data["note"], ""]
+    return lines
+
+
 def schedule_times_table(data: dict) -> Table:
     """Generation seconds of each set of a ``bench/seeds.py --scales`` file, by schedule and seed."""
     by_label: dict[str, dict[str, dict]] = {}
@@ -395,18 +405,17 @@ def schedule_times_table(data: dict) -> Table:
 
 def section_schedules(files: dict[str, dict]) -> list[str]:
     """``bench/seeds.py --scales`` files: the same seeds at full size and coarse to fine."""
-    lines = ["Coarse-to-fine generation at a small input size (`python -m bench.seeds --scales`): per seed, one "
-             "set at the full size only and one per resolution schedule (`dgh@SIDE:SHARE,...`: a stage at that "
-             "fraction of the side for that share of the iterations), each scored by the `sim` target beside "
-             "real calibration images.", ""]
-    for name, data in files.items():
-        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}: {data.get('model')}, "
-                  f"{data.get('n_images')} images x {data.get('iters')} iterations.", "",
-                  *markdown(seeds_table({name: data})), "", "Generation of each set:", "",
-                  *markdown(schedule_times_table(data)), ""]
-        if data.get("note"):
-            lines += [data["note"], ""]
-    return lines
+    def render(name: str, data: dict) -> list[str]:
+        return [f"From `bench/results/{name}`, measured on {machine_of(name, data)}: {data.get('model')}, "
+                f"{data.get('n_images')} images x {data.get('iters')} iterations.", "",
+                *markdown(seeds_table({name: data})), "", "Generation of each set:", "",
+                *markdown(schedule_times_table(data)), ""]
+
+    return per_file_section(
+        "Coarse-to-fine generation at a small input size (`python -m bench.seeds --scales`): per seed, one set at "
+        "the full size only and one per resolution schedule (`dgh@SIDE:SHARE,...`: a stage at that fraction of the "
+        "side for that share of the iterations), each scored by the `sim` target beside real calibration images.",
+        files, render)
 
 
 def section_seeds(files: dict[str, dict]) -> list[str]:
@@ -901,27 +910,29 @@ def section_input_sizes(files: dict[str, dict]) -> list[str]:
     return lines
 
 
+def whole_process_rows(data: dict) -> Table:
+    rows = []
+    for i, r in enumerate(data["rounds"]):
+        rows.append([str(i), f"`{data['baseline']}`", num(r["baseline"]["wall_s"], 1), "1.00x",
+                     num(r["baseline"].get("load_after"), 2)])
+        for run in ["this", *data.get("variants", [])]:
+            rows.append([str(i), "this tree" + (f" `{run}`" if run != "this" else ""), num(r[run]["wall_s"], 1),
+                         f"{r[run].get('ratio', r['ratio']):.2f}x", num(r[run].get("load_after"), 2)])
+    return ["round", "process", "wall, s", "baseline over it", "load after"], rows
+
+
 def section_whole_process(files: dict[str, dict]) -> list[str]:
     """``bench/whole_process.py``: fresh ``generate`` processes of this tree and of a baseline commit, in turns."""
-    lines = ["Generation as a user's process runs it (`python -m bench.whole_process`): one fresh `dgh-deploy "
-             "generate` process of the baseline commit and one of the tree that wrote the file, in turns, each "
-             "with its own default settings; start-up and imports included. The ratio is baseline over this tree.",
-             ""]
-    for name, data in files.items():
-        rows = []
-        for i, r in enumerate(data["rounds"]):
-            rows.append([str(i), f"`{data['baseline']}`", num(r["baseline"]["wall_s"], 1), "1.00x",
-                         num(r["baseline"].get("load_after"), 2)])
-            for run in ["this", *data.get("variants", [])]:
-                rows.append([str(i), "this tree" + (f" `{run}`" if run != "this" else ""), num(r[run]["wall_s"], 1),
-                             f"{r[run].get('ratio', r['ratio']):.2f}x", num(r[run].get("load_after"), 2)])
-        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}: {data['model']}, "
-                  f"{data['n_images']} images x {data['iters']} iterations, {data['threads']} threads, baseline "
-                  f"`{data['baseline']}`; median {data['median_ratio']:.2f}x.", "",
-                  *markdown((["round", "process", "wall, s", "baseline over it", "load after"], rows)), ""]
-        if data.get("note"):
-            lines += [data["note"], ""]
-    return lines
+    def render(name: str, data: dict) -> list[str]:
+        return [f"From `bench/results/{name}`, measured on {machine_of(name, data)}: {data['model']}, "
+                f"{data['n_images']} images x {data['iters']} iterations, {data['threads']} threads, baseline "
+                f"`{data['baseline']}`; median {data['median_ratio']:.2f}x.", "", *markdown(whole_process_rows(data)),
+                ""]
+
+    return per_file_section(
+        "Generation as a user's process runs it (`python -m bench.whole_process`): one fresh `dgh-deploy generate` "
+        "process of the baseline commit and one of the tree that wrote the file, in turns, each with its own "
+        "default settings; start-up and imports included. The ratio is baseline over this tree.", files, render)
 
 
 def depthwise_table(data: dict, part: str) -> Table:
@@ -934,15 +945,16 @@ def depthwise_table(data: dict, part: str) -> Table:
 
 
 def section_depthwise(files: dict[str, dict]) -> list[str]:
-    lines = ["Forward + backward to the input of EfficientNet-Lite0 (bench/zoo, ImageNet weights) and of its "
-             "depthwise convolutions alone, batch 8, fp32, NCHW against channels-last, plain and with the "
-             "generator's BN-statistics recording (`python -m bench.depthwise_speed`); the median of rounds "
-             "that run every case in turn.", ""]
-    for name, data in files.items():
-        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; load average before "
-                  f"{num(data.get('load_average_before'))}, after {num(data.get('load_average_after'))}.", "",
-                  *markdown(depthwise_table(data, "model")), "", *markdown(depthwise_table(data, "depthwise")), ""]
-    return lines
+    def render(name: str, data: dict) -> list[str]:
+        return [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; load average before "
+                f"{num(data.get('load_average_before'))}, after {num(data.get('load_average_after'))}.", "",
+                *markdown(depthwise_table(data, "model")), "", *markdown(depthwise_table(data, "depthwise")), ""]
+
+    return per_file_section(
+        "Forward + backward to the input of EfficientNet-Lite0 (bench/zoo, ImageNet weights) and of its depthwise "
+        "convolutions alone, batch 8, fp32, NCHW against channels-last, plain and with the generator's "
+        "BN-statistics recording (`python -m bench.depthwise_speed`); the median of rounds that run every case in "
+        "turn.", files, render)
 
 
 def int16_repair_table(data: dict) -> Table:
