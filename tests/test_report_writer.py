@@ -32,6 +32,11 @@ TIMINGS = ("_s", "seconds")  # a stage's seconds, wherever a section keeps them
 RESCORED = ("metrics.float.", "metrics.quantized.", "metrics.drop", "metrics.device.float.",
             "metrics.device.quantized.", "metrics.device.desktop.", "metrics.device.drop",
             "metrics.device.desktop_minus_device", "metrics.device.agreement.")
+# GPTQ rounding, the detectors' default since the goldens were written, moves the int8 file: its size, its
+# arena, how closely it follows float (scores SQNR 13.1 -> 19.4 dB on YOLOv5n) and Vela's compilation of it
+# (one op more on the NPU, 0.02% more MACs) change; their keys do not.
+REROUNDED = ("artifacts.model.bytes", "artifacts.vela_model.bytes", "target.tflite_micro.arena_bytes",
+             "metrics.data_free.", "metrics.device.data_free.", "target.ethos_u.")
 # 1.2: the options one target reads left config.options for that target's settings (config.target_settings).
 MOVED_TO_TARGETS = ("io_dtype", "allow_float_ops", "act_symmetric", "power_of_two", "bias_correction",
                     "weight_rounding")
@@ -73,6 +78,12 @@ def check_kernels(kernels: dict[str, Any]) -> None:
     assert added == sorted(added, reverse=True) and all(k["max_steps"] >= 1 for k in kernels["adding_most"])
     if kernels["ops_differing"]:
         assert kernels["first"]["index"] <= min(k["index"] for k in kernels["adding_most"])
+
+
+def check_gptq(rounding: dict[str, Any]) -> None:
+    """GPTQ became the detectors' weight rounding on tflite-int8 and ethos-u after the goldens were
+    written: its record, checked on its own (the rest of the report is the golden's)."""
+    assert rounding["method"] == "gptq" and rounding["layers"] > 0 and rounding["seconds"] >= 0
 
 
 def check_layers(layers: dict[str, Any], table: dict[str, Any], out: Path) -> None:
@@ -171,5 +182,8 @@ def test_the_typed_report_is_written_as_the_dict_was(name: str, assets: Path, tm
     assert new["times_s"].pop("layer_diagnosis") >= 0
     if "arena_bytes" in new["target"].get("tflite_micro", {}):  # the file ran on TFLite Micro
         check_kernels(new["target"]["tflite_micro"].pop("kernels"))
-    rescored = RESCORED if old["model"]["task"] == "detect" else ()
-    assert differences(since_golden(old), normalised(new, assets), rescored) == []
+    if old["model"]["task"] == "detect" and "export_rewrites" in new["target"]:
+        check_gptq(new["target"]["export_rewrites"].pop("weight_rounding"))
+    rescored = RESCORED + REROUNDED if old["model"]["task"] == "detect" else ()
+    found = differences(since_golden(old), normalised(new, assets), rescored)
+    assert found == [], "\n".join(found)
