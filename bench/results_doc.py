@@ -917,7 +917,7 @@ def whole_process_rows(data: dict) -> Table:
                      num(r["baseline"].get("load_after"), 2)])
         for run in ["this", *data.get("variants", [])]:
             rows.append([str(i), "this tree" + (f" `{run}`" if run != "this" else ""), num(r[run]["wall_s"], 1),
-                         f"{r[run].get('ratio', r['ratio']):.2f}x", num(r[run].get("load_after"), 2)])
+                         f"{r[run]['ratio']:.2f}x", num(r[run].get("load_after"), 2)])
     return ["round", "process", "wall, s", "baseline over it", "load after"], rows
 
 

@@ -14,7 +14,7 @@ is made once per precision, interleaved (seed by seed, fp32 then bf16), and labe
     python -m bench.seeds ... --device cuda --skip-eval       # generate on a GPU, score elsewhere
     .venv/bin/python -m bench.seeds --model cifar_resnet20 --weights ../shared/assets/cifar10/resnet20-12fca82f.th \\
         --sources dgh --precisions fp32,bf16 --sets out/precision_r20 --json bench/results/precision_r20_cpu.json
-    python -m bench.seeds --model cifar_resnet20 --weights ... --sources dgh --scales "1 0.5:0.6,1:0.4" \
+    python -m bench.seeds --model cifar_resnet20 --weights ... --sources dgh --scales "1 0.5:0.6,1:0.4" \\
         --sets out/scales_r20 --json bench/results/seeds_r20_scales_cpu.json   # full size and coarse to fine
 """
 
@@ -48,7 +48,7 @@ def runs(sources: list[str], precisions: list[str], schedules: list[str] | None 
     """(source, precision, schedule) per set of one seed: generated sources once per precision and
     schedule, the others once."""
     return [(src, p, sc) for src in sources for p in (precisions if src in GENERATED else ["fp32"])
-            for sc in (schedules or [FULL_SIZE] if src in GENERATED else [FULL_SIZE])]
+            for sc in ((schedules or [FULL_SIZE]) if src in GENERATED else [FULL_SIZE])]
 
 
 def generate(model: object, sources: list[str], seeds: list[int], n: int, iters: int, device: str,
@@ -56,6 +56,7 @@ def generate(model: object, sources: list[str], seeds: list[int], n: int, iters:
     from dgh_deploy.generation import make_calibration_set
     from dgh_deploy.generation.config import default_recipe
     from dgh_deploy.generation.scales import parse_schedule
+
     folder.mkdir(parents=True, exist_ok=True)
     made = {}
     for seed in seeds:

@@ -88,16 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         base = export_tree(args.baseline, scratch / "baseline")
         for r in range(args.rounds):
-            rnd = {"baseline": run_tree(base, args, scratch), "this": run_tree(common.REPO, args, scratch)}
-            rnd["ratio"] = round(rnd["baseline"]["wall_s"] / rnd["this"]["wall_s"], 3)
-            for v in variants:
-                rnd[v] = run_tree(common.REPO, args, scratch, v)
-                rnd[v]["ratio"] = round(rnd["baseline"]["wall_s"] / rnd[v]["wall_s"], 3)
+            rnd = {"baseline": run_tree(base, args, scratch)}
+            for run, extra in [("this", ""), *((v, v) for v in variants)]:
+                rnd[run] = run_tree(common.REPO, args, scratch, extra)
+                rnd[run]["ratio"] = round(rnd["baseline"]["wall_s"] / rnd[run]["wall_s"], 3)
             results["rounds"].append(rnd)
-            print(f"round {r}: baseline {rnd['baseline']['wall_s']} s, this tree {rnd['this']['wall_s']} s: "
-                  f"{rnd['ratio']:.2f}x" + "".join(f"; {v}: {rnd[v]['wall_s']} s, {rnd[v]['ratio']:.2f}x"
-                                                   for v in variants), flush=True)
-    results["median_ratio"] = statistics.median(r["ratio"] for r in results["rounds"])
+            print(f"round {r}: baseline {rnd['baseline']['wall_s']} s; " + "; ".join(
+                f"{run}: {rnd[run]['wall_s']} s, {rnd[run]['ratio']:.2f}x" for run in ["this", *variants]), flush=True)
+    results["median_ratio"] = statistics.median(r["this"]["ratio"] for r in results["rounds"])
     print(f"median {results['median_ratio']:.2f}x over {args.rounds} rounds ({results['machine']})")
     if args.json:
         common.write_result(args.json, results)

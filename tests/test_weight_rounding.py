@@ -24,6 +24,7 @@ from dgh_deploy.calibration.weights.converter_grid import (
     following_batchnorms,
     round_onto_converter_grid,
 )
+from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.preprocessing import Preprocessing
 from dgh_deploy.targets import TargetOptions, get_target
@@ -165,8 +166,6 @@ def test_the_int8_file_holds_gptqs_integers(converter: str, tmp_path: Path) -> N
 
 def test_an_onnx_file_is_not_gptq_rounded_silently(tmp_path: Path) -> None:
     """build_from_onnx converts a file whose weights the job cannot reach: --weight-rounding gptq is refused."""
-    from dgh_deploy.errors import DGHError
-
     model = LoadedModel(module=conv_net(), name="convnet", task="classify", imgsz=(8, 8),
                         preprocessing=Preprocessing())
     target: Any = get_target("tflite-int8", weight_rounding="gptq")
@@ -191,7 +190,5 @@ def test_a_detectors_onnx_file_takes_the_converters_rounding_unasked(tmp_path: P
     converter, where only an explicit --weight-rounding gptq is refused."""
     model = LoadedModel(module=conv_net(), name="convnet", task="detect", imgsz=(8, 8), preprocessing=Preprocessing())
     target: Any = get_target("tflite-int8", converter="litert-torch")
-    from dgh_deploy.errors import DGHError
-
     with pytest.raises(DGHError, match="converts the PyTorch module, not an ONNX file"):
         target.build_from_onnx(model, tmp_path / "model.onnx", CalibrationSet(images(8), "noise"), tmp_path)
