@@ -7,6 +7,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -251,25 +252,35 @@ def test_default_budget() -> None:
 
 
 _MEMORY_SCRIPT = """
-import json, torch
+import json, sys, torch
 torch.set_num_threads(2)
 from dgh_deploy.loading import load_model
 from dgh_deploy.generation import make_calibration_set
 from dgh_deploy.generation.memory import peak_rss_mb
-cs = make_calibration_set(load_model("demo"), "dgh", 4096, 1, progress=False)
+cs = make_calibration_set(load_model("demo"), "dgh", int(sys.argv[1]), 1, progress=False)
 print(json.dumps({"rss_mb": peak_rss_mb(),
                   "chunks": cs.stats["chunks"], "shape": list(cs.images.shape)}))
 """
 
 
-def test_4096_images_fit_in_2gb() -> None:
-    """Memory is set by the chunk, not the image count (fresh process: clean peak RSS)."""
-    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, check=True)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["shape"] == [4096, 3, 32, 32]
-    assert res["chunks"] > 1  # the chunked, exact path ran
-    assert res["rss_mb"] < 2048, res
+def _generation_peak(n_images: int) -> dict[str, Any]:
+    """Peak RSS of generating ``n_images`` demo images in a fresh process (a clean high-water mark)."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(n_images)], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_memory_is_set_by_the_chunk_not_the_image_count() -> None:
+    """4096 images take 14 chunks of the 768 MB default budget, 600 take 2 of nearly the same size:
+    their peaks differ by the set's own tensors (images, gradients, optimiser state: about 50 MB
+    each), not by the 7x of saved activations a whole-set graph would hold. The absolute peak is
+    the machine's: 1.5 to 1.8 GB here (2-core EPYC, AVX2), 2.2 GB once in CI on the same kind."""
+    small, big = _generation_peak(600), _generation_peak(4096)
+    assert big["shape"] == [4096, 3, 32, 32] and small["shape"] == [600, 3, 32, 32]
+    assert (small["chunks"], big["chunks"]) == (2, 14)  # the chunked, exact path ran in both
+    # Run-to-run noise of the same job is up to ~300 MB (the heap's fragmentation); a graph kept
+    # for the whole set would add gigabytes.
+    assert big["rss_mb"] - small["rss_mb"] < 500, (small, big)
 
 
 def test_smoothing_is_the_gaussian_of_the_paper_in_either_memory_layout() -> None:

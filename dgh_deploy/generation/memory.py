@@ -17,7 +17,7 @@ from torch import nn
 # measured 0.98x its saved bytes; 1.25 leaves room for allocator slack.
 _TRANSIENT_FACTOR = 1.25
 # Fits a whole 256-image ResNet-20 set (about 2 MB saved per image) in one chunk, and keeps
-# 4096 images under 2 GB of RSS including torch's own ~700 MB.
+# the peak of 4096 images at 1.5 to 1.8 GB of RSS here, including torch's own ~530 MB.
 DEFAULT_CPU_MB = 768
 # On CPU the whole set's activations may stay alive through one backward (no second,
 # gradient-free forward) when they fit in this much, and in this share of the available memory.
