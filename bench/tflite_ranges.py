@@ -39,15 +39,15 @@ from bench.detect_picks import HOLDOUT, make_set, pick_path
 class Builder:
     """One tflite-int8 target and model for every build: one float conversion, one float score."""
 
-    def __init__(self, case: Case, threads: int, converter: str) -> None:
+    def __init__(self, case: Case, threads: int, converter: str, layout: str = "") -> None:
         from dgh_deploy.loading import load_model
         from dgh_deploy.targets import get_target
         from dgh_deploy.tasks import get_task
 
         self.case = case
-        self.model = load_model(case.model, case.weights, None, case.imgsz)
+        self.target = get_target("tflite-int8", converter=converter, layout=layout)
+        self.model = self.target.deploy_form(load_model(case.model, case.weights, None, case.imgsz))
         self.task = get_task(self.model.task)
-        self.target = get_target("tflite-int8", converter=converter)
         self.target.options = replace(self.target.options, threads=threads)
         self.target.progress = False
         t0 = time.perf_counter()
@@ -80,7 +80,8 @@ class Builder:
 def summary(state: dict[str, Any], methods: list[str], sources: list[str], seeds: list[int], picks: int) -> str:
     flt = state.get("float", float("nan"))
     lines = [f"Measured on {state['machine']}; {state['model']} at {state['imgsz']}, "
-             f"tflite-int8 ({state['converter']}) mAP50-95 on LiteRT on its validation data (float {flt:.2f}); "
+             f"tflite-int8 ({state['converter']}, {state.get('layout', 'split')} layout) "
+             f"mAP50-95 on LiteRT on its validation data (float {flt:.2f}); "
              "picks of one seed are separated by ',', seeds by ';'. 'within 1.0' counts the builds no more than "
              "1.0 point below float.", "",
              "| method | source | picks | mean | min .. max | within 1.0 | mean minus real |",
@@ -114,6 +115,11 @@ def run(args: argparse.Namespace, case: Case) -> dict[str, Any]:
     state = common.read_state(args.json, {"builds": {}, "timings": {}})
     from dgh_deploy.targets.tflite.target import installed_converter
 
+    layout = args.layout or "maps"
+    if state["builds"] and state.get("layout", "split") != layout:  # files before the maps layout: split
+        sys.exit(f"{args.json} holds builds of the {state.get('layout', 'split')} layout: pass --layout "
+                 f"{state.get('layout', 'split')} or another --json")
+    state["layout"] = layout
     state.update(machine=common.machine(), model=case.model, imgsz=case.imgsz,
                  converter=args.converter or installed_converter())
     for src in sources:
@@ -124,7 +130,7 @@ def run(args: argparse.Namespace, case: Case) -> dict[str, Any]:
             if f"{m}|{src}|{seed}|{k}" not in state["builds"]]
     print(f"{len(todo)} builds to do ({len(state['builds'])} already in {args.json})", flush=True)
     if todo:
-        builder = Builder(case, args.threads, args.converter)
+        builder = Builder(case, args.threads, args.converter, layout)
         if "float" not in state:
             state["float"] = builder.float_metric()
             common.write_result(args.json, state, indent=2)
@@ -149,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--picks", type=int, default=3)
     p.add_argument("--converter", default="", help="onnx2tf | litert-torch (default: the installed one)")
     p.add_argument("--iters", type=int, default=200, help="dgh iterations (the CPU default)")
+    p.add_argument("--layout", default="", choices=("", "maps", "split"),
+                   help="the detector's output layout (default: the target's, maps)")
     p.add_threads(2)
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the case's, 320)")
     p.add_argument("--sets", default="", help="where the sets are kept (default: out/picks/sets, sets<imgsz> "

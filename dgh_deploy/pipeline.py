@@ -200,8 +200,9 @@ def _checked_inputs(config: DeployConfig) -> tuple[Target, LoadedModel, Any]:
             target.install_hint_for(missing) or "run ./install.sh",
         )
     model = load_model(config.model, config.weights, config.task, config.imgsz)
-    task = get_task(model.task, model)
     target.check_options(model)  # before minutes of generation, not after
+    model = target.deploy_form(model)
+    task = get_task(model.task, model)
     if config.val_data:
         task.check_val_data(config.val_data)
     _check_disk(config, model)

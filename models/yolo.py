@@ -6,7 +6,9 @@ scores as probabilities, laid out as its :class:`~dgh_deploy.tasks.detect_layout
 says. It implements the detector protocol (:mod:`dgh_deploy.tasks.detector`): ``head_maps`` returns
 the head's raw per-level maps (box regression or DFL logits, class logits, objectness), before any
 sigmoid or decoding: what DGH stretches; ``decode`` turns them into boxes and scores. Unlike a
-user's detector, its ``forward`` decodes inside the graph (``forward(x) = pack(decode(head_maps(x)))``).
+user's detector, its ``forward`` may decode inside the graph (``forward(x) = pack(decode(head_maps(x)))``);
+with the ``maps`` layout it ends at the raw maps instead and :meth:`YoloDeploy.decode_outputs`
+decodes a file's outputs on the host, as a user's detector is decoded.
 
 Two head families share the Ultralytics backbone/neck layers (``model.0`` ... ``model.{n-1}``,
 run with Ultralytics' own ``f``/``i`` routing): Ultralytics' anchor-free ``Detect`` (YOLOv5u,
@@ -17,7 +19,7 @@ v8, 11: :class:`UltralyticsDetector`) and the classic anchor-based YOLOv5 head
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.preprocessing import Preprocessing
 from dgh_deploy.tasks.detect_layout import DetectLayout
+from dgh_deploy.tasks.detector import Array, decode_on_host
 
 YOLO_PREPROCESSING = Preprocessing(resize="letterbox", pad_value=114)  # pixels / 255, no mean/std
 DEFAULT_IMGSZ = 640
@@ -92,10 +95,25 @@ class YoloDeploy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         self.check_size(x)
+        if self.detect_layout.maps:  # the file ends here; decode_outputs decodes on the host
+            return tuple(self.export_maps(self.features(x)))
         boxes, scores, obj = self.decode_features(self.features(x), (int(x.shape[-2]), int(x.shape[-1])))
         return self.detect_layout.pack(boxes, scores, obj)
 
     def head_raw(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def export_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The raw maps a ``maps`` file outputs, N x C x h x w each (4-D, which converters lay out
+        cleanly), in the order :meth:`decode` takes them."""
+        return self.head_raw(feats)
+
+    def decode_outputs(self, outputs: Sequence[Array], imgsz: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A ``maps`` file's outputs (float, or dequantized int8) -> (boxes N x 4 x A, final scores N x nc x A)."""
+        return decode_on_host(self.decode, outputs, imgsz)
+
+    def map_meanings(self, imgsz: tuple[int, int]) -> list[str]:
+        """What each output of a ``maps`` file holds and how device code decodes it, in output order."""
         raise NotImplementedError
 
     def decode(
@@ -140,6 +158,17 @@ class UltralyticsDetector(YoloDeploy):
         xy = (centre + (rb - lt) * 0.5) * scale
         wh = (lt + rb) * scale
         return torch.cat((xy, wh), 1), cls, None
+
+    def map_meanings(self, imgsz: tuple[int, int]) -> list[str]:
+        bins = int(getattr(self.head.dfl, "c1", 16))
+        out = []
+        for s in self.strides:
+            cells = f"stride {s}, {imgsz[0] // s} x {imgsz[1] // s} cells"
+            out += [f"box distances N x {4 * bins} x H x W ({cells}): per side (left, top, right, bottom) "
+                    f"{bins} bins; softmax over the bins, their expectation (bin index weighted) is the side's "
+                    f"distance from the cell centre in strides: box = centre -/+ distance, times {s} px",
+                    f"class logits N x {self.nc} x H x W ({cells}): sigmoid gives the scores"]
+        return out
 
     def _grid(self, feats: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         """Cell centres in grid units (1 x 2 x A) and stride / (W, H) per anchor (1 x 2 x A)."""

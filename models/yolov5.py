@@ -108,8 +108,28 @@ class YOLOv5Detector(YoloDeploy):
         self, maps: list[torch.Tensor], size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """:meth:`head_raw`'s maps (box, objectness, class, N x na x k x h x w, per level) -> deploy outputs."""
-        flat = [m.flatten(1, 2) for m in maps]  # -> N x na*k x h x w, anchor-major, as level_parts gives them
+        # 5-D (head_maps) -> N x na*k x h x w, anchor-major, as level_parts (and a maps file) give them
+        flat = [m.flatten(1, 2) if m.dim() == 5 else m for m in maps]
         return self._decode_parts([tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)], size)
+
+    def export_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per level box, objectness and class logits, N x na*k x h x w (the export form's part convs)."""
+        return [p for i, f in enumerate(feats) for p in self.head.level_parts(i, f)]
+
+    def map_meanings(self, imgsz: tuple[int, int]) -> list[str]:
+        h = self.head
+        out = []
+        for i, s in enumerate(self.strides):
+            cells = f"stride {s}, {imgsz[0] // s} x {imgsz[1] // s} cells"
+            anchors = ", ".join(f"{w:g}x{hh:g}" for w, hh in (h.anchors[i] * s).tolist())
+            out += [f"box logits N x {h.na * 4} x H x W ({cells}), per anchor (w x h px: {anchors}) x, y, w, h: "
+                    "with t = sigmoid, cx = (2 t - 0.5 + cell column) x stride, cy likewise with the row, "
+                    "w = (2 t)^2 x anchor w, h likewise",
+                    f"objectness logits N x {h.na} x H x W ({cells}), per anchor: sigmoid, multiplied into "
+                    "the anchor's class scores",
+                    f"class logits N x {h.na * self.nc} x H x W ({cells}), per anchor {self.nc} classes: sigmoid "
+                    "times the objectness gives the scores"]
+        return out
 
     def decode_features(
         self, feats: list[torch.Tensor], size: tuple[int, int]

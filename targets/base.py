@@ -196,6 +196,11 @@ class Target(ABC):
         """The install line for the ``missing`` modules (a target with alternative stacks names the right one)."""
         return self.install_hint
 
+    def deploy_form(self, model: LoadedModel) -> LoadedModel:
+        """``model`` as this target deploys it (a detector's output layout), after :meth:`check_options`
+        accepted it: what generation, the build and every check of the job then see. Itself by default."""
+        return model
+
     def preflight(self, model: LoadedModel) -> Any:
         """Checks that need the model converted (float), run by the job before generating; raise
         :class:`~dgh_deploy.errors.DGHError` for a model the target cannot build. Returns what

@@ -4,7 +4,7 @@ An Ultralytics anchor-free YOLOv8n built from its YAML (random weights: no accur
 96x96 goes through DGH generation (2 iterations) and both targets; the second target reuses the
 cached calibration set. tflite-int8 converts with the converter this venv has (CI runs this file
 in both venvs). The checks are structural: what an edge engineer verifies before
-flashing a model (integer-only ops, int8 I/O, outputs in PyTorch's order, TensorRT's Q/DQ rules).
+flashing a model (integer-only ops, int8 I/O, the raw maps in PyTorch's order, TensorRT's Q/DQ rules).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dgh_deploy.targets import get_target
 from dgh_deploy.targets.tflite.integer_ops import check_full_integer, io_dtypes, list_float_ops
 from dgh_deploy.targets.tflite.layer_sqnr import layer_sqnr
 from dgh_deploy.targets.tflite.silu_floor import FlooredSiLU, floor_silu
+from dgh_deploy.tasks.ultralytics_format import with_layout
 
 IMGSZ = 96
 ANCHORS = sum((IMGSZ // s) ** 2 for s in (8, 16, 32))  # 144 + 36 + 9
@@ -70,40 +71,47 @@ def _written(report: Report, folder: Path) -> Report:
 
 
 @pytest.mark.slow  # shares one DGH generation and two conversions (~100 s)
-def test_tflite_detector_is_full_integer_with_outputs_in_pytorch_order(jobs: dict[str, Any], v8: LoadedModel) -> None:
+def test_tflite_detector_is_full_integer_and_ends_at_its_raw_maps(jobs: dict[str, Any], v8: LoadedModel) -> None:
+    """tflite-int8's default layout: the file ends at the head's six raw maps (DFL box logits and class
+    logits per level), each with its own int8 scale, in PyTorch's order and layout; the host decodes them."""
     report, folder = jobs["tflite-int8"]
     rep = _written(report, folder)
     assert rep.model.fingerprint == v8.fingerprint()  # the same random weights as the fixture's
     assert rep.calibration.source == "dgh" and rep.calibration.images == 8
+    assert rep.target.facts.layout == "maps"
     int8 = folder / rep.artifacts["model"].path
     via_onnx = {"onnx"} if rep.target.facts.converter == "onnx2tf" else set()  # litert-torch needs no ONNX
     assert {"model", "float_model", *via_onnx} <= set(rep.artifacts)
 
     assert list_float_ops(int8) == [] and check_full_integer(int8, "int8") == []
-    assert io_dtypes(int8) == {"inputs": ["int8"], "outputs": ["int8", "int8"]}
+    assert io_dtypes(int8) == {"inputs": ["int8"], "outputs": ["int8"] * 6}
 
-    # Float parity was checked per output (boxes, scores), each against its own scale.
+    # Float parity was checked per map, each against its own scale.
     parity = rep.target.facts.float_parity
-    assert parity["passed"] and len(parity["tolerance"]) == 2
+    assert parity["passed"] and len(parity["tolerance"]) == 6
     assert all(e <= t for e, t in zip(parity["max_abs_error"], parity["tolerance"], strict=True))
-    assert parity["tolerance"][0] != parity["tolerance"][1]
+    assert len(set(parity["tolerance"])) > 1
 
-    # Both runners hand back boxes then scores, NCHW like PyTorch; the float file matches PyTorch on
-    # fresh inputs and the int8 file follows it. (Random weights: the scores are all near 1e-4, which
-    # int8 may round to 0, but never further than one step of TFLite's sigmoid output, 1/256.)
+    # Both runners hand back the maps NCHW like PyTorch, box and class logits per level; the float file
+    # matches PyTorch on fresh inputs, and the int8 file's maps decode to boxes near float's.
+    maps = with_layout(v8, "maps")
     x = np.random.default_rng(1).uniform(0, 1, (2, 3, IMGSZ, IMGSZ)).astype(np.float32)
-    shapes = [(4, ANCHORS), (NC, ANCHORS)]
-    ref = TorchRunner(v8.module).infer(x)
+    shapes = [(c, IMGSZ // s, IMGSZ // s) for s in (8, 16, 32) for c in (64, NC)]
+    ref = TorchRunner(maps.module).infer(x)
     flt = LiteRTRunner(folder / rep.artifacts["float_model"].path, 2, shapes).infer(x)
     q = LiteRTRunner(int8, 2, shapes).infer(x)
-    assert [o.shape for o in q] == [o.shape for o in ref] == [(2, 4, ANCHORS), (2, NC, ANCHORS)]
+    assert [o.shape for o in q] == [o.shape for o in ref] == [(2, *s) for s in shapes]
     for r, f in zip(ref, flt, strict=True):
         np.testing.assert_allclose(f, r, atol=1e-3 * float(np.abs(r).max()))
-    assert np.abs(q[0] - ref[0]).mean() < 0.1 * np.abs(ref[0]).mean()
-    assert np.abs(q[1] - ref[1]).max() <= 1 / 256
+    boxes, _ = maps.module.decode_outputs(ref, maps.imgsz)
+    q_boxes, _ = maps.module.decode_outputs(q, maps.imgsz)
+    assert boxes.shape == (2, 4, ANCHORS)
+    assert (q_boxes - boxes).abs().mean() < 0.1 * boxes.abs().mean()
 
-    # The data-free check read both parts of the layout.
+    # The data-free check decoded both and compared boxes and scores; the contract says how to decode.
     assert {"boxes_sqnr_db", "scores_sqnr_db", "detection_agreement"} <= set(rep.metrics.data_free or {})
+    meanings = [o.meaning for o in rep.contract.outputs]
+    assert len(meanings) == 6 and "softmax over the bins" in meanings[0] and "sigmoid" in meanings[1]
 
 
 @pytest.mark.slow  # shares one DGH generation and two conversions (~100 s)

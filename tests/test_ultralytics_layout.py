@@ -103,9 +103,11 @@ def test_metadata_is_what_autobackend_reads(tmp_path: Path) -> None:
 def test_layout_refusals() -> None:
     with pytest.raises(DGHError, match="for detectors"):
         check_layout("ultralytics", _fake(task="classify"), "tflite-int8")
-    with pytest.raises(DGHError, match="use --layout split or ultralytics"):
+    with pytest.raises(DGHError, match="use --layout maps, split or ultralytics"):
         check_layout("onnx", _fake(), "tflite-int8")
-    check_layout("split", _fake(task="classify"), "tflite-int8")
+    with pytest.raises(DGHError, match="--layout split is for detectors"):  # a classifier has no layout to pick
+        check_layout("split", _fake(task="classify"), "tflite-int8")
+    check_layout("", _fake(task="classify"), "tflite-int8")  # the target's default: nothing asked
 
 
 def test_layout_is_a_flag_of_two_targets_refused_for_the_others() -> None:

@@ -229,3 +229,54 @@ def test_a_model_without_a_detection_head_is_refused() -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(DGHError, match="found no detection head"):
         task.stretch_outputs([torch.tensor(1.0)])
+
+
+@pytest.mark.parametrize("which", ["v5", "v8"])
+def test_maps_layout_ends_at_the_raw_maps_and_decodes_them_on_the_host(which: str, request: pytest.FixtureRequest,
+                                                                      street: np.ndarray) -> None:
+    """``maps``: the export form returns each level's 4-D raw maps; decoding them on the host gives the
+    in-graph decode's boxes and scores. The caller's model, its fingerprint and DGH's maps stay as they were."""
+    from dgh_deploy.tasks.detector import decodes_on_host
+    from dgh_deploy.tasks.ultralytics_format import with_layout
+
+    model: LoadedModel = request.getfixturevalue(which)
+    maps = with_layout(model, "maps")
+    assert decodes_on_host(maps.module) and not decodes_on_host(model.module)
+    assert maps.fingerprint() == model.fingerprint() and with_layout(maps, "split").module.detect_layout == \
+        model.module.detect_layout
+    x = torch.from_numpy(street)
+    with torch.no_grad():
+        outs = maps.for_export()(x)
+        split = model.module(x)
+        for a, b in zip(maps.module.head_maps(x), model.module.head_maps(x), strict=True):  # what DGH stretches
+            assert torch.equal(a, b)
+    per_level = 3 if which == "v5" else 2  # box, objectness, class logits; or DFL box and class logits
+    assert len(outs) == 3 * per_level and all(o.dim() == 4 for o in outs)
+    assert [o.shape[-1] for o in outs[::per_level]] == [IMGSZ // s for s in (8, 16, 32)]
+    boxes, scores = maps.module.decode_outputs([o.numpy() for o in outs], maps.imgsz)
+    want_boxes, want_scores = model.module.detect_layout.unpack(split)
+    torch.testing.assert_close(boxes, want_boxes, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(scores, want_scores, atol=1e-6, rtol=1e-4)
+    meanings = maps.module.map_meanings(maps.imgsz)
+    assert len(meanings) == len(outs) and all(f"stride {s}," in meanings[i * per_level]
+                                             for i, s in enumerate((8, 16, 32)))
+
+
+def test_each_target_picks_its_detector_layout(v8: LoadedModel) -> None:
+    """tflite-int8 and ethos-u end a detector at its maps, tensorrt-int8 decodes in the graph; a layout
+    asked for wins, a protocol detector has only maps, and a classifier is left alone."""
+    from dgh_deploy.targets import get_target
+    from dgh_deploy.tasks.detector import decodes_on_host
+    from dgh_deploy.tasks.ultralytics_format import check_layout
+
+    def ends_at_maps(target: str, **settings: str) -> bool:
+        return decodes_on_host(get_target(target, **settings).deploy_form(v8).module)
+
+    assert ends_at_maps("tflite-int8") and ends_at_maps("ethos-u") and not ends_at_maps("tensorrt-int8")
+    assert not ends_at_maps("tflite-int8", layout="split") and ends_at_maps("tensorrt-int8", layout="maps")
+    demo = load_model("demo")
+    assert get_target("tflite-int8").deploy_form(demo) is demo
+    protocol = load_model(str(Path(__file__).parents[1] / "examples" / "tiny_detector.py") + ":build")
+    check_layout("maps", protocol, "tflite-int8")
+    with pytest.raises(DGHError, match="--layout split needs boxes and scores inside the graph"):
+        check_layout("split", protocol, "tflite-int8")

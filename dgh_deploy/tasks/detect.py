@@ -24,7 +24,7 @@ from dgh_deploy.tasks.classify import evenly_spaced
 from dgh_deploy.tasks.detect_data import DetectionData, read_data_yaml
 from dgh_deploy.tasks.detect_layout import infer_layout, layout_of
 from dgh_deploy.tasks.detect_postprocess import NMSConfig, clip_to_image, nms
-from dgh_deploy.tasks.detector import PROTOCOL_FIX, HostDecodeDetector, final_scores
+from dgh_deploy.tasks.detector import PROTOCOL_FIX, decodes_on_host, final_scores
 from dgh_deploy.verification.layers import sqnr_db
 
 NO_HEAD = "the detection adapter found no detection head"
@@ -87,8 +87,12 @@ class DetectTask(TaskAdapter):
         back = ("scale boxes back by each axis' own factor" if model.preprocessing.resize == "stretch"
                 else "map boxes back through the letterbox")
         after = f"then keep scores >= a threshold and run NMS per class (IoU {self.nms.iou:g}), and {back}"
-        if isinstance(model.module, HostDecodeDetector):
-            return host_decode_meanings([o.shape for o in outputs], model.imgsz, after)
+        if decodes_on_host(model.module):
+            own = getattr(model.module, "map_meanings", None)  # a built-in head says how to decode it
+            if own is None:
+                return host_decode_meanings([o.shape for o in outputs], model.imgsz, after)
+            meanings = own(model.imgsz)
+            return [*meanings[:-1], f"{meanings[-1]}; {after}"]
         parts = layout_of(model.module, outputs)
         nc = parts.nc
         if layout == "ultralytics":
@@ -209,9 +213,9 @@ def host_decode_meanings(shapes: list[tuple[int, ...]], imgsz: tuple[int, int], 
 
 def deploy_parts(module: nn.Module, outputs: list[np.ndarray], imgsz: tuple[int, int]) -> dict[str, Any]:
     """A runner's outputs of ``module``'s deploy form -> {part: N x C x A} (boxes normalised, scores and,
-    where the layout keeps it apart, objectness): decoded on the host for a protocol detector, as its
-    layout packs them for one that decodes in its graph."""
-    if isinstance(module, HostDecodeDetector):
+    where the layout keeps it apart, objectness): decoded on the host for a protocol detector or the
+    ``maps`` layout, as its layout packs them for one that decodes in its graph."""
+    if decodes_on_host(module):
         boxes, scores = module.decode_outputs(outputs, imgsz)
         return {"boxes": boxes, "scores": scores}
     return layout_of(module, outputs).parts(outputs)

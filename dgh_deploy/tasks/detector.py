@@ -79,9 +79,22 @@ class HostDecodeDetector(nn.Module):
 
     def decode_outputs(self, outputs: Sequence[Array], imgsz: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Runner outputs (the maps, in order) -> (boxes N x 4 x A, final scores N x nc x A)."""
-        maps = [torch.as_tensor(np.asarray(o, np.float32)) for o in outputs]
-        with torch.no_grad():
-            return final_scores(self.detector.decode(maps, imgsz))
+        return decode_on_host(self.detector.decode, outputs, imgsz)
+
+
+def decode_on_host(decode: Any, outputs: Sequence[Array], imgsz: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A file's raw maps (float, or dequantized int8; in output order) through a detector's
+    ``decode(maps, imgsz)`` -> (boxes N x 4 x A, final scores N x nc x A)."""
+    maps = [torch.as_tensor(np.asarray(o, np.float32)) for o in outputs]
+    with torch.no_grad():
+        return final_scores(decode(maps, imgsz))
+
+
+def decodes_on_host(module: nn.Module) -> bool:
+    """Whether ``module``'s graph ends at raw head maps (a protocol detector, or a built-in one with
+    the ``maps`` layout): a runner's outputs then go through its ``decode_outputs``."""
+    layout = getattr(module, "detect_layout", None)
+    return isinstance(module, HostDecodeDetector) or bool(getattr(layout, "maps", False))
 
 
 def final_scores(decoded: Sequence[Any]) -> tuple[Any, Any]:

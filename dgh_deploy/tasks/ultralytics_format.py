@@ -9,6 +9,8 @@ exporter writes, with our own author, description and the int8 flag set.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import zipfile
 from datetime import datetime
@@ -19,26 +21,60 @@ from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.tasks.detect_layout import DetectLayout, layout_of
 
-LAYOUTS = ("split", "ultralytics")
+LAYOUTS = ("maps", "split", "ultralytics")
 LAYOUT_HELP = (
-    "detector output layout (tflite-int8, tensorrt-int8): split (default) writes boxes and scores as "
-    "separate outputs (tflite-int8: int8 I/O, for microcontrollers and NPUs that run the whole file in "
-    "integers); ultralytics writes the file 'yolo export' would (float32 I/O, one [1, 4+nc, anchors] output "
-    "around the same int8 graph, Ultralytics' metadata), for YOLO(path), 'yolo predict' and 'yolo val'"
+    "detector output layout: maps (tflite-int8's default) ends the file at the head's raw maps, each with "
+    "its own int8 scale, decoded on the host (the report's contract says how): the most accurate in int8, "
+    "for microcontrollers and NPUs that run the whole file in integers; split (tensorrt-int8's default) "
+    "decodes in the graph and writes boxes and scores as separate outputs; "
+    "ultralytics writes the file 'yolo export' would (float32 I/O, one [1, 4+nc, anchors] output around "
+    "the same int8 graph, Ultralytics' metadata), for YOLO(path), 'yolo predict' and 'yolo val'"
 )
 METADATA_ENTRY = "metadata.json"
 
 
 def check_layout(layout: str, model: LoadedModel, target: str) -> None:
-    """Refuse a layout the model cannot have, before anything is generated."""
+    """Refuse a layout the model cannot have, before anything is generated (``""``: the target's default)."""
+    if not layout:
+        return
     if layout not in LAYOUTS:
-        raise DGHError(f"--layout '{layout}' is not a layout", f"use --layout {' or '.join(LAYOUTS)}")
-    if layout == "ultralytics" and model.task != "detect":
-        raise DGHError(f"--layout ultralytics is for detectors, and '{model.name}' is a {model.task} model",
+        raise DGHError(f"--layout '{layout}' is not a layout", f"use --layout {', '.join(LAYOUTS[:-1])} or "
+                       f"{LAYOUTS[-1]}")
+    if model.task != "detect":
+        raise DGHError(f"--layout {layout} is for detectors, and '{model.name}' is a {model.task} model",
                        "drop --layout for this model")
-    if layout == "ultralytics" and not hasattr(model.module, "detect_layout"):
-        raise DGHError(f"--layout ultralytics needs boxes and scores inside the graph, and '{model.name}' is decoded "
+    if layout != "maps" and not hasattr(model.module, "detect_layout"):
+        raise DGHError(f"--layout {layout} needs boxes and scores inside the graph, and '{model.name}' is decoded "
                        "on the host (its file ends at the raw head maps)", "drop --layout for this model")
+
+
+def resolve_layout(layout: str, model: LoadedModel, default: str) -> str:
+    """The layout a job builds: ``layout`` if given; a detector decoded on the host has only ``maps``."""
+    if layout:
+        return layout
+    in_graph = model.task == "detect" and hasattr(model.module, "detect_layout")
+    return default if in_graph or model.task != "detect" else "maps"
+
+
+def built_layout(model: LoadedModel, layout: str) -> str:
+    """The layout a build of ``model`` wrote, for the report: ``ultralytics`` where asked, else what the
+    model's graph ends with (``maps`` or ``split``; ``split`` for a classifier)."""
+    if layout == "ultralytics":
+        return layout
+    from dgh_deploy.tasks.detector import decodes_on_host
+
+    return "maps" if model.task == "detect" and decodes_on_host(model.module) else "split"
+
+
+def with_layout(model: LoadedModel, layout: str) -> LoadedModel:
+    """``model`` with its deploy form in ``layout``: a built-in detector's graph ends at its raw maps for
+    ``maps`` and decodes for the others. A shallow copy: the caller's module is left as it was."""
+    current = getattr(model.module, "detect_layout", None)
+    if model.task != "detect" or not isinstance(current, DetectLayout) or current.maps == (layout == "maps"):
+        return model
+    module = copy.copy(model.module)  # shares every layer; only the layout attribute differs
+    module.detect_layout = dataclasses.replace(current, maps=layout == "maps")
+    return dataclasses.replace(model, module=module)
 
 
 def model_layout(model: LoadedModel) -> DetectLayout:

@@ -26,6 +26,7 @@ import numpy as np
 from dgh_deploy.artifacts import atomic_path
 from dgh_deploy.calibration import CalibrationSet
 from dgh_deploy.calibration.weights.gptq import ROUNDING_HELP, ROUNDINGS
+from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.reporting.report import Report
 from dgh_deploy.reporting.section import TargetSection
@@ -45,6 +46,7 @@ from dgh_deploy.targets.ethos_u.vela import (
     supported_op_count,
     vela_version,
 )
+from dgh_deploy.tasks.ultralytics_format import LAYOUT_HELP, LAYOUTS
 from dgh_deploy.verification.gate import GateCheck
 from dgh_deploy.verification.layers import LayerError
 
@@ -79,6 +81,7 @@ class EthosUTarget(Target):
                    "int16 activations with int8 weights (TFLite's 16x8 kernels, which Vela and TFLite Micro run), "
                    "the rest int8 (litert-torch)"),
         TargetFlag("--weight-rounding", "weight_rounding", ROUNDING_HELP, choices=ROUNDINGS),
+        TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),  # the tflite-int8 file's; maps or split
     )
     summary_artifacts: ClassVar[tuple[str, ...]] = ("model", "vela_model")
     section: ClassVar[type[EthosUSection]] = EthosUSection
@@ -86,11 +89,12 @@ class EthosUTarget(Target):
 
     def __init__(self, options: TargetOptions | None = None, npu: str = DEFAULT_ACCELERATOR, system_config: str = "",
                  memory_mode: str = "", require_npu: bool = False, silu_floor: float | None = None,
-                 parity_images: int | None = None, int16_layers: str = "", weight_rounding: str = "") -> None:
+                 parity_images: int | None = None, int16_layers: str = "", weight_rounding: str = "",
+                 layout: str = "") -> None:
         # What the user left unset is not passed on, so tflite-int8's defaults stay its own.
         given = {"silu_floor": silu_floor, "parity_images": parity_images}
         self.tflite = get_target(TFLITE_INT8, int16_layers=int16_layers, weight_rounding=weight_rounding,
-                                 **{k: v for k, v in given.items() if v is not None})
+                                 layout=layout, **{k: v for k, v in given.items() if v is not None})
         super().__init__(options)
         self.vela = VelaSettings(npu, system_config, memory_mode)
         self.require_npu = require_npu
@@ -157,6 +161,9 @@ class EthosUTarget(Target):
         """tflite-int8's checks (its I/O is int8: --io-dtype is not an ethos-u option), and an NPU, system
         configuration and memory mode Vela knows."""
         check_settings(self.vela)
+        if self.tflite.layout == "ultralytics":
+            raise DGHError("--layout ultralytics writes a float-I/O file for LiteRT, which Vela does not compile",
+                           "use --layout maps (the default) or split, or --target tflite-int8 for that file")
         self.tflite.check_options(model)
 
     def missing_requirements(self) -> list[str]:
@@ -176,6 +183,9 @@ class EthosUTarget(Target):
         return self.tflite.layer_errors(model, _tflite_result(result), images)
 
     # --- build -----------------------------------------------------------------------------
+    def deploy_form(self, model: LoadedModel) -> LoadedModel:
+        return self.tflite.deploy_form(model)  # the tflite-int8 file Vela compiles: a detector's ends at its maps
+
     def preflight(self, model: LoadedModel) -> Any:
         return self.tflite.preflight(model)
 

@@ -52,7 +52,14 @@ from dgh_deploy.targets.tensorrt.engine import (
 )
 from dgh_deploy.targets.tensorrt.qdq import activation_bytes_per_image, calibration_tensors, insert_qdq
 from dgh_deploy.targets.tensorrt.section import TensorRTSection
-from dgh_deploy.tasks.ultralytics_format import LAYOUT_HELP, LAYOUTS, check_layout
+from dgh_deploy.tasks.ultralytics_format import (
+    LAYOUT_HELP,
+    LAYOUTS,
+    built_layout,
+    check_layout,
+    resolve_layout,
+    with_layout,
+)
 from dgh_deploy.verification.layers import LayerError
 
 log = logging.getLogger("dgh_deploy")
@@ -82,9 +89,9 @@ class TensorRTInt8Target(Target):
                    "e.g. model.9) without Q/DQ: TensorRT runs them in float"),
     )
 
-    def __init__(self, options: TargetOptions | None = None, layout: str = "split", float_layers: str = "") -> None:
+    def __init__(self, options: TargetOptions | None = None, layout: str = "", float_layers: str = "") -> None:
         super().__init__(options)
-        self.layout = layout  # split | ultralytics (detectors): see LAYOUT_HELP
+        self.layout = layout  # maps | split | ultralytics (detectors), "" = split: see LAYOUT_HELP
         self.float_layers = tuple(name.strip() for name in float_layers.split(",") if name.strip())
 
     def preflight(self, model: LoadedModel) -> None:
@@ -116,6 +123,11 @@ class TensorRTInt8Target(Target):
     def check_options(self, model: LoadedModel) -> None:
         self._checked_act_range(model)
         check_layout(self.layout, model, self.name)
+
+    def deploy_form(self, model: LoadedModel) -> LoadedModel:
+        """Decoded in the graph unless ``--layout`` says otherwise: the outputs are float, so the int8 step
+        that makes ``maps`` tflite-int8's default does not apply."""
+        return with_layout(model, resolve_layout(self.layout, model, "split"))
 
     def _checked_act_range(self, model: LoadedModel) -> ActRange:
         opts = self.options
@@ -150,7 +162,7 @@ class TensorRTInt8Target(Target):
             self._build_engine(artifacts, info, (1, 3, *model.imgsz))
             timings["engine"] = time.perf_counter() - t0
         runner: Runner = OnnxRuntimeRunner(artifacts["model"], self.options.threads)
-        info.layout = self.layout
+        info.layout = built_layout(model, self.layout)
         if self.layout == "ultralytics":  # after the engine: TensorRT builds from the split Q/DQ file
             runner, info.ultralytics = self._ultralytics_file(model, artifacts, calib)
         return BuildResult(artifacts=artifacts, runner=runner, info=info, timings=timings)
