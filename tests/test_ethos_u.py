@@ -357,12 +357,14 @@ def test_int16_layers_run_on_the_npu(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_anchor_free_head_runs_every_op_on_the_npu(tmp_path: Path) -> None:
-    """Ultralytics' YOLOv8n from its yaml (the anchor-free head: DFL softmax, box decoding): placement
+    """Ultralytics' YOLOv8n from its yaml, decoding in the graph (``split``: the anchor-free head's DFL
+    softmax and box decoding; the default ``maps`` file is the same graph without them): placement
     depends on the graph, not the weights, so untrained weights and noise calibration show it."""
     import dgh_deploy
 
     report = dgh_deploy.deploy(target="ethos-u", model="yolov8n.yaml", imgsz=64, calib="noise", n_images=8, holdout=4,
-                               out=str(tmp_path / "v8"), human_report=False, require_npu=True).report
+                               out=str(tmp_path / "v8"), human_report=False, require_npu=True, layout="split").report
+    assert report.target.facts.output_layout() == "split"
     npu = report.target.facts.ethos_u.vela
     assert npu.cpu_ops == 0 and npu.npu_ops > 300 and report.gate is not None and report.gate.passed, \
         npu.cpu_fallback
