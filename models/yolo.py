@@ -164,10 +164,10 @@ class UltralyticsDetector(YoloDeploy):
         out = []
         for s in self.strides:
             cells = f"stride {s}, {imgsz[0] // s} x {imgsz[1] // s} cells"
-            out += [f"box distances N x {4 * bins} x H x W ({cells}): per side (left, top, right, bottom) "
+            out += [f"box distances, {4 * bins} channels ({cells}): per side (left, top, right, bottom) "
                     f"{bins} bins; softmax over the bins, their expectation (bin index weighted) is the side's "
                     f"distance from the cell centre in strides: box = centre -/+ distance, times {s} px",
-                    f"class logits N x {self.nc} x H x W ({cells}): sigmoid gives the scores"]
+                    f"class logits, {self.nc} channels ({cells}): sigmoid gives the scores"]
         return out
 
     def _grid(self, feats: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, ...]:

@@ -122,13 +122,14 @@ class YOLOv5Detector(YoloDeploy):
         for i, s in enumerate(self.strides):
             cells = f"stride {s}, {imgsz[0] // s} x {imgsz[1] // s} cells"
             anchors = ", ".join(f"{w:g}x{hh:g}" for w, hh in (h.anchors[i] * s).tolist())
-            out += [f"box logits N x {h.na * 4} x H x W ({cells}), per anchor (w x h px: {anchors}) x, y, w, h: "
+            out += [f"box logits, {h.na * 4} channels ({cells}), anchor-major: x, y, w, h of each anchor in "
+                    f"turn (w x h px: {anchors}); "
                     "with t = sigmoid, cx = (2 t - 0.5 + cell column) x stride, cy likewise with the row, "
                     "w = (2 t)^2 x anchor w, h likewise",
-                    f"objectness logits N x {h.na} x H x W ({cells}), per anchor: sigmoid, multiplied into "
+                    f"objectness logits, {h.na} channels ({cells}), one per anchor: sigmoid, multiplied into "
                     "the anchor's class scores",
-                    f"class logits N x {h.na * self.nc} x H x W ({cells}), per anchor {self.nc} classes: sigmoid "
-                    "times the objectness gives the scores"]
+                    f"class logits, {h.na * self.nc} channels ({cells}): {self.nc} per anchor, anchor-major; "
+                    "sigmoid times the objectness gives the scores"]
         return out
 
     def decode_features(
