@@ -824,11 +824,13 @@ def section_ranges(files: dict[str, dict]) -> list[str]:
              "by 8 images; three at 320, one at 640), each built as a job builds it and scored on LiteRT on the "
              "validation images; one float conversion for all. A method ending in `/gptq` has its conv weights "
              "GPTQ-rounded on the same set onto the converter's grid (`--weight-rounding gptq`); the others are "
-             "rounded to the nearest by the converter. The defaults for detectors are chosen by these spreads, not "
+             "rounded to the nearest by the converter. Files before the maps layout (tflite-int8's default since "
+             "2026-12-07) built the split one. The defaults for detectors are chosen by these spreads, not "
              "by one run.", ""]
     for name, data in files.items():
         lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; {data['model']} at "
-                  f"{data['imgsz']}, converter {data.get('converter') or 'the installed one'}, mAP50-95 "
+                  f"{data['imgsz']}, converter {data.get('converter') or 'the installed one'}, "
+                  f"{data.get('layout', 'split')} layout (`--layout`), mAP50-95 "
                   f"(float {num(data.get('float'))}).{' ' + data['note'] if data.get('note') else ''}", "",
                   *markdown(ranges_table(data)), ""]
     return lines

@@ -20,10 +20,11 @@ from typing import Any
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.tasks.detect_layout import DetectLayout, layout_of
+from dgh_deploy.tasks.detector import decodes_on_host
 
 LAYOUTS = ("maps", "split", "ultralytics")
 LAYOUT_HELP = (
-    "detector output layout: maps (tflite-int8's default) ends the file at the head's raw maps, each with "
+    "detector output layout: maps (tflite-int8's and ethos-u's default) ends the file at the head's raw maps, each with "
     "its own int8 scale, decoded on the host (the report's contract says how): the most accurate in int8, "
     "for microcontrollers and NPUs that run the whole file in integers; split (tensorrt-int8's default) "
     "decodes in the graph and writes boxes and scores as separate outputs; "
@@ -61,8 +62,6 @@ def built_layout(model: LoadedModel, layout: str) -> str:
     model's graph ends with (``maps`` or ``split``; ``split`` for a classifier)."""
     if layout == "ultralytics":
         return layout
-    from dgh_deploy.tasks.detector import decodes_on_host
-
     return "maps" if model.task == "detect" and decodes_on_host(model.module) else "split"
 
 
