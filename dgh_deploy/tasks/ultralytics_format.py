@@ -26,8 +26,8 @@ LAYOUTS = ("maps", "split", "ultralytics")
 LAYOUT_HELP = (
     "detector output layout: maps (tflite-int8's and ethos-u's default) ends the file at the head's raw "
     "maps, each with its own int8 scale, decoded on the host (the report's contract says how): the most "
-    "accurate in int8, for microcontrollers and NPUs that run the whole file in integers; split (tensorrt-int8's default) "
-    "decodes in the graph and writes boxes and scores as separate outputs; "
+    "accurate in int8, for microcontrollers and NPUs that run the whole file in integers; split "
+    "(tensorrt-int8's default) decodes in the graph and writes boxes and scores as separate outputs; "
     "ultralytics writes the file 'yolo export' would (float32 I/O, one [1, 4+nc, anchors] output around "
     "the same int8 graph, Ultralytics' metadata), for YOLO(path), 'yolo predict' and 'yolo val'"
 )
