@@ -49,7 +49,7 @@ def check_layout(layout: str, model: LoadedModel, target: str) -> None:
                        "on the host (its file ends at the raw head maps)", "drop --layout for this model")
 
 
-def resolve_layout(layout: str, model: LoadedModel, default: str) -> str:
+def _resolved(layout: str, model: LoadedModel, default: str) -> str:
     """The layout a job builds: ``layout`` if given; a detector decoded on the host has only ``maps``."""
     if layout:
         return layout
@@ -65,9 +65,11 @@ def built_layout(model: LoadedModel, layout: str) -> str:
     return "maps" if model.task == "detect" and decodes_on_host(model.module) else "split"
 
 
-def with_layout(model: LoadedModel, layout: str) -> LoadedModel:
-    """``model`` with its deploy form in ``layout``: a built-in detector's graph ends at its raw maps for
-    ``maps`` and decodes for the others. A shallow copy: the caller's module is left as it was."""
+def with_layout(model: LoadedModel, layout: str, default: str = "split") -> LoadedModel:
+    """``model`` with its deploy form in ``layout`` (``""``: ``default``): a built-in detector's graph ends
+    at its raw maps for ``maps`` and decodes for the others. A shallow copy: the caller's module is left
+    as it was."""
+    layout = _resolved(layout, model, default)
     current = getattr(model.module, "detect_layout", None)
     if model.task != "detect" or not isinstance(current, DetectLayout) or current.maps == (layout == "maps"):
         return model

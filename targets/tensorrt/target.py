@@ -52,14 +52,7 @@ from dgh_deploy.targets.tensorrt.engine import (
 )
 from dgh_deploy.targets.tensorrt.qdq import activation_bytes_per_image, calibration_tensors, insert_qdq
 from dgh_deploy.targets.tensorrt.section import TensorRTSection
-from dgh_deploy.tasks.ultralytics_format import (
-    LAYOUT_HELP,
-    LAYOUTS,
-    built_layout,
-    check_layout,
-    resolve_layout,
-    with_layout,
-)
+from dgh_deploy.tasks.ultralytics_format import LAYOUT_HELP, LAYOUTS, built_layout, check_layout, with_layout
 from dgh_deploy.verification.layers import LayerError
 
 log = logging.getLogger("dgh_deploy")
@@ -127,7 +120,7 @@ class TensorRTInt8Target(Target):
     def deploy_form(self, model: LoadedModel) -> LoadedModel:
         """Decoded in the graph unless ``--layout`` says otherwise: the outputs are float, so the int8 step
         that makes ``maps`` tflite-int8's default does not apply."""
-        return with_layout(model, resolve_layout(self.layout, model, "split"))
+        return with_layout(model, self.layout, "split")
 
     def _checked_act_range(self, model: LoadedModel) -> ActRange:
         opts = self.options

@@ -65,14 +65,7 @@ from dgh_deploy.targets.tflite.converter import (
 from dgh_deploy.targets.tflite.integer_ops import check_full_integer
 from dgh_deploy.targets.tflite.section import MicroSection, TFLiteSection, tflite_section
 from dgh_deploy.targets.tflite.silu_floor import DEFAULT_FLOOR, floor_silu
-from dgh_deploy.tasks.ultralytics_format import (
-    LAYOUT_HELP,
-    LAYOUTS,
-    built_layout,
-    check_layout,
-    resolve_layout,
-    with_layout,
-)
+from dgh_deploy.tasks.ultralytics_format import LAYOUT_HELP, LAYOUTS, built_layout, check_layout, with_layout
 from dgh_deploy.verification.layers import LayerError
 from dgh_deploy.verification.parity import ParityResult, check_float_parity, compare_outputs
 
@@ -470,7 +463,7 @@ class TFLiteInt8Target(Target):
     def deploy_form(self, model: LoadedModel) -> LoadedModel:
         """A detector ends at its raw maps unless ``--layout`` says otherwise (``DetectLayout.maps``: int8
         boxes and scores cost YOLOv5n at 640 about half a point of mAP50-95 more)."""
-        return with_layout(model, resolve_layout(self.layout, model, "maps"))
+        return with_layout(model, self.layout, "maps")
 
     def _ultralytics_file(self, model: LoadedModel, artifacts: dict[str, Path],
                           calib: CalibrationSet) -> tuple[Runner, dict[str, Any]]:
