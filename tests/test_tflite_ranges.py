@@ -48,8 +48,18 @@ def test_a_percentile_outside_the_range_is_refused() -> None:
         check_percentile(40.0)
 
 
-def loaded(task: str) -> LoadedModel:
-    return LoadedModel(module=nn.Identity(), name=task, task=task, imgsz=(8, 8), preprocessing=Preprocessing())
+def loaded(task: str, imgsz: tuple[int, int] = (8, 8)) -> LoadedModel:
+    return LoadedModel(module=nn.Identity(), name=task, task=task, imgsz=imgsz, preprocessing=Preprocessing())
+
+
+def test_a_large_detector_takes_mse_ranges() -> None:
+    """At 640 x 480 pixels and above a detector's ranges are mse (measured at 320 and 640); a classifier's,
+    and what the user asks for, stay as they are."""
+    assert act_range_for(loaded("detect", (640, 640)), TargetOptions())[0] == "mse"
+    assert act_range_for(loaded("detect", (480, 640)), TargetOptions())[0] == "mse"
+    assert act_range_for(loaded("detect", (320, 640)), TargetOptions())[0] == "minmax"
+    assert act_range_for(loaded("classify", (640, 640)), TargetOptions())[0] == "minmax"
+    assert act_range_for(loaded("detect", (640, 640)), TargetOptions(act_range="minmax"))[0] == "minmax"
 
 
 @pytest.mark.parametrize(("task", "options", "expected"), [

@@ -73,6 +73,7 @@ log = logging.getLogger("dgh_deploy")
 
 IDENTITY_IMAGES = 4  # the Ultralytics file against the split one: any rewiring shows on every image
 DETECTOR_PERCENTILE = 99.999  # see act_range_for
+DETECTOR_MSE_PIXELS = 640 * 480  # a detector's input from this many pixels takes mse ranges (act_range_for)
 PARITY_IMAGES = 32  # enough to see a broken layer (a wrong one moves every logit), cheap at batch 1
 PROBE_IMAGES = 8  # random-pixel images for the check before generation: a mis-conversion moves every output
 # An export rewrite may move each output by this much of its scale (max |output|): under half an
@@ -125,17 +126,23 @@ def default_weight_rounding(model: LoadedModel | None) -> str:
 
 def act_range_for(model: LoadedModel | None, opts: TargetOptions) -> tuple[str, float]:
     """(method, percentile) of the activation ranges: the user's ``--act-range`` / ``--percentile``,
-    else min/max, for detectors too, by measurement.
+    else min/max, and mse for a detector of at least :data:`DETECTOR_MSE_PIXELS`, by measurement.
 
-    YOLOv5n at 320 over three DGH seeds x three picks of 64 images (``bench/tflite_ranges.py``):
-    min/max 27.17 to 28.00 mAP50-95 (float 27.37), percentile 99.999 26.54 to 27.46. TFLite's
-    activation ranges are asymmetric per tensor, so a percentile clips both tails, and the top
-    tail of a detector's head maps is its confident boxes (TensorRT's symmetric |x| percentile
-    clips only the outliers' side of each tensor and is its detector default). A detector asking
-    for percentile ranges gets 99.999 unless ``--percentile`` says otherwise.
+    YOLOv5n over three DGH seeds (``bench/tflite_ranges.py``, litert-torch, GPTQ weights, maps
+    layout): at 320 min/max 28.54 / 28.31 / 28.72 mAP50-95 (float 27.34), mse 27.14 on seed 0; at
+    640 min/max 31.41 / 31.60 / 32.04, mse 32.06 / 32.35 / 32.14 (float 33.08). A per-tensor
+    min/max is set by the few most extreme pixels, and a 640 image has four times as many of them
+    to draw: its ranges widen and every value loses resolution, which mse's clipping wins back; at
+    320 the clipped tails (the confident boxes' responses) cost more than they give. Before GPTQ and
+    the maps layout, at 320: min/max 27.17 to 28.00, percentile 99.999 26.54 to 27.46 (onnx2tf).
+    TFLite's activation ranges are asymmetric per tensor, so a percentile clips both tails (TensorRT's
+    symmetric |x| percentile clips only the outliers' side and is its detector default). A detector
+    asking for percentile ranges gets 99.999 unless ``--percentile`` says otherwise.
     """
     detector = model is not None and model.task == "detect"
-    return opts.act_range or "minmax", opts.percentile_or(DETECTOR_PERCENTILE if detector else DEFAULT_PERCENTILE)
+    large = detector and model is not None and model.imgsz[0] * model.imgsz[1] >= DETECTOR_MSE_PIXELS
+    return opts.act_range or ("mse" if large else "minmax"), \
+        opts.percentile_or(DETECTOR_PERCENTILE if detector else DEFAULT_PERCENTILE)
 
 
 def installed_converter() -> str:
