@@ -119,8 +119,9 @@ def default_weight_rounding(model: LoadedModel | None) -> str:
     Measured with ``bench/tflite_ranges.py``'s ``/gptq`` builds on YOLOv5n (litert-torch, min/max
     ranges, 2-core AVX2): at 640 every one of 3 DGH seeds up, mean 30.53 -> 30.87 mAP50-95; at 320
     27.28 -> 28.27 on seed 0. The default 640 job with it took 983 s of its 20 minutes
-    (``bench/input_sizes.py``). On EfficientNet-Lite0 it lowered agreement with float (90.63% against
-    92.19%, real calibration), so classifiers keep nearest."""
+    (``bench/input_sizes.py``; 1,182 s since, with the maps layout and mse ranges). On
+    EfficientNet-Lite0 it lowered agreement with float (90.63% against 92.19%, real calibration), so
+    classifiers keep nearest."""
     return "gptq" if model is not None and model.task == "detect" else "nearest"
 
 
