@@ -49,14 +49,6 @@ def check_layout(layout: str, model: LoadedModel, target: str) -> None:
                        "on the host (its file ends at the raw head maps)", "drop --layout for this model")
 
 
-def _resolved(layout: str, model: LoadedModel, default: str) -> str:
-    """The layout a job builds: ``layout`` if given; a detector decoded on the host has only ``maps``."""
-    if layout:
-        return layout
-    in_graph = model.task == "detect" and hasattr(model.module, "detect_layout")
-    return default if in_graph or model.task != "detect" else "maps"
-
-
 def built_layout(model: LoadedModel, layout: str) -> str:
     """The layout a build of ``model`` wrote, for the report: ``ultralytics`` where asked, else what the
     model's graph ends with (``maps`` or ``split``; ``split`` for a classifier)."""
@@ -68,8 +60,8 @@ def built_layout(model: LoadedModel, layout: str) -> str:
 def with_layout(model: LoadedModel, layout: str, default: str = "split") -> LoadedModel:
     """``model`` with its deploy form in ``layout`` (``""``: ``default``): a built-in detector's graph ends
     at its raw maps for ``maps`` and decodes for the others. A shallow copy: the caller's module is left
-    as it was."""
-    layout = _resolved(layout, model, default)
+    as it was. A protocol detector (maps only) and a classifier come back as they are."""
+    layout = layout or default
     current = getattr(model.module, "detect_layout", None)
     if model.task != "detect" or not isinstance(current, DetectLayout) or current.maps == (layout == "maps"):
         return model
