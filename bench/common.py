@@ -150,7 +150,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    units = next((name for flag, name in (("avx512_bf16", "AVX-512 with bf16"), ("avx512f", "AVX-512"),
+    units = next((name for flag, name in (("amx_bf16", "AVX-512 and AMX with bf16"),
+                                          ("avx512_bf16", "AVX-512 with bf16"), ("avx512f", "AVX-512"),
                                           ("avx2", "AVX2")) if flag in flags), "")
     return f"{os.cpu_count()}-core CPU ({cpu}{', ' + units if units else ''}), Python {platform.python_version()}"
 

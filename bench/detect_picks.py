@@ -31,11 +31,14 @@ HOLDOUT = 8  # the job's default hold-out for 64 calibration images
 
 
 def make_set(case: Case, source: str, seed: int, n: int, iters: int, path: Path) -> None:
-    """One (source, seed) set of ``n`` images, saved atomically to ``path``."""
+    """One (source, seed) set of ``n`` images, saved atomically to ``path``. A generated source names
+    its precision as ``bench/seeds.py`` labels it: ``dgh-bf16``; plain ``dgh`` is fp32, as every set
+    before bf16 was, whatever the job's default on this machine."""
     import dgh_deploy
     from dgh_deploy.calibration import CalibrationSet
 
     t0 = time.perf_counter()
+    source, _, precision = source.partition("-")
     if source == "real":
         every = dgh_deploy.generate(case.model, weights=case.weights, imgsz=case.imgsz, calib=f"real:{case.real}",
                                     n_images=count_images(case.real), progress=False)
@@ -45,7 +48,7 @@ def make_set(case: Case, source: str, seed: int, n: int, iters: int, path: Path)
         calib.save(path)
     else:
         dgh_deploy.generate(case.model, weights=case.weights, imgsz=case.imgsz, calib=source, n_images=n,
-                            iters=iters, seed=seed, out=str(path), progress=False)
+                            iters=iters, seed=seed, precision=precision or "fp32", out=str(path), progress=False)
     print(f"made {path.name} in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
