@@ -47,15 +47,18 @@ def v8() -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Both targets on the same generated set (the second is a cache hit): {target: (report, out dir)}."""
+    """Both targets, and tensorrt-int8 with the maps layout, on the same generated set (the later jobs hit
+    the cache): {target[:layout]: (report, out dir)}."""
     root = tmp_path_factory.mktemp("detect-targets")
     common = dict(model="yolov8n.yaml", imgsz=IMGSZ, calib="dgh", iters=2, n_images=8, cache_dir=str(root / "cache"),
                   human_report=False, threads=2)
     out: dict[str, Any] = {}
-    for target in ("tflite-int8", "tensorrt-int8"):
-        torch.manual_seed(0)  # the YAML model's random weights: the same model for both jobs
-        report = dgh_deploy.deploy(target=target, out=str(root / target), **common).report
-        out[target] = (report, root / target)
+    for name in ("tflite-int8", "tensorrt-int8", "tensorrt-int8:maps"):
+        target, _, layout = name.partition(":")
+        torch.manual_seed(0)  # the YAML model's random weights: the same model for every job
+        folder = root / name.replace(":", "-")
+        settings = {"layout": layout} if layout else {}
+        out[name] = (dgh_deploy.deploy(target=target, out=str(folder), **common, **settings).report, folder)
     return out
 
 
@@ -216,6 +219,27 @@ def test_tensorrt_detector_qdq_follows_tensorrt_rules(jobs: dict[str, Any], v8: 
     out = OnnxRuntimeRunner(folder / rep.artifacts["model"].path).infer(x)
     assert [o.shape for o in out] == [(2, 4, ANCHORS), (2, NC, ANCHORS)]
     assert (folder / rep.artifacts["cache"].path).read_text().startswith("TRT-")
+
+
+@pytest.mark.slow  # shares one DGH generation and two conversions (~100 s)
+def test_tensorrt_maps_layout_ends_at_float_maps_the_host_decodes(jobs: dict[str, Any], v8: LoadedModel) -> None:
+    """``--layout maps`` on tensorrt-int8: the Q/DQ file ends at the head's six raw maps (float, as every
+    TensorRT output is), in PyTorch's order; decoded on the host they give the split file's boxes and scores."""
+    report, folder = jobs["tensorrt-int8:maps"]
+    rep = _written(report, folder)
+    assert rep.target.facts.layout == "maps" and rep.calibration.cached
+    path = folder / rep.artifacts["model"].path
+    assert len(onnx.load(str(path)).graph.output) == 6
+    x = np.random.default_rng(3).uniform(0, 1, (2, 3, IMGSZ, IMGSZ)).astype(np.float32)
+    maps = OnnxRuntimeRunner(path).infer(x)
+    assert [o.shape for o in maps] == [(2, c, IMGSZ // s, IMGSZ // s) for s in (8, 16, 32) for c in (64, NC)]
+    boxes, scores = with_layout(v8, "maps").module.decode_outputs(maps, (IMGSZ, IMGSZ))
+    split_rep, split_folder = jobs["tensorrt-int8"]
+    split_boxes, split_scores = OnnxRuntimeRunner(split_folder / split_rep.artifacts["model"].path).infer(x)
+    np.testing.assert_allclose(boxes.numpy(), split_boxes, atol=1e-3 * float(np.abs(split_boxes).max()))
+    np.testing.assert_allclose(scores.numpy(), split_scores, atol=1e-3)
+    meanings = [o.meaning for o in rep.contract.outputs]
+    assert len(meanings) == 6 and "softmax over the bins" in meanings[0] and "sigmoid" in meanings[1]
 
 
 # --- bad input -----------------------------------------------------------------------------------------
