@@ -27,7 +27,7 @@ from typing import Any
 from bench import common
 from bench.common import Case, set_path
 from bench.detect_picks import HOLDOUT
-from bench.tflite_ranges import Builder
+from bench.tflite_ranges import Builder, checked_layout
 
 
 def build_and_score(builder: Builder, calib: Any, int16_layers: tuple[str, ...] = (), act_bits: int = 8,
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace, case: Case) -> dict[str, Any]:
     case = replace(case, imgsz=args.imgsz or case.imgsz)
     folder = Path(args.sets or common.WORK / "picks" / ("sets" if case.imgsz == 320 else f"sets{case.imgsz}"))
     state = common.read_state(args.json, {"sets": {}})
+    state["layout"] = checked_layout(state, state["sets"], args.layout, args.json)
     state.update(machine=common.machine(), model=case.model, imgsz=case.imgsz, k=args.k)
     todo = [(src, seed) for src in common.split_list(args.sources) for seed in common.parse_seeds(args.seeds)
             if f"{src} seed {seed}" not in state["sets"]]
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace, case: Case) -> dict[str, Any]:
     if missing:
         raise SystemExit(f"bench.int16_repair: no set {', '.join(missing)}; make them with bench.tflite_ranges")
     if todo:
-        builder = Builder(case, args.threads, "litert-torch")
+        builder = Builder(case, args.threads, "litert-torch", state["layout"])
         state.setdefault("float", builder.float_metric())
         for i, (src, seed) in enumerate(todo, 1):
             t0 = time.perf_counter()
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_threads(2)
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the case's, 320)")
     p.add_argument("--sets", default="", help="where bench.tflite_ranges keeps the sets")
+    p.add_argument("--layout", default="", choices=("", "maps", "split"),
+                   help="the detector's output layout (default maps, tflite-int8's; a results file keeps its own)")
     p.add_json(str(common.RESULTS / "int16_repair_yolov5n_cpu.json"),
                help="finished sets (JSON): a second run continues from them")
     args = p.parse(argv)

@@ -983,7 +983,8 @@ def section_int16_repair(files: dict[str, dict]) -> list[str]:
         gains = [e["mixed"]["map"] - e["int8"]["map"] for e in data.get("sets", {}).values()]
         mean = f"; mean recovery {signed(statistics.fmean(gains))} over {len(gains)} sets" if gains else ""
         lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; {data['model']} at "
-                  f"{data['imgsz']}, tflite-int8 (litert-torch, min/max ranges), mAP50-95 on LiteRT (float "
+                  f"{data['imgsz']}, tflite-int8 (litert-torch, min/max ranges, {data.get('layout', 'split')} layout), "
+                  f"mAP50-95 on LiteRT (float "
                   f"{num(data.get('float'))}), {data['k']} modules at int16{mean}.", "",
                   *markdown(int16_repair_table(data)), ""]
     return lines

@@ -77,6 +77,17 @@ class Builder:
         return float(self.task.evaluate(runner, self.model, self.case.val_data, None)[self.task.metric])
 
 
+def checked_layout(state: dict[str, Any], done: dict[str, Any], asked: str, json_path: str) -> str:
+    """The detector layout a bench's builds use: ``asked`` (default maps, tflite-int8's), refused
+    where ``state`` already holds builds (``done``) of another. Files written before the maps layout
+    record none: theirs was split."""
+    layout = asked or "maps"
+    if done and state.get("layout", "split") != layout:
+        sys.exit(f"{json_path} holds builds of the {state.get('layout', 'split')} layout: pass --layout "
+                 f"{state.get('layout', 'split')} or another --json")
+    return layout
+
+
 def summary(state: dict[str, Any], methods: list[str], sources: list[str], seeds: list[int], picks: int) -> str:
     flt = state.get("float", float("nan"))
     lines = [f"Measured on {state['machine']}; {state['model']} at {state['imgsz']}, "
@@ -115,11 +126,7 @@ def run(args: argparse.Namespace, case: Case) -> dict[str, Any]:
     state = common.read_state(args.json, {"builds": {}, "timings": {}})
     from dgh_deploy.targets.tflite.target import installed_converter
 
-    layout = args.layout or "maps"
-    if state["builds"] and state.get("layout", "split") != layout:  # files before the maps layout: split
-        sys.exit(f"{args.json} holds builds of the {state.get('layout', 'split')} layout: pass --layout "
-                 f"{state.get('layout', 'split')} or another --json")
-    state["layout"] = layout
+    layout = state["layout"] = checked_layout(state, state["builds"], args.layout, args.json)
     state.update(machine=common.machine(), model=case.model, imgsz=case.imgsz,
                  converter=args.converter or installed_converter())
     for src in sources:

@@ -131,3 +131,16 @@ def test_seeds_makes_a_set_per_schedule_for_generated_sources_only() -> None:
     made = runs(["dgh", "noise"], ["fp32"], ["1", "0.5:0.6,1:0.4"])
     assert [label(*r) for r in made] == ["dgh", "dgh@0.5:0.6,1:0.4", "noise"]
     assert [label(*r) for r in runs(["dgh"], ["fp32", "bf16"])] == ["dgh", "dgh-bf16"]
+
+
+def test_a_detector_bench_keeps_the_layout_its_results_file_was_built_with() -> None:
+    """bench/tflite_ranges.py and bench/int16_repair.py: maps by default; a file with builds continues only in
+    its own layout (a file from before the maps layout records none: it was split)."""
+    from bench.tflite_ranges import checked_layout
+
+    assert checked_layout({}, {}, "", "r.json") == "maps"
+    assert checked_layout({}, {}, "split", "r.json") == "split"
+    assert checked_layout({"layout": "maps"}, {"a": 1.0}, "", "r.json") == "maps"
+    assert checked_layout({}, {"a": 1.0}, "split", "r.json") == "split"
+    with pytest.raises(SystemExit, match="pass --layout split or another --json"):
+        checked_layout({}, {"a": 1.0}, "", "r.json")
