@@ -104,7 +104,7 @@ def _record(report: dict[str, Any], wall: float) -> dict[str, Any]:
         "wall_s": round(wall, 1), "times_s": report["times_s"], "images": cal["images"],
         "held_out": cal["held_out"], "budget": cal.get("budget"), "stages": cal["settings"].get("stages"),
         "generation_s": cal["stats"].get("time_s"), "estimated_s": cal["stats"].get("estimated_s"),
-        "stage_s": cal["stats"].get("stage_s"),
+        "stage_s": cal["stats"].get("stage_s"), "precision": cal["settings"].get("precision"),
         "converter": report["target"].get("converter"), "data_free": m.get("data_free"),
         "load_after": common.load_average(),
     }

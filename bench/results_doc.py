@@ -874,9 +874,11 @@ def input_size_table(case: dict) -> Table:
         stages = " / ".join(f"{s[3] - s[2]} at {s[0]}" for s in run.get("stages") or []) or "full size"
         gen, est = run.get("generation_s"), run.get("estimated_s")
         ratio = f" ({est / gen:.2f}x)" if gen and est else ""
+        precision = f" ({run['precision']})" if run.get("precision") not in (None, "fp32") else ""
         rows.append([key, f"{budget.get('n_images', run['images'])} x {budget.get('iters', '-')}" if budget else
-                     f"{run['images']} real", stages if budget else "-", num(gen, 0), f"{num(est, 0)}{ratio}",
-                     num(run["wall_s"], 0), num(run.get("load_after"), 2), input_size_quality(run)])
+                     f"{run['images']} real", stages if budget else "-", f"{num(gen, 0)}{precision}",
+                     f"{num(est, 0)}{ratio}", num(run["wall_s"], 0), num(run.get("load_after"), 2),
+                     input_size_quality(run)])
     return ["run", "images x iterations", "iterations at each side", "generation, s", "estimate printed, s",
             "job, s", "load after", "int8"], rows
 
@@ -1163,7 +1165,7 @@ def readme_block(results: dict[str, Any]) -> str:
                  else f"measured on {picks.get('machine', 'a machine not recorded')}")
         lines += ["", f"{picks.get('model')} at {picks.get('imgsz')}, mAP50-95, mean of {over} "
                       f"(`bench/results/picks_yolov5n_cpu.json`, {where}): {text}."]
-    lines += readme_input_sizes(results.get("input_sizes_cpu.json"))
+    lines += readme_input_sizes({n: d for n, d in results.items() if n.startswith("input_sizes_")})
     lines += readme_ranges(results)
     lines += readme_converters(results)
     speed = [(n, results[n]) for n in ("generation_r20_cpu.json", "generation_r20_h100.json") if n in results]
@@ -1180,29 +1182,34 @@ def readme_block(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def readme_input_sizes(data: dict | None) -> list[str]:
-    """One line: what the default job costs at real input sizes, and its int8 result (the run a case's
-    ``default_run`` names, else its least loaded default DGH run)."""
-    if not data:
-        return []
-    parts = []
-    for name, case in data["cases"].items():
-        runs = case["runs"]
-        key = case.get("default_run") or min((k for k in runs if k.startswith("dgh:")),
-                                             key=lambda k: runs[k].get("load_after") or 0.0, default=None)
-        if key is None:
-            continue
-        run = runs[key]
-        quality = input_size_quality(run).split(" on ")[0]
-        if "agreement" in run:  # one set is one sample: the seeds' mean, beside real calibration's
-            dgh, real = ([r["agreement"]["top1_agreement"] for k, r in runs.items() if k.startswith(f"{source}:")]
-                         for source in ("dgh", "real"))
-            quality = f"top-1 agreement with float {statistics.fmean(dgh):.2f}% over {len(dgh)} DGH seeds" + (
-                f" (real calibration {statistics.fmean(real):.2f}%)" if real else "")
-        parts.append(f"{name.replace(':', ' at ')} {num(run['wall_s'], 0)} s (generation "
-                     f"{num(run['generation_s'], 0)} s, estimated {num(run['estimated_s'], 0)}), {quality}")
-    return ["", f"The default `tflite-int8` job at real input sizes, one process from a cold cache, measured on "
-                f"{data.get('machine')} (`bench/results/input_sizes_cpu.json`): {'; '.join(parts)}."]
+def readme_input_sizes(files: dict[str, dict]) -> list[str]:
+    """One line per machine (results file): what the default job costs at real input sizes, and its int8
+    result (the run a case's ``default_run`` names, else its least loaded default DGH run)."""
+    lines = []
+    for name, data in sorted(files.items()):
+        parts = [part for case in data["cases"].items() if (part := _input_size_case(*case))]
+        if parts:
+            lines += ["", f"The default `tflite-int8` job at real input sizes, one process from a cold cache, measured "
+                          f"on {data.get('machine')} (`bench/results/{name}`): {'; '.join(parts)}."]
+    return lines
+
+
+def _input_size_case(name: str, case: dict) -> str:
+    runs = case["runs"]
+    key = case.get("default_run") or min((k for k in runs if k.startswith("dgh:")),
+                                         key=lambda k: runs[k].get("load_after") or 0.0, default=None)
+    if key is None:
+        return ""
+    run = runs[key]
+    quality = input_size_quality(run).split(" on ")[0]
+    if "agreement" in run:  # one set is one sample: the seeds' mean, beside real calibration's
+        dgh, real = ([r["agreement"]["top1_agreement"] for k, r in runs.items() if k.startswith(f"{source}:")]
+                     for source in ("dgh", "real"))
+        quality = f"top-1 agreement with float {statistics.fmean(dgh):.2f}% over {len(dgh)} DGH seeds" + (
+            f" (real calibration {statistics.fmean(real):.2f}%)" if real else "")
+    precision = f", generation in {run['precision']}" if run.get("precision") not in (None, "fp32") else ""
+    return (f"{name.replace(':', ' at ')} {num(run['wall_s'], 0)} s (generation {num(run['generation_s'], 0)} s, "
+            f"estimated {num(run['estimated_s'], 0)}{precision}), {quality}")
 
 
 def readme_ranges(results: dict[str, dict]) -> list[str]:
