@@ -60,7 +60,7 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to generate (default cpu)")
     g.add_argument("--precision", choices=("fp32", "bf16", "auto"),
                    help="generation arithmetic: bf16 autocast (statistics and images stay float32/64) where "
-                        "the CPU or GPU has native bfloat16; auto picks it there (default fp32)")
+                        "the CPU or GPU has native bfloat16; auto (the default) picks it there, fp32 elsewhere")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--resume", action="store_true", help="continue an interrupted generation from its checkpoint")
     _verbosity(p)

@@ -255,9 +255,11 @@ _MEMORY_SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(2)
 from dgh_deploy.loading import load_model
-from dgh_deploy.generation import make_calibration_set
+from dgh_deploy.generation import DGHConfig, make_calibration_set
 from dgh_deploy.generation.memory import peak_rss_mb
-cs = make_calibration_set(load_model("demo"), "dgh", int(sys.argv[1]), 1, progress=False)
+# fp32 whatever the CPU: bf16 activations are half the size, so the chunks the test counts would differ
+cs = make_calibration_set(load_model("demo"), "dgh", int(sys.argv[1]), 1, progress=False,
+                          config=DGHConfig(precision="fp32"))
 print(json.dumps({"rss_mb": peak_rss_mb(),
                   "chunks": cs.stats["chunks"], "shape": list(cs.images.shape)}))
 """

@@ -84,7 +84,7 @@ def test_cache_key_has_the_resolved_precision(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setattr(precision, "cpu_has_bf16", lambda native=native: native)
         fp32 = key("fp32")
         assert key("auto") == (key("bf16") if native else fp32)
-        assert key(None) == key(DGHConfig().precision)  # no choice: the default, resolved
+        assert key(None) == key(DGHConfig().precision) == key("auto")  # no choice: auto, resolved
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     assert key("bf16") != key("fp32")
     assert job_recipe("bns", "bf16", "cpu").precision == "bf16"  # the baseline's recipe takes it too

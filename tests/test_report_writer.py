@@ -49,8 +49,11 @@ def since_golden(old: dict[str, Any]) -> dict[str, Any]:
     their own below). 1.2 took
     :data:`MOVED_TO_TARGETS` out of config.options (none of the seven jobs gives one, so none lands
     in target_settings). The detector goldens' split layout, the default when they were written, is
-    asked for by name since maps became tflite-int8's: it lands in target_settings."""
+    asked for by name since maps became tflite-int8's: it lands in target_settings. So is their fp32
+    generation, since auto became the default: it lands in config, after calib."""
     new = json.loads(json.dumps(old))
+    new["config"] = {k: v for key, value in new["config"].items()
+                     for k, v in ([(key, value), ("precision", "fp32")] if key == "calib" else [(key, value)])}
     new["schema_version"] = REPORT_SCHEMA_VERSION  # 1.4 added values (BGR, stretch), no keys
     for key in MOVED_TO_TARGETS:
         new["config"]["options"].pop(key)
@@ -98,11 +101,12 @@ def check_layers(layers: dict[str, Any], table: dict[str, Any], out: Path) -> No
     worst = [w["sqnr_db"] for w in layers["worst"]]
     assert worst == sorted(worst) and worst[0] <= layers["median_db"] < 100  # noise may exceed signal: < 0 dB
 
+# The goldens were generated in fp32, the default then: a CPU with native bf16 would now generate in bf16.
 DEMO = ["--n-images", "16", "--iters", "4", "--holdout", "8", "--val-data", "{assets}/cifar10/test",
-        "--val-limit", "64", "--seed", "3"]
+        "--val-limit", "64", "--seed", "3", "--precision", "fp32"]
 YOLO = ["--model", "yolov5n", "--weights", "{assets}/yolov5n/yolov5n-coco-v6.1.pt", "--imgsz", "160",
         "--n-images", "8", "--iters", "2", "--holdout", "8", "--val-data", "{assets}/coco128/coco128.yaml",
-        "--val-limit", "8", "--seed", "3"]
+        "--val-limit", "8", "--seed", "3", "--precision", "fp32"]
 JOBS = {
     "demo_tflite-int8": ["--target", "tflite-int8", *DEMO, "--max-drop", "50"],
     "demo_ethos-u": ["--target", "ethos-u", *DEMO, "--require-npu"],
@@ -136,13 +140,20 @@ def differences(old: dict[str, Any], new: dict[str, Any], ignored: tuple[str, ..
                 f"only new {sorted({k for k, _ in b} - {k for k, _ in a})} (or their order)"]
     found = []
     for (key, x), (_, y) in zip(a, b, strict=True):
-        if key.startswith(VOLATILE + ignored) or re.sub(r"(\[\d+\])+$", "", key).endswith(TIMINGS) or _same(x, y):
+        if key.startswith(VOLATILE + ignored) or re.sub(r"(\[\d+\])+$", "", key).endswith(TIMINGS) or _same(key, x, y):
             continue
         found.append(f"{key}: {x!r} -> {y!r}")
     return found
 
 
-def _same(x: Any, y: Any) -> bool:
+def _same(key: str, x: Any, y: Any) -> bool:
+    # Another CPU's rounding also moves what a job writes as decimal text (the sim target's scales
+    # JSON: a digit more or fewer, 23262 -> 23267 bytes on an AVX-512 Xeon) and can flip one of the 8
+    # held-out images (12.5 points of agreement).
+    if key.endswith(".bytes") and isinstance(x, int) and isinstance(y, int):
+        return math.isclose(x, y, rel_tol=1e-3)
+    if key.endswith("agreement") and isinstance(y, (int, float)):
+        return abs(x - y) <= 100 / 8
     if isinstance(x, float) or isinstance(y, float):
         # Exact on the machine that wrote them; another CPU's float rounding moves a metric a little.
         return isinstance(y, (int, float)) and math.isclose(x, y, rel_tol=0.05, abs_tol=5.0)
@@ -162,6 +173,10 @@ def test_the_comparison_sees_a_moved_key_and_a_changed_value() -> None:
     assert differences(old, {"a": 2, "b": {"c": "x", "d": 2.0}, "times_s": {"e": 1.0}}) == ["a: 1 -> 2"]
     # a stage's seconds are a timing wherever they sit, in a list too
     assert differences({"stats": {"stage_s": [0.3]}}, {"stats": {"stage_s": [9.2]}}) == []
+    # another CPU's rounding: a few bytes of decimal text, one of 8 images; not more
+    assert differences({"m": {"bytes": 23262, "agreement": 100.0}}, {"m": {"bytes": 23267, "agreement": 87.5}}) == []
+    moved = {"m": {"bytes": 23362, "agreement": 75.0}}
+    assert len(differences({"m": {"bytes": 23262, "agreement": 100.0}}, moved)) == 2
 
 
 @pytest.mark.parametrize("name", [

@@ -2,7 +2,8 @@
 task and input size and the device, before anything runs.
 
 The rule depends on nothing measured, so the same command makes the same images (and hits the
-same cache entry) on any machine; the measured time is printed beside it before generation
+same cache entry) on any machine of the same precision (``--precision auto``, the default, is bf16
+where the hardware has it: precision.py); the measured time is printed beside it before generation
 starts (``Generator.announce``). Sizes the project's quality tables were measured at keep
 their budgets: CIFAR classifiers 256 x 500, detectors up to 320 pixels 64 x 200 on a CPU.
 Larger inputs on a CPU run coarse to fine (:mod:`scales`): most iterations at a side near

@@ -51,7 +51,8 @@ class DGHConfig:
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores
     # fp32 | bf16 | auto: bfloat16 autocast of the model's forward and backward (the images, the
     # optimiser, the statistics and the losses stay float32/float64); auto is bf16 where the
-    # device has native bf16 (precision.py). Resolved before a run: settings record fp32 or bf16.
+    # device has native bf16 (precision.py), the default. Resolved before a run: settings record
+    # fp32 or bf16.
     precision: str = DEFAULT_PRECISION
     memory_mb: int | None = None  # activation memory a run may hold; None: chosen for the device
     checkpoint_every: int = 50  # iterations between checkpoints
