@@ -138,7 +138,7 @@ def full_size_step_s(case: SizeCase, n_images: int, iters: int, steps: int) -> d
     from dgh_deploy.loading import load_model
 
     model = load_model(case.model, case.weights, None, case.imgsz)
-    recipe = job_recipe("dgh", None, "cpu")  # the full size only
+    recipe = job_recipe("dgh", None, "cpu", module=model.module)  # the full size only
     for k in (1, steps):
         gen = Generator(model, n_images, k, config=recipe)
         try:

@@ -80,7 +80,7 @@ def generate(
         job_recipe(calib, precision, device)  # bf16 where the device lacks it: refused before the model loads
     loaded = load_model(model, weights, task, imgsz)
     budget = default_budget(loaded, device)
-    recipe = job_recipe(calib, precision, device, scales or budget.scales) if generated else None
+    recipe = job_recipe(calib, precision, device, scales or budget.scales, loaded.module) if generated else None
     if out is not None:
         total = n_images or budget.n_images
         check_free_space(Path(out).parent, job_bytes(total, loaded.imgsz, 0)[0], "the calibration set", "--out")

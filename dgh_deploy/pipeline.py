@@ -277,7 +277,7 @@ def _calibration_images(config: DeployConfig, model: LoadedModel) -> tuple[Calib
     total = n_images + _holdout(config, model)
     checkpoint = Path(config.out).with_name(Path(config.out).name + ".generation.ckpt")
     # One recipe, precision resolved (auto -> fp32 or bf16), makes the images and the cache key.
-    recipe = job_recipe(config.calib, config.precision, config.device, budget.scales)
+    recipe = job_recipe(config.calib, config.precision, config.device, budget.scales, model.module)
     if _generates(config):
         log.info("generation budget: %s + %d held out (%s)", budget.describe(), total - n_images, budget.basis)
 

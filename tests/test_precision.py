@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from test_generation_models import as_loaded, tiny_bn_net
+from torch import nn
 
 from dgh_deploy import __version__
 from dgh_deploy.calibration import cache
@@ -52,6 +53,20 @@ def test_auto_is_bf16_with_native_bf16(cpu_bf16: None) -> None:
     assert precision.resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(DGHError, match="unknown precision 'fp16'"):
         precision.resolve_precision("fp16", "cpu")
+
+
+def test_auto_keeps_fp32_for_depthwise_convolutions_on_a_cpu(cpu_bf16: None) -> None:
+    """A model with grouped (depthwise) convolutions generates no faster in bf16 on a CPU (oneDNN's bf16
+    depthwise kernels are memory-bound): auto gives it fp32, in the job's recipe and in the Generator
+    alike; bf16 asked for by name still runs; a dense model gets bf16."""
+    depthwise = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                              nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    assert precision.resolve_precision("auto", "cpu", depthwise) == "fp32"
+    assert precision.resolve_precision("bf16", "cpu", depthwise) == "bf16"
+    assert precision.resolve_precision("auto", "cpu", tiny_bn_net()) == "bf16"
+    assert job_recipe("dgh", None, "cpu", module=depthwise).precision == "fp32"
+    assert job_recipe("dgh", None, "cpu", module=tiny_bn_net()).precision == "bf16"
+    assert Generator(as_loaded(depthwise), 4, 1).settings["precision"] == "fp32"
 
 
 @pytest.mark.parametrize(("caps", "native"), [

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from torch import nn
+
 from dgh_deploy.generation.precision import DEFAULT_PRECISION, resolve_precision
 from dgh_deploy.generation.scales import FULL_SIZE_ONLY, Scale
 
@@ -68,10 +70,10 @@ class DGHConfig:
     def hashed_settings(self) -> dict[str, Any]:
         return {k: v for k, v in self.as_dict().items() if k not in RUNTIME_ONLY}
 
-    def resolved(self, device: str) -> DGHConfig:
-        """This recipe as it runs on ``device``: ``precision`` fp32 or bf16, never auto, so that
-        the settings, the checkpoint hash and the cache key say what actually ran."""
-        return replace(self, precision=resolve_precision(self.precision, device))
+    def resolved(self, device: str, module: nn.Module | None = None) -> DGHConfig:
+        """This recipe as it runs on ``device`` for ``module``: ``precision`` fp32 or bf16, never auto,
+        so that the settings, the checkpoint hash and the cache key say what actually ran."""
+        return replace(self, precision=resolve_precision(self.precision, device, module))
 
 
 def bns_config() -> DGHConfig:
@@ -94,9 +96,9 @@ def default_recipe(source: str) -> DGHConfig:
 
 
 def job_recipe(source: str, precision: str | None, device: str,
-               scales: tuple[Scale, ...] = FULL_SIZE_ONLY) -> DGHConfig:
-    """The recipe a job runs on ``device``: :func:`default_recipe` with ``precision`` (None: the
-    default), resolved, and the budget's resolution schedule. The same object builds the images
-    and the cache key."""
+               scales: tuple[Scale, ...] = FULL_SIZE_ONLY, module: nn.Module | None = None) -> DGHConfig:
+    """The recipe a job runs on ``device`` for ``module``: :func:`default_recipe` with ``precision``
+    (None: the default), resolved, and the budget's resolution schedule. The same object builds the
+    images and the cache key."""
     recipe = replace(default_recipe(source), scales=scales)
-    return (recipe if precision is None else replace(recipe, precision=precision)).resolved(device)
+    return (recipe if precision is None else replace(recipe, precision=precision)).resolved(device, module)

@@ -119,7 +119,7 @@ class Generator:
         require_batchnorm(model, "DGH" if source == "dgh" else f"--calib {source}")
         self.model, self.n, self.iters, self.seed, self.source = model, n_images, iters, seed, source
         self.device = check_device(device)
-        self.config = _run_config(config or DGHConfig(), self.device, dtype)
+        self.config = _run_config(config or DGHConfig(), self.device, dtype, model.module)
         self.dist = dist
         self.offset, self.n_local = self._shard_bounds()
         self.dtype = dtype
@@ -647,12 +647,12 @@ class _HeapPolicy:
             self._kept.enter_context(keep_freed_memory())
 
 
-def _run_config(config: DGHConfig, device: torch.device, dtype: torch.dtype) -> DGHConfig:
+def _run_config(config: DGHConfig, device: torch.device, dtype: torch.dtype, module: torch.nn.Module) -> DGHConfig:
     """``config`` as it runs: precision resolved (fp32 or bf16). Autocast lowers float32 only, so
     a model kept in another dtype (the tests' float64) runs in that dtype and records fp32."""
     if dtype != torch.float32:
         config = replace(config, precision="fp32")
-    return config.resolved(str(device))
+    return config.resolved(str(device), module)
 
 
 def _total(parts: list[StatSums]) -> StatSums:

@@ -4,7 +4,8 @@ hardware has native bfloat16 arithmetic.
 ``fp32``: no autocast. ``bf16``: the model's convolutions and matrix products run under
 ``torch.autocast(device, torch.bfloat16)``; the images, their gradient, the optimiser state, the
 image pipeline, the BN-input statistics (float64 sums) and the losses stay float32/float64.
-``auto`` (the default): bf16 where the device computes it natively, else fp32. Over three seeds
+``auto`` (the default): bf16 where the device computes it natively, else fp32; fp32 on a CPU for a
+model with depthwise convolutions, which run slower in bf16 there (:func:`bf16_is_slower`). Over three seeds
 bf16 sets calibrate as well as fp32 ones (cifar_resnet20 under the ``sim`` target,
 ``bench/results/precision_r20_cpu.json``; YOLOv5n at 640 on tflite-int8, mean mAP50-95 32.16
 against 32.18, ``bench/results/tflite_ranges_yolov5n_640_maps_bf16_litert_cpu.json``), so the
@@ -24,6 +25,7 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+from torch import nn
 
 from dgh_deploy.errors import DGHError
 
@@ -34,8 +36,8 @@ DEFAULT_PRECISION = "auto"  # see DGHConfig.precision and the module docstring
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16", "svebf16")
 
 
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """``fp32`` or ``bf16``: what ``precision`` means on ``device`` (``auto`` decided here).
+def resolve_precision(precision: str, device: str | torch.device, module: nn.Module | None = None) -> str:
+    """``fp32`` or ``bf16``: what ``precision`` means on ``device`` for ``module`` (``auto`` decided here).
 
     An explicit ``bf16`` where the device has no native bf16 is refused (one line naming the fix)."""
     if precision not in PRECISIONS:
@@ -44,11 +46,20 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
         return "fp32"
     native = native_bf16(torch.device(device))
     if precision == "auto":
-        return "bf16" if native else "fp32"
+        return "bf16" if native and not bf16_is_slower(module, torch.device(device)) else "fp32"
     if not native:
         raise DGHError(f"--precision bf16 asked for, but {_why_not_bf16(torch.device(device))}",
                        "use --precision fp32, or auto (bf16 only where the hardware has it)")
     return "bf16"
+
+
+def bf16_is_slower(module: nn.Module | None, device: torch.device) -> bool:
+    """Whether ``module`` generates no faster in bf16 on a CPU with it: one with grouped (depthwise)
+    convolutions. oneDNN's bf16 depthwise convolutions are memory-bound and AMX multiplies dense tiles
+    only: on a 2-core Xeon with AMX a depthwise 3x3 or 5x5 forward + backward took 1.25x to 1.5x its fp32 time,
+    EfficientNet-Lite0's whole step 1.17x at 112 px, 1.04x at 224, where YOLOv5n's took 0.75x to 0.84x."""
+    return device.type == "cpu" and module is not None and any(
+        isinstance(m, nn.Conv2d) and m.groups > 1 for m in module.modules())
 
 
 def native_bf16(device: torch.device) -> bool:
