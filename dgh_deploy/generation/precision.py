@@ -56,8 +56,10 @@ def resolve_precision(precision: str, device: str | torch.device, module: nn.Mod
 def bf16_is_slower(module: nn.Module | None, device: torch.device) -> bool:
     """Whether ``module`` generates no faster in bf16 on a CPU with it: one with grouped (depthwise)
     convolutions. oneDNN's bf16 depthwise convolutions are memory-bound and AMX multiplies dense tiles
-    only: on a 2-core Xeon with AMX a depthwise 3x3 or 5x5 forward + backward took 1.25x to 1.5x its fp32 time,
-    EfficientNet-Lite0's whole step 1.17x at 112 px, 1.04x at 224, where YOLOv5n's took 0.75x to 0.84x."""
+    only: on a 2-core Xeon with AMX a depthwise 3x3 or 5x5 forward + backward took 1.25x to 1.5x its
+    fp32 time and EfficientNet-Lite0's step 1.17x at 112 px, 1.04x at 224 (its whole jobs, one each,
+    within the machine's spread of each other), where YOLOv5n's took 0.75x to 0.84x. Without a gain
+    the reference arithmetic stays."""
     return device.type == "cpu" and module is not None and any(
         isinstance(m, nn.Conv2d) and m.groups > 1 for m in module.modules())
 
