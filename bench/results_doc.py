@@ -1183,15 +1183,17 @@ def readme_block(results: dict[str, Any]) -> str:
 
 
 def readme_input_sizes(files: dict[str, dict]) -> list[str]:
-    """One line per machine (results file): what the default job costs at real input sizes, and its int8
-    result (the run a case's ``default_run`` names, else its least loaded default DGH run)."""
-    lines = []
+    """One line: what the default job costs at real input sizes, and its int8 result, per machine (results
+    file; the run a case's ``default_run`` names, else its least loaded default DGH run)."""
+    machines = []
     for name, data in sorted(files.items()):
         parts = [part for case in data["cases"].items() if (part := _input_size_case(*case))]
         if parts:
-            lines += ["", f"The default `tflite-int8` job at real input sizes, one process from a cold cache, measured "
-                          f"on {data.get('machine')} (`bench/results/{name}`): {'; '.join(parts)}."]
-    return lines
+            machines.append(f"on {data.get('machine')} (`bench/results/{name}`): {'; '.join(parts)}")
+    if not machines:
+        return []
+    return ["", "The default `tflite-int8` job at real input sizes, one process from a cold cache, measured "
+                + ". Measured ".join(machines) + "."]
 
 
 def _input_size_case(name: str, case: dict) -> str:

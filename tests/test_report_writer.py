@@ -52,8 +52,11 @@ def since_golden(old: dict[str, Any]) -> dict[str, Any]:
     asked for by name since maps became tflite-int8's: it lands in target_settings. So is their fp32
     generation, since auto became the default: it lands in config, after calib."""
     new = json.loads(json.dumps(old))
-    new["config"] = {k: v for key, value in new["config"].items()
-                     for k, v in ([(key, value), ("precision", "fp32")] if key == "calib" else [(key, value)])}
+    config, new["config"] = new["config"], {}
+    for key, value in config.items():
+        new["config"][key] = value
+        if key == "calib":
+            new["config"]["precision"] = "fp32"
     new["schema_version"] = REPORT_SCHEMA_VERSION  # 1.4 added values (BGR, stretch), no keys
     for key in MOVED_TO_TARGETS:
         new["config"]["options"].pop(key)
