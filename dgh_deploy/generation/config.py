@@ -13,7 +13,7 @@ from dgh_deploy.generation.scales import FULL_SIZE_ONLY, Scale
 
 # Settings that change how fast or how often, never which images come out: left out of the
 # checkpoint's settings hash so that a resumed run may use another memory budget.
-RUNTIME_ONLY = ("memory_mb", "checkpoint_every", "cuda_graphs")
+RUNTIME_ONLY = ("memory_mb", "checkpoint_every", "cuda_graphs", "compiled_kernels")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,9 @@ class DGHConfig:
     # On one GPU, capture a step's forward and backward once as a CUDA graph and replay it: at
     # CIFAR sizes the launches of several hundred small kernels, not the arithmetic, set the pace.
     cuda_graphs: bool = True
+    # On a CPU, each BN layer's affine and statistics as one compiled loop each way (bn_kernels.py).
+    # The same sums in the same precisions, added in another order: a set made either way serves.
+    compiled_kernels: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as JSON holds them (``scales`` as lists), so that a set's settings compare

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.generation import draws
 from dgh_deploy.generation.augment import ImagePipeline
+from dgh_deploy.generation.bn_kernels import FusedKernels
 from dgh_deploy.generation.checkpoint import load_checkpoint, save_checkpoint, settings_hash
 from dgh_deploy.generation.collective import Collective, shard_of
 from dgh_deploy.generation.config import DGHConfig, scaled_extra_pixels
@@ -128,7 +129,8 @@ class Generator:
         self.channels_last = (cfg.channels_last and self.device.type in ("cpu", "cuda")
                               and dtype == torch.float32)  # faster convolutions (oneDNN, tensor cores)
         self.module = self._prepare_module()
-        self.recorder = BNInputRecorder(self.module)
+        self.kernels = FusedKernels(cfg.compiled_kernels)
+        self.recorder = BNInputRecorder(self.module, self.kernels)
         self.layer_names = probe_forward(model, self.module, self.recorder, self.task, self.device, dtype)
         self.input_stats = input_statistics(model.preprocessing, cfg.input_prior)
         self.bn_loss = BNAlignmentLoss(self.recorder.reference(self.layer_names, self.device, self.input_stats),
@@ -604,6 +606,7 @@ class Generator:
             "chunks": -(-self.n // self.chunk),
             "retained_graphs": self.retain,  # one forward per step (True) or two (see the module doc)
             "cuda_graph": graphed,
+            "bn_kernels": "compiled" if self.kernels.ran_compiled else "eager",
             "peak_memory_mb": round(peak, 1),
             "stage_s": [round(s, 2) for s in run.stage_s],  # steps' seconds per stage (coarse to fine)
             "device": str(self.device),

@@ -7,8 +7,9 @@ what makes DGH's joint optimisation exact for any set size.
 
 Collection is the hot path of generation (every BN input, every step, forward and
 backward), so standard BN layers are swapped, in the generator's private copy of the
-model, for :class:`StatsBatchNorm`: eval-mode BN and the sums in one autograd node whose
-backward is three in-place passes, instead of BN + reductions + gradient accumulation.
+model, for :class:`StatsBatchNorm`: eval-mode BN and the sums in one autograd node, instead of
+BN + reductions + gradient accumulation; on a CPU its forward and backward are each one
+compiled loop (:mod:`bn_kernels`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from dgh_deploy.generation.bn_kernels import FusedKernels
 
 INPUT = "<input>"  # the model input counts as a layer; its reference comes from input_prior.py
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -118,19 +121,23 @@ class _AffineWithSums(torch.autograd.Function):
     """``y = x * scale + shift`` per channel (eval-mode BN), plus the channel sums of ``x``."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                kernels: FusedKernels) -> tuple[torch.Tensor, ...]:
         ctx.save_for_backward(x, scale)
-        y = torch.addcmul(_bcast(shift, x), x, _bcast(scale, x))
-        return (y, *_sums(x))
+        ctx.kernels = kernels
+        y, s, q = kernels.forward(x, scale, shift)
+        return y, s.double().sum(0), q.double().sum(0)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor | None, gs: torch.Tensor | None,
-                 gq: torch.Tensor | None) -> tuple[torch.Tensor | None, None, None]:
+                 gq: torch.Tensor | None) -> tuple[torch.Tensor | None, None, None, None]:
         x, scale = ctx.saved_tensors
-        gx = _sums_backward(x, gs, gq)
-        if gy is not None:
-            gx.addcmul_(gy.to(gx.dtype), _bcast(scale, gx))  # the BN path, accumulated in place
-        return gx.to(x.dtype), None, None
+        if gy is None:  # the BN output reaches no loss: the statistics' gradient alone
+            return _sums_backward(x, gs, gq).to(x.dtype), None, None, None
+        zero = torch.zeros_like(scale)
+        a = gs if gs is not None else zero
+        b = 2 * gq if gq is not None else zero
+        return ctx.kernels.backward(x, gy, scale, a, b), None, None, None
 
 
 def channel_sums(x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -142,8 +149,10 @@ def channel_sums(x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
 class StatsBatchNorm(nn.Module):
     """Eval-mode BatchNorm that reports the channel sums of its input to a callback."""
 
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, report: Callable[..., None]) -> None:
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, report: Callable[..., None],
+                 kernels: FusedKernels | None = None) -> None:
         super().__init__()
+        self.kernels = kernels or FusedKernels(compiled=False)
         inv = torch.rsqrt(bn.running_var.detach() + bn.eps)
         w = bn.weight.detach() if bn.weight is not None else torch.ones_like(inv)
         b = bn.bias.detach() if bn.bias is not None else torch.zeros_like(inv)
@@ -153,10 +162,10 @@ class StatsBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
-            y, s, q = _AffineWithSums.apply(x, self.scale, self.shift)
+            y, s, q = _AffineWithSums.apply(x, self.scale, self.shift, self.kernels)
         else:
-            s, q = _sums(x)
-            y = torch.addcmul(_bcast(self.shift, x), x, _bcast(self.scale, x))
+            y, s, q = self.kernels.forward(x, self.scale, self.shift)
+            s, q = s.double().sum(0), q.double().sum(0)
         self.report(float(x.numel() // x.shape[1]), s, q)
         return y
 
@@ -173,17 +182,18 @@ class BNInputRecorder:
     Plain ``nn.BatchNorm{1,2,3}d`` layers are replaced in ``module`` (which must be a private
     copy) by :class:`StatsBatchNorm`; other BN subclasses keep their own forward and get a
     pre-hook. Use ``recorder.start(x)``, run the model on ``x``, then ``recorder.take(names)``.
-    A layer called twice in one forward contributes both inputs.
+    A layer called twice in one forward contributes both inputs. ``kernels``: how the replaced
+    layers compute (eagerly where None).
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, kernels: FusedKernels | None = None) -> None:
         self.layers = bn_layers(module)
         self.names = [INPUT] + [name for name, _ in self.layers]
         self._current: dict[str, tuple[float, torch.Tensor, torch.Tensor]] = {}
         self._handles = []
         for name, m in self.layers:
             if type(m) in _PLAIN_BN:
-                _replace(module, name, StatsBatchNorm(m, self._reporter(name)))
+                _replace(module, name, StatsBatchNorm(m, self._reporter(name), kernels))
             else:
                 self._handles.append(m.register_forward_pre_hook(self._hook(name)))
 

@@ -1,0 +1,152 @@
+"""The arithmetic of a BN layer in a generation step, as one fused loop each way on a CPU.
+
+For every BN input ``x`` a step computes the eval-mode affine ``y = x * scale + shift`` and the
+per-image channel sums of ``x`` and ``x * x`` (forward), then ``gx = a + b * x + gy * scale``
+(backward, ``a`` and ``b`` the statistics loss's per-channel coefficients). Eager PyTorch makes
+each operation a pass over memory (the float32 conversion, the square, two sums, the affine; in
+backward the conversion, two multiply-adds, the cast back), and at ResNet-20's 16 to 64 channels
+those passes, not the convolutions, took most of a bf16 step on a 2-core AMX Xeon. Compiled by
+``torch.compile`` (inductor), each direction is one vectorised loop that reads ``x`` once:
+the step ran 1.5x faster (bench/results/whole_process_r20_fused_cpu.json has the whole process).
+
+The tensors are viewed as (images, pixels, channels) for channels-last inputs and (images,
+channels, pixels) otherwise, so that the loops run along memory. Compiled once per process with
+dynamic shapes (one kernel pair serves every layer, chunk and coarse-to-fine stage) and kept in
+inductor's disk cache: about 15 s the first time on a machine, 1 to 2 s in later processes. CPU
+only: a GPU step is one CUDA graph already (cuda_graph.py). Where compiling fails (no C++
+compiler, say) the same functions run eagerly after one warning; ``TORCHDYNAMO_DISABLE=1`` turns
+compiling off.
+
+Per-image sums are float32, as the eager path's: the caller adds them across images in float64.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from dgh_deploy.errors import exc_reason
+
+log = logging.getLogger("dgh_deploy")
+
+# Below this many elements an image's fused loop saves less than a compiled call costs (the test
+# suite's toy networks run eagerly). Decided per image, never per chunk: the compiled and the eager
+# sums add in different orders, and an image's sums must not depend on the chunk it is in.
+MIN_IMAGE_ELEMENTS = 1024
+_COMPILED_DTYPES = (torch.float32, torch.bfloat16)
+_SLOW_COMPILE_S = 5.0  # a first call this slow was a compile: say so once
+
+
+def _channel_dim(x: torch.Tensor) -> int:
+    """2 where ``x`` is a channels-last image batch (viewed as images, pixels, channels), else 1
+    (images, channels, pixels)."""
+    channels_last = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return 2 if channels_last else 1
+
+
+def _rows(t: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """``t`` as the 3-d view of :func:`_channel_dim` (a copy where ``t`` is laid out otherwise)."""
+    n, c = t.shape[:2]
+    if channel_dim == 2:
+        return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n, -1, c)
+    return t.contiguous().view(n, c, -1)
+
+
+def _unrows(t: torch.Tensor, like: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """The inverse of :func:`_rows`: ``t`` in ``like``'s shape and memory format."""
+    if channel_dim == 2:
+        n, c, h, w = like.shape
+        return t.view(n, h, w, c).permute(0, 3, 1, 2)
+    return t.view(like.shape)
+
+
+def _per_channel(v: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    return v.view(-1) if channel_dim == 2 else v.view(-1, 1)
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or its own dtype where that is wider (the tests' float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def affine_and_sums(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                    channel_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x * scale + shift`` in ``x``'s dtype, and per image the float32 channel sums of ``x`` and ``x * x``
+    (``x``: a :func:`_rows` view)."""
+    pixels = 3 - channel_dim
+    y = torch.addcmul(_per_channel(shift.to(x.dtype), channel_dim), x, _per_channel(scale.to(x.dtype), channel_dim))
+    xf = _wide(x)
+    return y, xf.sum(pixels), (xf * xf).sum(pixels)
+
+
+def affine_and_sums_grad(x: torch.Tensor, gy: torch.Tensor, scale: torch.Tensor, a: torch.Tensor,
+                         b: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """``a + b * x + gy * scale`` computed in float32 (or wider) and rounded to ``x``'s dtype once. Not in bf16:
+    ``a`` and ``b * x`` nearly cancel where a channel's mean is large beside its spread."""
+    xf = _wide(x)
+    gx = torch.addcmul(_per_channel(a.to(xf.dtype), channel_dim), xf, _per_channel(b.to(xf.dtype), channel_dim))
+    return torch.addcmul(gx, gy.to(xf.dtype), _per_channel(scale.to(xf.dtype), channel_dim)).to(x.dtype)
+
+
+_EAGER: dict[str, Callable[..., Any]] = {"forward": affine_and_sums, "backward": affine_and_sums_grad}
+_compiled: dict[str, Callable[..., Any]] = {}  # this process's compiled functions, made on first use
+_compiling_failed: list[str] = []  # the reason, once compiling has failed in this process
+
+
+class FusedKernels:
+    """:func:`affine_and_sums` and its gradient on whole BN inputs: compiled where that pays
+    (``compiled``, a CPU, float32 or bfloat16, images of at least :data:`MIN_IMAGE_ELEMENTS`), else eager."""
+
+    def __init__(self, compiled: bool) -> None:
+        self.compiled = compiled
+        self.ran_compiled = False  # whether any call ran compiled: what a run's statistics record
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor,
+                shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(y, sum, sum of squares)``: the affine in ``x``'s shape and format, and the float32 sums
+        per image and channel, (images, channels)."""
+        dim = _channel_dim(x)
+        # Per-channel operands in their loop's dtype beforehand: a cast inside a compiled loop
+        # is redone for every element (it made the backward loop 2.5x slower).
+        y, s, q = self._run("forward", _rows(x, dim), scale.to(x.dtype), shift.to(x.dtype), dim)
+        return _unrows(y, x, dim), s, q
+
+    def backward(self, x: torch.Tensor, gy: torch.Tensor, scale: torch.Tensor, a: torch.Tensor,
+                 b: torch.Tensor) -> torch.Tensor:
+        """``a + b * x + gy * scale`` in ``x``'s shape, format and dtype (``a``, ``b``: per channel)."""
+        dim, wide = _channel_dim(x), torch.promote_types(x.dtype, torch.float32)
+        gx = self._run("backward", _rows(x, dim), _rows(gy, dim), scale.to(wide), a.to(wide), b.to(wide), dim)
+        return _unrows(gx, x, dim)
+
+    def _use_compiled(self, x: torch.Tensor) -> bool:
+        return (self.compiled and not _compiling_failed and x.device.type == "cpu" and x.dtype in _COMPILED_DTYPES
+                and x[0].numel() >= MIN_IMAGE_ELEMENTS)
+
+    def _run(self, direction: str, x: torch.Tensor, *args: Any) -> Any:
+        if not self._use_compiled(x):
+            return _EAGER[direction](x, *args)
+        if direction not in _compiled:
+            # torch warns, on a machine without CUDA, that it found none: not news on a CPU run.
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            _compiled[direction] = torch.compile(_EAGER[direction], dynamic=True)
+        for t in (x, *args):
+            if isinstance(t, torch.Tensor) and t.ndim == 3:
+                # One loop for every image count: dynamo would otherwise compile a variant for a
+                # single image, whose sums may add in another order than a batch's.
+                torch._dynamo.decorators.mark_unbacked(t, 0)
+        t0 = time.perf_counter()
+        try:
+            out = _compiled[direction](x, *args)
+        except Exception as exc:  # any compiler failure: the eager loop is the same math
+            _compiling_failed.append(exc_reason(exc, 160))
+            log.warning("compiling the fused BN kernels failed, running them eagerly (slower): %s",
+                        _compiling_failed[0])
+            return _EAGER[direction](x, *args)
+        if (took := time.perf_counter() - t0) > _SLOW_COMPILE_S:
+            log.info("compiled the fused BN kernels in %.0f s (inductor caches them for later runs)", took)
+        self.ran_compiled = True
+        return out
