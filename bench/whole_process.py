@@ -49,11 +49,25 @@ def generate_command(args: Any, out: Path, extra: str = "") -> list[str]:
             "--out", str(out), *extra.split()]
 
 
-def run_tree(tree: Path, args: Any, scratch: Path, extra: str = "") -> dict[str, Any]:
-    """One whole ``generate`` process of ``tree`` (with ``extra`` options): its wall time and the load
-    average after it."""
+def split_variant(variant: str, scratch: Path) -> tuple[dict[str, str], str]:
+    """A variant's environment (its ``NAME=value`` words; the value ``{fresh}``: a new empty folder,
+    e.g. ``TORCHINDUCTOR_CACHE_DIR={fresh}`` for a first run on a machine) and its options."""
+    env, options = {}, []
+    for word in variant.split():
+        name, eq, value = word.partition("=")
+        if eq and name.isupper() and not name.startswith("-"):
+            env[name] = tempfile.mkdtemp(dir=scratch) if value == "{fresh}" else value
+        else:
+            options.append(word)
+    return env, " ".join(options)
+
+
+def run_tree(tree: Path, args: Any, scratch: Path, variant: str = "") -> dict[str, Any]:
+    """One whole ``generate`` process of ``tree`` (with ``variant``'s environment and options): its wall
+    time and the load average after it."""
     out = scratch / f"{tree.name}.npz"
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads)}
+    variant_env, extra = split_variant(variant, scratch)
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads), **variant_env}
     t0 = time.perf_counter()
     proc = subprocess.run(generate_command(args, out, extra), cwd=scratch, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -72,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--variants", default="", help="';'-separated options for more runs of this tree in each "
-                                                  "round, e.g. '--scales 0.5:0.4,1:0.6' (each against the baseline)")
+                                                  "round, e.g. '--scales 0.5:0.4,1:0.6' (each against the baseline); "
+                                                  "NAME=value words set the environment ('{fresh}': an empty folder)")
     p.add_threads()
     p.add_json(str(common.RESULTS / "whole_process_r20_cpu.json"))
     args = p.parse(argv)

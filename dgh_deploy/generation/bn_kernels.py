@@ -57,11 +57,13 @@ def _rows(t: torch.Tensor, channel_dim: int) -> torch.Tensor:
 
 
 def _unrows(t: torch.Tensor, like: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """The inverse of :func:`_rows`: ``t`` in ``like``'s shape and memory format."""
+    """The inverse of :func:`_rows`: ``t`` in ``like``'s shape and memory format. Not a view (detached):
+    autograd forbids modifying a view a custom function returns in place, and models do modify a
+    BN layer's output in place (``nn.ReLU(inplace=True)``, ``out += shortcut``)."""
     if channel_dim == 2:
         n, c, h, w = like.shape
-        return t.view(n, h, w, c).permute(0, 3, 1, 2)
-    return t.view(like.shape)
+        return t.view(n, h, w, c).permute(0, 3, 1, 2).detach()
+    return t.view(like.shape).detach()
 
 
 def _per_channel(v: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -73,23 +75,29 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def affine_and_sums(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                    channel_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``x * scale + shift`` in ``x``'s dtype, and per image the float32 channel sums of ``x`` and ``x * x``
-    (``x``: a :func:`_rows` view)."""
+def affine_and_sums(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, channel_dim: int,
+                    relu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x * scale + shift`` in ``x``'s dtype (clamped at 0 with ``relu``), and per image the float32
+    channel sums of ``x`` and ``x * x`` (``x``: a :func:`_rows` view)."""
     pixels = 3 - channel_dim
-    y = torch.addcmul(_per_channel(shift.to(x.dtype), channel_dim), x, _per_channel(scale.to(x.dtype), channel_dim))
+    y = torch.addcmul(_per_channel(shift, channel_dim), x, _per_channel(scale, channel_dim))
+    if relu:
+        y = y.clamp_min(0)
     xf = _wide(x)
     return y, xf.sum(pixels), (xf * xf).sum(pixels)
 
 
-def affine_and_sums_grad(x: torch.Tensor, gy: torch.Tensor, scale: torch.Tensor, a: torch.Tensor,
-                         b: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """``a + b * x + gy * scale`` computed in float32 (or wider) and rounded to ``x``'s dtype once. Not in bf16:
-    ``a`` and ``b * x`` nearly cancel where a channel's mean is large beside its spread."""
-    xf = _wide(x)
-    gx = torch.addcmul(_per_channel(a.to(xf.dtype), channel_dim), xf, _per_channel(b.to(xf.dtype), channel_dim))
-    return torch.addcmul(gx, gy.to(xf.dtype), _per_channel(scale.to(xf.dtype), channel_dim)).to(x.dtype)
+def affine_and_sums_grad(x: torch.Tensor, gy: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                         a: torch.Tensor, b: torch.Tensor, channel_dim: int, relu: bool) -> torch.Tensor:
+    """``a + b * x + gy * scale`` computed in float32 (or wider) and rounded to ``x``'s dtype once, with
+    ``relu`` where ``x * scale + shift > 0`` only in the last term. Not in bf16: ``a`` and ``b * x``
+    nearly cancel where a channel's mean is large beside its spread."""
+    xf, per_channel = _wide(x), (lambda v: _per_channel(v, channel_dim))
+    gy = gy.to(xf.dtype)
+    if relu:
+        gy = torch.where(torch.addcmul(per_channel(shift), xf, per_channel(scale)) > 0, gy, 0.0)
+    gx = torch.addcmul(per_channel(a), xf, per_channel(b))
+    return torch.addcmul(gx, gy, per_channel(scale)).to(x.dtype)
 
 
 _EAGER: dict[str, Callable[..., Any]] = {"forward": affine_and_sums, "backward": affine_and_sums_grad}
@@ -105,21 +113,23 @@ class FusedKernels:
         self.compiled = compiled
         self.ran_compiled = False  # whether any call ran compiled: what a run's statistics record
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor,
-                shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(y, sum, sum of squares)``: the affine in ``x``'s shape and format, and the float32 sums
-        per image and channel, (images, channels)."""
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                relu: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(y, sum, sum of squares)``: the affine (then ReLU with ``relu``) in ``x``'s shape and
+        format, and the float32 sums per image and channel, (images, channels)."""
         dim = _channel_dim(x)
         # Per-channel operands in their loop's dtype beforehand: a cast inside a compiled loop
         # is redone for every element (it made the backward loop 2.5x slower).
-        y, s, q = self._run("forward", _rows(x, dim), scale.to(x.dtype), shift.to(x.dtype), dim)
+        y, s, q = self._run("forward", _rows(x, dim), scale.to(x.dtype), shift.to(x.dtype), dim, relu)
         return _unrows(y, x, dim), s, q
 
-    def backward(self, x: torch.Tensor, gy: torch.Tensor, scale: torch.Tensor, a: torch.Tensor,
-                 b: torch.Tensor) -> torch.Tensor:
-        """``a + b * x + gy * scale`` in ``x``'s shape, format and dtype (``a``, ``b``: per channel)."""
+    def backward(self, x: torch.Tensor, gy: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                 a: torch.Tensor, b: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """The gradient of :meth:`forward`: ``a + b * x + gy * scale`` (``gy`` masked where the ReLU
+        clamped, with ``relu``) in ``x``'s shape, format and dtype (``a``, ``b``: per channel)."""
         dim, wide = _channel_dim(x), torch.promote_types(x.dtype, torch.float32)
-        gx = self._run("backward", _rows(x, dim), _rows(gy, dim), scale.to(wide), a.to(wide), b.to(wide), dim)
+        per_channel = [v.to(wide) for v in (scale, shift, a, b)]
+        gx = self._run("backward", _rows(x, dim), _rows(gy, dim), *per_channel, dim, relu)
         return _unrows(gx, x, dim)
 
     def _use_compiled(self, x: torch.Tensor) -> bool:

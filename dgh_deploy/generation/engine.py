@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from dgh_deploy.errors import DGHError, exc_reason
 from dgh_deploy.generation import draws
+from dgh_deploy.generation.activation_fusion import fuse_relus
 from dgh_deploy.generation.augment import ImagePipeline
 from dgh_deploy.generation.bn_kernels import FusedKernels
 from dgh_deploy.generation.checkpoint import load_checkpoint, save_checkpoint, settings_hash
@@ -131,6 +132,9 @@ class Generator:
         self.module = self._prepare_module()
         self.kernels = FusedKernels(cfg.compiled_kernels)
         self.recorder = BNInputRecorder(self.module, self.kernels)
+        self.fused_relus = 0
+        if self.kernels.compiled and self.device.type == "cpu":
+            self.module, self.fused_relus = fuse_relus(self.module)
         self.layer_names = probe_forward(model, self.module, self.recorder, self.task, self.device, dtype)
         self.input_stats = input_statistics(model.preprocessing, cfg.input_prior)
         self.bn_loss = BNAlignmentLoss(self.recorder.reference(self.layer_names, self.device, self.input_stats),
@@ -607,6 +611,7 @@ class Generator:
             "retained_graphs": self.retain,  # one forward per step (True) or two (see the module doc)
             "cuda_graph": graphed,
             "bn_kernels": "compiled" if self.kernels.ran_compiled else "eager",
+            "fused_relus": self.fused_relus,  # ReLUs folded into their BN layer's kernels
             "peak_memory_mb": round(peak, 1),
             "stage_s": [round(s, 2) for s in run.stage_s],  # steps' seconds per stage (coarse to fine)
             "device": str(self.device),

@@ -118,26 +118,27 @@ class _ChannelSums(torch.autograd.Function):
 
 
 class _AffineWithSums(torch.autograd.Function):
-    """``y = x * scale + shift`` per channel (eval-mode BN), plus the channel sums of ``x``."""
+    """``y = x * scale + shift`` per channel (eval-mode BN, then ReLU with ``relu``), plus the channel
+    sums of ``x``."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                kernels: FusedKernels) -> tuple[torch.Tensor, ...]:
-        ctx.save_for_backward(x, scale)
-        ctx.kernels = kernels
-        y, s, q = kernels.forward(x, scale, shift)
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, kernels: FusedKernels,
+                relu: bool) -> tuple[torch.Tensor, ...]:
+        ctx.save_for_backward(x, scale, shift)
+        ctx.kernels, ctx.relu = kernels, relu
+        y, s, q = kernels.forward(x, scale, shift, relu)
         return y, s.double().sum(0), q.double().sum(0)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor | None, gs: torch.Tensor | None,
-                 gq: torch.Tensor | None) -> tuple[torch.Tensor | None, None, None, None]:
-        x, scale = ctx.saved_tensors
+                 gq: torch.Tensor | None) -> tuple[torch.Tensor | None, None, None, None, None]:
+        x, scale, shift = ctx.saved_tensors
         if gy is None:  # the BN output reaches no loss: the statistics' gradient alone
-            return _sums_backward(x, gs, gq).to(x.dtype), None, None, None
+            return _sums_backward(x, gs, gq).to(x.dtype), None, None, None, None
         zero = torch.zeros_like(scale)
         a = gs if gs is not None else zero
         b = 2 * gq if gq is not None else zero
-        return ctx.kernels.backward(x, gy, scale, a, b), None, None, None
+        return ctx.kernels.backward(x, gy, scale, shift, a, b, ctx.relu), None, None, None, None
 
 
 def channel_sums(x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -153,6 +154,7 @@ class StatsBatchNorm(nn.Module):
                  kernels: FusedKernels | None = None) -> None:
         super().__init__()
         self.kernels = kernels or FusedKernels(compiled=False)
+        self.relu = False  # the ReLU after this layer, folded in (activation_fusion.py)
         inv = torch.rsqrt(bn.running_var.detach() + bn.eps)
         w = bn.weight.detach() if bn.weight is not None else torch.ones_like(inv)
         b = bn.bias.detach() if bn.bias is not None else torch.zeros_like(inv)
@@ -162,9 +164,9 @@ class StatsBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
-            y, s, q = _AffineWithSums.apply(x, self.scale, self.shift, self.kernels)
+            y, s, q = _AffineWithSums.apply(x, self.scale, self.shift, self.kernels, self.relu)
         else:
-            y, s, q = self.kernels.forward(x, self.scale, self.shift)
+            y, s, q = self.kernels.forward(x, self.scale, self.shift, self.relu)
             s, q = s.double().sum(0), q.double().sum(0)
         self.report(float(x.numel() // x.shape[1]), s, q)
         return y
