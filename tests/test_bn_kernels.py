@@ -182,3 +182,19 @@ def test_a_model_fx_cannot_trace_keeps_its_relus() -> None:
     net = Dynamic().eval()
     BNInputRecorder(net)
     assert fuse_relus(net) == (net, 0)
+
+
+def test_one_compiled_loop_serves_every_shape_relu_and_autocast_state() -> None:
+    """A compile costs seconds: image counts (one included), channel and pixel counts (equal ones
+    included), layers with and without a ReLU, and calls inside and outside autocast share one
+    loop per direction and dtype."""
+    from torch._dynamo.utils import counters
+
+    kernels = FusedKernels(True)
+    before = counters["stats"]["unique_graphs"]
+    for n, c, hw, relu in ((3, 16, 16, False), (1, 16, 16, True), (2, 64, 8, True), (5, 32, 12, False)):
+        x = _batch(torch.float32, torch.channels_last, n=n, c=c, hw=hw)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=relu):
+            kernels.forward(x, torch.rand(c), torch.rand(c), relu)
+    assert kernels.ran_compiled
+    assert counters["stats"]["unique_graphs"] - before <= 1  # none where an earlier test compiled it

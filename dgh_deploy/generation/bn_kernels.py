@@ -23,6 +23,7 @@ Per-image sums are float32, as the eager path's: the caller adds them across ima
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,8 +53,10 @@ def _rows(t: torch.Tensor, channel_dim: int) -> torch.Tensor:
     """``t`` as the 3-d view of :func:`_channel_dim` (a copy where ``t`` is laid out otherwise)."""
     n, c = t.shape[:2]
     if channel_dim == 2:
-        return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n, -1, c)
-    return t.contiguous().view(n, c, -1)
+        rows = t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n, -1, c)
+    else:
+        rows = t.contiguous().view(n, c, -1)
+    return rows.detach()  # not a view: dynamo would guard on the shape of the tensor it views
 
 
 def _unrows(t: torch.Tensor, like: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -76,26 +79,27 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
 
 
 def affine_and_sums(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, channel_dim: int,
-                    relu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``x * scale + shift`` in ``x``'s dtype (clamped at 0 with ``relu``), and per image the float32
-    channel sums of ``x`` and ``x * x`` (``x``: a :func:`_rows` view)."""
+                    floor: torch.Tensor | float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x * scale + shift`` in ``x``'s dtype (clamped below at ``floor``: 0 is a ReLU), and per image
+    the float32 channel sums of ``x`` and ``x * x`` (``x``: a :func:`_rows` view)."""
     pixels = 3 - channel_dim
     y = torch.addcmul(_per_channel(shift, channel_dim), x, _per_channel(scale, channel_dim))
-    if relu:
-        y = y.clamp_min(0)
+    if floor is not None:
+        y = y.clamp_min(floor)
     xf = _wide(x)
     return y, xf.sum(pixels), (xf * xf).sum(pixels)
 
 
 def affine_and_sums_grad(x: torch.Tensor, gy: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                         a: torch.Tensor, b: torch.Tensor, channel_dim: int, relu: bool) -> torch.Tensor:
-    """``a + b * x + gy * scale`` computed in float32 (or wider) and rounded to ``x``'s dtype once, with
-    ``relu`` where ``x * scale + shift > 0`` only in the last term. Not in bf16: ``a`` and ``b * x``
-    nearly cancel where a channel's mean is large beside its spread."""
+                         a: torch.Tensor, b: torch.Tensor, channel_dim: int,
+                         floor: torch.Tensor | float | None) -> torch.Tensor:
+    """The gradient of :func:`affine_and_sums`: ``a + b * x + gy * scale``, ``gy`` only where
+    ``x * scale + shift > floor``, computed in float32 (or wider) and rounded to ``x``'s dtype once.
+    Not in bf16: ``a`` and ``b * x`` nearly cancel where a channel's mean is large beside its spread."""
     xf, per_channel = _wide(x), (lambda v: _per_channel(v, channel_dim))
     gy = gy.to(xf.dtype)
-    if relu:
-        gy = torch.where(torch.addcmul(per_channel(shift), xf, per_channel(scale)) > 0, gy, 0.0)
+    if floor is not None:
+        gy = torch.where(torch.addcmul(per_channel(shift), xf, per_channel(scale)) > floor, gy, 0.0)
     gx = torch.addcmul(per_channel(a), xf, per_channel(b))
     return torch.addcmul(gx, gy, per_channel(scale)).to(x.dtype)
 
@@ -120,7 +124,7 @@ class FusedKernels:
         dim = _channel_dim(x)
         # Per-channel operands in their loop's dtype beforehand: a cast inside a compiled loop
         # is redone for every element (it made the backward loop 2.5x slower).
-        y, s, q = self._run("forward", _rows(x, dim), scale.to(x.dtype), shift.to(x.dtype), dim, relu)
+        y, s, q = self._run("forward", _rows(x, dim), scale.to(x.dtype), shift.to(x.dtype), dim, relu=relu)
         return _unrows(y, x, dim), s, q
 
     def backward(self, x: torch.Tensor, gy: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
@@ -129,33 +133,42 @@ class FusedKernels:
         clamped, with ``relu``) in ``x``'s shape, format and dtype (``a``, ``b``: per channel)."""
         dim, wide = _channel_dim(x), torch.promote_types(x.dtype, torch.float32)
         per_channel = [v.to(wide) for v in (scale, shift, a, b)]
-        gx = self._run("backward", _rows(x, dim), _rows(gy, dim), *per_channel, dim, relu)
+        gx = self._run("backward", _rows(x, dim), _rows(gy, dim), *per_channel, dim, relu=relu)
         return _unrows(gx, x, dim)
 
     def _use_compiled(self, x: torch.Tensor) -> bool:
         return (self.compiled and not _compiling_failed and x.device.type == "cpu" and x.dtype in _COMPILED_DTYPES
                 and x[0].numel() >= MIN_IMAGE_ELEMENTS)
 
-    def _run(self, direction: str, x: torch.Tensor, *args: Any) -> Any:
+    def _run(self, direction: str, x: torch.Tensor, *args: Any, relu: bool) -> Any:
         if not self._use_compiled(x):
-            return _EAGER[direction](x, *args)
+            return _EAGER[direction](x, *args, 0.0 if relu else None)
+        # Compiled, the floor is always there (no ReLU: -inf), as a 0-d tensor, whose value dynamo
+        # does not guard on: one loop serves layers with and without a ReLU, where a flag or a
+        # float would compile one of each.
+        floor = torch.tensor(0.0 if relu else -math.inf)
         if direction not in _compiled:
             # torch warns, on a machine without CUDA, that it found none: not news on a CPU run.
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             _compiled[direction] = torch.compile(_EAGER[direction], dynamic=True)
         for t in (x, *args):
-            if isinstance(t, torch.Tensor) and t.ndim == 3:
-                # One loop for every image count: dynamo would otherwise compile a variant for a
-                # single image, whose sums may add in another order than a batch's.
-                torch._dynamo.decorators.mark_unbacked(t, 0)
+            if isinstance(t, torch.Tensor):
+                # One loop for every shape: dynamo would otherwise compile a variant for a single
+                # image (whose sums may add in another order than a batch's) and one for each
+                # layer whose channel and pixel counts happen to be equal.
+                for dim in range(t.ndim):
+                    torch._dynamo.decorators.mark_unbacked(t, dim)
         t0 = time.perf_counter()
         try:
-            out = _compiled[direction](x, *args)
+            # Autocast off: the loops state their dtypes, and a call under autocast (the forward)
+            # and one outside it (the backward, a probe) would otherwise compile a variant each.
+            with torch.autocast(x.device.type, enabled=False, cache_enabled=False):
+                out = _compiled[direction](x, *args, floor)
         except Exception as exc:  # any compiler failure: the eager loop is the same math
             _compiling_failed.append(exc_reason(exc, 160))
             log.warning("compiling the fused BN kernels failed, running them eagerly (slower): %s",
                         _compiling_failed[0])
-            return _EAGER[direction](x, *args)
+            return _EAGER[direction](x, *args, 0.0 if relu else None)
         if (took := time.perf_counter() - t0) > _SLOW_COMPILE_S:
             log.info("compiled the fused BN kernels in %.0f s (inductor caches them for later runs)", took)
         self.ran_compiled = True
