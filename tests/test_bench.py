@@ -133,6 +133,19 @@ def test_seeds_makes_a_set_per_schedule_for_generated_sources_only() -> None:
     assert [label(*r) for r in runs(["dgh"], ["fp32", "bf16"])] == ["dgh", "dgh-bf16"]
 
 
+def test_whole_process_variant_splits_environment_from_options(tmp_path: Path) -> None:
+    """bench/whole_process.py --variants: NAME=value words go to the environment ({fresh}: a new empty
+    folder each time, a first run on a machine), the rest to the command line."""
+    from bench.whole_process import split_variant
+
+    env, options = split_variant("TORCHINDUCTOR_CACHE_DIR={fresh} TORCHDYNAMO_DISABLE=1 --precision fp32", tmp_path)
+    assert options == "--precision fp32" and env["TORCHDYNAMO_DISABLE"] == "1"
+    fresh = Path(env["TORCHINDUCTOR_CACHE_DIR"])
+    assert fresh.is_dir() and fresh.parent == tmp_path and not any(fresh.iterdir())
+    assert split_variant("TORCHINDUCTOR_CACHE_DIR={fresh}", tmp_path)[0]["TORCHINDUCTOR_CACHE_DIR"] != str(fresh)
+    assert split_variant("--scales 0.5:0.4,1:0.6", tmp_path) == ({}, "--scales 0.5:0.4,1:0.6")
+
+
 def test_a_detector_bench_keeps_the_layout_its_results_file_was_built_with() -> None:
     """bench/tflite_ranges.py and bench/int16_repair.py: maps by default; a file with builds continues only in
     its own layout (a file from before the maps layout records none: it was split)."""
