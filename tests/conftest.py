@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cxx import cxx_compiler
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(os.environ.get("DGH_ASSETS", REPO.parent / "shared" / "assets"))
@@ -19,6 +20,14 @@ def assets() -> Path:
     if not ASSETS.is_dir():
         pytest.skip(f"real models and images not found at {ASSETS} (set DGH_ASSETS or clone beside ../shared)")
     return ASSETS
+
+
+@pytest.fixture(scope="session")
+def cxx() -> str:
+    """The C++ compiler the compiled BN kernels need; the test skips without one."""
+    if (found := cxx_compiler()) is None:
+        pytest.skip("no C++ compiler (g++, clang++ or $CXX): the BN kernels run eagerly here")
+    return found
 
 
 @pytest.fixture(scope="session")

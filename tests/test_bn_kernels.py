@@ -28,6 +28,7 @@ def _batch(dtype: torch.dtype, layout: torch.memory_format, n: int = 6, c: int =
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.usefixtures("cxx")
 def test_compiled_kernels_compute_the_eager_values(dtype: torch.dtype, layout: torch.memory_format,
                                                    relu: bool) -> None:
     x, scale, shift = _batch(dtype, layout), torch.rand(16) + 0.5, -3.0 + torch.randn(16)  # about half clamped
@@ -57,6 +58,7 @@ def test_compiled_kernels_compute_the_eager_values(dtype: torch.dtype, layout: t
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.usefixtures("cxx")
 def test_an_images_sums_do_not_depend_on_its_chunk(dtype: torch.dtype) -> None:
     """Chunks, the two-pass path and torchrun shards cut the same set differently: each image's
     sums must be the same bits whatever the chunk (one image included: no compiled variant of its own)."""
@@ -97,6 +99,7 @@ def test_a_failing_compiler_falls_back_to_the_eager_loop(monkeypatch: pytest.Mon
     assert len(warnings) == 1 and "running them eagerly" in warnings[0] and "C++ compiler" in warnings[0]
 
 
+@pytest.mark.usefixtures("cxx")
 def test_a_generation_step_is_the_same_compiled_or_eager() -> None:
     """ResNet-20's loss and gradient with the compiled kernels and its ReLUs folded in, against the
     eager ones (fp32: the sums add in another order, nothing else differs)."""
@@ -184,6 +187,7 @@ def test_a_model_fx_cannot_trace_keeps_its_relus() -> None:
     assert fuse_relus(net) == (net, 0)
 
 
+@pytest.mark.usefixtures("cxx")
 def test_one_compiled_loop_serves_every_shape_relu_and_autocast_state() -> None:
     """A compile costs seconds: image counts (one included), channel and pixel counts (equal ones
     included), layers with and without a ReLU, and calls inside and outside autocast share one

@@ -168,8 +168,9 @@ class FusedKernels:
                 out = _compiled[direction](x, *args, floor)
         except Exception as exc:  # any compiler failure: the eager loop is the same math
             _compiling_failed.append(exc_reason(exc, 160))
-            log.warning("compiling the fused BN kernels failed, running them eagerly (slower): %s",
-                        _compiling_failed[0])
+            log.warning("compiling the fused BN kernels failed, running them eagerly (slower): %s. For the "
+                        "compiled ones install a C++ compiler (g++ or clang++); TORCHDYNAMO_DISABLE=1 skips the "
+                        "attempt", _compiling_failed[0])
             return _EAGER[direction](x, *args, 0.0 if relu else None)
         if (took := time.perf_counter() - t0) > _SLOW_COMPILE_S:
             log.info("compiled the fused BN kernels in %.0f s (inductor caches them for later runs)", took)
