@@ -104,3 +104,25 @@ def test_one_percentile_check(percentile: float) -> None:
         check_percentile(percentile)
     check_percentile(100.0)
     check_percentile(50.01)
+
+
+def test_an_activation_reading_the_tensor_sets_where_the_error_counts() -> None:
+    """A SiLU input's error is counted after the SiLU: its long negative tail (which SiLU maps to ~0)
+    is clipped harder and the positive side gets the levels, with less error where the next layer looks."""
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(np.concatenate([rng.normal(-12, 3, 60_000), rng.normal(1, 1.5, 40_000)]).astype(np.float32))
+    grid = QuantGrid(8, symmetric=False)
+    plain, after = MseObserver(grid), MseObserver(grid, through=torch.nn.functional.silu)
+    identity = MseObserver(grid, through=lambda v: v)
+    for o in (plain, after, identity):
+        observe_all(o, [x])
+
+    def silu_error(r: tuple[float, float]) -> float:
+        scale, zero, qmin, qmax = grid.params(torch.tensor(r[0]), torch.tensor(r[1]))
+        q = grid.fake_quant(x.double(), scale.double(), zero.double(), qmin.double(), qmax.double())
+        return float(((torch.nn.functional.silu(q) - torch.nn.functional.silu(x.double())) ** 2).mean())
+
+    assert identity.range() == plain.range()
+    assert after.range()[0] > plain.range()[0] + 5  # the tail SiLU flattens is given up
+    assert after.range()[1] >= plain.range()[1]
+    assert silu_error(after.range()) < 0.5 * silu_error(plain.range())

@@ -83,3 +83,54 @@ def test_a_percentile_without_percentile_ranges_is_refused(task: str) -> None:
         target.check_options(loaded(task))
     target.options = TargetOptions(act_range="percentile", percentile=99.9)
     target.check_options(loaded(task))
+
+
+def op(name: str, inputs: list[int], outputs: list[int]) -> dict[str, object]:
+    return {"op_name": name, "inputs": inputs, "outputs": outputs}
+
+
+def test_a_tensor_read_only_by_an_activation_is_found_with_its_function() -> None:
+    from dgh_deploy.targets.tflite.activation_readers import activation_readers
+
+    ops = [op("CONV_2D", [0, 90, 91], [1]), op("LOGISTIC", [1], [2]), op("MUL", [1, 2], [3]),  # SiLU of 1
+           op("CONV_2D", [3, 92, 93], [4]), op("LOGISTIC", [4], [5]), op("MUL", [4, 5], [6]),
+           op("ADD", [4, 6], [7]),  # 4 is also read as it is: plain error
+           op("LOGISTIC", [7], [8]), op("MUL", [8, 3], [9]),  # a sigmoid gate on 3: 7 is seen through a sigmoid
+           op("CONV_2D", [9, 94, 95], [10]), op("HARD_SWISH", [10], [11]), op("TANH", [11], [12])]
+    found = activation_readers(ops, {i: f"t{i}" for i in range(100)})
+    assert {name: kind for name, (kind, _) in found.items()} == {"t1": "SILU", "t7": "LOGISTIC",
+                                                                  "t10": "HARD_SWISH", "t11": "TANH"}
+    x = torch.linspace(-6, 6, 13)
+    assert torch.equal(found["t1"][1](x), nn.functional.silu(x))
+
+
+def test_the_silu_inputs_of_a_converted_file_are_found() -> None:
+    """The patterns as litert-torch writes them: a floored SiLU (MAXIMUM before it), a plain one, a
+    SiLU output also read by a residual add."""
+    pytest.importorskip("litert_torch")
+    import litert_torch
+
+    from dgh_deploy.runtime.litert_runner import open_interpreter
+    from dgh_deploy.targets.tflite.activation_readers import activation_readers
+    from dgh_deploy.targets.tflite.silu_floor import FlooredSiLU
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.floored, self.silu = FlooredSiLU(), nn.SiLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.floored(self.a(x))
+            pre = self.b(y)
+            return self.silu(pre) + pre  # pre is read by the SiLU and by the add
+
+    module = litert_torch.to_channel_last_io(Block().eval(), args=[0]).eval()
+    content = bytes(litert_torch.convert(module, (torch.randn(1, 8, 8, 3),)).model_content())
+    it = open_interpreter(content, num_threads=1, preserve_all=True, delegates=False)
+    ops = it._get_ops_details()
+    names = {int(t["index"]): str(t["name"]) for t in it.get_tensor_details()}
+    found = activation_readers(ops, names)
+    maximum = next(o for o in ops if o["op_name"] == "MAXIMUM")
+    silu_input = names[int(maximum["outputs"][0])]
+    assert list(found) == [silu_input] and found[silu_input][0] == "SILU"

@@ -10,7 +10,9 @@ observer of the shared library (:mod:`dgh_deploy.calibration.observers`):
 * ``percentile``: :class:`~dgh_deploy.calibration.observers.PercentileObserver`, the exact order
   statistics of the two tails, in the same single look;
 * ``mse``: :class:`~dgh_deploy.calibration.observers.MseObserver`, a second look filling a
-  histogram between the extremes, then the clipped range with the least squared rounding error.
+  histogram between the extremes, then the clipped range with the least squared rounding error;
+  for a tensor only an activation reads (a SiLU's input), the error after that activation
+  (:mod:`.activation_readers`).
 
 What is TFLite's own here is reading the file: which tensors an op writes, under which name. The
 converters then quantize with these ranges in place of their own, so the two differ in graph
@@ -32,6 +34,7 @@ from dgh_deploy.calibration.observers import (
     QuantGrid,
     check_percentile,
 )
+from dgh_deploy.targets.tflite.activation_readers import activation_readers
 
 Ranges = dict[str, tuple[float, float]]  # tensor name -> (lo, hi)
 
@@ -59,7 +62,8 @@ def activation_ranges(model: Path | bytes, images: Sequence[np.ndarray], method:
 def _mse_ranges(it: Any, images: Sequence[np.ndarray], extremes: dict[str, MinMaxObserver], act_bits: int) -> Ranges:
     """The second look: histograms between each tensor's extremes, then the least-error range."""
     grid = QuantGrid(act_bits, symmetric=act_bits == 16)
-    observers = {name: MseObserver(grid) for name in extremes}
+    readers = activation_readers(*_graph(it))
+    observers = {name: MseObserver(grid, through=readers[name][1] if name in readers else None) for name in extremes}
     for name, o in extremes.items():  # the first look's extremes: no second pass over them
         observers[name].start_counts(*o.range())
     for image in images:
@@ -78,13 +82,18 @@ def _interpreter(model: Path | bytes) -> Any:  # LiteRT's Interpreter, imported 
     return open_interpreter(model, num_threads=1, preserve_all=True, delegates=False)
 
 
+def _graph(it: Any) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """The file's ops (LiteRT has no public op list) and its tensor names by index."""
+    return it._get_ops_details(), {int(t["index"]): str(t["name"]) for t in it.get_tensor_details()}
+
+
 def _activations(it: Any, image: np.ndarray) -> dict[str, np.ndarray]:
     """Every float tensor an op writes (and the input), for one NHWC image."""
     inp = it.get_input_details()[0]
     it.set_tensor(inp["index"], np.ascontiguousarray(image, np.float32).reshape(inp["shape"]))
     it.invoke()
-    names = {int(t["index"]): str(t["name"]) for t in it.get_tensor_details()}
-    produced = [int(i) for op in it._get_ops_details() for i in op["outputs"]]  # no public op list
+    ops, names = _graph(it)
+    produced = [int(i) for op in ops for i in op["outputs"]]
     out = {names[int(inp["index"])]: it.get_tensor(inp["index"])}
     for idx in produced:
         value = it.get_tensor(idx)

@@ -3,11 +3,18 @@
 :func:`mse_range` searches candidates for many rows at once (per-channel weights, on the values
 themselves); :class:`MseObserver` runs it over a tensor's :class:`Histogram` (bin centres weighed
 by counts), as activations are calibrated.
+
+The error can be counted after an elementwise function (``through``): where a tensor's only
+reader is an activation, what matters is the error in the activation's output. A SiLU input's
+values below about -5 all come out near 0, so an error there costs almost nothing, while the
+positive side passes through at full weight: measured on the input, the search spends levels on
+the negative tail; measured after SiLU, it gives them to the values the next layer sees.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -18,13 +25,15 @@ from dgh_deploy.calibration.observers.histogram import Histogram, TwoLookHistogr
 
 def mse_range(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, grid: QuantGrid,
               counts: torch.Tensor | None = None, steps: int = 64, two_sided: bool = False,
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              through: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``values`` (C x K), the clipped range with the least squared rounding error.
 
     Candidates shrink ``[lo, hi]`` by fractions ``1/steps .. 1``: both ends by one factor,
     or (``two_sided``) each end by its own factor, which suits activations whose two tails
-    differ. ``counts`` weighs the values (a histogram's bin counts).
+    differ. ``counts`` weighs the values (a histogram's bin counts). ``through``: the error is
+    that of ``through(x)`` (the activation reading the tensor), not of ``x``.
     """
+    f = through if through is not None else _identity
     values = values.double()
     w = counts.double() if counts is not None else torch.ones_like(values)
     frac = torch.linspace(1.0 / steps, 1.0, steps, dtype=torch.float64)
@@ -41,7 +50,7 @@ def mse_range(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, grid: Qu
         c_lo, c_hi = cand_lo[:, j : j + block], cand_hi[:, j : j + block]
         scale, zero, qmin, qmax = (t.double()[..., None] for t in grid.params(c_lo, c_hi))
         v = values[:, None, :]
-        err = (w[:, None, :] * (v - grid.fake_quant(v, scale, zero, qmin, qmax)) ** 2).sum(-1)  # C x block
+        err = (w[:, None, :] * (f(v) - f(grid.fake_quant(v, scale, zero, qmin, qmax))) ** 2).sum(-1)  # C x block
         e, k = err.min(dim=1)
         better = e < best_err
         best_err = torch.where(better, e, best_err)
@@ -50,20 +59,29 @@ def mse_range(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, grid: Qu
     return best_lo.float(), best_hi.float()
 
 
-def histogram_mse_range(hist: Histogram, grid: QuantGrid) -> Range:
-    """The least-error range of a tensor's histogram; both ends searched apart when it has both signs."""
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def histogram_mse_range(hist: Histogram, grid: QuantGrid,
+                        through: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Range:
+    """The least-error range of a tensor's histogram (the error after ``through``, if given); both
+    ends searched apart when it has both signs."""
     assert hist.counts is not None
     lo, hi = mse_range(hist.centers()[None], torch.tensor([min(hist.lo, 0.0)]), torch.tensor([max(hist.hi, 0.0)]),
-                       grid, counts=hist.counts[None], two_sided=hist.lo < 0 < hist.hi)
+                       grid, counts=hist.counts[None], two_sided=hist.lo < 0 < hist.hi, through=through)
     return float(lo[0]), float(hi[0])
 
 
 class MseObserver(TwoLookHistogram):
-    """Two looks: the extremes, then a histogram between them; the range is :func:`histogram_mse_range`'s."""
+    """Two looks: the extremes, then a histogram between them; the range is :func:`histogram_mse_range`'s
+    (its error counted after ``through``, the elementwise activation reading the tensor, if given)."""
 
-    def __init__(self, grid: QuantGrid, bins: int = 2048) -> None:
+    def __init__(self, grid: QuantGrid, bins: int = 2048,
+                 through: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__(bins)
         self.grid = grid
+        self.through = through
 
     def range(self) -> Range:
-        return histogram_mse_range(self.hist, self.grid)
+        return histogram_mse_range(self.hist, self.grid, self.through)
