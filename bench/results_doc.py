@@ -802,6 +802,15 @@ def ranges_summary(data: dict) -> dict[str, dict[str, list[float]]]:
     return out
 
 
+def ranges_agreement(data: dict, method: str, source: str) -> str:
+    """Mean scores and boxes SQNR (dB) of int8 against float over the builds that recorded them."""
+    got = [a for key, a in data.get("agreement", {}).items() if key.split("|")[:2] == [method, source]]
+    if not got:
+        return "-"
+    return (f"{statistics.fmean(a['scores_sqnr_db'] for a in got):.2f} / "
+            f"{statistics.fmean(a['boxes_sqnr_db'] for a in got):.2f} ({len(got)})")
+
+
 def ranges_table(data: dict) -> Table:
     flt = data.get("float")
     rows = []
@@ -814,8 +823,11 @@ def ranges_table(data: dict) -> Table:
                          f"{max(values):.2f}", f"{max(values) - min(values):.2f}",
                          "-" if within is None else f"{within}/{len(values)}",
                          "-" if real is None else f"{mean - real:+.2f}"])
-    return (["range method / weight rounding", "calibration", "mean (builds)", "min", "max", "spread",
-             "within 1.0 of float", "mean minus real"], rows)
+            if data.get("agreement"):
+                rows[-1].append(ranges_agreement(data, method, source))
+    header = ["range method / weight rounding", "calibration", "mean (builds)", "min", "max", "spread",
+              "within 1.0 of float", "mean minus real"]
+    return ([*header, "scores / boxes SQNR against float, dB (builds)"] if data.get("agreement") else header), rows
 
 
 def section_ranges(files: dict[str, dict]) -> list[str]:

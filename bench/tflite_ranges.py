@@ -11,6 +11,11 @@ the float score too. Sets and picks are ``bench/detect_picks.py``'s (same folder
 72 images per (source, seed), three picks of 64. Finished builds are kept in ``--json``: stop
 and run again to continue.
 
+mAP50-95 on 128 images moves by a few tenths when any range moves at all, so each build also
+records how closely the int8 file follows the float model on the first validation images
+(``agreement``: the task's boxes and scores SQNR in dB and box agreement, as the job's data-free
+check computes them), a smoother reading of the same change.
+
     .venv/bin/python -m bench.tflite_ranges --methods minmax,percentile:99.999,mse --sources dgh,real
     .venv/bin/python -m bench.tflite_ranges --imgsz 640 --methods minmax/gptq,mse/gptq --picks 1 \
         --json bench/results/tflite_ranges_yolov5n_640_litert_cpu.json
@@ -35,6 +40,8 @@ from bench import common
 from bench.common import Case, set_path
 from bench.detect_picks import HOLDOUT, make_set, pick_path
 
+AGREEMENT_BYTES = 256 << 20  # outputs kept per runner for the agreement: YOLOv5n's maps at 640 are ~9 MB an image
+
 
 class Builder:
     """One tflite-int8 target and model for every build: one float conversion, one float score."""
@@ -47,21 +54,36 @@ class Builder:
         self.case = case
         self.target = get_target("tflite-int8", converter=converter, layout=layout)
         self.model = self.target.deploy_form(load_model(case.model, case.weights, None, case.imgsz))
-        self.task = get_task(self.model.task)
+        self.task = get_task(self.model.task, self.model)
         self.target.options = replace(self.target.options, threads=threads)
         self.target.progress = False
         t0 = time.perf_counter()
         self.early = self.target.preflight(self.model)
         print(f"float conversion and check: {time.perf_counter() - t0:.0f} s", flush=True)
+        self._float_outputs: list[Any] | None = None
 
     def float_metric(self) -> float:
-        from dgh_deploy.runtime.base import TorchRunner
+        from dgh_deploy.runtime.base import RecordingRunner, TorchRunner
 
-        return self.metric(TorchRunner(self.model.module))
+        recorded = RecordingRunner(TorchRunner(self.model.module), keep_bytes=AGREEMENT_BYTES)
+        value = self.metric(recorded)
+        self._float_outputs = recorded.outputs()
+        return value
 
-    def int8_metric(self, calib_path: Path, method: str) -> tuple[float, dict[str, Any]]:
-        """mAP50-95 on LiteRT of the file built from ``calib_path``'s first 64 images by ``method``."""
+    def agreement(self, runner: Any) -> dict[str, float]:
+        """The int8 outputs ``runner`` recorded against the float model's on the same images."""
+        if self._float_outputs is None:
+            self.float_metric()
+        assert self._float_outputs is not None
+        n = min(len(self._float_outputs[0]), len(runner.outputs()[0]))
+        reference = [o[:n] for o in self._float_outputs]
+        return {k: round(v, 3) for k, v in self.task.agreement(reference, runner.outputs(n)).items()}
+
+    def int8_metric(self, calib_path: Path, method: str) -> tuple[float, dict[str, Any], dict[str, float]]:
+        """mAP50-95 on LiteRT of the file built from ``calib_path``'s first 64 images by ``method``, the
+        build's stage times and its agreement with the float model."""
         from dgh_deploy.calibration import CalibrationSet
+        from dgh_deploy.runtime.base import RecordingRunner
 
         spec, _, rounding = method.partition("/")
         name, _, pct = spec.partition(":")
@@ -70,8 +92,9 @@ class Builder:
         calib, _held = CalibrationSet.load(calib_path).split(HOLDOUT)
         with tempfile.TemporaryDirectory(prefix="dgh-bench-ranges-") as tmp:
             result = self.target.build(self.model, calib, Path(tmp), self.early)
-            value = self.metric(result.runner)
-        return value, {k: round(v, 1) for k, v in result.timings.items()}
+            recorded = RecordingRunner(result.runner, keep_bytes=AGREEMENT_BYTES)
+            value = self.metric(recorded)
+        return value, {k: round(v, 1) for k, v in result.timings.items()}, self.agreement(recorded)
 
     def metric(self, runner: Any) -> float:
         return float(self.task.evaluate(runner, self.model, self.case.val_data, None)[self.task.metric])
@@ -144,7 +167,9 @@ def run(args: argparse.Namespace, case: Case) -> dict[str, Any]:
         for i, (m, src, seed, k) in enumerate(todo, 1):
             t0 = time.perf_counter()
             key = f"{m}|{src}|{seed}|{k}"
-            state["builds"][key], state["timings"][key] = builder.int8_metric(pick_path(folder, src, seed, k), m)
+            value, timings, agreement = builder.int8_metric(pick_path(folder, src, seed, k), m)
+            state["builds"][key], state["timings"][key] = value, timings
+            state.setdefault("agreement", {})[key] = agreement
             common.write_result(args.json, state, indent=2)
             print(f"[{i}/{len(todo)}] {m} {src} seed {seed} pick {k}: {state['builds'][key]:.2f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
