@@ -75,9 +75,10 @@ class Builder:
         if self._float_outputs is None:
             self.float_metric()
         assert self._float_outputs is not None
-        n = min(len(self._float_outputs[0]), len(runner.outputs()[0]))
-        reference = [o[:n] for o in self._float_outputs]
-        return {k: round(v, 3) for k, v in self.task.agreement(reference, runner.outputs(n)).items()}
+        candidate = runner.outputs()
+        n = min(len(self._float_outputs[0]), len(candidate[0]))
+        reference, candidate = [o[:n] for o in self._float_outputs], [o[:n] for o in candidate]
+        return {k: round(v, 3) for k, v in self.task.agreement(reference, candidate).items()}
 
     def int8_metric(self, calib_path: Path, method: str) -> tuple[float, dict[str, Any], dict[str, float]]:
         """mAP50-95 on LiteRT of the file built from ``calib_path``'s first 64 images by ``method``, the

@@ -105,8 +105,8 @@ def test_a_tensor_read_only_by_an_activation_is_found_with_its_function() -> Non
 
 
 def test_the_silu_inputs_of_a_converted_file_are_found() -> None:
-    """The patterns as litert-torch writes them: a floored SiLU (MAXIMUM before it), a plain one, a
-    SiLU output also read by a residual add."""
+    """The patterns as litert-torch writes them: a floored SiLU's input (the MAXIMUM's output) is found;
+    a plain SiLU's input that a residual add also reads is not."""
     pytest.importorskip("litert_torch")
     import litert_torch
 
