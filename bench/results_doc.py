@@ -848,6 +848,46 @@ def section_ranges(files: dict[str, dict]) -> list[str]:
     return lines
 
 
+def classify_picks_table(state: dict) -> Table:
+    """``bench/classify_picks.py``: per (method, source), each build's top-1 agreement (picks of a seed
+    by ',', seeds by ';'), their mean and range, the mean logits SQNR and the mean minus real's."""
+    builds, rows = state["builds"], []
+    keys = [k.split("|") for k in builds]
+    for method in dict.fromkeys(k[0] for k in keys):
+        by_source: dict[str, dict[str, list[dict]]] = {}
+        for m, src, seed, pick in keys:
+            if m == method:
+                by_source.setdefault(src, {}).setdefault(seed, []).append(builds[f"{m}|{src}|{seed}|{pick}"])
+        real = [b["top1_agreement"] for seed in by_source.get("real", {}).values() for b in seed]
+        for src, seeds in by_source.items():
+            done = [b for seed in seeds.values() for b in seed]
+            top1 = [b["top1_agreement"] for b in done]
+            mean = statistics.fmean(top1)
+            rows.append([method, src, "; ".join(", ".join(f"{b['top1_agreement']:.2f}" for b in seed)
+                                                for seed in seeds.values()),
+                         f"{mean:.2f} ({len(top1)})", f"{min(top1):.2f} .. {max(top1):.2f}",
+                         num(statistics.fmean(b["output_sqnr_db"] for b in done)),
+                         f"{mean - statistics.fmean(real):+.2f}" if real else "-"])
+    return ["method", "source", "top-1 agreement, %", "mean (builds)", "min .. max", "logits SQNR, dB",
+            "mean minus real"], rows
+
+
+def section_classify_picks(files: dict[str, dict]) -> list[str]:
+    lines = ["A 224-pixel classifier's calibration over seeds and picks (`python -m bench.classify_picks`): "
+             "EfficientNet-Lite0 (ImageNet weights) has no labelled ImageNet images here, so each tflite-int8 "
+             "build is scored by top-1 agreement of its int8 file (LiteRT) with the float model on coco128's 128 "
+             "val images (one image is 0.78 points) and by the logits' SQNR. One set per (source, seed): the "
+             "default job's DGH set (128 + 16 images), and coco128's 128 train images (`real`, the same for every "
+             "seed); pick k rotates the set by k hold-outs. A method is the build's `--act-range`.", ""]
+    for name, data in files.items():
+        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; {data.get('model')} at "
+                  f"{data.get('imgsz')}, converter {data.get('converter')}.", "", *markdown(classify_picks_table(data)),
+                  ""]
+        if data.get("note"):
+            lines += [data["note"], ""]
+    return lines
+
+
 def section_artifacts(files: dict[str, dict]) -> list[str]:
     lines = ["Do the visible artifacts of DGH detector images (a saturated frame, horizontal stripes of a 4-pixel "
              "period) set the activation ranges min/max calibration takes? (`python -m bench.artifacts`, on "
@@ -1099,6 +1139,8 @@ SECTIONS: list[Section] = [
      section_reliability),
     ("tflite-int8 converters: onnx2tf and litert-torch", lambda n: n.startswith("converters_"), section_converters),
     ("tflite-int8 activation ranges", lambda n: n.startswith("tflite_ranges_"), section_ranges),
+    ("A 224-pixel classifier over seeds and picks", lambda n: n.startswith("classify_picks_"),
+     section_classify_picks),
     ("DGH detector images: do their artifacts set the ranges", lambda n: n.startswith("artifacts_"),
      section_artifacts),
     ("Keeping the noisiest modules at int16", lambda n: n.startswith("int16_repair_"), section_int16_repair),

@@ -71,6 +71,20 @@ def test_picks_table_from_a_tiny_state() -> None:
     assert rows[1][0] == "real" and rows[1][-1] == "-"
 
 
+def test_classify_picks_table_from_a_tiny_state() -> None:
+    def build(top1: float, sqnr: float) -> dict[str, float]:
+        return {"top1_agreement": top1, "output_sqnr_db": sqnr}
+
+    builds = {"minmax|dgh|0|0": build(90.0, 18.0), "minmax|dgh|0|1": build(92.0, 18.2),
+              "minmax|dgh|1|0": build(94.0, 18.4), "minmax|real|0|0": build(91.0, 18.1),
+              "mse|dgh|0|0": build(93.0, 19.0)}
+    header, rows = results_doc().classify_picks_table({"builds": builds})
+    assert header[-1] == "mean minus real"
+    assert rows[0] == ["minmax", "dgh", "90.00, 92.00; 94.00", "92.00 (3)", "90.00 .. 94.00", "18.20", "+1.00"]
+    assert rows[1][:2] == ["minmax", "real"] and rows[1][-1] == "+0.00"
+    assert rows[2][:2] == ["mse", "dgh"] and rows[2][-1] == "-"  # no real build of that method
+
+
 def test_check_fails_on_a_stale_page_and_names_the_machine(tmp_path: Path, capsys) -> None:
     mod = results_doc()
     results = tmp_path / "results"
