@@ -136,6 +136,10 @@ def device_label(device: str, threads: int) -> str:
     return torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {threads} threads"
 
 
+# The environment that narrows what torch (ATen, inductor) and oneDNN run to a smaller instruction set.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
 def machine() -> str:
     """The machine line of the job benches' result files: cores, CPU model and its widest vector
     units (one cloud "AMD EPYC" was Zen 4 with AVX-512 and bf16, another AVX2 only), Python."""
@@ -153,7 +157,10 @@ def machine() -> str:
     units = next((name for flag, name in (("amx_bf16", "AVX-512 and AMX with bf16"),
                                           ("avx512_bf16", "AVX-512 with bf16"), ("avx512f", "AVX-512"),
                                           ("avx2", "AVX2")) if flag in flags), "")
-    return f"{os.cpu_count()}-core CPU ({cpu}{', ' + units if units else ''}), Python {platform.python_version()}"
+    caps = [f"{name}={os.environ[name]}" for name in ISA_CAPS if os.environ.get(name)]
+    capped = f", capped by {' '.join(caps)}" if caps else ""  # a machine standing in for a narrower one
+    return (f"{os.cpu_count()}-core CPU ({cpu}{', ' + units if units else ''}{capped}), "
+            f"Python {platform.python_version()}")
 
 
 def load_average() -> float | None:

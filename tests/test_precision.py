@@ -85,6 +85,20 @@ def test_cpu_bf16_detection(monkeypatch: pytest.MonkeyPatch, caps: dict[str, boo
         precision.cpu_has_bf16.cache_clear()
 
 
+@pytest.mark.parametrize(("cap", "native"), [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True),
+                                            ("AVX512_CORE_AMX", True), ("", True)])
+def test_a_onednn_cap_below_bf16_means_no_native_bf16(monkeypatch: pytest.MonkeyPatch, cap: str, native: bool) -> None:
+    """ONEDNN_MAX_CPU_ISA below AVX512_CORE_BF16 makes oneDNN emulate bf16 on any CPU: auto must keep fp32."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": True}, raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    precision.cpu_has_bf16.cache_clear()
+    try:
+        assert precision.cpu_has_bf16() is native
+        assert precision.resolve_precision("auto", "cpu", tiny_bn_net()) == ("bf16" if native else "fp32")
+    finally:
+        precision.cpu_has_bf16.cache_clear()
+
+
 def test_cache_key_has_the_resolved_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     """fp32 and bf16 sets have different keys; auto is resolved before hashing, so its key is the
     key of what ran (bf16 with native bf16, fp32 without), never one of its own."""

@@ -20,6 +20,7 @@ the BF16 extension (Arm); on a GPU compute capability 8.0 (Ampere) or later.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -73,14 +74,27 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+# oneDNN's ISA levels below AVX512_CORE_BF16: capped there (ONEDNN_MAX_CPU_ISA), its bf16
+# convolutions run emulated whatever the CPU has.
+_ONEDNN_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
 @lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """AVX512-BF16 or AMX-BF16 (x86), BF16 (Arm): from torch's CPU capabilities, or where this
-    torch has no such query, from the CPU flags Linux lists in /proc/cpuinfo."""
+    torch has no such query, from the CPU flags Linux lists in /proc/cpuinfo; not where the process
+    caps oneDNN below bf16 (``ONEDNN_MAX_CPU_ISA=AVX2``, as on an AVX2 machine)."""
+    if _onednn_isa_cap() in _ONEDNN_CAPS_WITHOUT_BF16:
+        return False
     caps = _torch_cpu_capabilities()
     if caps is not None:
         return any(bool(caps.get(flag)) for flag in _CPU_BF16_FLAGS)
     return bool(_proc_cpu_flags() & set(_CPU_BF16_FLAGS))
+
+
+def _onednn_isa_cap() -> str:
+    """The ISA level this process caps oneDNN at (upper case; empty: none)."""
+    return (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
 
 
 def _torch_cpu_capabilities() -> Mapping[str, Any] | None:
@@ -112,6 +126,8 @@ def _why_not_bf16(device: torch.device) -> str:
     if device.type == "cuda":
         return (f"GPU '{torch.cuda.get_device_name(device)}' has no native bfloat16 arithmetic (compute capability "
                 "8.0 and later have it)")
+    if device.type == "cpu" and (cap := _onednn_isa_cap()) in _ONEDNN_CAPS_WITHOUT_BF16:
+        return f"this process caps oneDNN at {cap} (ONEDNN_MAX_CPU_ISA), below its bf16 kernels"
     if device.type == "cpu":
         return ("this CPU has no native bfloat16 arithmetic (AVX512-BF16, AMX-BF16 or Arm BF16): torch would "
                 "emulate it, slower than fp32")
