@@ -14,7 +14,9 @@ source is judged by its mean and spread over 9 builds.
   (120 to calibrate, 8 held out); pick k rotates by 8 k. The seed does not change real images.
 
 Each build is the tflite-int8 target's own (float conversion once, shared; calibration, quantizer,
-checks), with ``--act-range`` set by the method (``percentile:P`` sets ``--percentile P``). Sets go
+checks), with ``--act-range`` set by the method (``percentile:P`` sets ``--percentile P``; a method
+ending in ``/gptq`` GPTQ-rounds the weights, ``--weight-rounding gptq``; the others round to nearest,
+the classifiers' default). Sets go
 to ``--sets``, finished builds to ``--json``: stop and run again to continue.
 
     .venv/bin/python -m bench.classify_picks --methods minmax,mse --json bench/results/classify_picks_lite0_cpu.json
@@ -91,7 +93,9 @@ class Scorer:
 
     def score(self, calib: Any, method: str) -> dict[str, float]:
         """Agreement with float of the file built from ``calib`` with ``method``'s activation ranges."""
-        name, _, pct = method.partition(":")
+        spec, _, rounding = method.partition("/")
+        name, _, pct = spec.partition(":")
+        self.target.weight_rounding = rounding or "nearest"
         self.target.options = replace(self.target.options, act_range=name, percentile=float(pct) if pct else None)
         with tempfile.TemporaryDirectory(prefix="dgh-bench-classify-") as tmp:
             result = self.target.build(self.model, calib, Path(tmp), self.early)

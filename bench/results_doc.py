@@ -878,7 +878,8 @@ def section_classify_picks(files: dict[str, dict]) -> list[str]:
              "build is scored by top-1 agreement of its int8 file (LiteRT) with the float model on coco128's 128 "
              "val images (one image is 0.78 points) and by the logits' SQNR. One set per (source, seed): the "
              "default job's DGH set (128 + 16 images), and coco128's 128 train images (`real`, the same for every "
-             "seed); pick k rotates the set by k hold-outs. A method is the build's `--act-range`.", ""]
+             "seed); pick k rotates the set by k hold-outs. A method is the build's `--act-range`; `/gptq` adds "
+             "`--weight-rounding gptq` (the others round to nearest, the classifiers' default).", ""]
     for name, data in files.items():
         lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; {data.get('model')} at "
                   f"{data.get('imgsz')}, converter {data.get('converter')}.", "", *markdown(classify_picks_table(data)),
