@@ -1264,6 +1264,11 @@ def _input_size_case(name: str, case: dict) -> str:
                      for source in ("dgh", "real"))
         quality = f"top-1 agreement with float {statistics.fmean(dgh):.2f}% over {len(dgh)} DGH seeds" + (
             f" (real calibration {statistics.fmean(real):.2f}%)" if real else "")
+    elif "metric" in run:  # every seed's, not one
+        seeds = [r["quantized"] for k, r in runs.items() if k.startswith("dgh:") and "quantized" in r]
+        if len(seeds) > 1:
+            quality = (f"{run['metric']} {' / '.join(num(v) for v in seeds)} over {len(seeds)} DGH seeds "
+                       f"(float {num(run['float'])})")
     precision = f", generation in {run['precision']}" if run.get("precision") not in (None, "fp32") else ""
     return (f"{name.replace(':', ' at ')} {num(run['wall_s'], 0)} s (generation {num(run['generation_s'], 0)} s, "
             f"estimated {num(run['estimated_s'], 0)}{precision}), {quality}")
