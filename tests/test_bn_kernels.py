@@ -99,6 +99,32 @@ def test_a_failing_compiler_falls_back_to_the_eager_loop(monkeypatch: pytest.Mon
     assert len(warnings) == 1 and "running them eagerly" in warnings[0] and "C++ compiler" in warnings[0]
 
 
+def test_a_compiled_loop_computing_other_values_falls_back_to_the_eager_loop(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A stale inductor cache once gave NaN loops: the first compiled call is checked against eager."""
+    def stale(fn: object, **_kw: object) -> object:
+        def run(*a: object) -> object:
+            y, s, q = fn(*a)  # type: ignore[operator]
+            return y, s, torch.full_like(q, float("nan"))
+        return run
+
+    monkeypatch.setattr(torch, "compile", stale)
+    monkeypatch.setattr(bn_kernels, "_compiled", {})
+    monkeypatch.setattr(bn_kernels, "_compiling_failed", [])
+    monkeypatch.setattr(bn_kernels, "_checked", set())
+    x, scale, shift = _batch(torch.float32, torch.channels_last), torch.rand(16), torch.rand(16)
+    with caplog.at_level(logging.WARNING, logger="dgh_deploy"):
+        kernels = FusedKernels(True)
+        y, s, q = kernels.forward(x, scale, shift)
+        kernels.forward(x, scale, shift)
+    y0, s0, q0 = FusedKernels(False).forward(x, scale, shift)
+    assert torch.equal(y, y0) and torch.equal(s, s0) and torch.equal(q, q0)
+    assert not kernels.ran_compiled
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "other values than the eager" in warnings[0] and "TORCHINDUCTOR_CACHE_DIR" in \
+        warnings[0]
+
+
 @pytest.mark.usefixtures("cxx")
 def test_a_generation_step_is_the_same_compiled_or_eager() -> None:
     """ResNet-20's loss and gradient with the compiled kernels and its ReLUs folded in, against the

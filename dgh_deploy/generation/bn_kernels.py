@@ -42,6 +42,25 @@ log = logging.getLogger("dgh_deploy")
 MIN_IMAGE_ELEMENTS = 1024
 _COMPILED_DTYPES = (torch.float32, torch.bfloat16)
 _SLOW_COMPILE_S = 5.0  # a first call this slow was a compile: say so once
+# Directions whose compiled loop matched the eager one on its first call in this process. Checked
+# because inductor, reusing a cache written under another instruction-set cap (ATEN_CPU_CAPABILITY),
+# returned loops whose first generation step was NaN on a 2-core AMX Xeon.
+_checked: set[str] = set()
+_AGREEMENT_RTOL = 1e-2  # bf16 outputs round to 3 digits; sums add in another order
+
+
+def _agrees(got: Any, want: Any) -> bool:
+    """Whether the compiled loop's outputs (a tensor or a tuple of them) are the eager loop's, to
+    rounding: finite where those are, and within a relative error of their norm."""
+    pairs = zip(got, want, strict=True) if isinstance(want, tuple) else [(got, want)]
+    for g, w in pairs:
+        g, w = g.double(), w.double()
+        if not torch.equal(torch.isfinite(g), torch.isfinite(w)):
+            return False
+        finite = torch.isfinite(w)
+        if (g[finite] - w[finite]).norm() > _AGREEMENT_RTOL * w[finite].norm() + 1e-12:
+            return False
+    return True
 
 
 def _channel_dim(x: torch.Tensor) -> int:
@@ -174,5 +193,15 @@ class FusedKernels:
             return _EAGER[direction](x, *args, 0.0 if relu else None)
         if (took := time.perf_counter() - t0) > _SLOW_COMPILE_S:
             log.info("compiled the fused BN kernels in %.0f s (inductor caches them for later runs)", took)
+        if direction not in _checked:
+            eager = _EAGER[direction](x, *args, 0.0 if relu else None)
+            if not _agrees(out, eager):
+                _compiling_failed.append(f"the compiled {direction} loop disagrees with the eager one")
+                log.warning("the compiled BN kernels computed other values than the eager ones (%s), running them "
+                            "eagerly (slower). A stale inductor cache, e.g. one shared by machines of other CPUs, "
+                            "can do this: set TORCHINDUCTOR_CACHE_DIR to an empty folder, or TORCHDYNAMO_DISABLE=1",
+                            _compiling_failed[0])
+                return eager
+            _checked.add(direction)
         self.ran_compiled = True
         return out
