@@ -16,7 +16,8 @@ channels, pixels) otherwise, so that the loops run along memory. One loop per di
 serves every layer, chunk and coarse-to-fine stage (see :meth:`FusedKernels._run`), kept in
 inductor's disk cache: about 19 s of compiling on a machine's first run, about 4 s of tracing in
 later processes. CPU only: a GPU step is one CUDA graph already (cuda_graph.py). Where compiling
-fails (no C++ compiler, say) the same functions run eagerly after one warning;
+fails (no C++ compiler, say), or a loop's first call disagrees with the eager function on the same
+inputs (a stale inductor cache), the same functions run eagerly after one warning;
 ``TORCHDYNAMO_DISABLE=1`` turns compiling off.
 
 Per-image sums are float32, as the eager path's: the caller adds them across images in float64.
