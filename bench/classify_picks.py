@@ -40,6 +40,7 @@ import numpy as np
 from bench import common
 from bench.common import set_path
 from bench.input_sizes import AGREEMENT_IMAGES, LITE0
+from bench.tflite_ranges import apply_method
 
 IMGSZ = 224
 HOLDOUT = {"dgh": 16, "real": 8}  # the 224 job's hold-out of its 144 images; real's as bench.input_sizes
@@ -100,10 +101,7 @@ class Scorer:
 
     def score(self, calib: Any, method: str) -> dict[str, float]:
         """Agreement with float of the file built from ``calib`` with ``method``'s activation ranges."""
-        spec, _, rounding = method.partition("/")
-        name, _, pct = spec.partition(":")
-        self.target.weight_rounding = rounding or "nearest"
-        self.target.options = replace(self.target.options, act_range=name, percentile=float(pct) if pct else None)
+        apply_method(self.target, method)
         with tempfile.TemporaryDirectory(prefix="dgh-bench-classify-") as tmp:
             result = self.target.build(self.model, calib, Path(tmp), self.early)
             candidate = result.runner.infer_all(self.images)

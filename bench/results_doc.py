@@ -873,22 +873,20 @@ def classify_picks_table(state: dict) -> Table:
 
 
 def section_classify_picks(files: dict[str, dict]) -> list[str]:
-    lines = ["A 224-pixel classifier's calibration over seeds and picks (`python -m bench.classify_picks`): "
-             "EfficientNet-Lite0 (ImageNet weights) has no labelled ImageNet images here, so each tflite-int8 "
-             "build is scored by top-1 agreement of its int8 file (LiteRT) with the float model on natural images "
-             "(coco128's 128 val images, where one image is 0.78 points, or 1,000 CIFAR-10 test images upscaled: "
-             "each file says which) and by the logits' SQNR. One set per (source, seed): the "
-             "default job's DGH set (128 + 16 images), and coco128's 128 train images (`real`, the same for every "
-             "seed); pick k rotates the set by k hold-outs. A method is the build's `--act-range`; `/gptq` adds "
-             "`--weight-rounding gptq` (the others round to nearest, the classifiers' default).", ""]
-    for name, data in files.items():
-        lines += [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; {data.get('model')} at "
-                  f"{data.get('imgsz')}, converter {data.get('converter')}, agreement on {data.get('natural')}.", "",
-                  *markdown(classify_picks_table(data)),
-                  ""]
-        if data.get("note"):
-            lines += [data["note"], ""]
-    return lines
+    def render(name: str, data: dict) -> list[str]:
+        return [f"From `bench/results/{name}`, measured on {machine_of(name, data)}; {data.get('model')} at "
+                f"{data.get('imgsz')}, converter {data.get('converter')}, agreement on {data.get('natural')}.", "",
+                *markdown(classify_picks_table(data)), ""]
+
+    return per_file_section(
+        "A 224-pixel classifier's calibration over seeds and picks (`python -m bench.classify_picks`): "
+        "EfficientNet-Lite0 (ImageNet weights) has no labelled ImageNet images here, so each tflite-int8 "
+        "build is scored by top-1 agreement of its int8 file (LiteRT) with the float model on natural images "
+        "(coco128's 128 val images, where one image is 0.78 points, or 1,000 CIFAR-10 test images upscaled: "
+        "each file says which) and by the logits' SQNR. One set per (source, seed): the "
+        "default job's DGH set (128 + 16 images), and coco128's 128 train images (`real`, the same for every "
+        "seed); pick k rotates the set by k hold-outs. A method is the build's `--act-range`; `/gptq` adds "
+        "`--weight-rounding gptq` (the others round to nearest, the classifiers' default).", files, render)
 
 
 def section_artifacts(files: dict[str, dict]) -> list[str]:

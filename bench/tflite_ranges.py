@@ -43,6 +43,15 @@ from bench.detect_picks import HOLDOUT, make_set, pick_path
 AGREEMENT_BYTES = 256 << 20  # outputs kept per runner for the agreement: YOLOv5n's maps at 640 are ~9 MB an image
 
 
+def apply_method(target: Any, method: str) -> None:
+    """Set a tflite-int8 ``target``'s ranges and rounding from a method string (see the module docstring):
+    ``ACT_RANGE[:PERCENTILE][/ROUNDING]``, rounding to the nearest when none is named."""
+    spec, _, rounding = method.partition("/")
+    name, _, pct = spec.partition(":")
+    target.weight_rounding = rounding or "nearest"
+    target.options = replace(target.options, act_range=name, percentile=float(pct) if pct else None)
+
+
 class Builder:
     """One tflite-int8 target and model for every build: one float conversion, one float score."""
 
@@ -86,10 +95,7 @@ class Builder:
         from dgh_deploy.calibration import CalibrationSet
         from dgh_deploy.runtime.base import RecordingRunner
 
-        spec, _, rounding = method.partition("/")
-        name, _, pct = spec.partition(":")
-        self.target.weight_rounding = rounding or "nearest"
-        self.target.options = replace(self.target.options, act_range=name, percentile=float(pct) if pct else None)
+        apply_method(self.target, method)
         calib, _held = CalibrationSet.load(calib_path).split(HOLDOUT)
         with tempfile.TemporaryDirectory(prefix="dgh-bench-ranges-") as tmp:
             result = self.target.build(self.model, calib, Path(tmp), self.early)

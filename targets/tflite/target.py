@@ -132,7 +132,8 @@ def act_range_for(model: LoadedModel | None, opts: TargetOptions) -> tuple[str, 
     YOLOv5n over three DGH seeds (``bench/tflite_ranges.py``, litert-torch, GPTQ weights, maps
     layout): at 320 min/max 28.54 / 28.31 / 28.72 mAP50-95 (float 27.34), mse 27.14 / 27.89 / 27.48; at
     640 min/max 31.41 / 31.60 / 32.04, mse 32.06 / 32.35 / 32.14 (float 33.08); with each SiLU input's
-    error counted after the SiLU, 9 bf16 builds 32.09 to 33.50, all within 1.0 of float. A per-tensor
+    error counted after the SiLU, 9 bf16 builds 32.09 to 33.50, all within 1.0 of float, but three whole
+    default jobs on fresh sets 31.99 / 31.97 / 33.65 (bench/results/input_sizes_fused_amx_cpu.json). A per-tensor
     min/max is set by the few most extreme pixels, and a 640 image has four times as many of them
     to draw: its ranges widen and every value loses resolution, which mse's clipping wins back; at
     320 the clipped tails (the confident boxes' responses) cost more than they give. Before GPTQ and
