@@ -135,13 +135,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for k in range(args.picks) if f"{m}|{src}|{seed}|{k}" not in state["builds"]]
     print(f"{len(todo)} builds to do ({len(state['builds'])} already in {args.json})", flush=True)
     scorer = Scorer(str(Path(args.assets) / natural), n_natural, args.threads) if todo else None
-    for i, (m, src, seed, k) in enumerate(todo, 1):
-        t0 = time.perf_counter()
-        calib = pick(set_path(folder, src, seed), src, k)
-        state["builds"][f"{m}|{src}|{seed}|{k}"] = got = scorer.score(calib, m)
-        common.write_result(args.json, state, indent=2)
-        print(f"[{i}/{len(todo)}] {m} {src} seed {seed} pick {k}: {got['top1_agreement']:.2f}% "
-              f"{got['output_sqnr_db']:.2f} dB ({time.perf_counter() - t0:.0f} s)", flush=True)
+    common.run_pending(args.json, state, "builds", todo,
+                       lambda m, src, seed, k: scorer.score(pick(set_path(folder, src, seed), src, k), m),
+                       lambda got: f"{got['top1_agreement']:.2f}% {got['output_sqnr_db']:.2f} dB", common.pick_label)
     print(summary(state))
     return state
 

@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,6 +216,26 @@ def read_state(path: str | Path, empty: dict) -> dict:
     """The JSON state of a resumable bench (``empty`` when there is none yet)."""
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else empty
+
+
+def run_pending(json_path: str | Path, state: dict, table: str, todo: list[tuple],
+                build: Callable[..., Any], shown: Callable[[Any], str], label: Callable[..., str] | None = None,
+                indent: int = 2) -> None:
+    """Build each item of ``todo`` (its key parts) and keep the result in ``state[table]`` under the parts
+    joined by ``|``, writing ``json_path`` after every build: a stopped bench, run again, continues from
+    its file. ``build(*item)`` returns what is kept; each line shows ``label(*item)`` (the parts, by
+    default) and ``shown(result)``."""
+    for i, item in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        state[table]["|".join(str(part) for part in item)] = result = build(*item)
+        write_result(json_path, state, indent=indent)
+        name = label(*item) if label else " ".join(str(part) for part in item)
+        print(f"[{i}/{len(todo)}] {name}: {shown(result)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def pick_label(method: str, source: str, seed: int, pick: int) -> str:
+    """A seeds-x-picks bench's build, as its progress lines name it."""
+    return f"{method} {source} seed {seed} pick {pick}"
 
 
 def set_path(folder: Path, source: str, seed: int) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +82,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     state.setdefault("float", float_top1(model, val))
     calib = sets(args, model)
     todo = [(b, label) for label in calib for b in BUILDS if f"{b}|{label}" not in state["top1"]]
-    for i, (build, label) in enumerate(todo, 1):
-        t0 = time.perf_counter()
-        state["top1"][f"{build}|{label}"] = build_top1(model, calib[label], label.split()[0], build, val, args.threads)
-        common.write_result(args.json, state, indent=1)
-        print(f"[{i}/{len(todo)}] {build} on {label}: {state['top1'][f'{build}|{label}']:.2f} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    common.run_pending(args.json, state, "top1", todo,
+                       lambda build, label: build_top1(model, calib[label], label.split()[0], build, val, args.threads),
+                       "{:.2f}".format, lambda build, label: f"{build} on {label}", indent=1)
     print(summary(state))
     return state
 

@@ -127,13 +127,12 @@ def run(args: argparse.Namespace, case: Case) -> dict:
             if f"{spec}|{src}|{seed}|{k}" not in state["jobs"]]
     print(f"{len(todo)} jobs to do ({len(state['jobs'])} already in {args.json})", flush=True)
     work = folder.parent / "jobs"
-    for i, (spec, src, seed, k) in enumerate(todo, 1):
-        t0 = time.perf_counter()
+
+    def job(spec: str, src: str, seed: int, k: int) -> float:
         value, state["float"] = run_job(case, pick_path(folder, src, seed, k), spec, work, args.threads)
-        state["jobs"][f"{spec}|{src}|{seed}|{k}"] = value
-        common.write_result(args.json, state, indent=2)
-        print(f"[{i}/{len(todo)}] {spec} {src} seed {seed} pick {k}: {value:.2f} ({time.perf_counter() - t0:.0f} s)",
-              flush=True)
+        return value
+
+    common.run_pending(args.json, state, "jobs", todo, job, "{:.2f}".format, common.pick_label)
     print(summary(state, specs, sources, seeds, args.picks))
     return state
 

@@ -171,15 +171,15 @@ def run(args: argparse.Namespace, case: Case) -> dict[str, Any]:
         if "float" not in state:
             state["float"] = builder.float_metric()
             common.write_result(args.json, state, indent=2)
-        for i, (m, src, seed, k) in enumerate(todo, 1):
-            t0 = time.perf_counter()
-            key = f"{m}|{src}|{seed}|{k}"
+
+        def build(m: str, src: str, seed: int, k: int) -> float:
             value, timings, agreement = builder.int8_metric(pick_path(folder, src, seed, k), m)
-            state["builds"][key], state["timings"][key] = value, timings
+            key = f"{m}|{src}|{seed}|{k}"
+            state["timings"][key] = timings
             state.setdefault("agreement", {})[key] = agreement
-            common.write_result(args.json, state, indent=2)
-            print(f"[{i}/{len(todo)}] {m} {src} seed {seed} pick {k}: {state['builds'][key]:.2f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            return value
+
+        common.run_pending(args.json, state, "builds", todo, build, "{:.2f}".format, common.pick_label)
     print(summary(state, methods, sources, seeds, args.picks))
     return state
 

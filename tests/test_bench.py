@@ -117,6 +117,26 @@ def test_write_result_keeps_format(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left
 
 
+def test_a_stopped_bench_keeps_every_build_it_finished(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import common
+
+    path = tmp_path / "state.json"
+    state: dict = {"builds": {"minmax|dgh|0|0": 1.0}}
+
+    def build(method: str, source: str, seed: int, pick: int) -> float:
+        if pick == 2:
+            raise KeyboardInterrupt  # the user stops the bench during its third build
+        return 10.0 + pick
+
+    todo = [("mse", "dgh", 0, 0), ("mse", "dgh", 0, 1), ("mse", "dgh", 0, 2)]
+    with pytest.raises(KeyboardInterrupt):
+        common.run_pending(path, state, "builds", todo, build, "{:.1f}".format, common.pick_label)
+    assert json.loads(path.read_text())["builds"] == {"minmax|dgh|0|0": 1.0, "mse|dgh|0|0": 10.0, "mse|dgh|0|1": 11.0}
+    lines = capsys.readouterr().out.splitlines()
+    assert [re.sub(r" \(\d+ s\)$", "", line) for line in lines] == ["[1/3] mse dgh seed 0 pick 0: 10.0",
+                                                                    "[2/3] mse dgh seed 0 pick 1: 11.0"]
+
+
 def test_machine_line() -> None:
     from bench import common
 
