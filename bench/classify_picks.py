@@ -16,8 +16,8 @@ source is judged by its mean and spread over 9 builds.
 Each build is the tflite-int8 target's own (float conversion once, shared; calibration, quantizer,
 checks), with ``--act-range`` set by the method (``percentile:P`` sets ``--percentile P``; a method
 ending in ``/gptq`` GPTQ-rounds the weights, ``--weight-rounding gptq``; the others round to nearest,
-the classifiers' default). Sets go
-to ``--sets``, finished builds to ``--json``: stop and run again to continue.
+the classifiers' default; ``^H`` sets ``--output-headroom H``, ``minmax^1`` the logits' range as the
+set gives it). Sets go to ``--sets``, finished builds to ``--json``: stop and run again to continue.
 
     .venv/bin/python -m bench.classify_picks --methods minmax,mse --json bench/results/classify_picks_lite0_cpu.json
     .venv/bin/python -m bench.classify_picks --natural cifar --json bench/results/classify_picks_lite0_cifar_cpu.json

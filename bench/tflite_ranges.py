@@ -22,7 +22,8 @@ check computes them), a smoother reading of the same change.
 
 A method is an ``--act-range`` value (``percentile:P`` sets ``--percentile P``), optionally followed by
 ``/ROUNDING``, the ``--weight-rounding`` (``minmax/gptq``); without it the weights are rounded to the
-nearest, as every build before GPTQ pre-rounding was.
+nearest, as every build before GPTQ pre-rounding was. ``^H`` sets ``--output-headroom H``
+(``minmax^1``: the calibration set's own output range; without it, the task's).
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ AGREEMENT_BYTES = 256 << 20  # outputs kept per runner for the agreement: YOLOv5
 
 
 def apply_method(target: Any, method: str) -> None:
-    """Set a tflite-int8 ``target``'s ranges and rounding from a method string (see the module docstring):
-    ``ACT_RANGE[:PERCENTILE][/ROUNDING]``, rounding to the nearest when none is named."""
+    """Set a tflite-int8 ``target``'s ranges, rounding and output headroom from a method string (see the
+    module docstring): ``ACT_RANGE[:PERCENTILE][/ROUNDING][^HEADROOM]``, rounding to the nearest when none
+    is named, the task's headroom when none is given."""
+    method, _, headroom = method.partition("^")
+    target.output_headroom = float(headroom) if headroom else None
     spec, _, rounding = method.partition("/")
     name, _, pct = spec.partition(":")
     target.weight_rounding = rounding or "nearest"

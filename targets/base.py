@@ -11,6 +11,7 @@ for every target.
 from __future__ import annotations
 
 import importlib.util
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -103,6 +104,18 @@ class TargetFlag:
     choices: tuple[str, ...] = ()
     switched: Any = True  # a switch's value when given (False for a --no-... switch)
     metavar: str | None = None  # what --help shows for the value (argparse's default: the dest in capitals)
+
+
+OUTPUT_HEADROOM_HELP = ("the int8 outputs' range reaches this many times above the largest value the calibration "
+                        "images give (>= 1; default: the task's, 1.5 for classifiers' logits, 1 for detectors)")
+
+
+def checked_headroom(given: float | None) -> float | None:
+    """``--output-headroom``, checked: None leaves it to the task (``TaskAdapter.output_headroom``)."""
+    if given is not None and not (math.isfinite(given) and given >= 1.0):
+        raise DGHError(f"--output-headroom {given:g} is below 1 (it would clip the outputs inside the calibration "
+                       "set's own range)", "pass 1 (the set's range) or more, or leave it to the task")
+    return given
 
 
 ADVICE_DROP = 1.0  # a metric drop (points) worth a rebuild with the noisiest modules at a higher precision

@@ -135,6 +135,8 @@ CASES: list[tuple[str, list[str], int, list[str]]] = [
     ("bits out of range", ["--target", "sim", "--bits", "W1A8"], 2, ["between 2 and 16"]),
     ("unknown range method", ["--target", "sim", "--act-range", "bogus"], 2, ["'bogus' not supported"]),
     ("unknown weight rounding", ["--target", "sim", "--weight-rounding", "up"], 2, ["invalid choice"]),
+    ("output headroom below 1", ["--output-headroom", "0.5"], 2, ["--output-headroom 0.5 is below 1", "pass 1"]),
+    ("output headroom not a number", ["--output-headroom", "wide"], 2, ["--output-headroom", "invalid float"]),
     ("unknown target", ["--target", "nope"], 2, ["unknown target 'nope'"]),
     ("unknown calibration source", ["--calib", "synthetic"], 2, ["unknown calibration source 'synthetic'"]),
     ("missing real folder", ["--calib", "real:/no/such/folder"], 2, ["'/no/such/folder' not found"]),

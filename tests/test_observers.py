@@ -126,3 +126,11 @@ def test_an_activation_reading_the_tensor_sets_where_the_error_counts() -> None:
     assert after.range()[0] > plain.range()[0] + 5  # the tail SiLU flattens is given up
     assert after.range()[1] >= plain.range()[1]
     assert silu_error(after.range()) < 0.5 * silu_error(plain.range())
+
+
+def test_headroom_raises_only_a_positive_top() -> None:
+    from dgh_deploy.calibration.observers import with_headroom
+
+    assert with_headroom((-2.0, 4.0), 1.5) == (-2.0, 6.0)
+    assert with_headroom((-2.0, 4.0), 1.0) == (-2.0, 4.0)
+    assert with_headroom((-3.0, -1.0), 1.5) == (-3.0, -1.0)  # no room above without moving the zero

@@ -116,6 +116,10 @@ def test_sim_build_tiny(tmp_path: Path) -> None:
     q = res.runner.infer(images[:8])[0]
     assert np.abs(q - f).max() < 0.1 * np.abs(f).max()  # W8A8 follows float closely
     assert not np.array_equal(q, f)  # but it is quantized
+    assert res.info.output_headroom == 1.5  # a classifier's (ClassifyTask.output_headroom)
+    minmax = _build(model, images, tmp_path, act_range="minmax")
+    top = float(model.module(torch.from_numpy(images)).detach().max())  # ranges are read on the float model
+    assert top > 0 and minmax.runner.module.out_quant[0].range[1] == pytest.approx(1.5 * top, rel=1e-5)
     with pytest.raises(DGHError, match="not supported by the sim target"):
         _build(model, images, tmp_path, act_range="entropy")
     with pytest.raises(DGHError, match="bits 1 not supported"):

@@ -482,7 +482,7 @@ def test_the_converter_is_a_flag_and_its_missing_stack_is_one_install_line(monke
     from dgh_deploy.targets.tflite.litert_converter import LiteRTTorchConverter
 
     assert [f.flag for f in TFLiteInt8Target.flags] == ["--layout", "--io-dtype", "--allow-float-ops", "--converter",
-                                                       "--int16-layers", "--weight-rounding"]
+                                                       "--int16-layers", "--weight-rounding", "--output-headroom"]
     with pytest.raises(DGHError, match="unknown converter 'tf2onnx'"):
         get_target("tflite-int8", converter="tf2onnx")
     monkeypatch.setattr(LiteRTTorchConverter, "requires", ("litert_torch_not_installed",))

@@ -134,3 +134,23 @@ def test_the_silu_inputs_of_a_converted_file_are_found() -> None:
     maximum = next(o for o in ops if o["op_name"] == "MAXIMUM")
     silu_input = names[int(maximum["outputs"][0])]
     assert list(found) == [silu_input] and found[silu_input][0] == "SILU"
+
+
+def test_the_outputs_top_gets_the_headroom_and_no_other_range_moves() -> None:
+    """A classifier's logits reach ``output_headroom`` times above the set's largest, on a converted file."""
+    pytest.importorskip("litert_torch")
+    import litert_torch
+
+    from dgh_deploy.runtime.litert_runner import open_interpreter
+    from dgh_deploy.targets.tflite.ranges import activation_ranges
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    module = litert_torch.to_channel_last_io(net, args=[0]).eval()
+    content = bytes(litert_torch.convert(module, (torch.randn(1, 8, 8, 3),)).model_content())
+    images = [np.random.default_rng(i).normal(size=(1, 8, 8, 3)).astype(np.float32) for i in range(4)]
+    plain = activation_ranges(content, images, "minmax")
+    wide = activation_ranges(content, images, "minmax", output_headroom=1.5)
+    out = open_interpreter(content, num_threads=1, delegates=False).get_output_details()[0]["name"]
+    assert plain[out][1] > 0 and wide[out] == (plain[out][0], pytest.approx(1.5 * plain[out][1]))
+    assert {k: v for k, v in wide.items() if k != out} == {k: v for k, v in plain.items() if k != out}

@@ -15,6 +15,9 @@ from dgh_deploy.runtime.base import Runner
 class TaskAdapter(ABC):
     name: str
     metric: str  # the headline metric, higher is better (e.g. "top1", "mAP50-95")
+    # How far above the calibration set's largest value an integer output's range reaches (its
+    # top times this): room for inputs more extreme than the set's. 1: the set's range.
+    output_headroom: float = 1.0
 
     @abstractmethod
     def stretch_outputs(self, output: Any) -> list[torch.Tensor]:

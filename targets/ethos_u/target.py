@@ -31,7 +31,14 @@ from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.reporting.report import Report
 from dgh_deploy.reporting.section import TargetSection
 from dgh_deploy.targets import get_target
-from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetFlag, TargetOptions
+from dgh_deploy.targets.base import (
+    OUTPUT_HEADROOM_HELP,
+    BuildResult,
+    QuantConstraints,
+    Target,
+    TargetFlag,
+    TargetOptions,
+)
 from dgh_deploy.targets.ethos_u.report import npu_check, npu_markdown
 from dgh_deploy.targets.ethos_u.section import TFLITE_INT8, EthosUSection, NpuSection
 from dgh_deploy.targets.ethos_u.vela import (
@@ -82,6 +89,7 @@ class EthosUTarget(Target):
                    "the rest int8 (litert-torch)"),
         TargetFlag("--weight-rounding", "weight_rounding", ROUNDING_HELP, choices=ROUNDINGS),
         TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),  # the tflite-int8 file's; maps or split
+        TargetFlag("--output-headroom", "output_headroom", OUTPUT_HEADROOM_HELP, type=float, metavar="X"),
     )
     summary_artifacts: ClassVar[tuple[str, ...]] = ("model", "vela_model")
     section: ClassVar[type[EthosUSection]] = EthosUSection
@@ -90,9 +98,9 @@ class EthosUTarget(Target):
     def __init__(self, options: TargetOptions | None = None, npu: str = DEFAULT_ACCELERATOR, system_config: str = "",
                  memory_mode: str = "", require_npu: bool = False, silu_floor: float | None = None,
                  parity_images: int | None = None, int16_layers: str = "", weight_rounding: str = "",
-                 layout: str = "") -> None:
+                 layout: str = "", output_headroom: float | None = None) -> None:
         # What the user left unset is not passed on, so tflite-int8's defaults stay its own.
-        given = {"silu_floor": silu_floor, "parity_images": parity_images}
+        given = {"silu_floor": silu_floor, "parity_images": parity_images, "output_headroom": output_headroom}
         self.tflite = get_target(TFLITE_INT8, int16_layers=int16_layers, weight_rounding=weight_rounding,
                                  layout=layout, **{k: v for k, v in given.items() if v is not None})
         super().__init__(options)

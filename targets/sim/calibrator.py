@@ -33,6 +33,7 @@ class SimCalibration:
     percentile: float
     bias_correction: bool
     weight_rounding: str  # gptq | nearest
+    output_headroom: float = 1.0  # the task's: the network outputs' range tops times this
 
 
 class SimCalibrator(Calibrator[list[ActQuant]]):
@@ -74,8 +75,10 @@ class SimCalibrator(Calibrator[list[ActQuant]]):
         return self.quantizers
 
     def _fix_activation_grids(self) -> None:
+        outputs = {id(q) for q in self.sim.out_quant}
         for q in self.quantizers:
-            q.calibrate(self.how.act_range, self.how.percentile)
+            q.calibrate(self.how.act_range, self.how.percentile,
+                        self.how.output_headroom if id(q) in outputs else 1.0)
             q.mode = "quant"
         for layer in self.layers:
             layer.observe_mean = False

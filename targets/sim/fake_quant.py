@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dgh_deploy.calibration.observers import Histogram, QuantGrid, estimate_range, mse_range
+from dgh_deploy.calibration.observers import Histogram, QuantGrid, estimate_range, mse_range, with_headroom
 from dgh_deploy.calibration.weights.gptq import InputMoment, gptq_round, supports
 from dgh_deploy.runtime.base import flatten_outputs
 
@@ -103,8 +103,8 @@ class ActQuant(nn.Module):
             self.hist.observe_counts(x)
         return x
 
-    def calibrate(self, method: str, percentile: float) -> None:
-        lo, hi = estimate_range(self.hist, method, self.grid, percentile)
+    def calibrate(self, method: str, percentile: float, headroom: float = 1.0) -> None:
+        lo, hi = with_headroom(estimate_range(self.hist, method, self.grid, percentile), headroom)
         self.range = (lo, hi)
         self.qparams = self.grid.params(torch.tensor(lo), torch.tensor(hi))
         self.hist = Histogram()  # the counts are not needed any more

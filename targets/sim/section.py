@@ -18,9 +18,13 @@ class SimSection(TargetSection):
     bias_correction: bool
     weight_rounding: str  # gptq | nearest
     calibration_images: int
+    output_headroom: float | None = None  # the outputs' range tops times this (TaskAdapter.output_headroom)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.output_headroom is None:  # a report written before the headroom
+            del d["output_headroom"]
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Self:

@@ -36,6 +36,7 @@ from dgh_deploy.targets.sim.fake_quant import (
     quantize_layers,
 )
 from dgh_deploy.targets.sim.section import SimSection
+from dgh_deploy.tasks import get_task
 from dgh_deploy.verification.layers import LayerError
 
 DEFAULT_ACT_RANGE = "mse"
@@ -117,14 +118,15 @@ class SimTarget(Target):
         o = self.options
         t0 = time.perf_counter()
         sim, layers, folded = self._fake_quantized(model, rounding)
-        how = SimCalibration(method, o.percentile_or(), self.bias_correction, rounding)
+        how = SimCalibration(method, o.percentile_or(), self.bias_correction, rounding,
+                             get_task(model.task).output_headroom)
         quantizers = SimCalibrator(sim, layers, how).calibrate(calib)
         seconds = time.perf_counter() - t0
 
         path = workdir / "sim_scales.json"
         write_json(path, self._scales(method, quantizers, layers))
         info = SimSection(len(layers), len(quantizers), folded[0], folded[1], method, self.bias_correction, rounding,
-                          len(calib))
+                          len(calib), how.output_headroom)
         return BuildResult(artifacts={"model": path}, runner=SimRunner(sim), info=info,
                            timings={"calibration": seconds})
 

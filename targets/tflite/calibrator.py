@@ -98,8 +98,9 @@ class LiteRTCalibrator(Calibrator[LiteRTCalibration]):
     layout: ClassVar[Layout] = "NHWC"
 
     def __init__(self, float_model: Path, imgsz: tuple[int, int], method: str = "minmax",
-                 percentile: float = 99.99, act_bits: int = 8, channels: int = 3) -> None:
+                 percentile: float = 99.99, act_bits: int = 8, channels: int = 3, output_headroom: float = 1.0) -> None:
         super().__init__(batch_size=16)
+        self.output_headroom = output_headroom
         self.float_model = Path(float_model)
         self.imgsz = tuple(imgsz)
         self.method = method
@@ -123,7 +124,8 @@ class LiteRTCalibrator(Calibrator[LiteRTCalibration]):
         from dgh_deploy.targets.tflite.ranges import activation_ranges
 
         signature = next(iter(open_interpreter(self.float_model, delegates=False).get_signature_list()))
-        ranges = activation_ranges(self.float_model, self._samples, self.method, self.percentile, self.act_bits)
+        ranges = activation_ranges(self.float_model, self._samples, self.method, self.percentile, self.act_bits,
+                                   self.output_headroom)
         self._samples = []  # the ranges are all the quantizer takes
         return LiteRTCalibration(signature, self.method, ranges)
 

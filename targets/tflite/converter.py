@@ -50,6 +50,7 @@ class ConversionSettings:
     verbose: bool = False
     threads: int = 2
     int16_layers: tuple[str, ...] = ()  # PyTorch modules whose ops take int16 activations (16x8), the rest int8
+    output_headroom: float = 1.0  # the task's (TaskAdapter.output_headroom): the outputs' range tops times this
 
     @property
     def quant_type(self) -> str:

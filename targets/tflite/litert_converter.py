@@ -90,7 +90,8 @@ class LiteRTTorchConverter(Converter):
     # --- int8 ---------------------------------------------------------------------------------
     def calibrator(self, model: LoadedModel, scratch: Path, float_model: FloatModel) -> LiteRTCalibrator:
         s = self.settings
-        return LiteRTCalibrator(float_model.path, model.imgsz, s.act_range, s.percentile, s.act_bits)
+        return LiteRTCalibrator(float_model.path, model.imgsz, s.act_range, s.percentile, s.act_bits,
+                                output_headroom=s.output_headroom)
 
     def quantize(self, model: LoadedModel, module: nn.Module, float_model: FloatModel, data: LiteRTCalibration,
                  scratch: Path) -> Conversion:
@@ -128,7 +129,7 @@ class LiteRTTorchConverter(Converter):
         info: dict[str, Any] = {
             "quant_type": s.quant_type, "recipe": f"static_wi8_ai{s.act_bits}"
                                                   + (" (ai16 for --int16-layers)" if s.int16_layers else ""),
-            "act_range": data.method, "project_ranges": len(qsvs),
+            "act_range": data.method, "project_ranges": len(qsvs), "output_headroom": s.output_headroom,
             "litert_torch_version": installed_version("litert-torch"),
             "ai_edge_quantizer_version": installed_version("ai-edge-quantizer"),
             "float_conversion_s": round(float_model.seconds, 3),

@@ -152,7 +152,7 @@ def quantize_saved_model(saved_model: Path, data: RepresentativeData, settings: 
     converter.inference_input_type = converter.inference_output_type = io_type
     normalised = (np.asarray(images) - data.mean) / data.std
     with capture_output(log_path, enabled=not settings.verbose), \
-            project_ranges(normalised, settings.act_range, settings.percentile) as ranges:
+            project_ranges(normalised, settings.act_range, settings.percentile, settings.output_headroom) as ranges:
         try:
             path.write_bytes(converter.convert())
         except Exception as exc:  # TensorFlow's quantizer refuses an op: say which, not where it failed
@@ -166,7 +166,8 @@ def quantize_saved_model(saved_model: Path, data: RepresentativeData, settings: 
 
 def ranges_info(settings: ConversionSettings, replaced: int) -> dict[str, Any]:
     """What the report says about the activation ranges."""
-    info: dict[str, Any] = {"act_range": settings.act_range, "project_ranges": replaced}
+    info: dict[str, Any] = {"act_range": settings.act_range, "project_ranges": replaced,
+                            "output_headroom": settings.output_headroom}
     if settings.act_range == "percentile":
         info["percentile"] = settings.percentile
     return info

@@ -33,6 +33,7 @@ from dgh_deploy.calibration.observers import (
     PercentileObserver,
     QuantGrid,
     check_percentile,
+    with_headroom,
 )
 from dgh_deploy.targets.tflite.activation_readers import activation_readers
 
@@ -40,11 +41,20 @@ Ranges = dict[str, tuple[float, float]]  # tensor name -> (lo, hi)
 
 
 def activation_ranges(model: Path | bytes, images: Sequence[np.ndarray], method: str, percentile: float = 99.99,
-                      act_bits: int = 8) -> Ranges:
-    """Every float tensor's range over ``images`` (NHWC, one image each) by ``method``."""
+                      act_bits: int = 8, output_headroom: float = 1.0) -> Ranges:
+    """Every float tensor's range over ``images`` (NHWC, one image each) by ``method``; the model
+    outputs' tops times ``output_headroom`` (the task's, :class:`~dgh_deploy.tasks.base.TaskAdapter`)."""
     if method == "percentile":
         check_percentile(percentile)
     it = _interpreter(model)
+    ranges = _method_ranges(it, images, method, percentile, act_bits)
+    for out in it.get_output_details():
+        if out["name"] in ranges:
+            ranges[out["name"]] = with_headroom(ranges[out["name"]], output_headroom)
+    return ranges
+
+
+def _method_ranges(it: Any, images: Sequence[np.ndarray], method: str, percentile: float, act_bits: int) -> Ranges:
     extremes: dict[str, MinMaxObserver] = {}
     tails: dict[str, PercentileObserver] = {}
     for image in images:  # the one look every method takes

@@ -45,11 +45,13 @@ from dgh_deploy.runtime.base import Runner, TorchRunner
 from dgh_deploy.runtime.litert_runner import LiteRTRunner
 from dgh_deploy.targets.base import (
     DEFAULT_PERCENTILE,
+    OUTPUT_HEADROOM_HELP,
     BuildResult,
     QuantConstraints,
     Target,
     TargetFlag,
     TargetOptions,
+    checked_headroom,
 )
 from dgh_deploy.targets.tflite.converter import (
     CONVERTERS,
@@ -65,6 +67,7 @@ from dgh_deploy.targets.tflite.converter import (
 from dgh_deploy.targets.tflite.integer_ops import check_full_integer
 from dgh_deploy.targets.tflite.section import MicroSection, TFLiteSection, tflite_section
 from dgh_deploy.targets.tflite.silu_floor import DEFAULT_FLOOR, floor_silu
+from dgh_deploy.tasks import get_task
 from dgh_deploy.tasks.ultralytics_format import LAYOUT_HELP, LAYOUTS, built_layout, check_layout, with_layout
 from dgh_deploy.verification.layers import LayerError
 from dgh_deploy.verification.parity import ParityResult, check_float_parity, compare_outputs
@@ -180,14 +183,16 @@ class TFLiteInt8Target(Target):
                    "model.9,model.8.m.0) at int16 activations with int8 weights (TFLite's 16x8 kernels), the "
                    "rest int8 (litert-torch)"),
         TargetFlag("--weight-rounding", "weight_rounding", ROUNDING_HELP, choices=ROUNDINGS),
+        TargetFlag("--output-headroom", "output_headroom", OUTPUT_HEADROOM_HELP, type=float, metavar="X"),
     )
 
     def __init__(self, options: TargetOptions | None = None, silu_floor: float = DEFAULT_FLOOR,
                  parity_images: int = PARITY_IMAGES, converter: str = "", layout: str = "",
                  io_dtype: str = "int8", allow_float_ops: bool = False, int16_layers: str = "",
-                 weight_rounding: str = "") -> None:
+                 weight_rounding: str = "", output_headroom: float | None = None) -> None:
         super().__init__(options)
         self.weight_rounding = weight_rounding  # "" = by the task (default_weight_rounding)
+        self.output_headroom = checked_headroom(output_headroom)  # None = by the task (headroom_for)
         self.int16_layers = tuple(name.strip() for name in int16_layers.split(",") if name.strip())
         self.io_dtype = io_dtype  # int8 | uint8 model I/O (int16 with 16-bit activations)
         self.allow_float_ops = allow_float_ops
@@ -206,8 +211,15 @@ class TFLiteInt8Target(Target):
         settings = ConversionSettings(
             per_tensor=o.per_tensor, io_dtype=self.io_dtype, act_bits=o.act_bits, act_range=method,
             percentile=percentile, verbose=log.isEnabledFor(logging.DEBUG), threads=o.threads,
-            int16_layers=self.int16_layers)
+            int16_layers=self.int16_layers,
+            output_headroom=self.headroom_for(model))
         return converter_class(self.converter_name)(settings)
+
+    def headroom_for(self, model: LoadedModel | None) -> float:
+        """``--output-headroom``, else ``model``'s task's."""
+        if self.output_headroom is not None:
+            return self.output_headroom
+        return get_task(model.task).output_headroom if model is not None else 1.0
 
     def missing_requirements(self) -> list[str]:
         own = super().missing_requirements()

@@ -5,7 +5,8 @@ model) and then quantizes from those statistics. Between the two steps the stati
 replaced by :func:`~dgh_deploy.targets.tflite.ranges.activation_ranges` of the same images (the
 shared observers, fed every tensor of the calibrated file), so
 everything else (the converter's graph passes, I/O types, per-channel weights) stays
-TensorFlow's own; with min/max nothing is touched and the file is TensorFlow's, bit for bit.
+TensorFlow's own; with min/max and no output headroom (a detector's) nothing is touched and the file
+is TensorFlow's, bit for bit.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from dgh_deploy.targets.tflite.ranges import Ranges, activation_ranges
 
 
 @contextlib.contextmanager
-def project_ranges(images: np.ndarray, method: str, percentile: float) -> Iterator[dict[str, int]]:
-    """While open, TensorFlow's converter quantizes with ``method``'s ranges of ``images`` (NHWC);
-    the dict it yields counts the tensors whose range was replaced (``replaced``)."""
+def project_ranges(images: np.ndarray, method: str, percentile: float,
+                   output_headroom: float = 1.0) -> Iterator[dict[str, int]]:
+    """While open, TensorFlow's converter quantizes with ``method``'s ranges of ``images`` (NHWC), the
+    outputs' tops times ``output_headroom``; the dict it yields counts the tensors whose range was
+    replaced (``replaced``)."""
     counts = {"replaced": 0}
-    if method == "minmax":
+    if method == "minmax" and output_headroom == 1.0:
         yield counts
         return
     from tensorflow.lite.python.optimize import calibrator
@@ -35,7 +38,7 @@ def project_ranges(images: np.ndarray, method: str, percentile: float) -> Iterat
         def calibrate(self, dataset_gen: Any) -> bytes:
             calibrated = bytes(super().calibrate(dataset_gen))
             samples = [images[i : i + 1] for i in range(len(images))]
-            ranges = activation_ranges(calibrated, samples, method, percentile)
+            ranges = activation_ranges(calibrated, samples, method, percentile, output_headroom=output_headroom)
             content, counts["replaced"] = with_ranges(calibrated, ranges)
             return content
 

@@ -15,10 +15,18 @@ observer                                range
 The targets' calibrators are these observers plus what their format needs: TensorRT's cache
 lines, TFLite's per-tensor ranges in the converters' statistics, sim's fake-quant grids.
 :func:`check_percentile` is the one percentile check; :func:`observe_all` feeds a list of batches
-in every look an observer takes.
+in every look an observer takes; :func:`with_headroom` raises a range's top (a task's outputs).
 """
 
-from dgh_deploy.calibration.observers.base import Observer, Range, as_numpy, as_torch, check_percentile, observe_all
+from dgh_deploy.calibration.observers.base import (
+    Observer,
+    Range,
+    as_numpy,
+    as_torch,
+    check_percentile,
+    observe_all,
+    with_headroom,
+)
 from dgh_deploy.calibration.observers.entropy import MAX_BINS, NUM_BINS, EntropyObserver
 from dgh_deploy.calibration.observers.grid import QuantGrid
 from dgh_deploy.calibration.observers.histogram import Histogram, percentile_range
@@ -31,5 +39,5 @@ __all__ = [
     "MAX_BINS", "METHODS", "NUM_BINS", "EntropyObserver", "Histogram", "HistogramObserver", "MinMaxObserver",
     "MseObserver", "Observer", "PerChannelMinMaxObserver", "PercentileObserver", "QuantGrid", "Range", "as_numpy",
     "as_torch", "check_percentile", "estimate_range", "histogram_mse_range", "mse_range", "observe_all",
-    "percentile_range", "tail_count",
+    "percentile_range", "tail_count", "with_headroom",
 ]

@@ -70,3 +70,11 @@ def check_percentile(percentile: float) -> None:
     if not 50.0 < percentile <= 100.0:
         raise DGHError(f"--percentile {percentile:g} is outside (50, 100]",
                        "pass the share of values the range keeps, e.g. --percentile 99.99")
+
+
+def with_headroom(rng: Range, headroom: float) -> Range:
+    """``rng`` with its top ``headroom`` times as far from zero: room above what the calibration set
+    reached (a task's integer outputs, see ``TaskAdapter.output_headroom``). A top at or below zero
+    stays: there is no headroom to give it without moving the zero."""
+    lo, hi = rng
+    return (lo, hi * headroom) if hi > 0 else (lo, hi)
