@@ -886,7 +886,8 @@ def section_classify_picks(files: dict[str, dict]) -> list[str]:
         "each file says which) and by the logits' SQNR. One set per (source, seed): the "
         "default job's DGH set (128 + 16 images), and coco128's 128 train images (`real`, the same for every "
         "seed); pick k rotates the set by k hold-outs. A method is the build's `--act-range`; `/gptq` adds "
-        "`--weight-rounding gptq` (the others round to nearest, the classifiers' default).", files, render)
+        "`--weight-rounding gptq` (the others round to nearest, the classifiers' default); `^H` sets "
+        "`--output-headroom H` (`^1`: the logits' range as the set gives it; without, the task's).", files, render)
 
 
 def section_artifacts(files: dict[str, dict]) -> list[str]:
