@@ -294,11 +294,15 @@ def test_the_projects_ranges_replace_the_converters_own(converter: str, r20: Loa
 
     narrow, _ = build_offline(TargetOptions(act_range="percentile", percentile=90.0), r20, calib, tmp_path / "p90",
                               converter)
-    minmax = built["result"]
-    ranges = minmax.info.conversion["project_ranges"]
-    assert ranges == (0 if converter == ONNX2TF else ranges)
+    minmax = built["result"]  # a classifier's: the logits' top 1.5x above the set's (ClassifyTask.output_headroom)
+    assert minmax.info.conversion["output_headroom"] == 1.5 and minmax.info.conversion["project_ranges"] > 20
     step = {name: r.runner.io_details()["outputs"][0]["scale"] for name, r in (("p90", narrow), ("minmax", minmax))}
     assert step["p90"] < 0.8 * step["minmax"], step
+    if converter == ONNX2TF:  # min/max without headroom is TensorFlow's own calibration, untouched
+        own, _ = build_offline(TargetOptions(), r20, calib, tmp_path / "own", converter, output_headroom=1.0)
+        assert own.info.conversion["project_ranges"] == 0
+        own_step = own.runner.io_details()["outputs"][0]["scale"]
+        assert 1.1 * own_step < step["minmax"] < 1.5 * own_step, (step, own_step)  # the top rose, the bottom stayed
 
 
 @pytest.mark.slow  # one more conversion (int16 activations)
