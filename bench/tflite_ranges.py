@@ -23,7 +23,9 @@ check computes them), a smoother reading of the same change.
 A method is an ``--act-range`` value (``percentile:P`` sets ``--percentile P``), optionally followed by
 ``/ROUNDING``, the ``--weight-rounding`` (``minmax/gptq``); without it the weights are rounded to the
 nearest, as every build before GPTQ pre-rounding was. ``^H`` sets ``--output-headroom H``
-(``minmax^1``: the calibration set's own output range; without it, the task's).
+(``minmax^1``: the calibration set's own output range; without it, the task's). A trailing ``+bc``
+turns ``--bias-correction`` on (``mse/gptq+bc``); without it the build has none, as every build
+before the correction had.
 """
 
 from __future__ import annotations
@@ -45,9 +47,12 @@ AGREEMENT_BYTES = 256 << 20  # outputs kept per runner for the agreement: YOLOv5
 
 
 def apply_method(target: Any, method: str) -> None:
-    """Set a tflite-int8 ``target``'s ranges, rounding and output headroom from a method string (see the
-    module docstring): ``ACT_RANGE[:PERCENTILE][/ROUNDING][^HEADROOM]``, rounding to the nearest when none
-    is named, the task's headroom when none is given."""
+    """Set a tflite-int8 ``target``'s ranges, rounding, output headroom and bias correction from a method
+    string (see the module docstring): ``ACT_RANGE[:PERCENTILE][/ROUNDING][^HEADROOM][+bc]``, rounding to
+    the nearest when none is named, the task's headroom when none is given, no bias correction without
+    ``+bc``."""
+    method, corrected, _ = method.partition("+bc")
+    target.bias_correction = "on" if corrected else "off"
     method, _, headroom = method.partition("^")
     target.output_headroom = float(headroom) if headroom else None
     spec, _, rounding = method.partition("/")

@@ -110,6 +110,11 @@ OUTPUT_HEADROOM_HELP = ("the int8 outputs' range reaches this many times above t
                         "images give (>= 1; default: the task's, 1.5 for classifiers' logits, 1 for detectors)")
 
 
+BIAS_CORRECTIONS = ("on", "off")
+BIAS_CORRECTION_HELP = ("move each int8 conv's bias by the mean error the int8 file shows against the float one on the "
+                        "calibration images, convs in execution order (on | off; default: the task's)")
+
+
 def checked_headroom(given: float | None) -> float | None:
     """``--output-headroom``, checked: None leaves it to the task (``TaskAdapter.output_headroom``)."""
     if given is not None and not (math.isfinite(given) and given >= 1.0):

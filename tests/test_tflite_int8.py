@@ -305,6 +305,29 @@ def test_the_projects_ranges_replace_the_converters_own(converter: str, r20: Loa
         assert 1.1 * own_step < step["minmax"] < 1.5 * own_step, (step, own_step)  # the top rose, the bottom stayed
 
 
+def test_bias_correction_moves_the_int8_means_onto_the_float_ones(converter: str, r20: LoadedModel,
+                                                                 calib: CalibrationSet, built: dict[str, Any],
+                                                                 tmp_path: Path) -> None:
+    """--bias-correction on, through either converter's file (their float and int8 tensors share names): the
+    report says how many convs moved, the int8 convs' mean errors against the float file shrink, and the
+    classifier still agrees with PyTorch."""
+    from dgh_deploy.targets.tflite.bias_correction import MAX_IMAGES, mean_errors
+
+    plain = built["result"]
+    assert plain.info.conversion["bias_correction"] == "off"  # a classifier's default
+    fixed, _ = build_offline(TargetOptions(), r20, calib, tmp_path / "bc", converter, bias_correction="on")
+    done = fixed.info.conversion["bias_correction"]
+    assert done["ops"] >= 15 and done["images"] == min(len(calib), MAX_IMAGES) and done["levels"] >= 15  # 22 ops
+    images = [x.transpose(1, 2, 0)[None] for x in calib.images[:MAX_IMAGES]]  # the images it was corrected on
+    before = mean_errors(plain.artifacts["float_model"], plain.artifacts["model"].read_bytes(), images)
+    after = mean_errors(fixed.artifacts["float_model"], fixed.artifacts["model"].read_bytes(), images)
+    size = {name: float(np.abs(np.concatenate(list(e.values()))).mean()) for name, e in (("before", before),
+                                                                                         ("after", after))}
+    assert size["after"] < 0.5 * size["before"], size
+    x = calib.images[:32]
+    assert ClassifyTask().agreement(TorchRunner(r20.module).infer(x), fixed.runner.infer(x))["top1_agreement"] >= 85.0
+
+
 @pytest.mark.slow  # one more conversion (int16 activations)
 def test_litert_writes_int16_activations(r20: LoadedModel, calib: CalibrationSet, tmp_path: Path) -> None:
     stack_or_skip(LITERT_TORCH)
@@ -486,7 +509,8 @@ def test_the_converter_is_a_flag_and_its_missing_stack_is_one_install_line(monke
     from dgh_deploy.targets.tflite.litert_converter import LiteRTTorchConverter
 
     assert [f.flag for f in TFLiteInt8Target.flags] == ["--layout", "--io-dtype", "--allow-float-ops", "--converter",
-                                                       "--int16-layers", "--weight-rounding", "--output-headroom"]
+                                                       "--int16-layers", "--weight-rounding", "--output-headroom",
+                                                       "--bias-correction"]
     with pytest.raises(DGHError, match="unknown converter 'tf2onnx'"):
         get_target("tflite-int8", converter="tf2onnx")
     monkeypatch.setattr(LiteRTTorchConverter, "requires", ("litert_torch_not_installed",))

@@ -32,6 +32,8 @@ from dgh_deploy.reporting.report import Report
 from dgh_deploy.reporting.section import TargetSection
 from dgh_deploy.targets import get_target
 from dgh_deploy.targets.base import (
+    BIAS_CORRECTION_HELP,
+    BIAS_CORRECTIONS,
     OUTPUT_HEADROOM_HELP,
     BuildResult,
     QuantConstraints,
@@ -90,6 +92,7 @@ class EthosUTarget(Target):
         TargetFlag("--weight-rounding", "weight_rounding", ROUNDING_HELP, choices=ROUNDINGS),
         TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),  # the tflite-int8 file's; maps or split
         TargetFlag("--output-headroom", "output_headroom", OUTPUT_HEADROOM_HELP, type=float, metavar="X"),
+        TargetFlag("--bias-correction", "bias_correction", BIAS_CORRECTION_HELP, choices=BIAS_CORRECTIONS),
     )
     summary_artifacts: ClassVar[tuple[str, ...]] = ("model", "vela_model")
     section: ClassVar[type[EthosUSection]] = EthosUSection
@@ -98,11 +101,12 @@ class EthosUTarget(Target):
     def __init__(self, options: TargetOptions | None = None, npu: str = DEFAULT_ACCELERATOR, system_config: str = "",
                  memory_mode: str = "", require_npu: bool = False, silu_floor: float | None = None,
                  parity_images: int | None = None, int16_layers: str = "", weight_rounding: str = "",
-                 layout: str = "", output_headroom: float | None = None) -> None:
+                 layout: str = "", output_headroom: float | None = None, bias_correction: str = "") -> None:
         # What the user left unset is not passed on, so tflite-int8's defaults stay its own.
         given = {"silu_floor": silu_floor, "parity_images": parity_images, "output_headroom": output_headroom}
         self.tflite = get_target(TFLITE_INT8, int16_layers=int16_layers, weight_rounding=weight_rounding,
-                                 layout=layout, **{k: v for k, v in given.items() if v is not None})
+                                 layout=layout, bias_correction=bias_correction,
+                                 **{k: v for k, v in given.items() if v is not None})
         super().__init__(options)
         self.vela = VelaSettings(npu, system_config, memory_mode)
         self.require_npu = require_npu

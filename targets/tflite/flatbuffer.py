@@ -21,7 +21,7 @@ INLINE_LIMIT = 1 << 30
 
 def inline_buffers(content: bytes) -> bytes:
     """``content`` with every buffer stored after the flatbuffer moved into it (the same model)."""
-    schema = _schema()
+    schema = tflite_schema()
     model = schema.ModelT.InitFromPackedBuf(content, 0)
     outside = [b for b in (model.buffers or []) if b.offset and b.offset > 1]
     if not outside or sum(int(b.size) for b in outside) > INLINE_LIMIT:
@@ -38,7 +38,7 @@ def inline_buffers(content: bytes) -> bytes:
 
 def outside_buffers(content: bytes) -> int:
     """How many of the model's buffers are stored after the flatbuffer."""
-    model = _schema().Model.GetRootAsModel(content, 0)
+    model = tflite_schema().Model.GetRootAsModel(content, 0)
     return sum(1 for i in range(model.BuffersLength()) if model.Buffers(i).Offset() > 1)
 
 
@@ -50,7 +50,7 @@ def uint8_io(content: bytes) -> bytes:
     z + 128 shifted by 128, so TFLite's QUANTIZE (a requantization between the two types, in every
     TFLite runtime) converts exactly, as TensorFlow's own converter does for uint8 I/O.
     """
-    schema = _schema()
+    schema = tflite_schema()
     model = schema.ModelT.InitFromPackedBuf(content, 0)
     graph = model.subgraphs[0]
     code = _opcode(model, schema, schema.BuiltinOperator.QUANTIZE)
@@ -110,7 +110,7 @@ def _quantize_op(schema: Any, code: int, src: int, dst: int) -> Any:
     return op
 
 
-def _schema() -> Any:
+def tflite_schema() -> Any:
     """The TFLite schema's generated Python (object API), from whichever TFLite package is installed."""
     try:
         from ai_edge_litert import schema_py_generated

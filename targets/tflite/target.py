@@ -44,6 +44,8 @@ from dgh_deploy.reporting.report import Report
 from dgh_deploy.runtime.base import Runner, TorchRunner
 from dgh_deploy.runtime.litert_runner import LiteRTRunner
 from dgh_deploy.targets.base import (
+    BIAS_CORRECTION_HELP,
+    BIAS_CORRECTIONS,
     DEFAULT_PERCENTILE,
     OUTPUT_HEADROOM_HELP,
     BuildResult,
@@ -115,6 +117,12 @@ def converter_class(name: str) -> type[Converter]:
     raise DGHError(f"unknown converter '{name}'", f"use --converter {' or '.join(CONVERTERS)}")
 
 
+def default_bias_correction(model: LoadedModel | None) -> str:
+    """Off until bench/tflite_ranges.py's ``+bc`` builds choose it."""
+    del model
+    return "off"
+
+
 def default_weight_rounding(model: LoadedModel | None) -> str:
     """GPTQ for detectors, nearest (the converter's own rounding) for classifiers. :meth:`build_from_onnx`
     leaves a file's weights to the converter unless GPTQ is asked for (then it refuses).
@@ -184,13 +192,15 @@ class TFLiteInt8Target(Target):
                    "rest int8 (litert-torch)"),
         TargetFlag("--weight-rounding", "weight_rounding", ROUNDING_HELP, choices=ROUNDINGS),
         TargetFlag("--output-headroom", "output_headroom", OUTPUT_HEADROOM_HELP, type=float, metavar="X"),
+        TargetFlag("--bias-correction", "bias_correction", BIAS_CORRECTION_HELP, choices=BIAS_CORRECTIONS),
     )
 
     def __init__(self, options: TargetOptions | None = None, silu_floor: float = DEFAULT_FLOOR,
                  parity_images: int = PARITY_IMAGES, converter: str = "", layout: str = "",
                  io_dtype: str = "int8", allow_float_ops: bool = False, int16_layers: str = "",
-                 weight_rounding: str = "", output_headroom: float | None = None) -> None:
+                 weight_rounding: str = "", output_headroom: float | None = None, bias_correction: str = "") -> None:
         super().__init__(options)
+        self.bias_correction = bias_correction  # "" = by the task (default_bias_correction)
         self.weight_rounding = weight_rounding  # "" = by the task (default_weight_rounding)
         self.output_headroom = checked_headroom(output_headroom)  # None = by the task (headroom_for)
         self.int16_layers = tuple(name.strip() for name in int16_layers.split(",") if name.strip())
@@ -250,11 +260,13 @@ class TFLiteInt8Target(Target):
         return [f"TFLite Micro tensor arena: {arena / 1024:.1f} KiB (RAM besides the weights)"] if arena else []
 
     def markdown_lines(self, report: Report) -> list[str]:
+        section = tflite_section(report.target.facts)
+        lines = quantization_lines(section.conversion) if section else []
         micro = _micro(report)
         if micro is None or not micro.arena_bytes:
-            return []
+            return lines
         arena = micro.arena_bytes
-        return ["## TFLite Micro", "", f"Tensor arena (RAM besides the weights): {arena:,} bytes "
+        return [*lines, "## TFLite Micro", "", f"Tensor arena (RAM besides the weights): {arena:,} bytes "
                 f"({arena / 1024:.1f} KiB).", "", *kernel_lines(micro.kernels)]
 
     # --- the check before generation ------------------------------------------------------------
@@ -310,10 +322,14 @@ class TFLiteInt8Target(Target):
             data = self._calibrator(model, scratch, float_model, converter).calibrate(calib)
             t3 = time.perf_counter()
             conv = converter.quantize(model, module, float_model, data, scratch)
+            t4 = time.perf_counter()
+            self._correct_biases(model, conv, calib)
+            t5 = time.perf_counter()
             result = self._check_and_install(model, conv, calib, Path(workdir), reference, early)
         # float_conversion is 0 when the preflight's file was reused; calibration is onnx2tf's file
         # writing or litert-torch's per-tensor ranges (onnx2tf calibrates inside its conversion).
-        result.timings = {"export": t1 - t0, "float_conversion": t2 - t1, "calibration": t3 - t2, **result.timings}
+        result.timings = {"export": t1 - t0, "float_conversion": t2 - t1, "calibration": t3 - t2, **result.timings,
+                          "bias_correction": t5 - t4}
         section = tflite_section(result.info)
         assert section is not None  # _check_and_install wrote it
         section.export_rewrites = rewrites
@@ -360,6 +376,27 @@ class TFLiteInt8Target(Target):
                  done.seconds)
         return rounded, {**rewrites, "weight_rounding": done.as_dict()}
 
+    def _correct_biases(self, model: LoadedModel, conv: Conversion, calib: CalibrationSet) -> None:
+        """The int8 file's conv biases corrected on the calibration set, when that is the setting
+        (:mod:`.bias_correction`); the report's conversion info says how many and how far."""
+        if self.bias_correction_for(model) != "on":
+            conv.info["bias_correction"] = "off"
+            return
+        from dgh_deploy.targets.tflite.bias_correction import correct_biases
+
+        log.info("correcting the int8 biases on %d calibration images", len(calib))
+        images = [image.transpose(1, 2, 0)[None] for image in calib.images]  # the files take NHWC
+        content, done = correct_biases(conv.float_model, conv.int8_model.read_bytes(), images,
+                                       threads=self.options.threads, progress=self.progress)
+        conv.int8_model.write_bytes(content)  # the scratch copy: installed only after the checks
+        conv.info["bias_correction"] = done.as_dict()
+        log.info("bias correction moved %d convs' biases (mean %.3f output steps) in %.0f s", done.ops,
+                 done.mean_shift_steps, done.seconds)
+
+    def bias_correction_for(self, model: LoadedModel | None) -> str:
+        """``--bias-correction``, else the task's default (:func:`default_bias_correction`)."""
+        return self.bias_correction or default_bias_correction(model)
+
     def rounding_for(self, model: LoadedModel | None) -> str:
         """``--weight-rounding``, else the task's default (:func:`default_weight_rounding`)."""
         return self.weight_rounding or default_weight_rounding(model)
@@ -387,6 +424,7 @@ class TFLiteInt8Target(Target):
             src = scratch / f"{file_stem(model.name)}.onnx"
             shutil.copyfile(onnx_path, src)
             conv = converter.quantize_onnx(src, data, scratch)
+            self._correct_biases(model, conv, calib)
             return self._check_and_install(model, conv, calib, Path(workdir))
 
     def _calibrator(self, model: LoadedModel, scratch: Path, float_model: FloatModel | None,
@@ -551,6 +589,21 @@ def kernel_lines(kernels: dict[str, Any] | None) -> list[str]:
         lines += [f"| {k['index']} | `{k['layer']}` | {k['op']} | {k['max_steps']} | {k['share_differing']:.3f} | "
                   f"{k['added_rms_steps']:.2f} |" for k in kernels["adding_most"]]
     return [*lines, ""]
+
+
+def quantization_lines(conversion: dict[str, Any]) -> list[str]:
+    """How the int8 file was made, in one paragraph: ranges, output headroom, bias correction."""
+    parts = [f"activation ranges by {conversion['act_range']}"] if "act_range" in conversion else []
+    if conversion.get("output_headroom", 1.0) != 1.0:
+        parts.append(f"outputs' range tops x{conversion['output_headroom']:g} (headroom)")
+    corrected = conversion.get("bias_correction")
+    if isinstance(corrected, dict):
+        parts.append(f"biases of {corrected['ops']} convs corrected on {corrected['images']} calibration images "
+                     f"(mean move {corrected['mean_shift_steps']:.2f} output steps, {corrected['levels']} passes)")
+    elif corrected == "off":
+        parts.append("no bias correction")
+    text = "; ".join(parts)
+    return ["## How the int8 file was made", "", text[:1].upper() + text[1:] + ".", ""] if parts else []
 
 
 def _micro(report: Report) -> MicroSection | None:
