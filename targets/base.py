@@ -111,8 +111,16 @@ OUTPUT_HEADROOM_HELP = ("the int8 outputs' range reaches this many times above t
 
 
 BIAS_CORRECTIONS = ("on", "off")
-BIAS_CORRECTION_HELP = ("move each int8 conv's bias by the mean error the int8 file shows against the float one on the "
-                        "calibration images, convs in execution order (on | off; default: the task's)")
+BIAS_CORRECTION_HELP = ("correct each layer's bias for the mean output shift quantization causes, measured on the "
+                        "calibration set (on | off). sim: the shift weight rounding causes (default on); tflite-int8, "
+                        "ethos-u: the int8 file's against the float file, on LiteRT (default on for classifiers, "
+                        "off for detectors)")
+
+
+BIAS_CORRECTION_FLAGS: tuple[TargetFlag, ...] = (  # one concept, one flag, on every target that corrects biases
+    TargetFlag("--bias-correction", "bias_correction", BIAS_CORRECTION_HELP, choices=BIAS_CORRECTIONS),
+    TargetFlag("--no-bias-correction", "bias_correction", "the same as --bias-correction off", None, switched="off"),
+)
 
 
 def checked_headroom(given: float | None) -> float | None:

@@ -117,7 +117,8 @@ def test_models_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:
     assert "cifar_resnet20" in out and "demo" in out
 
 
-@pytest.mark.parametrize("flag, expected", [([], True), (["--no-bias-correction"], False)])
+@pytest.mark.parametrize("flag, expected", [([], True), (["--no-bias-correction"], False),
+                                           (["--bias-correction", "off"], False), (["--bias-correction", "on"], True)])
 def test_sim_bias_correction_flag_reaches_the_report(flag: list[str], expected: bool, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     from dgh_deploy.reporting.report import Report

@@ -57,7 +57,9 @@ def since_golden(old: dict[str, Any]) -> dict[str, Any]:
     asked for by name since maps became tflite-int8's: it lands in target_settings. So is their fp32
     generation, since auto became the default: it lands in config, after calib. The BN kernels'
     statistics land after ``cuda_graph``. The targets that write integer outputs say their task's
-    output headroom (the classifier demo's 1.5), tflite-int8 and ethos-u after ``project_ranges``."""
+    output headroom (the classifier demo's 1.5), tflite-int8 and ethos-u after ``project_ranges``, and
+    a detector's that its int8 biases were not corrected, after the converter's keys (a classifier's
+    correction is checked on its own: :func:`check_bias_correction`)."""
     new = json.loads(json.dumps(old))
     config, new["config"] = new["config"], {}
     for key, value in config.items():
@@ -83,6 +85,8 @@ def since_golden(old: dict[str, Any]) -> dict[str, Any]:
     elif "project_ranges" in old["target"]:
         target, new["target"] = new["target"], {}
         for key, value in target.items():
+            if key == "tflite_micro" and old["model"]["task"] == "detect":
+                new["target"]["bias_correction"] = "off"
             new["target"][key] = value
             if key == "project_ranges":
                 new["target"]["output_headroom"] = headroom
@@ -118,6 +122,12 @@ def check_gptq(rounding: dict[str, Any]) -> None:
     """GPTQ became the detectors' weight rounding on tflite-int8 and ethos-u after the goldens were
     written: its record, checked on its own (the rest of the report is the golden's)."""
     assert rounding["method"] == "gptq" and rounding["layers"] > 0 and rounding["seconds"] >= 0
+
+
+def check_bias_correction(done: dict[str, Any]) -> None:
+    """Bias correction became the classifiers' default on tflite-int8 and ethos-u after the goldens were
+    written: its record, checked on its own (the rest of the report is the golden's)."""
+    assert done["ops"] > 0 and done["levels"] > 0 and done["images"] > 0 and done["mean_shift_steps"] >= 0
 
 
 def check_layers(layers: dict[str, Any], table: dict[str, Any], out: Path) -> None:
@@ -231,6 +241,9 @@ def test_the_typed_report_is_written_as_the_dict_was(name: str, assets: Path, tm
         check_kernels(new["target"]["tflite_micro"].pop("kernels"))
     if old["model"]["task"] == "detect" and "export_rewrites" in new["target"]:
         check_gptq(new["target"]["export_rewrites"].pop("weight_rounding"))
+    if isinstance(new["target"].get("bias_correction"), dict):
+        check_bias_correction(new["target"].pop("bias_correction"))
+        assert new["times_s"].pop("bias_correction") >= 0
     rescored = RESCORED + REROUNDED if old["model"]["task"] == "detect" else HEADROOMED
     found = differences(since_golden(old), normalised(new, assets), rescored)
     assert found == [], "\n".join(found)

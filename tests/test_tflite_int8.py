@@ -308,14 +308,14 @@ def test_the_projects_ranges_replace_the_converters_own(converter: str, r20: Loa
 def test_bias_correction_moves_the_int8_means_onto_the_float_ones(converter: str, r20: LoadedModel,
                                                                  calib: CalibrationSet, built: dict[str, Any],
                                                                  tmp_path: Path) -> None:
-    """--bias-correction on, through either converter's file (their float and int8 tensors share names): the
-    report says how many convs moved, the int8 convs' mean errors against the float file shrink, and the
-    classifier still agrees with PyTorch."""
+    """Bias correction (a classifier's default), through either converter's file (their float and int8
+    tensors share names, but for TensorFlow's numbered constants): the report says how many convs moved, the
+    int8 convs' mean errors against the float file shrink, and the classifier still agrees with PyTorch."""
     from dgh_deploy.targets.tflite.bias_correction import MAX_IMAGES, mean_errors
 
-    plain = built["result"]
-    assert plain.info.conversion["bias_correction"] == "off"  # a classifier's default
-    fixed, _ = build_offline(TargetOptions(), r20, calib, tmp_path / "bc", converter, bias_correction="on")
+    fixed = built["result"]
+    plain, _ = build_offline(TargetOptions(), r20, calib, tmp_path / "plain", converter, bias_correction="off")
+    assert plain.info.conversion["bias_correction"] == "off"
     done = fixed.info.conversion["bias_correction"]
     assert done["ops"] >= 15 and done["images"] == min(len(calib), MAX_IMAGES) and done["levels"] >= 15  # 22 ops
     images = [x.transpose(1, 2, 0)[None] for x in calib.images[:MAX_IMAGES]]  # the images it was corrected on
@@ -510,7 +510,7 @@ def test_the_converter_is_a_flag_and_its_missing_stack_is_one_install_line(monke
 
     assert [f.flag for f in TFLiteInt8Target.flags] == ["--layout", "--io-dtype", "--allow-float-ops", "--converter",
                                                        "--int16-layers", "--weight-rounding", "--output-headroom",
-                                                       "--bias-correction"]
+                                                       "--bias-correction", "--no-bias-correction"]
     with pytest.raises(DGHError, match="unknown converter 'tf2onnx'"):
         get_target("tflite-int8", converter="tf2onnx")
     monkeypatch.setattr(LiteRTTorchConverter, "requires", ("litert_torch_not_installed",))

@@ -32,8 +32,7 @@ from dgh_deploy.reporting.report import Report
 from dgh_deploy.reporting.section import TargetSection
 from dgh_deploy.targets import get_target
 from dgh_deploy.targets.base import (
-    BIAS_CORRECTION_HELP,
-    BIAS_CORRECTIONS,
+    BIAS_CORRECTION_FLAGS,
     OUTPUT_HEADROOM_HELP,
     BuildResult,
     QuantConstraints,
@@ -92,7 +91,7 @@ class EthosUTarget(Target):
         TargetFlag("--weight-rounding", "weight_rounding", ROUNDING_HELP, choices=ROUNDINGS),
         TargetFlag("--layout", "layout", LAYOUT_HELP, choices=LAYOUTS),  # the tflite-int8 file's; maps or split
         TargetFlag("--output-headroom", "output_headroom", OUTPUT_HEADROOM_HELP, type=float, metavar="X"),
-        TargetFlag("--bias-correction", "bias_correction", BIAS_CORRECTION_HELP, choices=BIAS_CORRECTIONS),
+        *BIAS_CORRECTION_FLAGS,
     )
     summary_artifacts: ClassVar[tuple[str, ...]] = ("model", "vela_model")
     section: ClassVar[type[EthosUSection]] = EthosUSection

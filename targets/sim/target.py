@@ -26,7 +26,14 @@ from dgh_deploy.calibration.weights.gptq import ROUNDING_HELP, ROUNDINGS
 from dgh_deploy.errors import DGHError
 from dgh_deploy.loaded_model import LoadedModel
 from dgh_deploy.runtime.base import TorchRunner, flatten_outputs
-from dgh_deploy.targets.base import BuildResult, QuantConstraints, Target, TargetFlag, TargetOptions
+from dgh_deploy.targets.base import (
+    BIAS_CORRECTION_FLAGS,
+    BuildResult,
+    QuantConstraints,
+    Target,
+    TargetFlag,
+    TargetOptions,
+)
 from dgh_deploy.targets.sim.calibrator import SimCalibration, SimCalibrator
 from dgh_deploy.targets.sim.fake_quant import (
     ActQuant,
@@ -63,18 +70,17 @@ class SimTarget(Target):
         TargetFlag("--act-symmetric", "act_symmetric", "symmetric activations", None),
         TargetFlag("--pot", "power_of_two", "power-of-two scales (as Sony IMX500 requires)", None),
         TargetFlag("--weight-rounding", "weight_rounding", ROUNDING_HELP, choices=ROUNDINGS),
-        TargetFlag("--no-bias-correction", "bias_correction", "keep the biases as trained (by default the mean "
-                   "shift weight rounding causes is corrected on the calibration set)", None, switched=False),
+        *BIAS_CORRECTION_FLAGS,
     )
 
     def __init__(self, options: TargetOptions | None = None, act_symmetric: bool = False,
-                 power_of_two: bool = False, weight_rounding: str = "", bias_correction: bool = True) -> None:
+                 power_of_two: bool = False, weight_rounding: str = "", bias_correction: bool | str = True) -> None:
         super().__init__(options)
         self.act_symmetric, self.power_of_two = act_symmetric, power_of_two
         self.weight_rounding = weight_rounding  # "" = by the weight bits (default_rounding)
         # Empirical bias correction: subtract the mean shift that weight rounding causes, measured on
         # the calibration set. MCT's PTQ default; the real runtimes calibrate ranges only.
-        self.bias_correction = bias_correction
+        self.bias_correction = bias_correction not in (False, "off")  # the CLI's --bias-correction gives on / off
 
     @property
     def constraints(self) -> QuantConstraints:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from dgh_deploy.progress import progress_bar
-from dgh_deploy.targets.tflite.flatbuffer import tflite_schema
+from dgh_deploy.targets.tflite.flatbuffer import graph_prefix, tflite_schema
 
 CORRECTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 MIN_ACTIVE = 0.05  # a channel inside its clamp less often than this keeps its bias
@@ -65,7 +65,9 @@ class BiasCorrection:
 class _Conv:
     """One int8 conv's bias, where it lives in the file, and what its output means."""
 
+    op: int  # its index in the int8 file's ops (execution order)
     output: str  # the int8 file's tensor name
+    output_index: int  # and its index there
     twin: str  # the float file's tensor of the same op (the same name, but for onnx2tf's constant suffixes)
     level: int  # corrected convs on the longest path before it
     bias: np.ndarray  # writable view into the model bytes (int32, or int64 for 16x8 ops)
@@ -90,8 +92,9 @@ def correct_biases(float_model: Path | bytes, int8_model: bytes, images: Sequenc
     bar = progress_bar(len(images) * (len(levels) + 1), "bias correction", progress, unit="img")
     reference = _float_conv_outputs(float_model, images, convs, bar)
     shifts: list[np.ndarray] = []
-    for level in levels:
-        errors = _errors(bytes(content), images[: len(reference)], reference, level, threads, bar)
+    for level in levels:  # each pass runs the int8 file only as far as the level's last conv
+        prefix = graph_prefix(bytes(content), max(c.op for c in level), [c.output_index for c in level])
+        errors = _errors(prefix, images[: len(reference)], reference, level, threads, bar)
         for conv in level:
             step = _bias_steps(conv, *errors[conv.output])
             conv.bias += step.astype(conv.bias.dtype)
@@ -114,8 +117,13 @@ def mean_errors(float_model: Path | bytes, int8_model: bytes, images: Sequence[n
 
 def _bias_steps(conv: _Conv, error: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """The bias change, in integer steps, that takes back ``error`` (the mean where the output is inside
-    its clamp), for each channel inside it often enough to measure."""
-    return np.where(inside >= MIN_ACTIVE, np.rint(error / conv.bias_scale), 0.0)
+    its clamp), for each channel inside it often enough to measure and whose bias can hold it: a channel
+    of near-zero weights has a bias step so fine that a small error is billions of them."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        step = np.rint(error / conv.bias_scale)
+    limit = np.iinfo(conv.bias.dtype)
+    fits = np.isfinite(step) & (np.abs(conv.bias.astype(np.float64) + np.nan_to_num(step)) < limit.max)
+    return np.where((inside >= MIN_ACTIVE) & fits, step, 0.0)
 
 
 def _float_outputs(float_model: Path | bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -153,7 +161,7 @@ def _convs(content: bytearray, float_outputs: dict[str, tuple[str, tuple[int, ..
         conv = None
         if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) in kinds and op.InputsLength() >= 3 \
                 and op.Inputs(2) >= 0:
-            conv = _conv(content, model, graph, op, level, users, float_outputs)
+            conv = _conv(content, model, graph, i, level, users, float_outputs)
         if conv is not None:
             convs.append(conv)
         for t in op.OutputsAsNumpy():
@@ -161,8 +169,9 @@ def _convs(content: bytearray, float_outputs: dict[str, tuple[str, tuple[int, ..
     return convs
 
 
-def _conv(content: bytearray, model: Any, graph: Any, op: Any, level: int, users: dict[int, int],
+def _conv(content: bytearray, model: Any, graph: Any, index: int, level: int, users: dict[int, int],
           float_outputs: dict[str, tuple[str, tuple[int, ...]]]) -> _Conv | None:
+    op = graph.Operators(index)
     x, w, b, out = (graph.Tensors(j) for j in (op.Inputs(0), op.Inputs(1), op.Inputs(2), op.Outputs(0)))
     name = out.Name().decode()
     shape = tuple(int(s) for s in out.ShapeAsNumpy())
@@ -180,7 +189,7 @@ def _conv(content: bytearray, model: Any, graph: Any, op: Any, level: int, users
     lo, hi = _ACTIVATION_BOUNDS.get(_fused_activation(op), (-np.inf, np.inf))
     clamp = (_level(lo, out_scale, out_zp, levels), _level(hi, out_scale, out_zp, levels))
     bias_scale = np.broadcast_to(x_scale * w_scale, bias.shape).copy()
-    return _Conv(name, twin, level, bias, bias_scale, out_scale, out_zp, clamp)
+    return _Conv(index, name, op.Outputs(0), twin, level, bias, bias_scale, out_scale, out_zp, clamp)
 
 
 def _level(value: float, scale: float, zero_point: int, levels: np.iinfo) -> int:

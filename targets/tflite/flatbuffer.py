@@ -1,6 +1,7 @@
 """Rewrites of a .tflite flatbuffer that every TFLite runtime reads the same way.
 
-Inlined weights (:func:`inline_buffers`) and uint8 model I/O around an int8 graph (:func:`uint8_io`).
+Inlined weights (:func:`inline_buffers`), uint8 model I/O around an int8 graph (:func:`uint8_io`), and
+the graph cut after one op (:func:`graph_prefix`).
 
 litert-torch and ai-edge-quantizer store most weights outside the flatbuffer (a buffer's
 ``offset`` and ``size`` into the file, after it). LiteRT reads them there; TFLite Micro 0.dev2026
@@ -29,11 +30,19 @@ def inline_buffers(content: bytes) -> bytes:
     for b in outside:
         b.data = np.frombuffer(content, dtype=np.uint8, count=int(b.size), offset=int(b.offset))
         b.offset, b.size = 0, 0
-    import flatbuffers
+    return _packed(model, len(content))
 
-    builder = flatbuffers.Builder(len(content) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+
+def graph_prefix(content: bytes, last_op: int, outputs: list[int]) -> bytes:
+    """The model ``content`` (weights inside the flatbuffer) run only up to its op ``last_op`` (execution
+    order), with the tensors ``outputs`` as its outputs: what an op computes, without computing the rest.
+    Signatures go: they name the whole graph's outputs."""
+    model = tflite_schema().ModelT.InitFromPackedBuf(content, 0)
+    graph = model.subgraphs[0]
+    graph.operators = graph.operators[: last_op + 1]
+    graph.outputs = list(outputs)
+    model.signatureDefs = []
+    return _packed(model, len(content))
 
 
 def outside_buffers(content: bytes) -> int:
@@ -68,9 +77,14 @@ def uint8_io(content: bytes) -> bytes:
     for sig in model.signatureDefs or []:
         for entry in [*(sig.inputs or []), *(sig.outputs or [])]:
             entry.tensorIndex = renamed.get(int(entry.tensorIndex), entry.tensorIndex)
+    return _packed(model, len(content))
+
+
+def _packed(model: Any, size: int) -> bytes:
+    """The object-API ``model`` as .tflite bytes (``size``: about how large)."""
     import flatbuffers
 
-    builder = flatbuffers.Builder(len(content) + 4096)
+    builder = flatbuffers.Builder(size + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
 
