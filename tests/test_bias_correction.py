@@ -62,3 +62,24 @@ def test_each_convs_int8_mean_moves_onto_the_float_one_and_nothing_else_changes(
     total_before = sum(float(np.abs(v).sum()) for v in before.values())
     total_after = sum(float(np.abs(v).sum()) for v in after.values())
     assert total_after < 0.5 * total_before, (total_before, total_after)
+
+
+def test_a_graph_prefix_computes_what_the_whole_graph_computes_up_to_its_cut() -> None:
+    from dgh_deploy.runtime.litert_runner import open_interpreter
+    from dgh_deploy.targets.tflite.flatbuffer import graph_prefix
+
+    image = np.random.default_rng(1).normal(size=(1, 16, 16, 3)).astype(np.float32)
+    _, int8_bytes = _files([image])
+    whole = open_interpreter(int8_bytes, preserve_all=True, delegates=False)
+    ops = whole._get_ops_details()
+    cut = next(op for op in ops if op["op_name"] == "CONV_2D" and op["index"] > 0)  # a conv after the first op
+    wanted = int(cut["outputs"][0])
+    prefix = open_interpreter(graph_prefix(int8_bytes, int(cut["index"]), [wanted]), delegates=False)
+    assert len(prefix._get_ops_details()) == int(cut["index"]) + 1 < len(ops)
+    for it in (whole, prefix):
+        inp = it.get_input_details()[0]
+        scale, zero = inp["quantization"]
+        it.set_tensor(inp["index"], np.clip(np.rint(image / scale) + zero, -128, 127).astype(inp["dtype"]))
+        it.invoke()
+    assert prefix.get_output_details()[0]["index"] == wanted
+    np.testing.assert_array_equal(prefix.get_tensor(wanted), whole.get_tensor(wanted))
