@@ -1263,7 +1263,8 @@ def _input_size_case(name: str, case: dict) -> str:
     if "agreement" in run:  # one set is one sample: the seeds' mean, beside real calibration's
         dgh, real = ([r["agreement"]["top1_agreement"] for k, r in runs.items() if k.startswith(f"{source}:")]
                      for source in ("dgh", "real"))
-        quality = f"top-1 agreement with float {statistics.fmean(dgh):.2f}% over {len(dgh)} DGH seeds" + (
+        seeds = f"{len(dgh)} DGH seeds" if len(dgh) > 1 else "1 DGH seed"
+        quality = f"top-1 agreement with float {statistics.fmean(dgh):.2f}% over {seeds}" + (
             f" (real calibration {statistics.fmean(real):.2f}%)" if real else "")
     elif "metric" in run:  # every seed's, not one
         seeds = [r["quantized"] for k, r in runs.items() if k.startswith("dgh:") and "quantized" in r]

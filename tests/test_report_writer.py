@@ -43,6 +43,9 @@ REROUNDED = ("artifacts.model.bytes", "artifacts.vela_model.bytes", "artifacts.v
 # A classifier's int8 logits reach 1.5x above the calibration set's largest since the goldens were written
 # (ClassifyTask.output_headroom): the output's scale and zero point moved.
 HEADROOMED = ("target.io.outputs",)
+# A classifier's int8 biases are corrected on the calibration set since (tflite-int8 and ethos-u): the int8
+# file follows float more closely, the demo's data-free output SQNR 28.5 -> 33.6 dB.
+BIAS_CORRECTED = ("metrics.data_free.", "metrics.device.data_free.")
 # 1.2: the options one target reads left config.options for that target's settings (config.target_settings).
 MOVED_TO_TARGETS = ("io_dtype", "allow_float_ops", "act_symmetric", "power_of_two", "bias_correction",
                     "weight_rounding")
@@ -244,6 +247,6 @@ def test_the_typed_report_is_written_as_the_dict_was(name: str, assets: Path, tm
     if isinstance(new["target"].get("bias_correction"), dict):
         check_bias_correction(new["target"].pop("bias_correction"))
         assert new["times_s"].pop("bias_correction") >= 0
-    rescored = RESCORED + REROUNDED if old["model"]["task"] == "detect" else HEADROOMED
+    rescored = RESCORED + REROUNDED if old["model"]["task"] == "detect" else HEADROOMED + BIAS_CORRECTED
     found = differences(since_golden(old), normalised(new, assets), rescored)
     assert found == [], "\n".join(found)
