@@ -123,6 +123,14 @@ BIAS_CORRECTION_FLAGS: tuple[TargetFlag, ...] = (  # one concept, one flag, on e
 )
 
 
+def checked_bias_correction(given: str | bool) -> str:
+    """``--bias-correction`` (on / off; a bool from the Python API), checked: "" leaves it to the target."""
+    value = {True: "on", False: "off"}.get(given, given) if isinstance(given, bool) else given
+    if value not in ("", *BIAS_CORRECTIONS):
+        raise DGHError(f"--bias-correction '{given}' is neither on nor off", "pass --bias-correction on or off")
+    return value
+
+
 def checked_headroom(given: float | None) -> float | None:
     """``--output-headroom``, checked: None leaves it to the task (``TaskAdapter.output_headroom``)."""
     if given is not None and not (math.isfinite(given) and given >= 1.0):

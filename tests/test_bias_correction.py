@@ -52,7 +52,8 @@ def test_each_convs_int8_mean_moves_onto_the_float_one_and_nothing_else_changes(
 
     rng = np.random.default_rng(0)
     images = [rng.normal(size=(1, 16, 16, 3)).astype(np.float32) for _ in range(16)]
-    float_bytes, int8_bytes = _files(images)
+    float_bytes, int8_bytes = _files(images)  # the ranges read NHWC images, the correction the model's NCHW
+    images = np.concatenate(images).transpose(0, 3, 1, 2)
     corrected, done = correct_biases(float_bytes, int8_bytes, images, progress=False)
     assert len(corrected) == len(int8_bytes) and done.ops >= 2 and done.levels == 4 and done.images == 16
     changed = np.flatnonzero(np.frombuffer(corrected, np.uint8) != np.frombuffer(int8_bytes, np.uint8))

@@ -318,7 +318,7 @@ def test_bias_correction_moves_the_int8_means_onto_the_float_ones(converter: str
     assert plain.info.conversion["bias_correction"] == "off"
     done = fixed.info.conversion["bias_correction"]
     assert done["ops"] >= 15 and done["images"] == min(len(calib), MAX_IMAGES) and done["levels"] >= 15  # 22 ops
-    images = [x.transpose(1, 2, 0)[None] for x in calib.images[:MAX_IMAGES]]  # the images it was corrected on
+    images = calib.images[:MAX_IMAGES]  # the images it was corrected on
     before = mean_errors(plain.artifacts["float_model"], plain.artifacts["model"].read_bytes(), images)
     after = mean_errors(fixed.artifacts["float_model"], fixed.artifacts["model"].read_bytes(), images)
     size = {name: float(np.abs(np.concatenate(list(e.values()))).mean()) for name, e in (("before", before),

@@ -33,6 +33,7 @@ from dgh_deploy.targets.base import (
     Target,
     TargetFlag,
     TargetOptions,
+    checked_bias_correction,
 )
 from dgh_deploy.targets.sim.calibrator import SimCalibration, SimCalibrator
 from dgh_deploy.targets.sim.fake_quant import (
@@ -80,7 +81,7 @@ class SimTarget(Target):
         self.weight_rounding = weight_rounding  # "" = by the weight bits (default_rounding)
         # Empirical bias correction: subtract the mean shift that weight rounding causes, measured on
         # the calibration set. MCT's PTQ default; the real runtimes calibrate ranges only.
-        self.bias_correction = bias_correction not in (False, "off")  # the CLI's --bias-correction gives on / off
+        self.bias_correction = checked_bias_correction(bias_correction) != "off"  # the CLI gives on / off
 
     @property
     def constraints(self) -> QuantConstraints:

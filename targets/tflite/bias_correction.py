@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,26 +74,27 @@ class _Conv:
     out_scale: float
     out_zero_point: int
     clamp: tuple[int, int]  # the int8 levels between which the output follows the bias
+    rows: int  # output positions per image (the output's size over its channels)
 
 
-def correct_biases(float_model: Path | bytes, int8_model: bytes, images: Sequence[np.ndarray], threads: int = 1,
+def correct_biases(float_model: Path | bytes, int8_model: bytes, images: np.ndarray, threads: int = 1,
                    progress: bool = True) -> tuple[bytes, BiasCorrection]:
-    """``int8_model`` with each conv's bias corrected on ``images`` (NHWC float, one image each; the
-    first :data:`MAX_IMAGES`, fewer where their float outputs would not fit in :data:`MEMORY_BYTES`)."""
+    """``int8_model`` with each conv's bias corrected on ``images`` (N x C x H x W float, the model's input
+    space; the first :data:`MAX_IMAGES`, fewer where their float outputs would not fit in :data:`MEMORY_BYTES`)."""
     t0 = time.perf_counter()
     content = bytearray(int8_model)
     convs = _convs(content, _float_outputs(float_model))
-    if not convs or not images:
+    if not convs or not len(images):
         return bytes(content), BiasCorrection(0, 0, 0, time.perf_counter() - t0, 0.0)
     levels = [[c for c in convs if c.level == k] for k in range(max(c.level for c in convs) + 1)]
     levels = [level for level in levels if level]
-    images = images[:MAX_IMAGES]
+    images = images[: _images_kept(convs, len(images))]
     bar = progress_bar(len(images) * (len(levels) + 1), "bias correction", progress, unit="img")
     reference = _float_conv_outputs(float_model, images, convs, bar)
     shifts: list[np.ndarray] = []
     for level in levels:  # each pass runs the int8 file only as far as the level's last conv
         prefix = graph_prefix(bytes(content), max(c.op for c in level), [c.output_index for c in level])
-        errors = _errors(prefix, images[: len(reference)], reference, level, threads, bar)
+        errors = _errors(prefix, images, reference, level, threads, bar)
         for conv in level:
             step = _bias_steps(conv, *errors[conv.output])
             conv.bias += step.astype(conv.bias.dtype)
@@ -102,17 +102,24 @@ def correct_biases(float_model: Path | bytes, int8_model: bytes, images: Sequenc
     if bar is not None:
         bar.close()
     moved = sum(bool(np.any(s)) for s in shifts)
-    return bytes(content), BiasCorrection(moved, len(levels), len(reference), time.perf_counter() - t0,
+    return bytes(content), BiasCorrection(moved, len(levels), len(images), time.perf_counter() - t0,
                                           float(np.concatenate(shifts).mean()))
 
 
-def mean_errors(float_model: Path | bytes, int8_model: bytes, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+def mean_errors(float_model: Path | bytes, int8_model: bytes, images: np.ndarray) -> dict[str, np.ndarray]:
     """Per conv output of ``int8_model``: float minus int8, per channel, in output steps, where the int8
-    output is inside its clamp (what :func:`correct_biases` takes back)."""
+    output is inside its clamp (what :func:`correct_biases` takes back), on ``images`` (NCHW)."""
     convs = _convs(bytearray(int8_model), _float_outputs(float_model))
-    reference = _float_conv_outputs(float_model, images, convs, None)
-    errors = _errors(int8_model, images[: len(reference)], reference, convs, 1, None)
+    images = images[: _images_kept(convs, len(images), most=len(images))]
+    errors = _errors(int8_model, images, _float_conv_outputs(float_model, images, convs, None), convs, 1, None)
     return {c.output: errors[c.output][0] / c.out_scale for c in convs}
+
+
+def _images_kept(convs: list[_Conv], given: int, most: int = MAX_IMAGES) -> int:
+    """How many of ``given`` images take part: ``most`` at most, as many as their kept float conv outputs
+    fit in :data:`MEMORY_BYTES`, one at least."""
+    per_image = 4 * sum(c.rows * c.bias.size for c in convs)
+    return max(1, min(given, most, MEMORY_BYTES // max(per_image, 1)))
 
 
 def _bias_steps(conv: _Conv, error: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -189,7 +196,8 @@ def _conv(content: bytearray, model: Any, graph: Any, index: int, level: int, us
     lo, hi = _ACTIVATION_BOUNDS.get(_fused_activation(op), (-np.inf, np.inf))
     clamp = (_level(lo, out_scale, out_zp, levels), _level(hi, out_scale, out_zp, levels))
     bias_scale = np.broadcast_to(x_scale * w_scale, bias.shape).copy()
-    return _Conv(index, name, op.Outputs(0), twin, level, bias, bias_scale, out_scale, out_zp, clamp)
+    rows = int(np.prod(shape[:-1]))
+    return _Conv(index, name, op.Outputs(0), twin, level, bias, bias_scale, out_scale, out_zp, clamp, rows)
 
 
 def _level(value: float, scale: float, zero_point: int, levels: np.iinfo) -> int:
@@ -237,9 +245,9 @@ def _buffer_view(content: bytearray, model: Any, tensor: Any) -> np.ndarray | No
     return data.view(dtype) if isinstance(data, np.ndarray) and data.size else None
 
 
-def _float_conv_outputs(float_model: Path | bytes, images: Sequence[np.ndarray], convs: list[_Conv],
+def _float_conv_outputs(float_model: Path | bytes, images: np.ndarray, convs: list[_Conv],
                         bar: Any) -> list[dict[str, np.ndarray]]:
-    """Each image's float conv outputs (rows x channels), for as many images as fit in :data:`MEMORY_BYTES`.
+    """Each image's float conv outputs (rows x channels).
 
     One thread, as the ranges take: the int8 file must not depend on the machine's cores."""
     from dgh_deploy.runtime.litert_runner import open_interpreter
@@ -247,22 +255,15 @@ def _float_conv_outputs(float_model: Path | bytes, images: Sequence[np.ndarray],
     it = open_interpreter(float_model, num_threads=1, preserve_all=True, delegates=False)
     index = _tensor_indices(it)
     kept: list[dict[str, np.ndarray]] = []
-    used = 0
     for image in images:
-        inp = _input_of(it)
-        it.set_tensor(inp.index, _feed(image, inp))
-        it.invoke()
-        outputs = {c.output: it.get_tensor(index[c.twin]).reshape(-1, c.bias.size).copy() for c in convs}
-        used += sum(v.nbytes for v in outputs.values())
-        if kept and used > MEMORY_BYTES:
-            break
-        kept.append(outputs)
+        _invoke(it, image)
+        kept.append({c.output: it.get_tensor(index[c.twin]).reshape(-1, c.bias.size).copy() for c in convs})
         if bar is not None:
             bar.update(1)
     return kept
 
 
-def _errors(int8_model: bytes, images: Sequence[np.ndarray], reference: list[dict[str, np.ndarray]],
+def _errors(int8_model: bytes, images: np.ndarray, reference: list[dict[str, np.ndarray]],
             convs: list[_Conv], threads: int, bar: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per conv: the float output minus the int8 one, per channel, averaged where the int8 output is inside
     its clamp (elsewhere the bias does not reach it), and how often it is inside."""
@@ -273,10 +274,8 @@ def _errors(int8_model: bytes, images: Sequence[np.ndarray], reference: list[dic
     sums = {c.output: np.zeros(c.bias.size) for c in convs}
     inside = {c.output: np.zeros(c.bias.size) for c in convs}
     rows = dict.fromkeys(sums, 0)
-    inp = _input_of(it)
     for image, floats in zip(images, reference, strict=True):
-        it.set_tensor(inp.index, _feed(image, inp))
-        it.invoke()
+        _invoke(it, image)
         for c in convs:
             q = it.get_tensor(index[c.output]).reshape(-1, c.bias.size)
             free = (q > c.clamp[0]) & (q < c.clamp[1])
@@ -293,16 +292,10 @@ def _tensor_indices(it: Any) -> dict[str, int]:
     return {str(t["name"]): int(t["index"]) for t in it.get_tensor_details()}
 
 
-def _input_of(it: Any) -> Any:
-    from dgh_deploy.runtime.litert_runner import tensor_io
+def _invoke(it: Any, image: np.ndarray) -> None:
+    """Run ``it`` on one NCHW image, as the file takes it (the runner's own mapping: layout, int8 input)."""
+    from dgh_deploy.runtime.litert_runner import file_input, tensor_io
 
-    return tensor_io(it.get_input_details()[0])
-
-
-def _feed(image: np.ndarray, inp: Any) -> np.ndarray:
-    """One NHWC float image as the file's input takes it (quantized for integer I/O)."""
-    x = np.asarray(image, np.float32).reshape(inp.shape)
-    if inp.dtype != np.float32:
-        levels = np.iinfo(inp.dtype)
-        x = np.clip(np.rint(x / inp.scale) + inp.zero_point, levels.min, levels.max)
-    return np.ascontiguousarray(x, dtype=inp.dtype)
+    inp = tensor_io(it.get_input_details()[0])
+    it.set_tensor(inp.index, file_input(image[None], inp, Path("the model being corrected")))
+    it.invoke()

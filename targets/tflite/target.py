@@ -52,6 +52,7 @@ from dgh_deploy.targets.base import (
     Target,
     TargetFlag,
     TargetOptions,
+    checked_bias_correction,
     checked_headroom,
 )
 from dgh_deploy.targets.tflite.converter import (
@@ -200,9 +201,10 @@ class TFLiteInt8Target(Target):
     def __init__(self, options: TargetOptions | None = None, silu_floor: float = DEFAULT_FLOOR,
                  parity_images: int = PARITY_IMAGES, converter: str = "", layout: str = "",
                  io_dtype: str = "int8", allow_float_ops: bool = False, int16_layers: str = "",
-                 weight_rounding: str = "", output_headroom: float | None = None, bias_correction: str = "") -> None:
+                 weight_rounding: str = "", output_headroom: float | None = None,
+                 bias_correction: str | bool = "") -> None:
         super().__init__(options)
-        self.bias_correction = bias_correction  # "" = by the task (default_bias_correction)
+        self.bias_correction = checked_bias_correction(bias_correction)  # "" = by the task (default_bias_correction)
         self.weight_rounding = weight_rounding  # "" = by the task (default_weight_rounding)
         self.output_headroom = checked_headroom(output_headroom)  # None = by the task (headroom_for)
         self.int16_layers = tuple(name.strip() for name in int16_layers.split(",") if name.strip())
@@ -386,8 +388,7 @@ class TFLiteInt8Target(Target):
         from dgh_deploy.targets.tflite.bias_correction import correct_biases
 
         log.info("correcting the int8 biases on %d calibration images", len(calib))
-        images = [image.transpose(1, 2, 0)[None] for image in calib.images]  # the files take NHWC
-        content, done = correct_biases(conv.float_model, conv.int8_model.read_bytes(), images,
+        content, done = correct_biases(conv.float_model, conv.int8_model.read_bytes(), calib.images,
                                        threads=self.options.threads, progress=self.progress)
         conv.int8_model.write_bytes(content)  # the scratch copy: installed only after the checks
         conv.info["bias_correction"] = done.as_dict()
